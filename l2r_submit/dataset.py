@@ -1,0 +1,297 @@
+"""Learn2Reg datasets: the dataset JSON (2022+), the official evaluation config, and the 2020 layout.
+
+Everything here is paths and ids; no volume is read. Every path taken from a JSON or CSV is
+resolved inside the data root, and a path that escapes it is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .contract import L2R_LABELS, L2R_SHAPE
+
+REQUIRED_KEYS = ("name", "tensorImageShape", "training", "registration_val", "registration_test")
+KNOWN_KEYS = frozenset(REQUIRED_KEYS) | {
+    "description", "licence", "license", "reference", "release", "modality", "labels", "numTraining",
+    "numTest", "test", "numPairedTraining", "numPairedTest", "pairings", "provided_data",
+    "registration_direction", "numRegistration_val", "numRegistration_test", "tensorImageSize",
+    "tensorImageShape", "training_paired_images", "test_paired_images", "author", "task",
+}
+CONFIG_KEYS = ("task_name", "evaluation_methods", "expected_shape", "eval_pairs")
+SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image of a pair. ``id`` and ``modality`` are four-digit strings."""
+
+    id: str
+    modality: str
+    image: Path
+    label: Path
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A fixed/moving pair; the field lives on the fixed grid."""
+
+    fixed: Case
+    moving: Case
+
+    @property
+    def key(self) -> str:
+        """The official case key ``FFFF_0000<--MMMM_0000``."""
+        return f"{self.fixed.id}_{self.fixed.modality}<--{self.moving.id}_{self.moving.modality}"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One entry of ``evaluation_methods``: output name, metric kind, labels (for dice/hd95)."""
+
+    name: str
+    metric: str
+    labels: tuple[int, ...] = ()
+
+
+DEFAULT_METRICS = (
+    MetricSpec("LogJacDetStd", "sdlogj"),
+    MetricSpec("DSC", "dice", L2R_LABELS),
+    MetricSpec("HD95", "hd95", L2R_LABELS),
+)
+
+
+@dataclass
+class Dataset:
+    """Pairs per split plus what is needed to score them.
+
+    Attributes:
+        root: the data folder; every path is inside it.
+        name: task name written to metrics.json.
+        shape: (I, J, K) of every volume and of the displacement fields.
+        splits: split name -> pairs (``val``/``test`` for a dataset JSON, ``eval`` for an eval config).
+        metrics: the evaluation methods.
+        training: training cases (image and label) listed by a dataset JSON.
+        unknown_keys: top-level keys this tool does not know (reported, not fatal).
+        source: the JSON or CSV the dataset came from.
+    """
+
+    root: Path
+    name: str
+    shape: tuple[int, int, int]
+    splits: dict[str, list[Pair]]
+    metrics: tuple[MetricSpec, ...] = DEFAULT_METRICS
+    training: list[Case] = field(default_factory=list)
+    unknown_keys: tuple[str, ...] = ()
+    source: Path | None = None
+
+    def pairs(self, split: str | None = None) -> list[Pair]:
+        """Pairs of ``split``; with None, ``val`` when it has pairs, else ``test``, else ``eval``.
+
+        Raises:
+            ValueError: unknown split.
+        """
+        if split is None:
+            for name in ("val", "test", "eval"):
+                if self.splits.get(name):
+                    return self.splits[name]
+            return []
+        if split not in self.splits:
+            raise ValueError(f"{self.source}: no split '{split}' (available: {', '.join(self.splits)})")
+        return self.splits[split]
+
+    def missing_files(self, pairs: list[Pair] | None = None, images: bool = True, labels: bool = True) -> list[Path]:
+        """Images (and label maps) that pairs or training cases name but that do not exist."""
+        cases = [c for p in (pairs if pairs is not None else [p for v in self.splits.values() for p in v])
+                 for c in (p.fixed, p.moving)]
+        if pairs is None:
+            cases += self.training
+        paths: dict[Path, None] = {}
+        for c in cases:
+            if images:
+                paths[c.image] = None
+            if labels:
+                paths[c.label] = None
+        return [p for p in paths if not p.exists()]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def inside_root(root: Path, rel: str, where: str) -> Path:
+    """Resolve a relative path from a JSON/CSV inside ``root``.
+
+    Raises:
+        ValueError: absolute path, or a path that leaves the root (``..`` or a symlink).
+    """
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"{where}: path must be a non-empty string, got {rel!r}")
+    if os.path.isabs(rel):
+        raise ValueError(f"{where}: absolute path '{rel}' is not allowed; paths are relative to {root}")
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"{where}: path '{rel}' escapes the data folder {root}")
+    return root / os.path.normpath(rel)
+
+
+def case_from_path(root: Path, rel: str, where: str) -> Case:
+    """A case from an image path, ids read as the official parser does (fixed positions from the end).
+
+    ``.../AbdomenCTCT_0001_0000.nii.gz``: subject = name[-16:-12], modality = name[-11:-7]; the label
+    path is the image path with ``images`` replaced by ``labels``.
+
+    Raises:
+        ValueError: a path outside the root, or ids that are not four digits.
+    """
+    image = inside_root(root, rel, where)
+    if not rel.endswith(".nii.gz"):
+        raise ValueError(f"{where}: '{rel}' is not a .nii.gz path; the official parser needs one")
+    subject, sep, modality = rel[-16:-12], rel[-12], rel[-11:-7]
+    if not (subject.isdigit() and modality.isdigit() and len(subject) == 4 and sep == "_"):
+        raise ValueError(f"{where}: cannot read case id and modality from '{rel}' "
+                         f"(expected a name ending in _FFFF_MMMM.nii.gz)")
+    label = inside_root(root, rel.replace("images", "labels"), where)
+    return Case(subject, modality, image, label)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data
+
+
+def _pairs(root: Path, entries: object, where: str) -> list[Pair]:
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: expected a list of {{'fixed', 'moving'}} objects")
+    pairs = []
+    for n, entry in enumerate(entries):
+        here = f"{where}[{n}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{here}: expected an object with 'fixed' and 'moving'")
+        missing = {"fixed", "moving"} - entry.keys()
+        unknown = entry.keys() - {"fixed", "moving"}
+        if missing or unknown:
+            raise ValueError(f"{here}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+        pairs.append(Pair(case_from_path(root, entry["fixed"], here), case_from_path(root, entry["moving"], here)))
+    return pairs
+
+
+def _shape(value: object, where: str) -> tuple[int, int, int]:
+    if isinstance(value, dict):  # tensorImageShape: {"0": [192, 160, 256]}
+        value = value.get("0", next(iter(value.values()), None))
+    if not (isinstance(value, list) and len(value) in (3, 4) and all(isinstance(v, int) and v > 0 for v in value)):
+        raise ValueError(f"{where}: expected a list of 3 positive integers, got {value!r}")
+    return tuple(value[:3])  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------ loaders
+
+
+def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Dataset:
+    """Load a dataset JSON or an official evaluation config JSON (recognised by ``eval_pairs``).
+
+    Args:
+        path: the JSON file.
+        root: the data folder; default the JSON's folder.
+
+    Raises:
+        ValueError: malformed JSON, missing required keys (all listed), malformed entries, unsafe paths.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    root_path = Path(root) if root is not None else path.parent
+    if "eval_pairs" in data:
+        return _load_config(path, data, root_path)
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing required keys: {', '.join(missing)}")
+    training = []
+    for n, entry in enumerate(data["training"] if isinstance(data["training"], list) else []):
+        here = f"{path}: training[{n}]"
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise ValueError(f"{here}: expected an object with 'image' and 'label'")
+        case = case_from_path(root_path, entry["image"], here)
+        if "label" in entry:
+            case = Case(case.id, case.modality, case.image, inside_root(root_path, entry["label"], here))
+        training.append(case)
+    splits = {s: _pairs(root_path, data[f"registration_{s}"], f"{path}: registration_{s}") for s in SPLITS}
+    return Dataset(
+        root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
+        splits=splits, training=training, unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path,
+    )
+
+
+def _load_config(path: Path, data: dict, root: Path) -> Dataset:
+    missing = [k for k in CONFIG_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing required keys of an evaluation config: {', '.join(missing)}")
+    methods = []
+    for n, m in enumerate(data["evaluation_methods"]):
+        if not isinstance(m, dict) or not {"name", "metric"} <= m.keys():
+            raise ValueError(f"{path}: evaluation_methods[{n}]: expected an object with 'name' and 'metric'")
+        if m["metric"] not in ("dice", "hd95", "sdlogj"):
+            raise ValueError(f"{path}: evaluation_methods[{n}]: metric '{m['metric']}' is not supported "
+                             f"(supported: dice, hd95, sdlogj)")
+        methods.append(MetricSpec(str(m["name"]), m["metric"], tuple(int(v) for v in m.get("labels", ()))))
+    expected = data["expected_shape"]
+    if not (isinstance(expected, list) and len(expected) == 4 and expected[3] == 3):
+        raise ValueError(f"{path}: expected_shape must be [I, J, K, 3], got {expected!r}")
+    return Dataset(
+        root=root, name=str(data["task_name"]), shape=_shape(expected, f"{path}: expected_shape"),
+        splits={"eval": _pairs(root, data["eval_pairs"], f"{path}: eval_pairs")}, metrics=tuple(methods),
+        unknown_keys=tuple(sorted(set(data) - set(CONFIG_KEYS) - {"masked_evaluation"})), source=path,
+    )
+
+
+def load_2020(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> Dataset:
+    """The 2020 layout: ``Training/img/img0001.nii.gz``, ``Training/label/label0001.nii.gz``, and a CSV
+    with columns ``fixed,moving`` (integer ids). Pairs land in split ``val``.
+
+    Raises:
+        ValueError: unreadable CSV, missing columns, non-integer ids.
+    """
+    root_path = Path(root)
+    csv_path = Path(pairs_csv)
+    if not csv_path.is_file():
+        raise ValueError(f"{csv_path}: file not found")
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if not {"fixed", "moving"} <= set(fields):
+            raise ValueError(f"{csv_path}: expected columns 'fixed,moving', found {fields}")
+        pairs = []
+        for n, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            try:
+                ids = [f"{int(row['fixed']):04d}", f"{int(row['moving']):04d}"]
+            except ValueError:
+                raise ValueError(f"{csv_path}: line {n}: ids must be integers, got {row}") from None
+            cases = [Case(i, "0000", inside_root(root_path, f"Training/img/img{i}.nii.gz", str(csv_path)),
+                          inside_root(root_path, f"Training/label/label{i}.nii.gz", str(csv_path))) for i in ids]
+            pairs.append(Pair(*cases))
+    return Dataset(root=root_path, name="CT_abdominal_2020", shape=L2R_SHAPE,
+                   splits={"val": pairs, "test": []}, source=csv_path)
+
+
+def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True) -> list[str]:
+    """Problems that would stop work, one line each: unknown keys are only listed, missing files block.
+
+    Returns:
+        Lines, each starting with ``error:`` or ``note:``.
+    """
+    lines = [f"note: unknown top-level key '{k}' ignored" for k in ds.unknown_keys]
+    pairs = ds.pairs(split) if split is not None or ds.splits else None
+    for p in ds.missing_files(pairs, labels=labels):
+        lines.append(f"error: missing file {p}")
+    return lines

@@ -1,0 +1,316 @@
+"""All file I/O of l2r_submit: volumes in, displacement fields out and back in.
+
+Nothing else in the package touches nibabel or SimpleITK. Arrays come back in the axis order
+``nibabel.load(f).get_fdata()`` gives (see :mod:`l2r_submit.contract`); files read with SimpleITK
+(z, y, x arrays) are transposed to that order.
+
+Displacement files (one per pair, fixed grid, voxel units, pull map):
+
+========  ===============================  ===========================================================
+format    on disk                          notes
+========  ===============================  ===========================================================
+nii.gz    (I, J, K, 3) float32             identity affine, channel last (2022+ evaluator)
+npz       (I, J, K, 3) float32, ``arr_0``  exactly one array (2022+ evaluator)
+npz2020   (3, I/2, J/2, K/2) float16       ``arr_0``, channel first, half resolution, values still in
+                                           full-resolution voxels (2020/2021 evaluator)
+========  ===============================  ===========================================================
+
+Every write goes to a temporary file in the destination folder and is renamed into place, so a
+killed run never leaves a truncated file under a final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .contract import check_disp_array
+
+FORMATS = ("nii.gz", "npz", "npz2020")
+NAME_STYLES = ("long", "short", "both")
+_ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume as read from disk.
+
+    Attributes:
+        array: (I, J, K) array in nibabel axis order.
+        affine: 4x4 voxel-to-RAS world matrix (mm).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along each array axis, in mm."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def _fail(path: Path | str, problem: str) -> ValueError:
+    return ValueError(f"{path}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------- read
+
+
+def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
+    """Read a 3-D volume: NIfTI (.nii, .nii.gz), .mha/.mhd/.nrrd/.nhdr, or a DICOM series folder.
+
+    Raises:
+        ValueError: missing file, unreadable or corrupt file, not 3-D; the message names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _fail(path, "file not found")
+    name = path.name.lower()
+    try:
+        if path.is_dir():
+            array, affine = _read_itk(path, dicom=True)
+        elif name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            array = np.asanyarray(img.dataobj)
+            affine = np.asarray(img.affine, dtype=np.float64)
+        elif name.endswith(_ITK_SUFFIXES):
+            array, affine = _read_itk(path, dicom=False)
+        else:
+            raise _fail(path, "unknown volume format (expected .nii.gz, .nii, .mha, .nrrd or a DICOM folder)")
+    except ValueError:
+        raise
+    except Exception as exc:  # nibabel/SimpleITK/zlib raise many types for corrupt files
+        raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise _fail(path, f"expected a 3-D volume, got shape {tuple(array.shape)}")
+    if dtype is not None:
+        array = array.astype(dtype)
+    return Volume(np.asarray(array), affine)
+
+
+def _read_itk(path: Path, dicom: bool) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    if dicom:
+        reader = sitk.ImageSeriesReader()
+        files = reader.GetGDCMSeriesFileNames(str(path))
+        if not files:
+            raise _fail(path, "folder holds no DICOM series")
+        reader.SetFileNames(files)
+        img = reader.Execute()
+    else:
+        img = sitk.ReadImage(str(path))
+    if img.GetDimension() != 3:
+        raise _fail(path, f"expected a 3-D volume, got {img.GetDimension()}-D")
+    array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(img.GetSpacing())[None, :]
+    affine[:3, 3] = img.GetOrigin()
+    affine[:2] *= -1.0  # ITK world is LPS, NIfTI world is RAS
+    return array, affine
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map as int32 (I, J, K).
+
+    Raises:
+        ValueError: unreadable file, or values that are not whole numbers.
+    """
+    vol = read_volume(path)
+    arr = vol.array
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise _fail(path, "label map holds non-integer or non-finite values")
+    return arr.astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------------- names
+
+
+def disp_names(fixed_id: str, moving_id: str, names: str = "long",
+               fixed_modality: str = "0000", moving_modality: str = "0000") -> list[str]:
+    """File stems for one pair: ``disp_FFFF_0000_MMMM_0000`` (long), ``disp_FFFF_MMMM`` (short) or both.
+
+    Raises:
+        ValueError: unknown name style, or ids that are not four digits.
+    """
+    if names not in NAME_STYLES:
+        raise ValueError(f"names: '{names}' received, expected one of {', '.join(NAME_STYLES)}")
+    for value in (fixed_id, moving_id, fixed_modality, moving_modality):
+        if len(value) != 4 or not value.isdigit():
+            raise ValueError(f"case id or modality '{value}' is not four digits")
+    long = f"disp_{fixed_id}_{fixed_modality}_{moving_id}_{moving_modality}"
+    short = f"disp_{fixed_id}_{moving_id}"
+    return {"long": [long], "short": [short], "both": [long, short]}[names]
+
+
+def disp_extension(fmt: str) -> str:
+    """File extension for a format name (``npz2020`` is an ``.npz`` file too)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: '{fmt}' received, expected one of {', '.join(FORMATS)}")
+    return ".nii.gz" if fmt == "nii.gz" else ".npz"
+
+
+# ------------------------------------------------------------------------------------------ write
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def downsample_2020(disp: np.ndarray) -> np.ndarray:
+    """Full-resolution (3, I, J, K) field to the 2020 form: each channel ``zoom(c, 0.5, order=2)``, float16."""
+    from scipy.ndimage import zoom
+
+    return np.stack([zoom(c.astype(np.float32), 0.5, order=2) for c in disp]).astype(np.float16)
+
+
+def upsample_2020(disp_half: np.ndarray) -> np.ndarray:
+    """The 2020 evaluator's upsampling: each channel ``zoom(c, 2, order=2)`` in float32. (3, i, j, k) -> (3, 2i, 2j, 2k)."""
+    from scipy.ndimage import zoom
+
+    return np.stack([zoom(c.astype(np.float32), 2, order=2) for c in disp_half])
+
+
+def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, moving_id: str,
+               fmt: str = "nii.gz", names: str = "long") -> list[Path]:
+    """Write one pair's field in an official format, atomically, under each requested name.
+
+    Args:
+        disp: (3, I, J, K) float32, voxels, pull map on the fixed grid.
+        out_dir: destination folder (created if needed).
+        fixed_id, moving_id: four-digit case ids.
+        fmt: ``nii.gz``, ``npz`` or ``npz2020``.
+        names: ``long``, ``short`` or ``both``.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: a field that breaks the contract, or an unknown format or name style.
+    """
+    check_disp_array(disp)
+    ext = disp_extension(fmt)
+    stems = disp_names(fixed_id, moving_id, names)
+    if fmt == "nii.gz":
+        import nibabel as nib
+
+        data = np.ascontiguousarray(np.moveaxis(disp.astype(np.float32), 0, -1))
+
+        def write(tmp: str) -> None:
+            nib.save(nib.Nifti1Image(data, np.eye(4)), tmp)
+    else:
+        data = downsample_2020(disp) if fmt == "npz2020" else np.moveaxis(disp.astype(np.float32), 0, -1)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, arr_0=data)
+
+    out = Path(out_dir)
+    first = atomic_write(out / (stems[0] + ext), write)
+    written = [first]
+    for stem in stems[1:]:  # further names: a hard link (or copy), renamed into place
+        def link(tmp: str) -> None:
+            os.unlink(tmp)
+            try:
+                os.link(first, tmp)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(first, tmp)
+        written.append(atomic_write(out / (stem + ext), link))
+    return written
+
+
+# ------------------------------------------------------------------------------------------- read
+
+
+def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: str = "2022") -> np.ndarray:
+    """Read one displacement file as the official evaluator of ``protocol`` would.
+
+    ``2022``: ``.nii.gz`` through ``get_fdata()`` (float64) or ``.npz`` holding one full-resolution
+    array, cast to float32 -- the dtypes the official evaluator computes with. ``2020``: an ``.npz``
+    with a float16 (3, I/2, J/2, K/2) array, upsampled by :func:`upsample_2020`.
+
+    Returns:
+        (3, I, J, K) field (a channel-first view of the file's channel-last data for 2022).
+
+    Raises:
+        ValueError: missing or corrupt file, wrong format for the protocol, wrong shape or dtype, NaNs.
+    """
+    path = Path(path)
+    full = tuple(int(n) for n in spatial_shape)
+    if not path.is_file():
+        raise _fail(path, "displacement file not found")
+    name = path.name.lower()
+    if protocol == "2020":
+        arr = _read_npz(path)
+        half = tuple(n // 2 for n in full)
+        if arr.dtype != np.float16:
+            raise _fail(path, f"dtype {arr.dtype} received, the 2020 format expects float16")
+        if arr.shape != (3, *half):
+            raise _fail(path, f"shape {arr.shape} received, the 2020 format expects {(3, *half)}")
+        if not np.isfinite(arr).all():
+            raise _fail(path, "field holds NaN or inf values")
+        return upsample_2020(arr)
+    if protocol != "2022":
+        raise ValueError(f"protocol: '{protocol}' received, expected 2022 or 2020")
+    if name.endswith(".nii.gz"):
+        import nibabel as nib
+
+        try:
+            arr = nib.load(str(path)).get_fdata()
+        except Exception as exc:
+            raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    elif name.endswith(".npz"):
+        arr = _read_npz(path)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+    else:
+        raise _fail(path, "a displacement field must be a .nii.gz or .npz file")
+    if arr.shape != (*full, 3):
+        hint = " (a half-resolution field is not accepted here; use --protocol 2020)" if arr.shape[0] == 3 else ""
+        raise _fail(path, f"shape {arr.shape} received, expected {(*full, 3)}{hint}")
+    disp = np.moveaxis(arr, -1, 0)
+    try:
+        check_disp_array(disp, full, name=str(path))
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return disp
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    """The single array ``arr_0`` of an .npz file (the official evaluators read that key)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.keys())
+            if keys != ["arr_0"]:
+                raise _fail(path, f"an .npz field must hold exactly one array named arr_0, found {keys}")
+            return npz["arr_0"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,177 @@
+"""Build test_data/: a small real dataset in the AbdomenCTCT layout, from ../shared/data.
+
+Subjects (all 192 x 160 x 256, 2 mm, HU, Learn2Reg labels):
+  0004  the real CT of shared/data/ct_patient_a, resampled from 3 mm to 2 mm (the base anatomy);
+  0001-0003  the base warped by smooth seeded random fields (pull maps, up to 8 voxels) + noise;
+  0005  a second anatomy: CT-like intensities painted on the AMOS label map of shared/data/amos_labels.
+For the pairs (000k fixed, 0004 moving), k = 1..3, the true displacement is exactly the generating
+field; truth.json stores its control points (see l2r_submit.synthetic.upsample_coarse).
+
+Usage:
+  python scripts/make_test_data.py [--shared ../shared/data] [--out test_data]
+  python scripts/make_test_data.py --true-fields DIR [--format nii.gz|npz|npz2020] [--names long|short|both]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+from l2r_submit.contract import L2R_SHAPE
+from l2r_submit.io import read_volume, write_disp
+from l2r_submit.synthetic import coarse_random_disp, paint_from_labels, upsample_coarse
+
+TOTALSEG_TO_L2R = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}
+AMOS_TO_L2R = {**{i: i for i in range(1, 10)}, 10: 11, 11: 12, 12: 13}
+SPACING_MM = 2.0
+DEFORMED = {"0001": (11, 8.0), "0002": (12, 6.0), "0003": (13, 7.0)}  # id: (seed, max displacement)
+BASE, PAINTED = "0004", "0005"
+AIR_BELOW_HU = -800  # everything darker is set to -1024 (air), which keeps the files small
+QUANT_HU = 4  # intensities are stored as multiples of 4 HU (error std 1.2 HU, far below CT noise)
+GRID = (4, 4, 5)
+
+
+def remap(labels: np.ndarray, table: dict[int, int]) -> np.ndarray:
+    lut = np.zeros(int(labels.max()) + 1, np.uint8)
+    for src, dst in table.items():
+        if src < lut.size:
+            lut[src] = dst
+    return lut[labels]
+
+
+def resample_to_2mm(array: np.ndarray, spacing: tuple[float, ...], order: int, cval: float) -> np.ndarray:
+    """Resample onto a 2 mm grid sharing the first voxel centre."""
+    axes = [np.arange(0.0, (n - 1) * s + 1e-6, SPACING_MM) / s for n, s in zip(array.shape, spacing)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+    return map_coordinates(array.astype(np.float32), coords, order=order, cval=cval)
+
+
+def place(array: np.ndarray, centre: np.ndarray, fill: float) -> np.ndarray:
+    """Put ``centre`` of ``array`` at the centre of an L2R-shaped volume, padding with ``fill``."""
+    out = np.full(L2R_SHAPE, fill, array.dtype)
+    src, dst = [], []
+    for n, c, m in zip(array.shape, centre, L2R_SHAPE):
+        start = int(round(c)) - m // 2  # source index that lands on output index 0
+        lo, hi = max(start, 0), min(start + m, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def to_stored_hu(image: np.ndarray) -> np.ndarray:
+    """int16 HU: air floor at -1024, quantised to QUANT_HU."""
+    image = np.where(image < AIR_BELOW_HU, -1024.0, np.clip(image, -1024.0, 3071.0))
+    return (np.round(image / QUANT_HU) * QUANT_HU).astype(np.int16)
+
+
+def true_field(entry: dict) -> np.ndarray:
+    """The exact generating field of one pair from truth.json: (3, I, J, K) float32."""
+    return upsample_coarse(np.asarray(entry["coarse"], np.float64), entry["shape"]).astype(np.float32)
+
+
+def build(shared: Path, out: Path) -> None:
+    rng = np.random.default_rng(2020)
+    ct = read_volume(shared / "ct_patient_a" / "ct.nii.gz")
+    seg = read_volume(shared / "ct_patient_a" / "totalseg_labels.nii.gz")
+    base_ct = resample_to_2mm(ct.array, ct.spacing, order=1, cval=-1024.0)
+    base_seg = resample_to_2mm(remap(seg.array.astype(np.int64), TOTALSEG_TO_L2R), seg.spacing, 0, 0.0)
+    centre = (np.array(base_ct.shape) - 1) / 2.0
+    base_ct = place(to_stored_hu(base_ct), centre, -1024)
+    base_seg = place(base_seg.astype(np.uint8), centre, 0)
+
+    images, labels = {BASE: base_ct, PAINTED: None}, {BASE: base_seg}
+    truth = {}
+    ident = np.stack(np.meshgrid(*[np.arange(n) for n in L2R_SHAPE], indexing="ij")).astype(np.float64)
+    for case, (seed, max_disp) in DEFORMED.items():
+        coarse = coarse_random_disp(seed, GRID)
+        full = upsample_coarse(coarse, L2R_SHAPE)
+        coarse *= max_disp / np.sqrt((full ** 2).sum(0)).max()
+        entry = {"fixed": case, "moving": BASE, "seed": seed, "max_disp_vox": max_disp,
+                 "shape": list(L2R_SHAPE), "coarse": coarse.tolist()}
+        coords = ident + true_field(entry)
+        warped = map_coordinates(base_ct.astype(np.float32), coords, order=1, cval=-1024.0)
+        images[case] = to_stored_hu(warped)
+        labels[case] = map_coordinates(base_seg, coords, order=0).astype(np.uint8)
+        truth[f"{case}_0000<--{BASE}_0000"] = entry
+
+    amos = read_volume(shared / "amos_labels" / "amos_0013_labels.nii.gz")
+    amos_l2r = remap(amos.array.astype(np.int64), AMOS_TO_L2R)
+    amos_l2r = amos_l2r[::-1] if amos.affine[0, 0] < 0 else amos_l2r  # LAS -> RAS like the base
+    amos_l2r = resample_to_2mm(amos_l2r, amos.spacing, 0, 0.0).astype(np.uint8)
+    centre = np.array([np.mean(ix) for ix in np.nonzero(amos_l2r)])
+    labels[PAINTED] = place(amos_l2r, centre, 0)
+    images[PAINTED] = to_stored_hu(paint_from_labels(labels[PAINTED], rng))
+
+    write_dataset(out, images, labels, truth)
+
+
+def write_dataset(out: Path, images: dict, labels: dict, truth: dict) -> None:
+    import nibabel as nib
+
+    affine = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+    for sub in ("imagesTr", "labelsTr"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    ids = sorted(images)
+    for i in ids:
+        nib.save(nib.Nifti1Image(images[i], affine), out / "imagesTr" / f"AbdomenCTCT_{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels[i], affine), out / "labelsTr" / f"AbdomenCTCT_{i}_0000.nii.gz")
+
+    def img(i: str) -> str:
+        return f"./imagesTr/AbdomenCTCT_{i}_0000.nii.gz"
+
+    val = [("0001", BASE), ("0002", BASE), ("0003", BASE), (BASE, PAINTED)]
+    test = [("0001", "0002"), ("0003", BASE), (PAINTED, "0006")][:2]  # fixed odd, moving even, fixed < moving
+    dataset = {
+        "name": "AbdomenCTCT_test_data",
+        "description": "l2r_submit test data: one real CT, three synthetic deformations of it, one painted anatomy",
+        "tensorImageShape": {"0": list(L2R_SHAPE)},
+        "modality": {"0": "CT"},
+        "labels": {"0": {"0": "background", **{str(k): v for k, v in _label_names().items()}}},
+        "pairings": "unpaired",
+        "numTraining": len(ids),
+        "numTest": 0,
+        "training": [{"image": img(i), "label": img(i).replace("images", "labels")} for i in ids],
+        "test": [],
+        "numRegistration_val": len(val),
+        "numRegistration_test": len(test),
+        "registration_val": [{"fixed": img(f), "moving": img(m)} for f, m in val],
+        "registration_test": [{"fixed": img(f), "moving": img(m)} for f, m in test],
+    }
+    (out / "AbdomenCTCT_dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    (out / "truth.json").write_text(json.dumps(truth) + "\n")
+
+
+def _label_names() -> dict[int, str]:
+    from l2r_submit.contract import LABEL_NAMES
+
+    return LABEL_NAMES
+
+
+@click.command()
+@click.option("--shared", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("test_data"), show_default=True)
+@click.option("--true-fields", type=click.Path(path_type=Path), default=None,
+              help="Instead of building, write the true fields of test_data's synthetic pairs here.")
+@click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz")
+@click.option("--names", type=click.Choice(["long", "short", "both"]), default="long")
+def main(shared: Path, out: Path, true_fields: Path | None, fmt: str, names: str) -> None:
+    if true_fields is not None:
+        truth = json.loads((out / "truth.json").read_text())
+        for entry in truth.values():
+            write_disp(true_field(entry), true_fields, entry["fixed"], entry["moving"], fmt, names)
+        click.echo(f"wrote {len(truth)} true fields to {true_fields}")
+        return
+    build(shared, out)
+    for lic in sorted(shared.glob("*/LICENSE*")):
+        shutil.copy(lic, out / lic.name)
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
