@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny AbdomenCTCT-layout dataset written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+TINY_SHAPE = (24, 20, 28)
+
+
+def blob_labels(shape, rng: np.random.Generator, n_labels: int = 4) -> np.ndarray:
+    """Label map of a few random boxes (labels 1..n_labels), shape ``shape``."""
+    seg = np.zeros(shape, np.uint8)
+    for label in range(1, n_labels + 1):
+        lo = [int(rng.integers(2, n // 2)) for n in shape]
+        size = [int(rng.integers(4, n // 2)) for n in shape]
+        seg[tuple(slice(a, a + s) for a, s in zip(lo, size))] = label
+    return seg
+
+
+def write_tiny_dataset(root: Path, n_subjects: int = 3, shape=TINY_SHAPE, seed: int = 0) -> Path:
+    """Write imagesTr/labelsTr and AbdomenCTCT_dataset.json with val pairs (1,2), (1,3), (2,3)."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    ids = [f"{i:04d}" for i in range(1, n_subjects + 1)]
+    for i in ids:
+        seg = blob_labels(shape, rng)
+        img = (seg * 40.0 + rng.normal(0, 5, shape) - 100).astype(np.int16)
+        nib.save(nib.Nifti1Image(img, np.diag([2.0, 2, 2, 1])), root / "imagesTr" / f"AbdomenCTCT_{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(seg, np.diag([2.0, 2, 2, 1])), root / "labelsTr" / f"AbdomenCTCT_{i}_0000.nii.gz")
+
+    def img(i: str) -> str:
+        return f"./imagesTr/AbdomenCTCT_{i}_0000.nii.gz"
+
+    pairs = [(a, b) for n, a in enumerate(ids) for b in ids[n + 1:]]
+    data = {
+        "name": "Tiny", "tensorImageShape": {"0": list(shape)},
+        "training": [{"image": img(i), "label": img(i).replace("images", "labels")} for i in ids],
+        "registration_val": [{"fixed": img(a), "moving": img(b)} for a, b in pairs],
+        "registration_test": [{"fixed": img(ids[0]), "moving": img(ids[1])}],
+    }
+    path = root / "AbdomenCTCT_dataset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return write_tiny_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
