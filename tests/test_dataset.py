@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from l2r_submit import dataset
+
+
+def test_load_test_data(repo_root):
+    ds = dataset.load(repo_root / "test_data" / "AbdomenCTCT_dataset.json")
+    assert ds.shape == (192, 160, 256)
+    assert [p.key for p in ds.pairs("val")][0] == "0001_0000<--0004_0000"
+    assert ds.pairs() == ds.pairs("val")
+    assert len(ds.pairs("test")) == 2
+    assert ds.missing_files() == []
+    assert ds.pairs("val")[0].fixed.label.name == "AbdomenCTCT_0001_0000.nii.gz"
+    assert ds.pairs("val")[0].fixed.label.parent.name == "labelsTr"
+
+
+def test_case_ids_from_fixed_positions(tmp_path):
+    case = dataset.case_from_path(tmp_path, "./imagesTs/AbdomenCTCT_0031_0001.nii.gz", "x")
+    assert (case.id, case.modality) == ("0031", "0001")
+    assert case.label == tmp_path / "labelsTs" / "AbdomenCTCT_0031_0001.nii.gz"
+    with pytest.raises(ValueError, match="cannot read case id"):
+        dataset.case_from_path(tmp_path, "./imagesTr/case1.nii.gz", "x")
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "d.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_malformed_json(tmp_path):
+    with pytest.raises(ValueError, match=r"d.json: malformed JSON at line 1, column"):
+        dataset.load(_write(tmp_path, '{"name": '))
+
+
+def test_missing_keys_listed_together(tmp_path):
+    with pytest.raises(ValueError, match="missing required keys: tensorImageShape, training, registration_val"):
+        dataset.load(_write(tmp_path, {"name": "x"}))
+
+
+def _minimal(pairs):
+    return {"name": "x", "tensorImageShape": {"0": [4, 4, 4]}, "training": [],
+            "registration_val": pairs, "registration_test": []}
+
+
+@pytest.mark.parametrize("path, msg", [
+    ("../outside/AbdomenCTCT_0001_0000.nii.gz", "escapes the data folder"),
+    ("/etc/AbdomenCTCT_0001_0000.nii.gz", "absolute path"),
+    ("./imagesTr/../../AbdomenCTCT_0001_0000.nii.gz", "escapes the data folder"),
+])
+def test_paths_must_stay_inside_root(tmp_path, path, msg):
+    pairs = [{"fixed": path, "moving": "./imagesTr/AbdomenCTCT_0002_0000.nii.gz"}]
+    with pytest.raises(ValueError, match=msg):
+        dataset.load(_write(tmp_path, _minimal(pairs)))
+
+
+def test_unknown_pair_keys_rejected_unknown_top_level_reported(tmp_path):
+    pairs = [{"fixed": "./imagesTr/AbdomenCTCT_0001_0000.nii.gz",
+              "moving": "./imagesTr/AbdomenCTCT_0002_0000.nii.gz", "weight": 1}]
+    with pytest.raises(ValueError, match=r"registration_val\[0\]: .*unknown keys \['weight'\]"):
+        dataset.load(_write(tmp_path, _minimal(pairs)))
+    ds = dataset.load(_write(tmp_path, {**_minimal([]), "colour": "blue"}))
+    assert dataset.integrity_report(ds) == ["note: unknown top-level key 'colour' ignored"]
+
+
+def test_integrity_report_lists_missing_files(tiny_dataset):
+    (tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0002_0000.nii.gz").unlink()
+    ds = dataset.load(tiny_dataset)
+    report = dataset.integrity_report(ds, "val")
+    assert report == [f"error: missing file {tiny_dataset.parent / 'labelsTr' / 'AbdomenCTCT_0002_0000.nii.gz'}"]
+
+
+def test_eval_config(tmp_path):
+    cfg = {"task_name": "AbdomenCTCT", "expected_shape": [4, 4, 4, 3],
+           "evaluation_methods": [{"name": "DSC", "metric": "dice", "labels": [1, 2]},
+                                  {"name": "LogJacDetStd", "metric": "sdlogj"}],
+           "eval_pairs": [{"fixed": "./imagesTr/AbdomenCTCT_0001_0000.nii.gz",
+                           "moving": "./imagesTr/AbdomenCTCT_0004_0000.nii.gz"}]}
+    ds = dataset.load(_write(tmp_path, cfg), root=tmp_path)
+    assert ds.name == "AbdomenCTCT" and ds.shape == (4, 4, 4)
+    assert [m.name for m in ds.metrics] == ["DSC", "LogJacDetStd"]
+    assert ds.metrics[0].labels == (1, 2)
+    assert [p.key for p in ds.pairs()] == ["0001_0000<--0004_0000"]
+    cfg["evaluation_methods"].append({"name": "TRE", "metric": "tre"})
+    with pytest.raises(ValueError, match="metric 'tre' is not supported"):
+        dataset.load(_write(tmp_path, cfg))
+
+
+def test_2020_layout(tmp_path):
+    (tmp_path / "pairs_val.csv").write_text("fixed,moving\n1,4\n2,21\n")
+    ds = dataset.load_2020(tmp_path, tmp_path / "pairs_val.csv")
+    assert [p.key for p in ds.pairs("val")] == ["0001_0000<--0004_0000", "0002_0000<--0021_0000"]
+    assert ds.pairs("val")[0].fixed.image == tmp_path / "Training/img/img0001.nii.gz"
+    assert ds.pairs("val")[0].moving.label == tmp_path / "Training/label/label0004.nii.gz"
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="expected columns 'fixed,moving'"):
+        dataset.load_2020(tmp_path, tmp_path / "bad.csv")

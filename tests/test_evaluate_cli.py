@@ -1,0 +1,161 @@
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from l2r_submit import dataset, evaluate, io
+from l2r_submit.cli import main
+from l2r_submit.synthetic import smooth_random_disp
+
+from conftest import TINY_SHAPE
+
+VAL = [("0001", "0002"), ("0001", "0003"), ("0002", "0003")]
+
+
+def write_fields(out, fmt="nii.gz", names="long", seed=0):
+    for n, (f, m) in enumerate(VAL):
+        io.write_disp(smooth_random_disp(seed + n, TINY_SHAPE, 2.5), out, f, m, fmt, names)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_is_instant_without_torch():
+    code = "import sys, l2r_submit.cli; sys.exit('torch' in sys.modules or 'scipy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert "evaluate" in invoke("--help").output
+
+
+def test_evaluate_end_to_end(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "disp")
+    out = tmp_path / "m.json"
+    res = invoke("evaluate", tiny_dataset, tmp_path / "disp", "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    m = json.loads(out.read_text())
+    assert set(m) >= {"name", "aggregates", "cases", "eval_version"} and m["eval_version"] == "2.0"
+    assert list(m["cases"]) == ["0001_0000<--0002_0000", "0001_0000<--0003_0000", "0002_0000<--0003_0000"]
+    case = m["cases"]["0001_0000<--0002_0000"]
+    assert set(case) >= {"DSC", "HD95", "LogJacDetStd", "num_foldings"}
+    assert len(case["DSC"]["detailed"]) == 13 and set(case["DSC"]) == {"mean", "detailed"}
+    assert set(m["aggregates"]["DSC"]) == {"mean", "std", "30"}
+    assert "DSC" in res.output and "3 pairs scored, 0 failed" in res.output
+    assert (tmp_path / "m.csv").read_text().count("\n") == 4
+
+
+def test_formats_and_names_give_same_numbers(tiny_dataset, tmp_path):
+    results = {}
+    for fmt, names in (("nii.gz", "long"), ("npz", "short"), ("npz", "both"), ("npz2020", "both")):
+        d = tmp_path / f"{fmt}-{names}"
+        write_fields(d, fmt, names)
+        protocol = "2020" if fmt == "npz2020" else "2022"
+        ds = dataset.load(tiny_dataset)
+        results[(fmt, names)] = evaluate.run(evaluate.EvalConfig(ds, d, protocol=protocol, progress=False)).metrics
+    base = results[("nii.gz", "long")]["cases"]
+    for key, m in results.items():
+        for case_key, case in m["cases"].items():
+            for name in ("DSC", "HD95", "LogJacDetStd"):
+                a, b = case[name]["mean"], base[case_key][name]["mean"]
+                if key[0] == "npz2020":
+                    # half resolution + float16 changes the field by up to ~0.1 voxel
+                    tol = {"DSC": 0.05, "HD95": 1.5, "LogJacDetStd": 0.05}[name]
+                    assert abs(a - b) <= tol, (key, case_key, name, a, b)
+                else:
+                    assert abs(a - b) <= 1e-6, (key, case_key, name, a, b)
+
+
+def test_missing_fields_listed_then_zero_filled(tiny_dataset, tmp_path):
+    d = tmp_path / "disp"
+    write_fields(d)
+    (d / "disp_0001_0000_0003_0000.nii.gz").unlink()
+    (d / "disp_0002_0000_0003_0000.nii.gz").unlink()
+    res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet")
+    assert res.exit_code == 2
+    assert "2 of 3 displacement fields missing: disp_0001_0000_0003_0000, disp_0002_0000_0003_0000" in res.output
+    assert not (tmp_path / "m.json").exists()
+    res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--missing", "zero", "--quiet")
+    assert res.exit_code == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["zero_filled"] == ["0001_0000<--0003_0000", "0002_0000<--0003_0000"]
+    assert m["cases"]["0001_0000<--0003_0000"]["LogJacDetStd"]["mean"] == 0.0
+
+
+def test_one_bad_field_fails_alone_with_exit_1(tiny_dataset, tmp_path):
+    d = tmp_path / "disp"
+    write_fields(d)
+    bad = np.full((*TINY_SHAPE, 3), np.nan, np.float32)
+    (d / "disp_0001_0000_0002_0000.nii.gz").unlink()
+    np.savez_compressed(d / "disp_0001_0000_0002_0000.npz", bad)
+    res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet", "--workers", "2")
+    assert res.exit_code == 1
+    assert "error: 0001_0000<--0002_0000: " in res.output and "non-finite" in res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert list(m["failed"]) == ["0001_0000<--0002_0000"] and "non-finite" in m["failed"]["0001_0000<--0002_0000"]
+    assert len(m["cases"]) == 2
+
+
+def test_wrong_shape_field_is_reported(tiny_dataset, tmp_path):
+    d = tmp_path / "disp"
+    write_fields(d)
+    np.savez_compressed(d / "disp_0002_0003.npz", np.zeros((3, *TINY_SHAPE), np.float32))
+    (d / "disp_0002_0000_0003_0000.nii.gz").unlink()
+    res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet")
+    assert res.exit_code == 1
+    assert "disp_0002_0003.npz: shape (3, 24, 20, 28) received, expected (24, 20, 28, 3)" in res.output
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("{not json", "malformed JSON"),
+    ('{"name": "x"}', "missing required keys"),
+])
+def test_bad_dataset_json_one_line_error(tmp_path, content, msg):
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    (tmp_path / "disp").mkdir()
+    res = invoke("evaluate", path, tmp_path / "disp")
+    assert res.exit_code == 2 and msg in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_eval_config_input(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "disp", names="short")
+    cfg = {"task_name": "Tiny", "expected_shape": [*TINY_SHAPE, 3],
+           "evaluation_methods": [{"name": "LogJacDetStd", "metric": "sdlogj"},
+                                  {"name": "DSC", "metric": "dice", "labels": [1, 2, 3]},
+                                  {"name": "HD95", "metric": "hd95", "labels": [1, 2, 3]}],
+           "eval_pairs": [{"fixed": "./imagesTr/AbdomenCTCT_0001_0000.nii.gz",
+                           "moving": "./imagesTr/AbdomenCTCT_0002_0000.nii.gz"}]}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    res = invoke("evaluate", tmp_path / "cfg.json", tmp_path / "disp", "--data-root", tiny_dataset.parent,
+                 "--out", tmp_path / "m.json", "--quiet")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["name"] == "Tiny" and len(m["cases"]["0001_0000<--0002_0000"]["DSC"]["detailed"]) == 3
+
+
+def test_check_command(tiny_dataset):
+    res = invoke("check", tiny_dataset)
+    assert res.exit_code == 0 and "val: 3 pairs" in res.output
+    (tiny_dataset.parent / "imagesTr" / "AbdomenCTCT_0003_0000.nii.gz").unlink()
+    res = invoke("check", tiny_dataset)
+    assert res.exit_code == 2 and "missing file" in res.output
+
+
+def test_true_fields_on_test_data_score_near_perfect(repo_root, tmp_path):
+    sys.path.insert(0, str(repo_root / "scripts"))
+    from make_test_data import true_field
+
+    truth = json.loads((repo_root / "test_data" / "truth.json").read_text())
+    entry = truth["0001_0000<--0004_0000"]
+    io.write_disp(true_field(entry), tmp_path, entry["fixed"], entry["moving"])
+    ds = dataset.load(repo_root / "test_data" / "AbdomenCTCT_dataset.json")
+    ds.splits["one"] = ds.pairs("val")[:1]
+    m = evaluate.run(evaluate.EvalConfig(ds, tmp_path, split="one", progress=False)).metrics
+    case = m["cases"]["0001_0000<--0004_0000"]
+    assert case["DSC"]["mean"] >= 0.95
+    assert case["DSC_zero_field"]["mean"] < 0.9
+    assert math.isfinite(case["HD95"]["mean"]) and case["jac_nonpos_fraction"]["mean"] == 0.0
