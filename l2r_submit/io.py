@@ -122,7 +122,7 @@ def _read_itk(path: Path, dicom: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read a label map as int32 (I, J, K).
+    """Read a label map as a C-contiguous int32 (I, J, K) array.
 
     Raises:
         ValueError: unreadable file, or values that are not whole numbers.
@@ -132,7 +132,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
             raise _fail(path, "label map holds non-integer or non-finite values")
-    return arr.astype(np.int32)
+    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 # ------------------------------------------------------------------------------------------- names

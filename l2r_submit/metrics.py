@@ -9,8 +9,10 @@ Semantics are those of the official evaluator (MDL-UzL/L2R ``evaluation/utils.py
 * SDlogJ: central differences (zero padding), +identity, crop 2, ``std(log(clip(J + 3, 1e-9, 1e9)))``.
 
 Speed without changing a value: labels are cropped to their bounding boxes (found for all labels in
-one pass) before Dice and surface distances; the surfel sort uses ``np.lexsort`` instead of Python's
-``sorted``, which orders (distance, area) tuples identically.
+one pass) before Dice and surface distances; surfel-to-surface distances come from a k-d tree over
+the surfels instead of a distance transform of the whole box when the masks overlap (same float64 values); the surfel sort
+uses ``np.lexsort`` instead of Python's ``sorted`` (same order); the Jacobian is computed in slabs
+with reused buffers (same operations in the same order).
 """
 
 from __future__ import annotations
@@ -26,15 +28,37 @@ Slices = tuple[slice, slice, slice]
 # -------------------------------------------------------------------------------------- warping
 
 
-def warp_labels(moving_seg: np.ndarray, disp: np.ndarray) -> np.ndarray:
+def warp_labels(moving_seg: np.ndarray, disp: np.ndarray, slab: int = 2) -> np.ndarray:
     """Warp a label map exactly as the official evaluator does.
 
-    Shape: moving_seg (I, J, K) int, disp (3, I, J, K) voxels -> (I, J, K) same dtype as moving_seg.
-    """
-    from scipy.ndimage import map_coordinates
+    The official call is ``map_coordinates(moving_seg, identity + disp, order=0)``: position
+    x = p + disp(p) in float64; inside along an axis iff 0 <= x <= N - 1, then index floor(x + 0.5);
+    0 outside. Done here in slabs of ``slab`` planes along axis 0 (same values, several times faster).
 
-    ident = np.meshgrid(*[np.arange(n) for n in disp.shape[1:]], indexing="ij")
-    return map_coordinates(moving_seg, ident + disp, order=0)
+    Shape: moving_seg (I, J, K), disp (3, I, J, K) voxels -> (I, J, K), dtype of moving_seg.
+    """
+    shape = moving_seg.shape
+    out = np.empty_like(moving_seg)
+    flat = moving_seg.ravel()
+    grids = [np.arange(shape[1], dtype=np.float64)[:, None], np.arange(shape[2], dtype=np.float64)[None, :]]
+    for start in range(0, shape[0], slab):
+        stop = min(start + slab, shape[0])
+        bases = [np.arange(start, stop, dtype=np.float64)[:, None, None], *grids]
+        valid = index = None
+        for axis, (base, n) in enumerate(zip(bases, shape)):
+            x = disp[axis, start:stop].astype(np.float64)
+            x += base
+            inside = (x >= 0) & (x <= n - 1)
+            valid = inside if valid is None else valid & inside
+            x += 0.5
+            np.floor(x, out=x)
+            np.clip(x, 0, n - 1, out=x)
+            idx = x.astype(np.intp)
+            index = idx if index is None else index * n + idx
+        values = flat[index]
+        values[~valid] = 0
+        out[start:stop] = values
+    return out
 
 
 # --------------------------------------------------------------------------------- bounding boxes
@@ -87,6 +111,7 @@ def surface_distances(mask_gt: np.ndarray, mask_pred: np.ndarray,
     Shape: two (I, J, K) bool masks -> dict of four 1-D arrays (the package's keys).
     """
     from scipy.ndimage import correlate, distance_transform_edt
+    from scipy.spatial import cKDTree
     from surface_distance import lookup_tables
 
     union = mask_gt | mask_pred
@@ -103,15 +128,21 @@ def surface_distances(mask_gt: np.ndarray, mask_pred: np.ndarray,
         code = correlate(crop, kernel, mode="constant", cval=0)
         codes.append(code)
         borders.append((code != 0) & (code != 0b11111111))
-    dist_gt = distance_transform_edt(~borders[0], sampling=spacing)
-    dist_pred = distance_transform_edt(~borders[1], sampling=spacing)
-    for key, dist, border, code in (("gt_to_pred", dist_pred, borders[0], codes[0]),
-                                    ("pred_to_gt", dist_gt, borders[1], codes[1])):
-        d = dist[border]
-        area = table[code][border]
+    # Distance from each surfel to the nearest surfel of the other surface. The package reads it from a
+    # Euclidean distance transform of the whole box. When the surfaces overlap, a k-d tree over the
+    # surfels gives the same float64 values (sqrt of the same integer sums) with far less work; when
+    # they are apart, tree queries get slow and the transform is used as in the package.
+    use_tree = bool((mask_gt & mask_pred).any())
+    points = [np.argwhere(b) * np.asarray(spacing, np.float64) for b in borders] if use_tree else []
+    for key, own, other in (("gt_to_pred", 0, 1), ("pred_to_gt", 1, 0)):
+        if use_tree:
+            d = cKDTree(points[other]).query(points[own], k=1)[0]
+        else:
+            d = distance_transform_edt(~borders[other], sampling=spacing)[borders[own]]
+        area = table[codes[own][borders[own]]]
         order = np.lexsort((area, d))
         out[f"distances_{key}"] = d[order]
-        out["surfel_areas_" + ("gt" if key == "gt_to_pred" else "pred")] = area[order]
+        out["surfel_areas_" + ("gt" if own == 0 else "pred")] = area[order]
     return out
 
 
@@ -127,26 +158,57 @@ def hd95(fixed_mask: np.ndarray, warped_mask: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ jacobian
 
 
-def jacobian_determinant(disp: np.ndarray) -> np.ndarray:
+def jacobian_determinant(disp: np.ndarray, slab: int = 2) -> np.ndarray:
     """Determinant of the Jacobian of x + disp(x), as the official evaluator computes it.
 
     Central differences ``0.5 (u[i+1] - u[i-1])`` (bit-identical to correlating with [-0.5, 0, 0.5]),
-    identity added, 2 voxels cropped on every side, float64.
+    identity added, 2 voxels cropped on every side, float64. Computed in slabs of ``slab`` planes
+    along axis 0 to stay in cache; the values do not depend on ``slab``.
 
     Shape: (3, I, J, K) -> (I-4, J-4, K-4).
     """
-    def grad(c: int, axis: int) -> np.ndarray:
-        a = disp[c]
-        hi = [slice(2, -2)] * 3
-        lo = [slice(2, -2)] * 3
-        hi[axis], lo[axis] = slice(3, a.shape[axis] - 1), slice(1, a.shape[axis] - 3)
-        return 0.5 * (a[tuple(hi)] - a[tuple(lo)])
+    n0 = disp.shape[1]
+    out = np.empty(tuple(n - 4 for n in disp.shape[1:]), np.float64)
+    for start in range(2, n0 - 2, slab):
+        stop = min(start + slab, n0 - 2)
+        out[start - 2:stop - 2] = _jacobian_slab(disp[:, start - 1:stop + 1])
+    return out
 
-    # j[a][c] = d disp_c / d axis_a + delta_ac, in float64 as the official code
-    j = [[grad(c, a).astype(np.float64) + (1.0 if a == c else 0.0) for c in range(3)] for a in range(3)]
-    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-            - j[1][0] * (j[0][1] * j[2][2] - j[0][2] * j[2][1])
-            + j[2][0] * (j[0][1] * j[1][2] - j[0][2] * j[1][1]))
+
+def _jacobian_slab(block: np.ndarray) -> np.ndarray:
+    """Determinant for the inner planes of ``block`` (3, n + 2, J, K) -> (n, J - 4, K - 4).
+
+    Every elementwise operation and its order match the official code, so results are bit-identical;
+    buffers are reused (``out=``) because the work is memory-bound.
+    """
+    n, nj, nk = block.shape[1] - 2, block.shape[2] - 4, block.shape[3] - 4
+    inner = (slice(1, n + 1), slice(2, nj + 2), slice(2, nk + 2))
+    j = np.empty((3, 3, n, nj, nk), np.float64)
+    diff = np.empty((n, nj, nk), block.dtype)
+    for a in range(3):
+        hi, lo = list(inner), list(inner)
+        hi[a] = slice(inner[a].start + 1, inner[a].stop + 1)
+        lo[a] = slice(inner[a].start - 1, inner[a].stop - 1)
+        for c in range(3):
+            np.subtract(block[c][tuple(hi)], block[c][tuple(lo)], out=diff)  # in the field's dtype
+            np.multiply(diff, 0.5, out=j[a, c])  # x 0.5 is exact, so float64(0.5 d) == 0.5 float64(d)
+        j[a, a] += 1.0
+    det = np.empty((n, nj, nk), np.float64)
+    minor = np.empty_like(det)
+    tmp = np.empty_like(det)
+    # J00 (J11 J22 - J12 J21) - J10 (J01 J22 - J02 J21) + J20 (J01 J12 - J02 J11), evaluated left to right
+    for r, (a, b, c, d), combine in ((0, ((1, 1), (2, 2), (1, 2), (2, 1)), None),
+                                     (1, ((0, 1), (2, 2), (0, 2), (2, 1)), np.subtract),
+                                     (2, ((0, 1), (1, 2), (0, 2), (1, 1)), np.add)):
+        np.multiply(j[a], j[b], out=minor)
+        np.multiply(j[c], j[d], out=tmp)
+        np.subtract(minor, tmp, out=minor)
+        np.multiply(j[r, 0], minor, out=minor)
+        if combine is None:
+            det[...] = minor
+        else:
+            combine(det, minor, out=det)
+    return det
 
 
 def sdlogj_official(jac_det: np.ndarray) -> tuple[float, float]:

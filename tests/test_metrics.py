@@ -103,3 +103,17 @@ def test_label_boxes_and_union():
     assert boxes[0] is None and boxes[2] is None
     assert boxes[1] == (slice(1, 3), slice(2, 5), slice(3, 4))
     assert metrics.union_box(boxes[1], None, seg.shape, margin=2) == (slice(0, 5), slice(0, 7), slice(1, 6))
+
+
+def test_warp_labels_identical_to_map_coordinates():
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(3)
+    shape = (11, 9, 13)
+    seg = rng.integers(0, 6, shape).astype(np.int32)
+    disp = (rng.normal(0, 3, (3, *shape)) * 2).round().astype(np.float32) / 2  # exact .5 and outside points
+    disp[0, 0, 0, 0] = -1e-7
+    ident = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    ref = map_coordinates(seg, ident + disp, order=0)
+    for slab in (1, 2, 5):
+        assert np.array_equal(metrics.warp_labels(seg, disp, slab), ref)
