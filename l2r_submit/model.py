@@ -1,0 +1,297 @@
+"""The seed network: a symmetric U-Net that predicts spatial gradients (Estienne et al., 2020).
+
+Tensor contract (see :mod:`l2r_submit.contract`): images (B, C, I, J, K), C = number of CT windows;
+the output displacement is (B, 3, I, J, K) float32 voxels, a pull map on the fixed grid.
+
+Architecture (facts from the paper and the authors' public code; our own implementation):
+  * one encoder, shared, applied to moving and to fixed; skips merged by SUBTRACTION (moving - fixed);
+  * encoder: stem (conv Cin->c0, conv c0->c0, residual add, no norm), then per level a 2x2x2 stride-2
+    conv and n 3x3x3 convs, each conv + InstanceNorm (no affine) + ReLU;
+  * decoder: per level a 2x2x2 stride-2 transposed conv (+ norm + ReLU), concat [up, skip], n convs;
+  * head: 3x3x3 conv to 3 channels + sigmoid = spatial gradients g in (0, 1), 0.5 = identity; the head is
+    zero-initialised so an untrained network gives a zero displacement;
+  * integration along axis k: position p_k(i) = 2 * sum_{m <= i} g_k(m) - 1 (voxels), disp = p - i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .contract import check_volume_batch
+
+CT_WINDOWS = ((400.0, 40.0), (800.0, 100.0), (1000.0, 400.0))  # (width, level) in HU
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size of the network. ``PRESETS`` holds the paper's setting and small CPU settings.
+
+    Attributes:
+        in_channels: 1 (window W400/L40) or 3 (multi-window).
+        base_channels: channels per level before the multiplier (the paper: 4, 8, 16, 32, 64).
+        channel_multiplier: the paper uses 8 (32 ... 512 channels).
+        encoder_convs: 3x3x3 convs after each down-sampling (the paper: 1, 2, 3, 2).
+        deep_supervision: also predict gradients from each coarser decoder level.
+        orientation: ``l2r`` (our axes) or ``estienne2020`` (the authors' input orientation, for
+            imported checkpoints: SimpleITK z, y, x order with the z and y axes flipped).
+    """
+
+    in_channels: int = 3
+    base_channels: tuple[int, ...] = (4, 8, 16, 32, 64)
+    channel_multiplier: int = 8
+    encoder_convs: tuple[int, ...] = (1, 2, 3, 2)
+    deep_supervision: bool = False
+    orientation: str = "l2r"
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels: {self.in_channels} received, expected 1 or 3")
+        if len(self.base_channels) != len(self.encoder_convs) + 1:
+            raise ValueError(f"base_channels has {len(self.base_channels)} levels, encoder_convs "
+                             f"{len(self.encoder_convs)}: expected one more channel entry than conv entries")
+        if self.orientation not in ("l2r", "estienne2020"):
+            raise ValueError(f"orientation: '{self.orientation}' received, expected l2r or estienne2020")
+
+    @property
+    def channels(self) -> list[int]:
+        return [c * self.channel_multiplier for c in self.base_channels]
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes are padded internally to a multiple of this."""
+        return 2 ** len(self.encoder_convs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(),
+    "paper-ds": ModelConfig(deep_supervision=True),
+    "cpu-small": ModelConfig(in_channels=3, channel_multiplier=2, encoder_convs=(1, 1, 1, 1)),
+    "tiny": ModelConfig(in_channels=1, base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
+}
+
+
+def preprocess(ct_hu: torch.Tensor, n_windows: int) -> torch.Tensor:
+    """CT windows of the paper: clip HU to [L - W/2, L + W/2], then min-max of that image to [0, 1].
+
+    Shape: (B, 1, I, J, K) HU -> (B, n_windows, I, J, K) float32.
+    """
+    check_volume_batch(ct_hu, "ct_hu")
+    out = []
+    for width, level in CT_WINDOWS[:n_windows]:
+        x = ct_hu.float().clamp(level - width / 2, level + width / 2)
+        lo = x.amin(dim=(2, 3, 4), keepdim=True)
+        hi = x.amax(dim=(2, 3, 4), keepdim=True)
+        out.append((x - lo) / (hi - lo).clamp_min(1e-6))
+    return torch.cat(out, dim=1)
+
+
+def integrate(gradients: torch.Tensor) -> torch.Tensor:
+    """Spatial gradients to a voxel displacement: ``p_k(i) = 2 cumsum_k(g_k)(i) - 1``, ``disp = p - i``.
+
+    Shape: (B, 3, I, J, K), channel k integrated along array axis k -> (B, 3, I, J, K) voxels.
+    g = 0.5 everywhere gives exactly 0.
+    """
+    out = []
+    for k in range(3):
+        pos = 2.0 * torch.cumsum(gradients[:, k], dim=k + 1) - 1.0
+        n = gradients.shape[k + 2]
+        shape = [1, 1, 1]
+        shape[k] = n
+        out.append(pos - torch.arange(n, dtype=pos.dtype, device=pos.device).view(1, *shape))
+    return torch.stack(out, dim=1)
+
+
+class ConvNormAct(nn.Sequential):
+    """conv (k^3) + InstanceNorm3d (no affine) + ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, transposed: bool = False) -> None:
+        conv_cls = nn.ConvTranspose3d if transposed else nn.Conv3d
+        pad = 0 if kernel == 2 else kernel // 2
+        super().__init__()
+        self.conv = conv_cls(cin, cout, kernel, stride=stride, padding=pad)
+        self.norm = nn.InstanceNorm3d(cout, affine=False, eps=1e-5)
+        self.act = nn.ReLU(inplace=True)
+
+
+class Stem(nn.Module):
+    """Input block: conv Cin->C, conv C->C, residual add, no norm."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv3d(cin, cout, 3, padding=1)
+        self.conv_res = nn.Conv3d(cout, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        return F.relu(h + self.conv_res(h))
+
+
+class DownLevel(nn.Module):
+    def __init__(self, cin: int, cout: int, n_convs: int) -> None:
+        super().__init__()
+        self.down = ConvNormAct(cin, cout, kernel=2, stride=2)
+        self.convs = nn.Sequential(*[ConvNormAct(cout, cout) for _ in range(n_convs)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.down(x))
+
+
+class UpLevel(nn.Module):
+    def __init__(self, cin: int, cout: int, n_convs: int) -> None:
+        super().__init__()
+        self.up = ConvNormAct(cin, cout, kernel=2, stride=2, transposed=True)
+        self.convs = nn.Sequential(ConvNormAct(2 * cout, cout), *[ConvNormAct(cout, cout) for _ in range(n_convs - 1)])
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.convs(torch.cat([self.up(x), skip], dim=1))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ch = cfg.channels
+        self.stem = Stem(cfg.in_channels, ch[0])
+        self.levels = nn.ModuleList(DownLevel(ch[i], ch[i + 1], n) for i, n in enumerate(cfg.encoder_convs))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [self.stem(x)]
+        for level in self.levels:
+            feats.append(level(feats[-1]))
+        return feats
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ch = cfg.channels[::-1]
+        convs = cfg.encoder_convs[::-1]
+        self.levels = nn.ModuleList(UpLevel(ch[i], ch[i + 1], n) for i, n in enumerate(convs))
+        self.head = nn.Conv3d(ch[-1], 3, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, merged: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = merged[-1]
+        coarse = [x]
+        for level, skip in zip(self.levels, merged[-2::-1]):
+            x = level(x, skip)
+            coarse.append(x)
+        return self.head(x), coarse[:-1]
+
+
+class RegistrationNet(nn.Module):
+    """moving, fixed (B, C, I, J, K) -> displacement (B, 3, I, J, K), plus coarser ones with deep supervision."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.deep_heads = nn.ModuleList(
+            nn.Conv3d(c, 3, 3, padding=1) for c in cfg.channels[::-1][:-1]
+        ) if cfg.deep_supervision else nn.ModuleList()
+        for head in self.deep_heads:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(image)
+
+    def decode(self, feats_moving: list[torch.Tensor], feats_fixed: list[torch.Tensor],
+               shape: tuple[int, ...]) -> list[torch.Tensor]:
+        """Displacements from encoder features: the full-resolution one first, then deep-supervision ones."""
+        merged = [m - f for m, f in zip(feats_moving, feats_fixed)]
+        logits, coarse = self.decoder(merged)
+        grads = [torch.sigmoid(logits)]
+        for head, feat in zip(self.deep_heads, coarse):
+            g = torch.sigmoid(head(feat))
+            grads.append(F.interpolate(g, size=logits.shape[2:], mode="trilinear", align_corners=True))
+        crop = (slice(None), slice(None), *[slice(0, n) for n in shape])
+        return [integrate(g.float())[crop] for g in grads]
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
+        """Shape: moving, fixed (B, C, I, J, K) -> list of (B, 3, I, J, K) displacements (full first).
+
+        Raises:
+            ValueError: inputs of different shapes or a wrong channel count.
+        """
+        check_volume_batch(moving, "moving")
+        check_volume_batch(fixed, "fixed", moving.shape[2:])
+        if moving.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"moving: {moving.shape[1]} channels received, expected {self.cfg.in_channels}")
+        shape = tuple(moving.shape[2:])
+        pad = _pad_to(shape, self.cfg.divisor)
+        fm, ff = self.encode(F.pad(moving, pad)), self.encode(F.pad(fixed, pad))
+        return self.decode(fm, ff, shape)
+
+    def forward_symmetric(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Both directions from one pass of the shared encoder: (moving->fixed, fixed->moving)."""
+        check_volume_batch(moving, "moving")
+        check_volume_batch(fixed, "fixed", moving.shape[2:])
+        shape = tuple(moving.shape[2:])
+        pad = _pad_to(shape, self.cfg.divisor)
+        fm, ff = self.encode(F.pad(moving, pad)), self.encode(F.pad(fixed, pad))
+        return self.decode(fm, ff, shape), self.decode(ff, fm, shape)
+
+
+def to_model_frame(x: torch.Tensor, orientation: str) -> torch.Tensor:
+    """Our (B, C, I, J, K) volume in the frame the network was trained in.
+
+    ``estienne2020``: the authors read volumes with SimpleITK (array axes k, j, i) and flipped the first
+    two of those axes. ``l2r``: unchanged.
+    """
+    if orientation == "l2r":
+        return x
+    return x.permute(0, 1, 4, 3, 2).flip(2, 3)
+
+
+def disp_from_model_frame(disp: torch.Tensor, orientation: str) -> torch.Tensor:
+    """A displacement predicted in the network's frame, back in our contract (axes, channel order, signs)."""
+    if orientation == "l2r":
+        return disp
+    back = disp.flip(2, 3).permute(0, 1, 4, 3, 2)  # spatial axes back to (i, j, k)
+    return torch.stack([back[:, 2], -back[:, 1], -back[:, 0]], dim=1)  # flipped axes change sign
+
+
+def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tensor) -> torch.Tensor:
+    """Moving and fixed CT in HU (B, 1, I, J, K) -> displacement (B, 3, I, J, K) in our contract."""
+    cfg = net.cfg
+    moving = to_model_frame(preprocess(moving_hu, cfg.in_channels), cfg.orientation)
+    fixed = to_model_frame(preprocess(fixed_hu, cfg.in_channels), cfg.orientation)
+    return disp_from_model_frame(net(moving, fixed)[0], cfg.orientation)
+
+
+def _pad_to(shape: tuple[int, ...], divisor: int) -> list[int]:
+    """F.pad amounts (last axis first) padding each axis at its end up to a multiple of divisor."""
+    pad = []
+    for n in reversed(shape):
+        pad += [0, (-n) % divisor]
+    return pad
+
+
+def build(cfg: ModelConfig | str, **overrides) -> RegistrationNet:
+    """A network from a config or a preset name, with field overrides."""
+    if isinstance(cfg, str):
+        if cfg not in PRESETS:
+            raise ValueError(f"preset '{cfg}' unknown; presets: {', '.join(PRESETS)}")
+        cfg = PRESETS[cfg]
+    return RegistrationNet(replace(cfg, **overrides))
+
+
+__all__ = ["ModelConfig", "PRESETS", "RegistrationNet", "build", "integrate", "preprocess", "register",
+           "to_model_frame", "disp_from_model_frame"]

@@ -1,0 +1,163 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import map_coordinates
+
+from l2r_submit import checkpoint, losses, model, spatial
+
+
+def test_zero_init_gives_zero_displacement_on_odd_sizes():
+    torch.manual_seed(0)
+    for name, shape in (("tiny", (25, 18, 21)), ("tiny", (16, 16, 16))):
+        net = model.build(name)
+        x = torch.randn(1, 1, *shape)
+        out = net(x, torch.randn(1, 1, *shape))
+        assert out[0].shape == (1, 3, *shape)
+        assert out[0].abs().max().item() <= 1e-5
+
+
+def test_paper_preset_parameter_count():
+    n = sum(p.numel() for p in model.build("paper").parameters())
+    assert 30.5e6 < n < 31.0e6  # the paper reports about 30.8 M
+
+
+def test_integration_by_hand():
+    g = torch.full((1, 3, 4, 3, 2), 0.5)
+    g[0, 0, :, 0, 0] = torch.tensor([0.5, 1.0, 0.25, 0.5])
+    disp = model.integrate(g)
+    # p(i) = 2 cumsum(g) - 1 = [0, 2, 2.5, 3.5] -> disp = p - i = [0, 1, 0.5, 0.5]
+    assert disp[0, 0, :, 0, 0].tolist() == [0.0, 1.0, 0.5, 0.5]
+    assert disp[0, 1:].abs().max() == 0 and disp[0, 0, :, 1:].abs().max() == 0
+
+
+def test_integrated_grid_warps_like_map_coordinates():
+    torch.manual_seed(1)
+    g = (torch.rand(1, 3, 9, 8, 7, dtype=torch.float64) * 0.4 + 0.3)
+    disp = model.integrate(g)
+    img = torch.randn(1, 1, 9, 8, 7, dtype=torch.float64)
+    ident = np.meshgrid(*[np.arange(n) for n in (9, 8, 7)], indexing="ij")
+    pos = ident + disp[0].numpy()
+    ref = map_coordinates(img[0, 0].numpy(), pos, order=1)
+    inside = np.all([(pos[a] >= 0) & (pos[a] <= n - 1) for a, n in enumerate((9, 8, 7))], axis=0)
+    got = spatial.warp_image(img, disp)[0, 0].numpy()
+    np.testing.assert_allclose(got[inside], ref[inside], atol=1e-10)
+    assert (np.diff(pos[0], axis=0) > 0).all()  # monotone along each axis: no folding along an axis
+
+
+def test_preprocess_windows():
+    hu = torch.tensor([-1000.0, -160.0, 40.0, 240.0, 1500.0]).view(1, 1, 5, 1, 1)
+    x = model.preprocess(hu, 3)
+    assert x.shape == (1, 3, 5, 1, 1)
+    assert x[0, 0, :, 0, 0].tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+    assert x.min() >= 0 and x.max() <= 1
+
+
+def test_orientation_round_trip_and_warp_consistency():
+    torch.manual_seed(2)
+    img = torch.randn(1, 1, 6, 7, 8, dtype=torch.float64)
+    disp = torch.randn(1, 3, 6, 7, 8, dtype=torch.float64) * 0.3
+    theirs_img = model.to_model_frame(img, "estienne2020")
+    # the displacement expressed in their frame: inverse of disp_from_model_frame
+    t = model.to_model_frame(disp, "estienne2020")
+    theirs_disp = torch.stack([-t[:, 2], -t[:, 1], t[:, 0]], dim=1)
+    assert torch.equal(model.disp_from_model_frame(theirs_disp, "estienne2020"), disp)
+    warped_ours = spatial.warp_image(img, disp)
+    warped_theirs = spatial.warp_image(theirs_img, theirs_disp)
+    assert torch.allclose(model.to_model_frame(warped_ours, "estienne2020"), warped_theirs, atol=1e-12)
+
+
+def test_losses_analytic():
+    torch.manual_seed(3)
+    x = torch.rand(1, 1, 12, 12, 12)
+    assert losses.mse(x, x).item() == 0.0
+    assert losses.local_ncc(x, x).item() == pytest.approx(0.0, abs=1e-4)
+    assert losses.local_ncc(x, 2 * x).item() == pytest.approx(0.0, abs=1e-4)  # NCC ignores intensity scale
+    assert losses.local_ncc(x, torch.rand_like(x)).item() > 0.5
+    seg = torch.randint(0, 4, (1, 1, 10, 10, 10))
+    oh = losses.one_hot(seg, 4)
+    assert losses.soft_dice_loss(oh, oh).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.soft_dice_loss(oh, losses.one_hot(torch.zeros_like(seg), 4)).item() > 0.9
+    zero = torch.zeros(1, 3, 10, 10, 10)
+    assert losses.gradient_l1(zero).item() == 0.0 and losses.folded_fraction(zero).item() == 0.0
+    shift = zero.clone()
+    shift[:, 0] = 2.0  # a translation: gradients unchanged except the first plane
+    assert losses.gradient_l1(shift).item() == pytest.approx(1.0 / 10)
+    fold = zero.clone()
+    fold[:, 0] = -3.0 * torch.arange(10.0).view(10, 1, 1)  # x -> -2x: folded everywhere
+    assert losses.folded_fraction(fold).item() == 1.0
+
+
+def test_known_shift_lowers_similarity_loss():
+    img = torch.zeros(1, 1, 16, 16, 16)
+    img[:, :, 5:9, 5:9, 5:9] = 1.0
+    moved = torch.roll(img, 2, dims=2)
+    shift = torch.zeros(1, 3, 16, 16, 16)
+    shift[:, 0] = 2.0  # warped(p) = moved(p + 2) = img(p)
+    assert losses.mse(spatial.warp_image(moved, shift), img).item() < 1e-10
+    assert losses.mse(moved, img).item() > 0.01
+
+
+def test_symmetric_loss_swaps_roles():
+    torch.manual_seed(4)
+    m, f = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    ms, fs = torch.randint(0, 3, (1, 1, 8, 8, 8)), torch.randint(0, 3, (1, 1, 8, 8, 8))
+    a, b = torch.randn(1, 3, 8, 8, 8) * 0.5, torch.randn(1, 3, 8, 8, 8) * 0.5
+    w = losses.LossWeights(n_classes=3)
+    both = losses.registration_loss([a], m, f, ms, fs, w, disps_back=[b])
+    forward = losses.direction_terms(a, m, f, ms, fs, w)
+    backward = losses.direction_terms(b, f, m, fs, ms, w)
+    for name in ("sim", "reg", "dice"):
+        assert both[name].item() == pytest.approx((forward[name] + backward[name]).item() / 2, rel=1e-6)
+    assert both["total"].item() == pytest.approx(
+        (both["sim"] + w.reg * both["reg"] + both["dice"]).item(), rel=1e-6)
+
+
+def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
+    net = model.build("tiny")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    path = checkpoint.save(tmp_path / "a.pt", net, epoch=3, metrics={"DSC": 0.5})
+    loaded, ckpt = checkpoint.load(path)
+    assert ckpt["epoch"] == 3 and loaded.cfg == net.cfg
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="trunc.pt: not a readable checkpoint"):
+        checkpoint.load(trunc)
+    torch.save({"format": checkpoint.FORMAT, "format_version": 1, "model_config": model.PRESETS["tiny"].to_dict(),
+                "state_dict": model.build("cpu-small").state_dict()}, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="mismatch.pt: weights do not match"):
+        checkpoint.load(tmp_path / "mismatch.pt")
+    import pickle
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"x": print}))
+    with pytest.raises(ValueError, match="evil.pt: not a readable checkpoint"):
+        checkpoint.load(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("variant", ["3ch_ds", "3ch_nods", "1ch_ds", "1ch_nods"])
+def test_importer_on_synthetic_original_checkpoints(tmp_path, repo_root, variant):
+    keys = json.loads((repo_root.parent / "shared" / "seed" / "original_state_dict_keys.json").read_text())
+    spec = keys[f"abdo_frontiersnet_cm8_classic_in_{variant}"]
+    torch.manual_seed(0)
+    state = {f"module.{k}": torch.randn(shape) * 0.01 for k, shape in spec.items()}
+    path = tmp_path / "orig.pth"
+    torch.save({"epoch": 300, "state_dict": state, "val_loss": 0.1, "optizmizer": {"state": {}}}, path)
+    net, _ = checkpoint.load(path)
+    assert net.cfg.in_channels == (3 if variant.startswith("3") else 1)
+    assert net.cfg.orientation == "estienne2020" and net.cfg.channels == [32, 64, 128, 256, 512]
+    ours = net.state_dict()
+    for k, shape in spec.items():
+        if not k.startswith("deep_blocks"):
+            assert torch.equal(ours[checkpoint.rename_original_key(k)], state[f"module.{k}"])
+    disp = model.register(net, torch.randn(1, 1, 16, 16, 32) * 300, torch.randn(1, 1, 16, 16, 32) * 300)
+    assert disp.shape == (1, 3, 16, 16, 32) and torch.isfinite(disp).all()
+    bad = dict(state)
+    bad["module.hippocampus.head.weight"] = torch.zeros(1)
+    torch.save({"state_dict": bad, "optizmizer": {}}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth: unknown key 'hippocampus.head.weight'"):
+        checkpoint.load(tmp_path / "bad.pth")
