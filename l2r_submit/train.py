@@ -1,0 +1,341 @@
+"""Training: the paper's recipe as presets, validation through the evaluator, resumable checkpoints.
+
+Python API::
+
+    cfg = train.preset_config("symmetric", model="tiny", epochs=2, crop=(32, 32, 32))
+    train.run(cfg, dataset.load("test_data/AbdomenCTCT_dataset.json"), Path("runs/a"))
+
+A run folder holds ``config.json``, ``last.pt`` (every epoch, with optimizer and RNG state), ``best.pt``
+(best validation Dice, or lowest validation loss without labels), ``log.jsonl`` and ``log.csv`` (one
+row per epoch) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, data, io, losses, model, runtime, scoring, spatial
+from .dataset import Dataset
+
+TRAIN_PRESETS = {
+    "baseline": dict(symmetric=False),
+    "symmetric": dict(symmetric=True),
+    "pretrain-unsupervised": dict(symmetric=True, labels="none"),
+    "pretrain-noisy": dict(symmetric=True, labels="folder"),
+    "finetune": dict(symmetric=True, needs_init=True),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved to config.json and into every checkpoint.
+
+    Attributes:
+        preset: training preset name (informative).
+        model: network config.
+        loss: loss weights.
+        symmetric: train both directions from one encoder pass.
+        labels: ``dataset`` (true labels), ``folder`` (``labels_dir``, e.g. pseudo-labels) or ``none``.
+        labels_dir: folder of label maps named like the images, for ``labels="folder"``.
+        init: checkpoint to start from (fine-tuning).
+        epochs, lr, batch_size: the paper: 300, 1e-4, 2.
+        crop: random crop size (the paper: 128^3); None = whole volumes.
+        val_every: validate every N epochs (and after the last).
+        num_workers: DataLoader workers.
+        seed: the run's seed.
+        exclude_val_subjects: leave the subjects of the validation pairs out of training.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads (None: all).
+    """
+
+    preset: str = "symmetric"
+    model: model.ModelConfig = field(default_factory=lambda: model.PRESETS["paper"])
+    loss: losses.LossWeights = field(default_factory=losses.LossWeights)
+    symmetric: bool = True
+    labels: str = "dataset"
+    labels_dir: str | None = None
+    init: str | None = None
+    epochs: int = 300
+    lr: float = 1e-4
+    batch_size: int = 2
+    crop: tuple[int, int, int] | None = (128, 128, 128)
+    val_every: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    exclude_val_subjects: bool = False
+    device: str = "auto"
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preset_config(name: str, model_preset: str = "paper", **overrides) -> TrainConfig:
+    """A config from a training preset and a model preset, with overrides of any field.
+
+    Overrides use ``model.X`` / ``loss.X`` for the nested configs, plain names for the rest.
+
+    Raises:
+        ValueError: unknown preset or field, or a fine-tuning preset without ``init``.
+    """
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"preset '{name}' unknown; presets: {', '.join(TRAIN_PRESETS)}")
+    if model_preset not in model.PRESETS:
+        raise ValueError(f"model preset '{model_preset}' unknown; presets: {', '.join(model.PRESETS)}")
+    spec = dict(TRAIN_PRESETS[name])
+    needs_init = spec.pop("needs_init", False)
+    cfg = TrainConfig(preset=name, model=model.PRESETS[model_preset], **spec)
+    top = {f.name for f in fields(TrainConfig)}
+    nested: dict[str, dict] = {"model": {}, "loss": {}}
+    plain = {}
+    for key, value in overrides.items():
+        section, _, sub = key.partition(".")
+        if sub and section in nested:
+            nested[section][sub] = value
+        elif key in top:
+            plain[key] = value
+        else:
+            raise ValueError(f"unknown training setting '{key}'")
+    try:
+        cfg = replace(cfg, model=replace(cfg.model, **nested["model"]), loss=replace(cfg.loss, **nested["loss"]), **plain)
+    except TypeError as exc:
+        raise ValueError(f"unknown setting: {exc}") from None
+    if cfg.labels == "none":
+        cfg = replace(cfg, loss=replace(cfg.loss, dice=0.0))
+    if needs_init and not cfg.init:
+        raise ValueError(f"preset '{name}' fine-tunes a checkpoint: give --init CHECKPOINT")
+    if cfg.labels == "folder" and not cfg.labels_dir:
+        raise ValueError(f"preset '{name}' trains on labels from a folder: give --labels-dir DIR")
+    return cfg
+
+
+def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
+    """Parse ``--set key=text`` against the type of the current value of ``key``.
+
+    Booleans accept true/false/1/0 (never a truthy string); tuples are comma lists; ``none`` clears
+    optional fields.
+
+    Raises:
+        ValueError: unknown key or a value that does not parse as the field's type.
+    """
+    section, _, sub = key.partition(".")
+    obj = getattr(cfg, section) if sub else cfg
+    name = sub or key
+    if not hasattr(obj, name):
+        raise ValueError(f"unknown training setting '{key}'")
+    current = getattr(obj, name)
+    low = text.strip().lower()
+    try:
+        if low == "none" and name in ("crop", "labels_dir", "init", "threads"):
+            return None
+        if isinstance(current, bool):
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple) or name == "crop":
+            kind = type(current[0]) if current else int
+            return tuple(kind(v) for v in text.split(","))
+        if name == "threads":
+            return int(text)
+        return text
+    except ValueError:
+        raise ValueError(f"setting '{key}': cannot read '{text}' as {type(current).__name__}") from None
+
+
+def _label_source(cfg: TrainConfig) -> data.LabelSource:
+    if cfg.labels == "none":
+        return data.no_labels
+    if cfg.labels == "folder":
+        return data.folder_labels(cfg.labels_dir or "")
+    return data.dataset_labels
+
+
+def training_cases(ds: Dataset, exclude_val_subjects: bool) -> list:
+    cases = list(ds.training)
+    if exclude_val_subjects:
+        val = {c.id for p in ds.pairs("val") for c in (p.fixed, p.moving)}
+        cases = [c for c in cases if c.id not in val]
+    return cases
+
+
+@torch.no_grad()
+def validate(net: model.RegistrationNet, ds: Dataset, device: torch.device, w: losses.LossWeights) -> dict:
+    """Whole-volume moving->fixed registration of the val pairs, scored by the evaluator.
+
+    Returns:
+        ``{"val_loss", "DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"}`` means (metrics only with labels).
+    """
+    net.eval()
+    cases, loss_values = {}, []
+    for pair in ds.pairs("val"):
+        moving = torch.from_numpy(io.read_volume(pair.moving.image, np.float32).array)[None, None].to(device)
+        fixed = torch.from_numpy(io.read_volume(pair.fixed.image, np.float32).array)[None, None].to(device)
+        disp = model.register(net, moving, fixed)
+        n = net.cfg.in_channels
+        sim = losses.mse(spatial.warp_image(model.preprocess(moving, n), disp), model.preprocess(fixed, n))
+        loss_values.append(float(sim + w.reg * losses.gradient_l1(disp)))
+        if pair.fixed.label.exists() and pair.moving.label.exists():
+            cases[pair.key] = scoring.score_case(io.read_labels(pair.fixed.label), io.read_labels(pair.moving.label),
+                                                 disp[0].cpu().numpy(), ds.metrics)
+    out = {"val_loss": float(np.mean(loss_values))}
+    agg = scoring.aggregate(cases, ds.metrics)
+    for name in ("DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"):
+        if name in agg:
+            out[name] = agg[name]["mean"]
+    net.train()
+    return out
+
+
+def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, progress: bool = True,
+        max_steps: int | None = None) -> dict:
+    """Train; returns the last epoch's log row.
+
+    Raises:
+        ValueError: too few training images, a config that does not match a resumed run, bad checkpoints.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.configure_threads(cfg.threads)
+    device = runtime.resolve_device(cfg.device)
+    cases = training_cases(ds, cfg.exclude_val_subjects)
+    if len(cases) < 2:
+        raise ValueError(f"{ds.source}: {len(cases)} training images; at least 2 are needed")
+    runtime.seed_everything(cfg.seed)
+    net = model.RegistrationNet(cfg.model)
+    if cfg.init:
+        init_net, _ = checkpoint.load(cfg.init)
+        if init_net.cfg != cfg.model:
+            raise ValueError(f"{cfg.init}: model config {init_net.cfg} differs from the run's {cfg.model}")
+        net.load_state_dict(init_net.state_dict())
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    use_amp = device.type == "cuda"
+    if use_amp:
+        torch.backends.cudnn.benchmark = True
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, best, history = 0, -math.inf, []
+    last_path = out_dir / "last.pt"
+    if resume:
+        if not last_path.exists():
+            raise ValueError(f"{last_path}: nothing to resume")
+        _, ckpt = checkpoint.load(last_path)
+        if ckpt.get("train_config") != _jsonable(cfg.to_dict()):
+            raise ValueError(f"{last_path}: the run was started with other settings; resume with the same ones")
+        net.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], json.loads(ckpt["history"])
+    (out_dir / "config.json").write_text(json.dumps(_jsonable(cfg.to_dict()), indent=2) + "\n")
+    labels = _label_source(cfg)
+    row: dict = {}
+    steps = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
+        loader = torch.utils.data.DataLoader(
+            data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels),
+            batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, drop_last=False)
+        sums: dict[str, float] = {}
+        n_batches = 0
+        from tqdm import tqdm
+
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=not progress,
+                          leave=False):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                if cfg.symmetric:
+                    fwd, bwd = net.forward_symmetric(batch["moving"], batch["fixed"])
+                else:
+                    fwd, bwd = net(batch["moving"], batch["fixed"]), None
+            terms = losses.registration_loss(fwd, batch["moving"].float(), batch["fixed"].float(),
+                                             batch.get("moving_seg"), batch.get("fixed_seg"), cfg.loss, bwd)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(terms["total"]).backward()
+            scaler.step(opt)
+            scaler.update()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            row.update(validate(net, ds, device, cfg.loss))
+            score = row.get("DSC", -row["val_loss"])
+            if score > best:
+                best = score
+                checkpoint.save(out_dir / "best.pt", net, epoch=epoch, metrics=row, train_config=_jsonable(cfg.to_dict()))
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        checkpoint.save(last_path, net, epoch=epoch, optimizer=opt.state_dict(), rng=torch.get_rng_state(),
+                        best=best, history=json.dumps(history), metrics=row, train_config=_jsonable(cfg.to_dict()))
+        _write_logs(out_dir, history)
+        if progress:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  file=sys.stderr)
+        if max_steps is not None and steps >= max_steps:
+            break
+    plot_curves(history, out_dir / "curves.png")
+    return row
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+def _write_logs(out_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    io.atomic_write(out_dir / "log.jsonl", lambda tmp: Path(tmp).write_text(text))
+    keys = list(dict.fromkeys(k for r in history for k in r))
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+
+    io.atomic_write(out_dir / "log.csv", write_csv)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training terms and validation metrics per epoch, one panel each (needs matplotlib)."""
+    if not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib not installed, no curves.png", file=sys.stderr)
+        return
+    keys = [k for k in history[-1] if k not in ("epoch", "seconds")]
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["epoch"], r[key]) for r in history if key in r and math.isfinite(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+    fig.tight_layout()
+    io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from l2r_submit import checkpoint, data, dataset, losses, model, train
+from l2r_submit.cli import main
+
+from conftest import write_tiny_dataset
+
+SETTINGS = dict(epochs=2, crop=(16, 16, 16), val_every=1, num_workers=0, device="cpu", batch_size=2,
+                **{"loss.n_classes": 5})
+
+
+@pytest.fixture
+def ds4(tmp_path):
+    return dataset.load(write_tiny_dataset(tmp_path / "data", n_subjects=4))
+
+
+def test_epoch_pairs_scheme():
+    pairs = data.epoch_pairs(5, epoch=3, seed=1)
+    assert sorted(m for m, _ in pairs) == [0, 1, 2, 3, 4]  # every image moving once
+    assert all(m != f for m, f in pairs)
+    assert pairs == data.epoch_pairs(5, 3, 1) and pairs != data.epoch_pairs(5, 4, 1)
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 16)
+    blob = torch.exp(-((x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) * 4))[None, None]
+    fixed, moving = blob, torch.roll(blob, 2, dims=2)
+    net = model.build("tiny")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    w = losses.LossWeights(dice=0.0)
+    first = None
+    for _ in range(25):
+        terms = losses.registration_loss(net(moving, fixed), moving, fixed, None, None, w)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        first = first if first is not None else terms["total"].item()
+    assert terms["total"].item() < 0.7 * first
+
+
+def test_resume_reproduces_uninterrupted_run(ds4, tmp_path):
+    cfg = train.preset_config("symmetric", "tiny", **SETTINGS)
+    train.run(cfg, ds4, tmp_path / "full", progress=False)
+    train.run(cfg, ds4, tmp_path / "cut", progress=False, max_steps=2)  # killed after epoch 1 (2 steps)
+    first = json.loads((tmp_path / "cut" / "log.jsonl").read_text().splitlines()[-1])
+    assert first["epoch"] == 1
+    train.run(cfg, ds4, tmp_path / "cut", resume=True, progress=False)
+    a, _ = checkpoint.load(tmp_path / "full" / "last.pt")
+    b, _ = checkpoint.load(tmp_path / "cut" / "last.pt")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert (tmp_path / "full" / "log.csv").read_text().count("\n") == 3
+    other = train.preset_config("symmetric", "tiny", **{**SETTINGS, "lr": 1e-3})
+    with pytest.raises(ValueError, match="other settings"):
+        train.run(other, ds4, tmp_path / "cut", resume=True, progress=False)
+
+
+def test_presets_and_settings():
+    cfg = train.preset_config("pretrain-unsupervised", "cpu-small", **{"loss.reg": 0.05})
+    assert cfg.labels == "none" and cfg.loss.dice == 0.0 and cfg.loss.reg == 0.05 and cfg.symmetric
+    assert not train.preset_config("baseline").symmetric
+    assert train.parse_setting(cfg, "model.deep_supervision", "false") is False
+    assert train.parse_setting(cfg, "crop", "64,64,32") == (64, 64, 32)
+    with pytest.raises(ValueError, match="cannot read 'False2' as bool"):
+        train.parse_setting(cfg, "model.deep_supervision", "False2")
+    with pytest.raises(ValueError, match="unknown training setting"):
+        train.preset_config("symmetric", colour="red")
+    with pytest.raises(ValueError, match="give --labels-dir"):
+        train.preset_config("pretrain-noisy")
+
+
+def test_pluggable_labels_from_a_folder(ds4, tmp_path):
+    case = ds4.training[0]
+    assert data.folder_labels(tmp_path)(case) is None
+    (tmp_path / case.image.name).write_bytes(case.label.read_bytes())
+    assert data.folder_labels(tmp_path)(case) == tmp_path / case.image.name
+    item = data.PairDataset(ds4.training, [(0, 1)], (8, 8, 8), 0, 0, data.no_labels, 3)[0]
+    assert set(item) == {"moving", "fixed"} and item["moving"].shape == (3, 8, 8, 8)
+
+
+def test_train_cli_end_to_end_and_finetune(ds4, tmp_path):
+    run = tmp_path / "run"
+    args = [str(ds4.source), "--out", str(run), "--model", "tiny", "--epochs", "2", "--crop", "16,16,16",
+            "--val-every", "1", "--workers", "0", "--device", "cpu", "--set", "loss.n_classes=5", "--quiet"]
+    res = CliRunner().invoke(main, ["train", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "DSC=" in res.output
+    net, ckpt = checkpoint.load(run / "best.pt")
+    assert net.cfg == model.PRESETS["tiny"] and "DSC" in ckpt["metrics"]
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    res = CliRunner().invoke(main, ["train", args[0], "--out", str(tmp_path / "ft"), "--preset", "finetune",
+                                    "--init", str(run / "last.pt"), *args[3:]], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
