@@ -167,5 +167,23 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
     click.echo(f"checkpoints: {out_dir / 'last.pt'}, {out_dir / 'best.pt'}; log: {out_dir / 'log.csv'}")
 
 
+@main.command("import-weights")
+@click.argument("original", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")
+@click.option("--keep-deep-supervision", is_flag=True, help="Keep the coarse heads (only needed to train on).")
+def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool) -> None:
+    """Convert a checkpoint of Estienne et al. (their .pth) into an l2r_submit checkpoint."""
+    from . import checkpoint
+
+    try:
+        net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    checkpoint.save(out_path, net, imported_from=str(original))
+    cfg = net.cfg
+    click.echo(f"wrote {out_path}: {cfg.in_channels}-channel input, channels {cfg.channels}, "
+               f"orientation {cfg.orientation}, deep supervision {cfg.deep_supervision}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -161,3 +161,21 @@ def test_importer_on_synthetic_original_checkpoints(tmp_path, repo_root, variant
     torch.save({"state_dict": bad, "optizmizer": {}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: unknown key 'hippocampus.head.weight'"):
         checkpoint.load(tmp_path / "bad.pth")
+
+
+def test_import_weights_cli(tmp_path, repo_root):
+    from click.testing import CliRunner
+
+    from l2r_submit.cli import main
+
+    keys = json.loads((repo_root.parent / "shared" / "seed" / "original_state_dict_keys.json").read_text())
+    spec = keys["abdo_frontiersnet_cm8_classic_in_3ch_ds"]
+    torch.save({"epoch": 1, "state_dict": {k: torch.zeros(s) for k, s in spec.items()}, "optizmizer": {}},
+               tmp_path / "orig.pth")
+    res = CliRunner().invoke(main, ["import-weights", str(tmp_path / "orig.pth"), "--out", str(tmp_path / "ours.pt")])
+    assert res.exit_code == 0 and "3-channel input" in res.output
+    net, ckpt = checkpoint.load(tmp_path / "ours.pt")
+    assert ckpt["format"] == checkpoint.FORMAT and net.cfg.orientation == "estienne2020"
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    res = CliRunner().invoke(main, ["import-weights", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "junk.pth: not a readable checkpoint" in res.output
