@@ -10,7 +10,7 @@ from l2r_submit import checkpoint, losses, model, spatial
 
 def test_zero_init_gives_zero_displacement_on_odd_sizes():
     torch.manual_seed(0)
-    for name, shape in (("tiny", (25, 18, 21)), ("tiny", (16, 16, 16))):
+    for name, shape in (("tiny", (25, 18, 21)), ("tiny", (16, 16, 16)), ("tiny", (100, 90, 70))):
         net = model.build(name)
         x = torch.randn(1, 1, *shape)
         out = net(x, torch.randn(1, 1, *shape))
@@ -179,3 +179,19 @@ def test_import_weights_cli(tmp_path, repo_root):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     res = CliRunner().invoke(main, ["import-weights", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "junk.pth: not a readable checkpoint" in res.output
+
+
+def test_deep_supervision_outputs_and_loss():
+    net = model.build("tiny", deep_supervision=True)
+    m, f = torch.rand(1, 1, 12, 10, 14), torch.rand(1, 1, 12, 10, 14)
+    out = net(m, f)
+    assert len(out) == 3 and all(d.shape == (1, 3, 12, 10, 14) for d in out)
+    assert max(d.abs().max().item() for d in out) <= 1e-5
+    with torch.no_grad():
+        net.deep_heads[0].bias.fill_(0.3)  # only the coarsest head moves
+    out = net(m, f)
+    assert out[0].abs().max() <= 1e-5 and out[1].abs().max() > 0.1
+    w = losses.LossWeights(dice=0.0)
+    both = losses.registration_loss(out, m, f, None, None, w)
+    parts = [losses.direction_terms(d, m, f, None, None, w)["reg"] for d in out]
+    assert both["reg"].item() == pytest.approx(torch.stack(parts).mean().item(), rel=1e-6)
