@@ -141,7 +141,7 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
 
 @pytest.mark.parametrize("variant", ["3ch_ds", "3ch_nods", "1ch_ds", "1ch_nods"])
 def test_importer_on_synthetic_original_checkpoints(tmp_path, repo_root, variant):
-    keys = json.loads((repo_root.parent / "shared" / "seed" / "original_state_dict_keys.json").read_text())
+    keys = json.loads((repo_root / "tests" / "data" / "original_state_dict_keys.json").read_text())
     spec = keys[f"abdo_frontiersnet_cm8_classic_in_{variant}"]
     torch.manual_seed(0)
     state = {f"module.{k}": torch.randn(shape) * 0.01 for k, shape in spec.items()}
@@ -168,7 +168,7 @@ def test_import_weights_cli(tmp_path, repo_root):
 
     from l2r_submit.cli import main
 
-    keys = json.loads((repo_root.parent / "shared" / "seed" / "original_state_dict_keys.json").read_text())
+    keys = json.loads((repo_root / "tests" / "data" / "original_state_dict_keys.json").read_text())
     spec = keys["abdo_frontiersnet_cm8_classic_in_3ch_ds"]
     torch.save({"epoch": 1, "state_dict": {k: torch.zeros(s) for k, s in spec.items()}, "optizmizer": {}},
                tmp_path / "orig.pth")
