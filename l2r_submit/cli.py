@@ -167,6 +167,59 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
     click.echo(f"checkpoints: {out_dir / 'last.pt'}, {out_dir / 'best.pt'}; log: {out_dir / 'log.csv'}")
 
 
+@main.command()
+@click.argument("dataset_json", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder for the fields.")
+@click.option("--split", type=click.Choice(["val", "test"]), default=None,
+              help="[default: val when it has pairs, else test]")
+@click.option("--pairs", default=None, help="Comma-separated subset, e.g. 0001_0004,0002_0004.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Weights file [default: the shipped weights in weights/].")
+@click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz", show_default=True,
+              help="npz2020: the 2020 half-resolution float16 form.")
+@click.option("--names", type=click.Choice(["long", "short", "both"]), default="long", show_default=True,
+              help="long: disp_FFFF_0000_MMMM_0000 (evaluator since 2025); short: disp_FFFF_MMMM.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--io-iters", type=click.IntRange(min=0), default=None,
+              help="Instance-optimisation iterations (0 = network only) [default: see README].")
+@click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
+@click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
+            fmt: str, names: str, device: str, io_iters: int | None, qc_dir: Path | None, overwrite: bool,
+            threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
+    """Register every pair of DATASET_JSON and write official displacement fields to --out."""
+    from . import predict as pr
+    from .instance import IOConfig
+
+    ds = _load_dataset(dataset_json, data_root)
+    io_cfg = IOConfig(iters=pr.DEFAULT_IO_ITERS if io_iters is None else io_iters)
+    wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs else None
+    cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
+                           qc_dir=qc_dir, overwrite=overwrite, threads=threads, progress=not quiet)
+    try:
+        manifest = pr.run(cfg)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    line, failed = pr.summary(manifest)
+    click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
+    if do_eval:
+        from . import evaluate as ev
+
+        ecfg = ev.EvalConfig(ds, out_dir, split, "2020" if fmt == "npz2020" else "2022", "zero", progress=not quiet)
+        try:
+            result = ev.run(ecfg)
+        except ValueError as exc:
+            raise _Fail(str(exc)) from None
+        ev.write_outputs(result, out_dir / "metrics.json", out_dir / "metrics.csv")
+        click.echo(ev.summary_table(result.metrics))
+    if failed:
+        sys.exit(1)
+
+
 @main.command("import-weights")
 @click.argument("original", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")

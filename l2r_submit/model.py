@@ -81,6 +81,7 @@ PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
     "paper-ds": ModelConfig(deep_supervision=True),
     "cpu-small": ModelConfig(in_channels=3, channel_multiplier=2, encoder_convs=(1, 1, 1, 1)),
+    "cpu-fast": ModelConfig(in_channels=3, channel_multiplier=1, encoder_convs=(1, 1, 1, 1)),
     "tiny": ModelConfig(in_channels=1, base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
 }
 

@@ -69,3 +69,82 @@ def paint_from_labels(labels: np.ndarray, rng: np.random.Generator, body_margin_
     image = gaussian_filter(image, 0.7)
     image[body] += rng.normal(0.0, noise_hu, int(body.sum()))
     return image.astype(np.float32)
+
+
+def windows_fixed(ct_hu: np.ndarray, n_windows: int) -> np.ndarray:
+    """CT windows normalised by the window bounds (equal to the per-image min-max of
+    :func:`l2r_submit.model.preprocess` whenever the image spans the window, as body CT does).
+
+    Shape: (...) HU -> (n_windows, ...) float32 in [0, 1].
+    """
+    from .model import CT_WINDOWS
+
+    out = []
+    for width, level in CT_WINDOWS[:n_windows]:
+        lo = level - width / 2
+        out.append((np.clip(ct_hu, lo, lo + width) - lo) / width)
+    return np.stack(out).astype(np.float32)
+
+
+class SyntheticPairs:
+    """Training pairs made from a few anatomies: both images are the same anatomy under two independent
+    smooth random deformations, with intensity augmentation; some images are re-painted from the labels.
+
+    Only the crop is computed (the B-spline field and the warps are evaluated at the crop's voxels), so
+    an item costs a fraction of a second. Items follow :class:`l2r_submit.data.PairDataset`'s keys.
+
+    Args:
+        anatomies: list of (image HU, labels) full volumes, all the same shape.
+        n_items: items per epoch.
+        crop: crop size (I, J, K).
+        seed, epoch: every draw comes from (seed, epoch, index).
+        max_disp: largest displacement per image, in voxels.
+        paint_prob: probability that an item uses a label-painted version of its anatomy.
+        n_windows: CT windows of the network input.
+        painted: pre-painted images per anatomy (list of lists), made once by the caller.
+    """
+
+    def __init__(self, anatomies: list[tuple[np.ndarray, np.ndarray]], n_items: int, crop: Sequence[int],
+                 seed: int, epoch: int, max_disp: float = 8.0, paint_prob: float = 0.3, n_windows: int = 3,
+                 painted: list[list[np.ndarray]] | None = None) -> None:
+        self.anatomies, self.n_items, self.crop = anatomies, n_items, tuple(crop)
+        self.seed, self.epoch, self.max_disp, self.paint_prob = seed, epoch, max_disp, paint_prob
+        self.n_windows, self.painted = n_windows, painted or [[] for _ in anatomies]
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+        from scipy.ndimage import map_coordinates, zoom
+
+        rng = np.random.default_rng([self.seed, self.epoch, index, 7])
+        a = int(rng.integers(len(self.anatomies)))
+        image, labels = self.anatomies[a]
+        shape = image.shape
+        # crop centred near the labelled organs
+        organ_idx = np.argwhere(labels[::4, ::4, ::4] > 0) * 4
+        centre = organ_idx[rng.integers(len(organ_idx))] if len(organ_idx) else np.array(shape) // 2
+        start = [int(np.clip(c - k // 2 + rng.integers(-8, 9), 0, n - k)) for c, k, n in zip(centre, self.crop, shape)]
+        axes = [np.arange(s, s + k, dtype=np.float64) for s, k in zip(start, self.crop)]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"))
+        item = {}
+        for role in ("moving", "fixed"):
+            coarse = rng.standard_normal((3, 4, 4, 5))
+            coarse *= self.max_disp * rng.uniform(0.3, 1.0) / (np.abs(coarse).max() * np.sqrt(3))
+            # the cubic field at every 4th voxel of the crop, then linear in between (smooth enough, ~10x faster)
+            sub = grid[:, ::4, ::4, ::4]
+            cgrid = np.stack([sub[d] * (coarse.shape[d + 1] - 1) / (shape[d] - 1) for d in range(3)])
+            disp_sub = np.stack([map_coordinates(c, cgrid, order=3, mode="nearest") for c in coarse])
+            disp = np.stack([zoom(c, [k / m for k, m in zip(self.crop, c.shape)], order=1, grid_mode=False)
+                             for c in disp_sub])
+            pos = grid + disp
+            source = image
+            if self.painted[a] and rng.random() < self.paint_prob:
+                source = self.painted[a][int(rng.integers(len(self.painted[a])))]
+            hu = map_coordinates(source, pos, order=1, cval=-1024.0)
+            hu = hu * rng.uniform(0.92, 1.08) + rng.uniform(-30, 30) + rng.normal(0, rng.uniform(0, 20), hu.shape)
+            seg = map_coordinates(labels, pos, order=0)
+            item[role] = torch.from_numpy(windows_fixed(hu, self.n_windows))
+            item[f"{role}_seg"] = torch.from_numpy(seg.astype(np.int64))[None]
+        return item

@@ -19,12 +19,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import checkpoint, data, io, losses, model, runtime, scoring, spatial
 from .dataset import Dataset
+
+TorchDataset = torch.utils.data.Dataset
 
 TRAIN_PRESETS = {
     "baseline": dict(symmetric=False),
@@ -202,8 +205,11 @@ def validate(net: model.RegistrationNet, ds: Dataset, device: torch.device, w: l
 
 
 def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, progress: bool = True,
-        max_steps: int | None = None) -> dict:
+        max_steps: int | None = None, epoch_data: "Callable[[int], TorchDataset] | None" = None) -> dict:
     """Train; returns the last epoch's log row.
+
+    ``epoch_data(epoch)`` replaces the dataset's training pairs with another source of training items
+    (the keys of :class:`l2r_submit.data.PairDataset`), e.g. synthetic pairs; ``ds`` still validates.
 
     Raises:
         ValueError: too few training images, a config that does not match a resumed run, bad checkpoints.
@@ -212,7 +218,7 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     runtime.configure_threads(cfg.threads)
     device = runtime.resolve_device(cfg.device)
     cases = training_cases(ds, cfg.exclude_val_subjects)
-    if len(cases) < 2:
+    if len(cases) < 2 and epoch_data is None:
         raise ValueError(f"{ds.source}: {len(cases)} training images; at least 2 are needed")
     runtime.seed_everything(cfg.seed)
     net = model.RegistrationNet(cfg.model)
@@ -245,9 +251,12 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     steps = 0
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
-        loader = torch.utils.data.DataLoader(
-            data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels),
+        if epoch_data is None:
+            pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
+            items = data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
+        else:
+            items = epoch_data(epoch)
+        loader = torch.utils.data.DataLoader(items,
             batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, drop_last=False)
         sums: dict[str, float] = {}
         n_batches = 0

@@ -1,0 +1,69 @@
+"""Train the weights shipped in weights/ (CPU, from the anatomies of test_data/), and write their manifest.
+
+Data: the two anatomies of test_data/ (0004, the real CT of shared/data/ct_patient_a resampled to 2 mm,
+and 0005, CT-like intensities painted on the AMOS label map), each also re-painted from its labels
+twice; every training item deforms one anatomy twice with independent smooth random fields (up to
+10 voxels) and augments intensities (see l2r_submit.synthetic.SyntheticPairs). Validation: the val
+pairs of test_data/ (which use the same anatomies: these weights are in-distribution there).
+
+    python scripts/train_shipped.py [--epochs 40] [--out runs/shipped] [--weights weights]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import click
+import numpy as np
+
+from l2r_submit import __version__, dataset, io, train
+from l2r_submit.synthetic import SyntheticPairs, paint_from_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@click.command()
+@click.option("--epochs", default=40, show_default=True)
+@click.option("--items", default=16, show_default=True, help="Synthetic pairs per epoch.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/shipped"), show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), default=ROOT / "weights", show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--resume", is_flag=True)
+def main(epochs: int, items: int, out: Path, weights: Path, threads: int, resume: bool) -> None:
+    ds = dataset.load(ROOT / "test_data" / "AbdomenCTCT_dataset.json")
+    anatomies, painted = [], []
+    rng = np.random.default_rng(99)
+    for case_id in ("0004", "0005"):
+        case = next(c for c in ds.training if c.id == case_id)
+        labels = io.read_labels(case.label)
+        anatomies.append((io.read_volume(case.image, np.float32).array, labels))
+        painted.append([paint_from_labels(labels, rng) for _ in range(2)])
+    cfg = train.preset_config("symmetric", "cpu-fast", epochs=epochs, crop=(96, 96, 96), batch_size=2, lr=5e-4,
+                              val_every=10, num_workers=1, device="cpu", threads=threads, seed=0)
+
+    def epoch_data(epoch: int) -> SyntheticPairs:
+        return SyntheticPairs(anatomies, items, cfg.crop, cfg.seed, epoch, max_disp=10.0, painted=painted)
+
+    row = train.run(cfg, ds, out, resume=resume, epoch_data=epoch_data)
+    weights.mkdir(parents=True, exist_ok=True)
+    target = weights / "l2r_cpu_fast.pt"
+    shutil.copyfile(out / "last.pt", target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    manifest = {
+        "default": target.name,
+        "files": {target.name: {"sha256": digest, "bytes": target.stat().st_size}},
+        "model_preset": "cpu-fast",
+        "trained_with": "python scripts/train_shipped.py " + f"--epochs {epochs} --items {items}",
+        "package_version": __version__,
+        "data": "synthetic deformations and re-paintings of test_data subjects 0004 and 0005 (see the script)",
+        "last_validation": {k: v for k, v in row.items() if k in ("epoch", "val_loss", "DSC", "HD95", "LogJacDetStd")},
+    }
+    (weights / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    click.echo(f"wrote {target} (sha256 {digest[:12]}...) and {weights / 'manifest.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from l2r_submit import checkpoint, dataset, instance, model, predict
+from l2r_submit.cli import main
+
+from conftest import TINY_SHAPE
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    net = model.build("tiny")
+    with torch.no_grad():
+        net.decoder.head.weight.normal_(0, 0.01)  # a non-zero field, so outputs are not trivially zero
+    return checkpoint.save(tmp_path / "tiny.pt", net)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_predict_then_evaluate_end_to_end(tiny_dataset, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu",
+                 "--io-iters", "0", "--evaluate", "--quiet", "--qc", tmp_path / "qc")
+    assert res.exit_code == 0, res.output
+    assert "3 pairs done, 0 skipped, 0 failed" in res.output and "DSC" in res.output
+    names = sorted(p.name for p in out.glob("disp_*"))
+    assert names == ["disp_0001_0000_0002_0000.nii.gz", "disp_0001_0000_0003_0000.nii.gz",
+                     "disp_0002_0000_0003_0000.nii.gz"]
+    img = nib.load(out / names[0])
+    assert img.shape == (*TINY_SHAPE, 3) and img.get_data_dtype() == np.float32
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["checkpoint_sha256"] == predict.sha256(tiny_ckpt)
+    assert all(p["status"] == "done" and p["seconds"] > 0 for p in manifest["pairs"].values())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["cases"]) == 3
+    assert len(list((tmp_path / "qc").glob("qc_*.png"))) == 3
+
+
+def test_rerun_skips_complete_outputs_and_overwrite_redoes(tiny_dataset, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+            "--io-iters", "0"]
+    assert invoke(*args).exit_code == 0
+    (out / "disp_0001_0000_0003_0000.nii.gz").write_bytes(b"truncated")  # a damaged output is redone
+    res = invoke(*args)
+    assert "1 pairs done, 2 skipped, 0 failed" in res.output
+    assert "3 pairs done, 0 skipped" in invoke(*args, "--overwrite").output
+
+
+def test_one_failed_pair_is_isolated(tiny_dataset, tiny_ckpt, tmp_path):
+    bad = tiny_dataset.parent / "imagesTr" / "AbdomenCTCT_0003_0000.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.int16), np.eye(4)), bad)
+    out = tmp_path / "out"
+    res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+                 "--io-iters", "0")
+    assert res.exit_code == 1
+    assert "1 pairs done, 0 skipped, 2 failed" in res.output
+    assert "AbdomenCTCT_0003_0000.nii.gz: shape (5, 5, 5) received" in res.output
+    assert (out / "disp_0001_0000_0002_0000.nii.gz").exists()
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["pairs"]["0001_0000<--0003_0000"]["status"] == "failed"
+
+
+def test_2020_format_both_names_and_pair_subset(tiny_dataset, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+                 "--format", "npz2020", "--names", "both", "--pairs", "0001_0002", "--io-iters", "0")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("disp_*")) == ["disp_0001_0000_0002_0000.npz", "disp_0001_0002.npz"]
+    with np.load(out / "disp_0001_0002.npz") as f:
+        assert f["arr_0"].dtype == np.float16 and f["arr_0"].shape == (3, 12, 10, 14)
+    res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--pairs", "0009_0001")
+    assert res.exit_code == 2 and "not in split" in res.output
+
+
+def test_shipped_weights_checksum_is_checked(tmp_path, tiny_ckpt):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    target = weights / "w.pt"
+    target.write_bytes(tiny_ckpt.read_bytes())
+    (weights / "manifest.json").write_text(json.dumps(
+        {"default": "w.pt", "files": {"w.pt": {"sha256": predict.sha256(target)}}}))
+    assert predict.resolve_checkpoint(None, weights) == target
+    target.write_bytes(target.read_bytes() + b"tampered")
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        predict.resolve_checkpoint(None, weights)
+    with pytest.raises(ValueError, match="no shipped weights"):
+        predict.resolve_checkpoint(None, tmp_path)
+
+
+def test_instance_optimisation_improves_similarity():
+    x = torch.linspace(-1, 1, 20)
+    blob = torch.exp(-((x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) * 5))[None, None]
+    fixed, moving = blob, torch.roll(blob, 2, dims=2)
+    zero = torch.zeros(1, 3, 20, 20, 20)
+    refined = instance.refine(zero, moving, fixed, instance.IOConfig(iters=40, lr=0.2, reg=0.1))
+    from l2r_submit.spatial import warp_image
+
+    before = torch.mean((moving - fixed) ** 2).item()
+    after = torch.mean((warp_image(moving, refined) - fixed) ** 2).item()
+    assert after < 0.5 * before
+    assert refined[:, 0].mean().item() > 0.3  # moved the right way (pull map: +axis-0)
+    assert torch.equal(instance.refine(zero, moving, fixed, instance.IOConfig(iters=0)), zero)
