@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
-# Score a folder of displacement fields with the official Learn2Reg metrics.
-#   ./evaluate.sh DATASET_JSON DISP_DIR [any `l2r evaluate` option, e.g. --out metrics.json --workers 2]
+# Score a folder of displacement fields with the official Learn2Reg metrics, optionally after running
+# the container, optionally checking the numbers against expected results.
+#   ./evaluate.sh DATASET_JSON DISP_DIR [--image IMAGE] [--expected EXPECTED.json] [l2r evaluate options]
+#     --image IMAGE        first run the container on the dataset's folder (read-only, no network),
+#                          writing the fields to DISP_DIR (extra container options: L2R_DOCKER_ARGS)
+#     --expected FILE      then compare metrics.json with FILE; exit 1 with a diff when a metric is off
 # DATASET_JSON may also be an official evaluation config (with --data-root DATA).
 set -euo pipefail
 if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,4s/^# \{0,1\}//p' "$0"
+  sed -n '2,9s/^# \{0,1\}//p' "$0"
   exit 2
 fi
 here="$(cd "$(dirname "$0")" && pwd)"
-if command -v l2r >/dev/null 2>&1; then
-  exec l2r evaluate "$@"
-elif [ -x "$here/.venv/bin/l2r" ]; then
-  exec "$here/.venv/bin/l2r" evaluate "$@"
-else
-  echo "error: l2r is not installed; run: bash scripts/setup.sh" >&2
-  exit 2
+if command -v l2r >/dev/null 2>&1; then l2r=l2r
+elif [ -x "$here/.venv/bin/l2r" ]; then l2r="$here/.venv/bin/l2r"
+else echo "error: l2r is not installed; run: bash scripts/setup.sh" >&2; exit 2
+fi
+dataset_json="$1"; disp_dir="$2"; shift 2
+image=""; expected=""; pass=(); out_json=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --image) image="$2"; shift 2 ;;
+    --expected) expected="$2"; shift 2 ;;
+    --out) out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
+    *) pass+=("$1"); shift ;;
+  esac
+done
+[ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass+=(--out "$out_json"); }
+if [ -n "$image" ]; then
+  data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"
+  mkdir -p "$disp_dir"
+  # shellcheck disable=SC2086
+  docker run --rm --network none ${L2R_DOCKER_ARGS:-} -v "$data_dir":/l2r/data:ro \
+    -v "$(cd "$disp_dir" && pwd)":/l2r/output "$image" "/l2r/data/$(basename "$dataset_json")"
+fi
+"$l2r" evaluate "$dataset_json" "$disp_dir" "${pass[@]}"
+if [ -n "$expected" ]; then
+  "$l2r" compare "$out_json" "$expected"
 fi

@@ -220,6 +220,47 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         sys.exit(1)
 
 
+@main.command()
+@click.argument("metrics_json", type=click.Path(path_type=Path))
+@click.argument("expected_json", type=click.Path(path_type=Path))
+@click.option("--write", is_flag=True, help="Write EXPECTED_JSON from METRICS_JSON (measured numbers) instead.")
+@click.option("--tol", "tols", multiple=True, metavar="NAME=VALUE",
+              help="With --write: absolute tolerance per metric [default: DSC=0.02 HD95=1.0 LogJacDetStd=0.01].")
+def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[str, ...]) -> None:
+    """Check a metrics.json against expected results; exit 1 with a readable diff when a metric is off."""
+    import json
+
+    from . import compare as cmp
+    from .io import atomic_write
+
+    def read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise _Fail(f"{path}: cannot be read ({exc})") from None
+
+    metrics = read(metrics_json)
+    if write:
+        tolerance = dict(cmp.DEFAULT_TOLERANCE)
+        for item in tols:
+            name, _, value = item.partition("=")
+            try:
+                tolerance[name] = float(value)
+            except ValueError:
+                raise _Fail(f"--tol {item}: expected NAME=NUMBER") from None
+        text = json.dumps(cmp.expected_from_metrics(metrics, tolerance), indent=2) + "\n"
+        atomic_write(expected_json, lambda tmp: Path(tmp).write_text(text))
+        click.echo(f"wrote {expected_json}")
+        return
+    problems = cmp.compare(metrics, read(expected_json))
+    for line in problems:
+        click.echo(f"FAIL {line}")
+    if problems:
+        click.echo(f"{len(problems)} metric(s) outside tolerance")
+        sys.exit(1)
+    click.echo(f"all metrics within tolerance of {expected_json}")
+
+
 @main.command("import-weights")
 @click.argument("original", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from l2r_submit import compare, io
+from l2r_submit.cli import main
+from l2r_submit.synthetic import smooth_random_disp
+
+from conftest import TINY_SHAPE
+
+
+def _metrics(dsc):
+    return {"aggregates": {"DSC": {"mean": dsc}, "HD95": {"mean": float("inf")}},
+            "cases": {"a": {"DSC": {"mean": dsc}, "HD95": {"mean": float("inf")}}}}
+
+
+def test_compare_tolerance_and_inf():
+    expected = compare.expected_from_metrics(_metrics(0.5), {"DSC": 0.01, "HD95": 1.0})
+    assert compare.compare(_metrics(0.505), expected) == []
+    problems = compare.compare(_metrics(0.6), expected)
+    assert problems == ["mean DSC: got 0.6000, expected 0.5000 +/- 0.01 (off by +0.1000)",
+                        "a DSC: got 0.6000, expected 0.5000 +/- 0.01 (off by +0.1000)"]
+    missing = compare.compare({"aggregates": {}, "cases": {}}, expected)
+    assert any("a: missing" in p for p in missing)
+
+
+def test_evaluate_sh_with_expected_results(tiny_dataset, tmp_path, repo_root):
+    disp = tmp_path / "disp"
+    for f, m in (("0001", "0002"), ("0001", "0003"), ("0002", "0003")):
+        io.write_disp(smooth_random_disp(1, TINY_SHAPE, 2.0), disp, f, m)
+    bindir = Path(sys.executable).parent
+    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
+    run = subprocess.run(["bash", str(repo_root / "evaluate.sh"), str(tiny_dataset), str(disp), "--quiet"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    metrics = disp / "metrics.json"
+    res = CliRunner().invoke(main, ["compare", str(metrics), str(tmp_path / "exp.json"), "--write", "--tol", "DSC=0.001"])
+    assert res.exit_code == 0
+    exp = json.loads((tmp_path / "exp.json").read_text())
+    assert exp["tolerance"]["DSC"] == 0.001 and len(exp["cases"]) == 3
+    run = subprocess.run(["bash", str(repo_root / "evaluate.sh"), str(tiny_dataset), str(disp), "--quiet",
+                          "--expected", str(tmp_path / "exp.json")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "within tolerance" in run.stdout
+    exp["cases"]["0001_0000<--0002_0000"]["DSC"] += 0.1
+    (tmp_path / "exp.json").write_text(json.dumps(exp))
+    run = subprocess.run(["bash", str(repo_root / "evaluate.sh"), str(tiny_dataset), str(disp), "--quiet",
+                          "--expected", str(tmp_path / "exp.json")], capture_output=True, text=True, env=env)
+    assert run.returncode == 1
+    assert "FAIL 0001_0000<--0002_0000 DSC: got" in run.stdout
