@@ -1,8 +1,9 @@
 """Instance optimisation: refine one pair's network displacement at test time.
 
-A residual displacement on a half-resolution grid is optimised with Adam on the image similarity
-(MSE of the network's CT windows) plus a diffusion regulariser on the total half-resolution field,
-then upsampled and added to the network's full-resolution field.
+A residual displacement is optimised with Adam on the image similarity (MSE of the network's CT
+windows) plus a diffusion regulariser on the total field: first on a quarter-resolution grid
+(``coarse_fraction`` of the iterations), then on a half-resolution grid; it is then upsampled and
+added to the network's full-resolution field.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class IOConfig:
     """Settings of the refinement. iters = 0 turns it off."""
 
     iters: int = 0
-    lr: float = 0.1
-    reg: float = 1.0
+    lr: float = 0.3
+    reg: float = 0.3
+    coarse_fraction: float = 0.5
 
 
 def diffusion(disp: torch.Tensor) -> torch.Tensor:
@@ -47,19 +49,26 @@ def refine(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, cfg: I
     if cfg.iters <= 0:
         return disp
     full = tuple(disp.shape[2:])
-    half = tuple((n + 1) // 2 for n in full)
+    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
+    residual = None
+    for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
+        if iters <= 0:
+            continue
+        size = tuple((n + level - 1) // level for n in full)
+        with torch.no_grad():
+            m = F.interpolate(moving, size=size, mode="trilinear", align_corners=True)
+            f = F.interpolate(fixed, size=size, mode="trilinear", align_corners=True)
+            base = _resize_disp(disp, size)
+            start = torch.zeros_like(base) if residual is None else _resize_disp(residual, size)
+        residual = start.clone().requires_grad_(True)
+        opt = torch.optim.Adam([residual], lr=cfg.lr * 2 / level)  # the step is in voxels of this grid
+        with torch.enable_grad():
+            for _ in range(iters):
+                total = base + residual
+                loss = F.mse_loss(warp_image(m, total), f) + cfg.reg * diffusion(total)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        residual = residual.detach()
     with torch.no_grad():
-        m2 = F.interpolate(moving, size=half, mode="trilinear", align_corners=True)
-        f2 = F.interpolate(fixed, size=half, mode="trilinear", align_corners=True)
-        d2 = _resize_disp(disp, half)
-    residual = torch.zeros_like(d2, requires_grad=True)
-    opt = torch.optim.Adam([residual], lr=cfg.lr)
-    with torch.enable_grad():
-        for _ in range(cfg.iters):
-            total = d2 + residual
-            loss = F.mse_loss(warp_image(m2, total), f2) + cfg.reg * diffusion(total)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        return disp + _resize_disp(residual.detach(), full)
+        return disp + _resize_disp(residual, full)
