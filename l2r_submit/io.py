@@ -165,8 +165,18 @@ def disp_extension(fmt: str) -> str:
 # ------------------------------------------------------------------------------------------ write
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The file gets the permissions of an ordinary ``open(path, "w")`` (0666 less the umask), not the
+    0600 of the temporary file, so that organisers scoring as another user can read the fields.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
@@ -174,6 +184,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
 import os
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -78,6 +79,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         io.atomic_write(tmp_path / "disp_0001_0004.npz", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path, disp):
+    old = os.umask(0o022)
+    try:
+        path = io.write_disp(disp, tmp_path, "0001", "0004", "npz")[0]
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by the organisers' scoring user
 
 
 def test_rewrite_replaces_atomically(tmp_path, disp):
