@@ -37,6 +37,12 @@ def upsample_coarse(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.stack([map_coordinates(c, coords, order=3, mode="nearest") for c in coarse])
 
 
+def field_from_truth(entry: dict) -> np.ndarray:
+    """The exact generating field of one synthetic pair, from its entry in ``test_data/truth.json``
+    (control points ``coarse`` and the full ``shape``). Shape: -> (3, I, J, K) float32 voxels."""
+    return upsample_coarse(np.asarray(entry["coarse"], np.float64), entry["shape"]).astype(np.float32)
+
+
 def smooth_random_disp(seed: int, shape: Sequence[int], max_disp: float,
                        grid: Sequence[int] = (4, 4, 5)) -> np.ndarray:
     """A smooth random displacement whose largest vector is exactly ``max_disp`` voxels long.

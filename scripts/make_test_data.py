@@ -24,7 +24,7 @@ from scipy.ndimage import map_coordinates
 
 from l2r_submit.contract import L2R_SHAPE
 from l2r_submit.io import read_volume, write_disp
-from l2r_submit.synthetic import coarse_random_disp, paint_from_labels, upsample_coarse
+from l2r_submit.synthetic import coarse_random_disp, field_from_truth, paint_from_labels, upsample_coarse
 
 TOTALSEG_TO_L2R = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}
 AMOS_TO_L2R = {**{i: i for i in range(1, 10)}, 10: 11, 11: 12, 12: 13}
@@ -70,11 +70,6 @@ def to_stored_hu(image: np.ndarray) -> np.ndarray:
     return (np.round(image / QUANT_HU) * QUANT_HU).astype(np.int16)
 
 
-def true_field(entry: dict) -> np.ndarray:
-    """The exact generating field of one pair from truth.json: (3, I, J, K) float32."""
-    return upsample_coarse(np.asarray(entry["coarse"], np.float64), entry["shape"]).astype(np.float32)
-
-
 def build(shared: Path, out: Path) -> None:
     rng = np.random.default_rng(2020)
     ct = read_volume(shared / "ct_patient_a" / "ct.nii.gz")
@@ -94,7 +89,7 @@ def build(shared: Path, out: Path) -> None:
         coarse *= max_disp / np.sqrt((full ** 2).sum(0)).max()
         entry = {"fixed": case, "moving": BASE, "seed": seed, "max_disp_vox": max_disp,
                  "shape": list(L2R_SHAPE), "coarse": coarse.tolist()}
-        coords = ident + true_field(entry)
+        coords = ident + field_from_truth(entry)
         warped = map_coordinates(base_ct.astype(np.float32), coords, order=1, cval=-1024.0)
         images[case] = to_stored_hu(warped)
         labels[case] = map_coordinates(base_seg, coords, order=0).astype(np.uint8)
@@ -164,7 +159,7 @@ def main(shared: Path, out: Path, true_fields: Path | None, fmt: str, names: str
     if true_fields is not None:
         truth = json.loads((out / "truth.json").read_text())
         for entry in truth.values():
-            write_disp(true_field(entry), true_fields, entry["fixed"], entry["moving"], fmt, names)
+            write_disp(field_from_truth(entry), true_fields, entry["fixed"], entry["moving"], fmt, names)
         click.echo(f"wrote {len(truth)} true fields to {true_fields}")
         return
     build(shared, out)

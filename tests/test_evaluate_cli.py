@@ -146,12 +146,11 @@ def test_check_command(tiny_dataset):
 
 
 def test_true_fields_on_test_data_score_near_perfect(repo_root, tmp_path):
-    sys.path.insert(0, str(repo_root / "scripts"))
-    from make_test_data import true_field
+    from l2r_submit.synthetic import field_from_truth
 
     truth = json.loads((repo_root / "test_data" / "truth.json").read_text())
     entry = truth["0001_0000<--0004_0000"]
-    io.write_disp(true_field(entry), tmp_path, entry["fixed"], entry["moving"])
+    io.write_disp(field_from_truth(entry), tmp_path, entry["fixed"], entry["moving"])
     ds = dataset.load(repo_root / "test_data" / "AbdomenCTCT_dataset.json")
     ds.splits["one"] = ds.pairs("val")[:1]
     m = evaluate.run(evaluate.EvalConfig(ds, tmp_path, split="one", progress=False)).metrics

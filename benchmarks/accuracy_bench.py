@@ -1,0 +1,93 @@
+"""Accuracy and speed of `l2r predict` on test_data/, network only and with instance optimisation.
+
+For each `--io-iters` setting the val pairs of test_data/ are predicted (through the Python API, the
+same code as `l2r predict`) and scored with the evaluator. Printed per setting: seconds per pair,
+mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the largest fraction of
+voxels with det J <= 0, and, on the three synthetic pairs whose true field is known
+(test_data/truth.json), the mean end-point error in voxels over the whole grid and over the organs
+of the fixed image.
+
+    python benchmarks/accuracy_bench.py [--io-iters 0,50,100] [--threads 2] [--checkpoint FILE] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "test_data" / "AbdomenCTCT_dataset.json"
+
+
+def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, float]]:
+    """Per synthetic pair: (mean EPE over all voxels, mean EPE over the fixed image's organs), voxels."""
+    from l2r_submit import io
+    from l2r_submit.synthetic import field_from_truth
+
+    result = {}
+    for key, entry in truth.items():
+        pair = next(p for p in ds.pairs("val") if p.key == key)
+        stem = io.disp_names(entry["fixed"], entry["moving"], "long")[0]
+        disp = io.read_disp(out_dir / f"{stem}.nii.gz", ds.shape)  # (I, J, K, 3), as the evaluator reads it
+        err = np.linalg.norm(disp - np.moveaxis(field_from_truth(entry), 0, -1), axis=-1)
+        organs = io.read_labels(pair.fixed.label) > 0
+        result[key] = (float(err.mean()), float(err[organs].mean()))
+    return result
+
+
+@click.command()
+@click.option("--io-iters", default="0,50,100", show_default=True, help="Comma list of settings (0 = network only).")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
+def main(io_iters: str, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
+    from l2r_submit import dataset, evaluate, predict
+    from l2r_submit.instance import IOConfig
+
+    ds = dataset.load(DATA)
+    truth = json.loads((ROOT / "test_data" / "truth.json").read_text())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for iters in [int(v) for v in io_iters.split(",")]:
+            out = Path(tmp) / f"io{iters}"
+            manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
+                                                         io=IOConfig(iters), threads=threads, progress=False))
+            secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
+            if len(secs) != len(manifest["pairs"]):
+                raise SystemExit(f"io-iters {iters}: some pairs failed, see {out / 'run.json'}")
+            m = evaluate.run(evaluate.EvalConfig(ds, out, "val", progress=False)).metrics
+            epe = end_point_errors(out, truth, ds)
+            cases = m["cases"]
+            rows.append({
+                "io_iters": iters,
+                "seconds_per_pair": float(np.mean(secs)),
+                "DSC": {k: c["DSC"]["mean"] for k, c in cases.items()},
+                "DSC_zero_field": {k: c["DSC_zero_field"]["mean"] for k, c in cases.items()},
+                "HD95_mean": m["aggregates"]["HD95"]["mean"],
+                "LogJacDetStd_mean": m["aggregates"]["LogJacDetStd"]["mean"],
+                "jac_nonpos_fraction_max": max(c["jac_nonpos_fraction"]["mean"] for c in cases.values()),
+                "EPE_all": {k: v[0] for k, v in epe.items()},
+                "EPE_organs": {k: v[1] for k, v in epe.items()},
+            })
+    print(f"CPU, {threads} threads, {len(ds.pairs('val'))} val pairs of test_data/ (192x160x256)")
+    print(f"{'io-iters':>8} {'s/pair':>7} {'Dice':>6} {'(zero)':>6} {'minGain':>7} {'HD95':>6} {'SDlogJ':>7} "
+          f"{'J<=0 max':>9} {'EPE all':>8} {'EPE org':>8} {'EPE max':>8}")
+    for r in rows:
+        gain = min(r["DSC"][k] - r["DSC_zero_field"][k] for k in r["DSC"])
+        print(f"{r['io_iters']:>8} {r['seconds_per_pair']:>7.2f} {np.mean(list(r['DSC'].values())):>6.3f} "
+              f"{np.mean(list(r['DSC_zero_field'].values())):>6.3f} {gain:>+7.3f} {r['HD95_mean']:>6.2f} "
+              f"{r['LogJacDetStd_mean']:>7.4f} {r['jac_nonpos_fraction_max']:>9.2e} "
+              f"{np.mean(list(r['EPE_all'].values())):>8.3f} {np.mean(list(r['EPE_organs'].values())):>8.3f} "
+              f"{max(r['EPE_all'].values()):>8.3f}")
+    print("Dice/(zero): mean over val pairs, registered / zero field; minGain: smallest per-pair Dice gain; "
+          "EPE (voxels): mean over the synthetic pairs, all voxels / fixed organs; EPE max: worst synthetic pair")
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
