@@ -32,8 +32,8 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, f
     for key, entry in truth.items():
         pair = next(p for p in ds.pairs("val") if p.key == key)
         stem = io.disp_names(entry["fixed"], entry["moving"], "long")[0]
-        disp = io.read_disp(out_dir / f"{stem}.nii.gz", ds.shape)  # (I, J, K, 3), as the evaluator reads it
-        err = np.linalg.norm(disp - np.moveaxis(field_from_truth(entry), 0, -1), axis=-1)
+        disp = io.read_disp(out_dir / f"{stem}.nii.gz", ds.shape)  # (3, I, J, K), as written
+        err = np.linalg.norm(disp - field_from_truth(entry), axis=0)
         organs = io.read_labels(pair.fixed.label) > 0
         result[key] = (float(err.mean()), float(err[organs].mean()))
     return result

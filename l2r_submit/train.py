@@ -239,8 +239,9 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         if not last_path.exists():
             raise ValueError(f"{last_path}: nothing to resume")
         _, ckpt = checkpoint.load(last_path)
-        if ckpt.get("train_config") != _jsonable(cfg.to_dict()):
-            raise ValueError(f"{last_path}: the run was started with other settings; resume with the same ones")
+        if _without_epochs(ckpt.get("train_config")) != _without_epochs(_jsonable(cfg.to_dict())):
+            raise ValueError(f"{last_path}: the run was started with other settings; resume with the same ones "
+                             "(only --epochs may change)")
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
@@ -300,7 +301,13 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         if max_steps is not None and steps >= max_steps:
             break
     plot_curves(history, out_dir / "curves.png")
-    return row
+    return row or (history[-1] if history else {})
+
+
+def _without_epochs(cfg: dict | None) -> dict | None:
+    """A run's settings less ``epochs``: no learning-rate schedule depends on it, and items are derived
+    from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it."""
+    return None if cfg is None else {k: v for k, v in cfg.items() if k != "epochs"}
 
 
 def _jsonable(d: dict) -> dict:

@@ -56,6 +56,12 @@ def test_resume_reproduces_uninterrupted_run(ds4, tmp_path):
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     assert (tmp_path / "full" / "log.csv").read_text().count("\n") == 3
+    longer = train.preset_config("symmetric", "tiny", **{**SETTINGS, "epochs": 5})
+    train.run(longer, ds4, tmp_path / "long", progress=False, max_steps=2)  # meant to run 5 epochs, killed
+    train.run(cfg, ds4, tmp_path / "long", resume=True, progress=False)  # finished with the epoch count of cfg
+    c, _ = checkpoint.load(tmp_path / "long" / "last.pt")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, c.state_dict()[k]), k
     other = train.preset_config("symmetric", "tiny", **{**SETTINGS, "lr": 1e-3})
     with pytest.raises(ValueError, match="other settings"):
         train.run(other, ds4, tmp_path / "cut", resume=True, progress=False)
