@@ -31,7 +31,7 @@ if [ -n "$image" ]; then
   data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"
   mkdir -p "$disp_dir"
   # shellcheck disable=SC2086
-  docker run --rm --network none ${L2R_DOCKER_ARGS:-} -v "$data_dir":/l2r/data:ro \
+  docker run --rm --network none --user "$(id -u):$(id -g)" ${L2R_DOCKER_ARGS:-} -v "$data_dir":/l2r/data:ro \
     -v "$(cd "$disp_dir" && pwd)":/l2r/output "$image" "/l2r/data/$(basename "$dataset_json")"
 fi
 "$l2r" evaluate "$dataset_json" "$disp_dir" "${pass[@]}"

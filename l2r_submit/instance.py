@@ -23,7 +23,7 @@ class IOConfig:
 
     iters: int = 0
     lr: float = 0.3
-    reg: float = 0.3
+    reg: float = 1.0
     coarse_fraction: float = 0.5
 
 
