@@ -108,14 +108,16 @@ class SyntheticPairs:
         paint_prob: probability that an item uses a label-painted version of its anatomy.
         n_windows: CT windows of the network input.
         painted: pre-painted images per anatomy (list of lists), made once by the caller.
+        organ_prob: probability that a crop is centred on an organ voxel (else anywhere in the volume).
     """
 
     def __init__(self, anatomies: list[tuple[np.ndarray, np.ndarray]], n_items: int, crop: Sequence[int],
                  seed: int, epoch: int, max_disp: float = 8.0, paint_prob: float = 0.3, n_windows: int = 3,
-                 painted: list[list[np.ndarray]] | None = None) -> None:
+                 painted: list[list[np.ndarray]] | None = None, organ_prob: float = 1.0) -> None:
         self.anatomies, self.n_items, self.crop = anatomies, n_items, tuple(crop)
         self.seed, self.epoch, self.max_disp, self.paint_prob = seed, epoch, max_disp, paint_prob
         self.n_windows, self.painted = n_windows, painted or [[] for _ in anatomies]
+        self.organ_prob = organ_prob
 
     def __len__(self) -> int:
         return self.n_items
@@ -128,9 +130,13 @@ class SyntheticPairs:
         a = int(rng.integers(len(self.anatomies)))
         image, labels = self.anatomies[a]
         shape = image.shape
-        # crop centred near the labelled organs
+        # crop centred near the labelled organs, or (with probability 1 - organ_prob) anywhere, so that the
+        # network also sees air and body wall, which whole-volume inference integrates through
         organ_idx = np.argwhere(labels[::4, ::4, ::4] > 0) * 4
-        centre = organ_idx[rng.integers(len(organ_idx))] if len(organ_idx) else np.array(shape) // 2
+        if len(organ_idx) and rng.random() < self.organ_prob:
+            centre = organ_idx[rng.integers(len(organ_idx))]
+        else:
+            centre = np.array([rng.integers(k // 2, n - k // 2 + 1) for k, n in zip(self.crop, shape)])
         start = [int(np.clip(c - k // 2 + rng.integers(-8, 9), 0, n - k)) for c, k, n in zip(centre, self.crop, shape)]
         axes = [np.arange(s, s + k, dtype=np.float64) for s, k in zip(start, self.crop)]
         grid = np.stack(np.meshgrid(*axes, indexing="ij"))
