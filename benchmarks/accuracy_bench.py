@@ -7,7 +7,7 @@ voxels with det J <= 0, and, on the three synthetic pairs whose true field is kn
 (test_data/truth.json), the mean end-point error in voxels over the whole grid and over the organs
 of the fixed image.
 
-    python benchmarks/accuracy_bench.py [--io-iters 0,50,100] [--threads 2] [--checkpoint FILE] [--json OUT]
+    python benchmarks/accuracy_bench.py [--io-iters 0,50,100] [--io-reg 1.0] [--threads 2] [--checkpoint FILE] [--json OUT]
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, f
 
 @click.command()
 @click.option("--io-iters", default="0,50,100", show_default=True, help="Comma list of settings (0 = network only).")
+@click.option("--io-reg", type=float, default=None, help="Diffusion weight of the refinement [default: IOConfig's].")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(io_iters: str, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
+def main(io_iters: str, io_reg: float | None, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
     from l2r_submit import dataset, evaluate, predict
     from l2r_submit.instance import IOConfig
 
@@ -55,7 +56,8 @@ def main(io_iters: str, threads: int, checkpoint: Path | None, json_out: Path | 
         for iters in [int(v) for v in io_iters.split(",")]:
             out = Path(tmp) / f"io{iters}"
             manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
-                                                         io=IOConfig(iters), threads=threads, progress=False))
+                                                         io=IOConfig(iters, **({"reg": io_reg} if io_reg is not None else {})),
+                                                         threads=threads, progress=False))
             secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
             if len(secs) != len(manifest["pairs"]):
                 raise SystemExit(f"io-iters {iters}: some pairs failed, see {out / 'run.json'}")
@@ -73,7 +75,8 @@ def main(io_iters: str, threads: int, checkpoint: Path | None, json_out: Path | 
                 "EPE_all": {k: v[0] for k, v in epe.items()},
                 "EPE_organs": {k: v[1] for k, v in epe.items()},
             })
-    print(f"CPU, {threads} threads, {len(ds.pairs('val'))} val pairs of test_data/ (192x160x256)")
+    reg = IOConfig().reg if io_reg is None else io_reg
+    print(f"CPU, {threads} threads, {len(ds.pairs('val'))} val pairs of test_data/ (192x160x256), refinement diffusion weight {reg:g}")
     print(f"{'io-iters':>8} {'s/pair':>7} {'Dice':>6} {'(zero)':>6} {'minGain':>7} {'HD95':>6} {'SDlogJ':>7} "
           f"{'J<=0 max':>9} {'EPE all':>8} {'EPE org':>8} {'EPE max':>8}")
     for r in rows:

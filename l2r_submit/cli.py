@@ -181,7 +181,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="long: disp_FFFF_0000_MMMM_0000 (evaluator since 2025); short: disp_FFFF_MMMM.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
-              help="Instance-optimisation iterations (0 = network only) [default: see README].")
+              help="Instance-optimisation iterations (0 = network only) [default: 100].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")

@@ -96,6 +96,19 @@ def test_shipped_weights_checksum_is_checked(tmp_path, tiny_ckpt):
         predict.resolve_checkpoint(None, tmp_path)
 
 
+def test_the_shipped_weights_match_their_manifest_and_load():
+    path = predict.resolve_checkpoint(None, predict.DEFAULT_WEIGHTS_DIR)  # raises on a sha256 mismatch
+    net, _ = checkpoint.load(path)
+    manifest = json.loads((predict.DEFAULT_WEIGHTS_DIR / "manifest.json").read_text())
+    assert net.cfg == model.PRESETS[manifest["model_preset"]]
+    assert path.stat().st_size < 50 * 2**20  # "tens of MB at most"
+
+
+def test_help_states_the_real_default_of_io_iters():
+    res = invoke("predict", "--help")
+    assert f"[default: {predict.DEFAULT_IO_ITERS}]" in " ".join(res.output.split())
+
+
 def test_instance_optimisation_improves_similarity():
     x = torch.linspace(-1, 1, 20)
     blob = torch.exp(-((x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) * 5))[None, None]
