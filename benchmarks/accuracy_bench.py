@@ -24,7 +24,8 @@ DATA = ROOT / "test_data" / "AbdomenCTCT_dataset.json"
 
 
 def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, float]]:
-    """Per synthetic pair: (mean EPE over all voxels, mean EPE over the fixed image's organs), voxels."""
+    """Per synthetic pair, in voxels: mean EPE over all voxels and over the fixed image's organs, then the
+    same for the zero field (the size of the true displacement)."""
     from l2r_submit import io
     from l2r_submit.synthetic import field_from_truth
 
@@ -33,9 +34,11 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, f
         pair = next(p for p in ds.pairs("val") if p.key == key)
         stem = io.disp_names(entry["fixed"], entry["moving"], "long")[0]
         disp = io.read_disp(out_dir / f"{stem}.nii.gz", ds.shape)  # (3, I, J, K), as written
-        err = np.linalg.norm(disp - field_from_truth(entry), axis=0)
+        true = field_from_truth(entry)
+        err = np.linalg.norm(disp - true, axis=0)
+        zero = np.linalg.norm(true, axis=0)
         organs = io.read_labels(pair.fixed.label) > 0
-        result[key] = (float(err.mean()), float(err[organs].mean()))
+        result[key] = (float(err.mean()), float(err[organs].mean()), float(zero.mean()), float(zero[organs].mean()))
     return result
 
 
@@ -74,6 +77,7 @@ def main(io_iters: str, io_reg: float | None, threads: int, checkpoint: Path | N
                 "jac_nonpos_fraction_max": max(c["jac_nonpos_fraction"]["mean"] for c in cases.values()),
                 "EPE_all": {k: v[0] for k, v in epe.items()},
                 "EPE_organs": {k: v[1] for k, v in epe.items()},
+                "EPE_zero_field": {k: v[2:] for k, v in epe.items()},
             })
     reg = IOConfig().reg if io_reg is None else io_reg
     print(f"CPU, {threads} threads, {len(ds.pairs('val'))} val pairs of test_data/ (192x160x256), refinement diffusion weight {reg:g}")
@@ -86,6 +90,9 @@ def main(io_iters: str, io_reg: float | None, threads: int, checkpoint: Path | N
               f"{r['LogJacDetStd_mean']:>7.4f} {r['jac_nonpos_fraction_max']:>9.2e} "
               f"{np.mean(list(r['EPE_all'].values())):>8.3f} {np.mean(list(r['EPE_organs'].values())):>8.3f} "
               f"{max(r['EPE_all'].values()):>8.3f}")
+    zero = np.mean(list(rows[0]["EPE_zero_field"].values()), axis=0)
+    print(f"{'zero':>8} {'':>7} {np.mean(list(rows[0]['DSC_zero_field'].values())):>6.3f} {'':>6} {'':>7} {'':>6} "
+          f"{0.0:>7.4f} {0.0:>9.2e} {zero[0]:>8.3f} {zero[1]:>8.3f}")
     print("Dice/(zero): mean over val pairs, registered / zero field; minGain: smallest per-pair Dice gain; "
           "EPE (voxels): mean over the synthetic pairs, all voxels / fixed organs; EPE max: worst synthetic pair")
     if json_out is not None:

@@ -116,7 +116,7 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
 @click.option("--preset", type=click.Choice(["baseline", "symmetric", "pretrain-unsupervised", "pretrain-noisy",
                                              "finetune"]), default="symmetric", show_default=True,
               help="The paper's training setups.")
-@click.option("--model", "model_preset", type=click.Choice(["paper", "paper-ds", "cpu-small", "tiny"]),
+@click.option("--model", "model_preset", type=click.Choice(["paper", "paper-ds", "cpu-small", "cpu-fast", "tiny"]),
               default="paper", show_default=True, help="Network size preset (paper = 30.8 M parameters).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 300]")
 @click.option("--crop", default=None, help="Random crop, e.g. 128,128,128 or none for whole volumes [default: 128^3].")
