@@ -246,6 +246,9 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], json.loads(ckpt["history"])
+        if start_epoch > cfg.epochs:
+            raise ValueError(f"{last_path}: the run already trained {start_epoch} epochs, more than --epochs "
+                             f"{cfg.epochs}; a run can be extended or finished, not shortened after the fact")
     (out_dir / "config.json").write_text(json.dumps(_jsonable(cfg.to_dict()), indent=2) + "\n")
     labels = _label_source(cfg)
     row: dict = {}

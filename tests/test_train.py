@@ -62,6 +62,9 @@ def test_resume_reproduces_uninterrupted_run(ds4, tmp_path):
     c, _ = checkpoint.load(tmp_path / "long" / "last.pt")
     for k, v in a.state_dict().items():
         assert torch.equal(v, c.state_dict()[k]), k
+    shorter = train.preset_config("symmetric", "tiny", **{**SETTINGS, "epochs": 1})
+    with pytest.raises(ValueError, match="already trained 2 epochs, more than --epochs 1"):
+        train.run(shorter, ds4, tmp_path / "long", resume=True, progress=False)
     other = train.preset_config("symmetric", "tiny", **{**SETTINGS, "lr": 1e-3})
     with pytest.raises(ValueError, match="other settings"):
         train.run(other, ds4, tmp_path / "cut", resume=True, progress=False)
