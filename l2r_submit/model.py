@@ -38,6 +38,10 @@ class ModelConfig:
         deep_supervision: also predict gradients from each coarser decoder level.
         orientation: ``l2r`` (our axes) or ``estienne2020`` (the authors' input orientation, for
             imported checkpoints: SimpleITK z, y, x order with the z and y axes flipped).
+        norm: ``instance`` (InstanceNorm3d, no affine, after every conv but the stem's: the paper) or
+            ``none``: no normalisation, and no bias in the decoder and heads, so that equal inputs give
+            exactly zero displacement whatever the weights, and no statistic depends on the volume size
+            (instance statistics of a training crop differ from those of a whole volume).
     """
 
     in_channels: int = 3
@@ -46,6 +50,7 @@ class ModelConfig:
     encoder_convs: tuple[int, ...] = (1, 2, 3, 2)
     deep_supervision: bool = False
     orientation: str = "l2r"
+    norm: str = "instance"
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
@@ -53,6 +58,8 @@ class ModelConfig:
         if len(self.base_channels) != len(self.encoder_convs) + 1:
             raise ValueError(f"base_channels has {len(self.base_channels)} levels, encoder_convs "
                              f"{len(self.encoder_convs)}: expected one more channel entry than conv entries")
+        if self.norm not in ("instance", "none"):
+            raise ValueError(f"norm: '{self.norm}' received, expected instance or none")
         if self.orientation not in ("l2r", "estienne2020"):
             raise ValueError(f"orientation: '{self.orientation}' received, expected l2r or estienne2020")
 
@@ -118,14 +125,15 @@ def integrate(gradients: torch.Tensor) -> torch.Tensor:
 
 
 class ConvNormAct(nn.Sequential):
-    """conv (k^3) + InstanceNorm3d (no affine) + ReLU."""
+    """conv (k^3) + InstanceNorm3d (no affine; or nothing with ``norm="none"``) + ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, transposed: bool = False) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, transposed: bool = False,
+                 norm: str = "instance", bias: bool = True) -> None:
         conv_cls = nn.ConvTranspose3d if transposed else nn.Conv3d
         pad = 0 if kernel == 2 else kernel // 2
         super().__init__()
-        self.conv = conv_cls(cin, cout, kernel, stride=stride, padding=pad)
-        self.norm = nn.InstanceNorm3d(cout, affine=False, eps=1e-5)
+        self.conv = conv_cls(cin, cout, kernel, stride=stride, padding=pad, bias=bias)
+        self.norm = nn.InstanceNorm3d(cout, affine=False, eps=1e-5) if norm == "instance" else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
 
@@ -143,20 +151,22 @@ class Stem(nn.Module):
 
 
 class DownLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n_convs: int) -> None:
+    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance") -> None:
         super().__init__()
-        self.down = ConvNormAct(cin, cout, kernel=2, stride=2)
-        self.convs = nn.Sequential(*[ConvNormAct(cout, cout) for _ in range(n_convs)])
+        self.down = ConvNormAct(cin, cout, kernel=2, stride=2, norm=norm)
+        self.convs = nn.Sequential(*[ConvNormAct(cout, cout, norm=norm) for _ in range(n_convs)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(self.down(x))
 
 
 class UpLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n_convs: int) -> None:
+    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance") -> None:
         super().__init__()
-        self.up = ConvNormAct(cin, cout, kernel=2, stride=2, transposed=True)
-        self.convs = nn.Sequential(ConvNormAct(2 * cout, cout), *[ConvNormAct(cout, cout) for _ in range(n_convs - 1)])
+        opts = dict(norm=norm, bias=norm != "none")
+        self.up = ConvNormAct(cin, cout, kernel=2, stride=2, transposed=True, **opts)
+        self.convs = nn.Sequential(ConvNormAct(2 * cout, cout, **opts),
+                                   *[ConvNormAct(cout, cout, **opts) for _ in range(n_convs - 1)])
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.convs(torch.cat([self.up(x), skip], dim=1))
@@ -167,7 +177,7 @@ class Encoder(nn.Module):
         super().__init__()
         ch = cfg.channels
         self.stem = Stem(cfg.in_channels, ch[0])
-        self.levels = nn.ModuleList(DownLevel(ch[i], ch[i + 1], n) for i, n in enumerate(cfg.encoder_convs))
+        self.levels = nn.ModuleList(DownLevel(ch[i], ch[i + 1], n, cfg.norm) for i, n in enumerate(cfg.encoder_convs))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self.stem(x)]
@@ -181,10 +191,11 @@ class Decoder(nn.Module):
         super().__init__()
         ch = cfg.channels[::-1]
         convs = cfg.encoder_convs[::-1]
-        self.levels = nn.ModuleList(UpLevel(ch[i], ch[i + 1], n) for i, n in enumerate(convs))
-        self.head = nn.Conv3d(ch[-1], 3, 3, padding=1)
+        self.levels = nn.ModuleList(UpLevel(ch[i], ch[i + 1], n, cfg.norm) for i, n in enumerate(convs))
+        self.head = nn.Conv3d(ch[-1], 3, 3, padding=1, bias=cfg.norm != "none")
         nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, merged: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = merged[-1]
@@ -204,11 +215,12 @@ class RegistrationNet(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.deep_heads = nn.ModuleList(
-            nn.Conv3d(c, 3, 3, padding=1) for c in cfg.channels[::-1][:-1]
+            nn.Conv3d(c, 3, 3, padding=1, bias=cfg.norm != "none") for c in cfg.channels[::-1][:-1]
         ) if cfg.deep_supervision else nn.ModuleList()
         for head in self.deep_heads:
             nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+            if head.bias is not None:
+                nn.init.zeros_(head.bias)
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(image)

@@ -18,6 +18,25 @@ def test_zero_init_gives_zero_displacement_on_odd_sizes():
         assert out[0].abs().max().item() <= 1e-5
 
 
+def test_without_norm_equal_inputs_give_zero_displacement_whatever_the_weights():
+    torch.manual_seed(0)
+    net = model.build("tiny", norm="none", deep_supervision=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.5)  # far from zero-init: the property must come from the architecture
+    x = torch.randn(1, 1, 20, 18, 22)
+    for disp in net(x, x.clone()):
+        assert disp.abs().max().item() <= 1e-5
+    assert net(x, torch.randn_like(x))[0].abs().max().item() > 1e-2  # and it is not a constant zero
+    with_norm = model.build("tiny", deep_supervision=True)
+    with torch.no_grad():
+        for p in with_norm.parameters():
+            p.normal_(0, 0.5)
+    assert with_norm(x, x.clone())[0].abs().max().item() > 1e-2  # instance norm breaks it
+    with pytest.raises(ValueError, match="norm: 'batch' received"):
+        model.build("tiny", norm="batch")
+
+
 def test_paper_preset_parameter_count():
     n = sum(p.numel() for p in model.build("paper").parameters())
     assert 30.5e6 < n < 31.0e6  # the paper reports about 30.8 M
