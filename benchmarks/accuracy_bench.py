@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "test_data" / "AbdomenCTCT_dataset.json"
 
 
-def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, float]]:
+def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, float, float, float]]:
     """Per synthetic pair, in voxels: mean EPE over all voxels and over the fixed image's organs, then the
     same for the zero field (the size of the true displacement)."""
     from l2r_submit import io

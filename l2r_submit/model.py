@@ -68,6 +68,11 @@ class ModelConfig:
         return [c * self.channel_multiplier for c in self.base_channels]
 
     @property
+    def decoder_bias(self) -> bool:
+        """Whether decoder convs and heads have biases: not without norm (equal inputs -> zero field)."""
+        return self.norm != "none"
+
+    @property
     def divisor(self) -> int:
         """Spatial sizes are padded internally to a multiple of this."""
         return 2 ** len(self.encoder_convs)
@@ -161,9 +166,9 @@ class DownLevel(nn.Module):
 
 
 class UpLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance") -> None:
+    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance", bias: bool = True) -> None:
         super().__init__()
-        opts = dict(norm=norm, bias=norm != "none")
+        opts = dict(norm=norm, bias=bias)
         self.up = ConvNormAct(cin, cout, kernel=2, stride=2, transposed=True, **opts)
         self.convs = nn.Sequential(ConvNormAct(2 * cout, cout, **opts),
                                    *[ConvNormAct(cout, cout, **opts) for _ in range(n_convs - 1)])
@@ -191,8 +196,8 @@ class Decoder(nn.Module):
         super().__init__()
         ch = cfg.channels[::-1]
         convs = cfg.encoder_convs[::-1]
-        self.levels = nn.ModuleList(UpLevel(ch[i], ch[i + 1], n, cfg.norm) for i, n in enumerate(convs))
-        self.head = nn.Conv3d(ch[-1], 3, 3, padding=1, bias=cfg.norm != "none")
+        self.levels = nn.ModuleList(UpLevel(ch[i], ch[i + 1], n, cfg.norm, cfg.decoder_bias) for i, n in enumerate(convs))
+        self.head = nn.Conv3d(ch[-1], 3, 3, padding=1, bias=cfg.decoder_bias)
         nn.init.zeros_(self.head.weight)
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
@@ -215,7 +220,7 @@ class RegistrationNet(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.deep_heads = nn.ModuleList(
-            nn.Conv3d(c, 3, 3, padding=1, bias=cfg.norm != "none") for c in cfg.channels[::-1][:-1]
+            nn.Conv3d(c, 3, 3, padding=1, bias=cfg.decoder_bias) for c in cfg.channels[::-1][:-1]
         ) if cfg.deep_supervision else nn.ModuleList()
         for head in self.deep_heads:
             nn.init.zeros_(head.weight)
