@@ -182,6 +182,10 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Instance-optimisation iterations (0 = network only) [default: 100].")
+@click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
+              help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
+@click.option("--no-network", is_flag=True,
+              help="Start the refinement from a zero field, not the network's output (a training-free baseline).")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
@@ -189,17 +193,19 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str, device: str, io_iters: int | None, qc_dir: Path | None, overwrite: bool,
+            fmt: str, names: str, device: str, io_iters: int | None, io_similarity: str, no_network: bool, qc_dir: Path | None, overwrite: bool,
             threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out."""
     from . import predict as pr
     from .instance import IOConfig
 
     ds = _load_dataset(dataset_json, data_root)
-    io_cfg = IOConfig(iters=pr.DEFAULT_IO_ITERS if io_iters is None else io_iters)
+    io_cfg = IOConfig(iters=pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, similarity=io_similarity)
+    if no_network and io_cfg.iters == 0:
+        raise _Fail("--no-network needs --io-iters > 0 (it would write zero fields)")
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs else None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
-                           qc_dir=qc_dir, overwrite=overwrite, threads=threads, progress=not quiet)
+                           network=not no_network, qc_dir=qc_dir, overwrite=overwrite, threads=threads, progress=not quiet)
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:

@@ -46,6 +46,8 @@ class PredictConfig:
         fmt, names: output format and file names (see :func:`l2r_submit.io.write_disp`).
         device: ``auto``, ``cpu`` or ``cuda``.
         io: instance optimisation settings (``iters=0``: network only).
+        network: False starts the refinement from a zero field instead of the network's output (a
+            training-free baseline, to see what the network adds).
         qc_dir: write one QC picture per pair there.
         overwrite: redo pairs whose outputs exist.
         threads: CPU threads (None: all available).
@@ -62,6 +64,7 @@ class PredictConfig:
     names: str = "long"
     device: str = "auto"
     io: IOConfig = field(default_factory=lambda: IOConfig(DEFAULT_IO_ITERS))
+    network: bool = True
     qc_dir: Path | None = None
     overwrite: bool = False
     threads: int | None = None
@@ -129,9 +132,10 @@ def outputs_complete(paths: list[Path], shape: tuple[int, ...], fmt: str) -> boo
     return True
 
 
-def predict_pair(net: model.RegistrationNet, pair: Pair, device: torch.device, io_cfg: IOConfig,
+def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.device, io_cfg: IOConfig,
                  shape: tuple[int, ...]) -> np.ndarray:
-    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid.
+    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid (``net`` None: the
+    refinement starts from a zero field).
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
@@ -146,11 +150,13 @@ def predict_pair(net: model.RegistrationNet, pair: Pair, device: torch.device, i
     moving = torch.from_numpy(moving_np)[None, None].to(device)
     fixed = torch.from_numpy(fixed_np)[None, None].to(device)
     del moving_np, fixed_np
-    with torch.inference_mode():
-        disp = model.register(net, moving, fixed)
+    if net is None:
+        disp = torch.zeros((1, 3, *shape), device=device)
+    else:
+        with torch.inference_mode():
+            disp = model.register(net, moving, fixed)
     if io_cfg.iters > 0:
-        n = net.cfg.in_channels
-        disp = refine(disp.clone(), model.preprocess(moving, n), model.preprocess(fixed, n), io_cfg)
+        disp = refine(disp.clone(), moving, fixed, io_cfg)
     return disp[0].float().cpu().numpy()
 
 
@@ -176,7 +182,7 @@ def run(cfg: PredictConfig) -> dict:
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha256(ckpt_path),
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
-                     "overwrite": cfg.overwrite},
+                     "network": cfg.network, "overwrite": cfg.overwrite},
         "pairs": {},
     }
     from tqdm import tqdm
@@ -189,7 +195,7 @@ def run(cfg: PredictConfig) -> dict:
             continue
         t0 = time.perf_counter()
         try:
-            disp = predict_pair(net, pair, device, cfg.io, ds.shape)
+            disp = predict_pair(net if cfg.network else None, pair, device, cfg.io, ds.shape)
             io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names)
             if cfg.qc_dir is not None:
                 from .qc import write_qc

@@ -109,16 +109,28 @@ def test_help_states_the_real_default_of_io_iters():
     assert f"[default: {predict.DEFAULT_IO_ITERS}]" in " ".join(res.output.split())
 
 
-def test_instance_optimisation_improves_similarity():
-    x = torch.linspace(-1, 1, 20)
+@pytest.mark.parametrize("similarity", instance.SIMILARITIES)
+def test_instance_optimisation_recovers_a_shift(similarity):
+    x = torch.linspace(-1, 1, 24)
     blob = torch.exp(-((x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) * 5))[None, None]
-    fixed, moving = blob, torch.roll(blob, 2, dims=2)
-    zero = torch.zeros(1, 3, 20, 20, 20)
-    refined = instance.refine(zero, moving, fixed, instance.IOConfig(iters=40, lr=0.2, reg=0.1))
+    fixed = blob * 300.0 - 100.0  # HU: fat-like surround, organ-like centre
+    moving = torch.roll(fixed, 2, dims=2)
+    zero = torch.zeros(1, 3, 24, 24, 24)
+    refined = instance.refine(zero, moving, fixed, instance.IOConfig(iters=60, lr=0.2, reg=0.1, similarity=similarity))
     from l2r_submit.spatial import warp_image
 
-    before = torch.mean((moving - fixed) ** 2).item()
-    after = torch.mean((warp_image(moving, refined) - fixed) ** 2).item()
-    assert after < 0.5 * before
-    assert refined[:, 0].mean().item() > 0.3  # moved the right way (pull map: +axis-0)
+    inner = (slice(None), slice(None), slice(4, 20), slice(4, 20), slice(4, 20))  # warp_image pads with 0 HU
+    before = torch.mean((moving - fixed)[inner] ** 2).item()
+    after = torch.mean((warp_image(moving, refined) - fixed)[inner] ** 2).item()
+    assert after < 0.2 * before
+    centre = refined[0, 0, 8:16, 8:16, 8:16].mean().item()
+    assert 1.0 < centre < 3.0  # moved the right way (pull map: +2 along axis 0), by about the right amount
     assert torch.equal(instance.refine(zero, moving, fixed, instance.IOConfig(iters=0)), zero)
+
+
+def test_instance_optimisation_refuses_bad_settings_and_shapes():
+    with pytest.raises(ValueError, match="similarity"):
+        instance.IOConfig(10, similarity="ncc")
+    with pytest.raises(ValueError, match="moving_hu"):
+        instance.refine(torch.zeros(1, 3, 8, 8, 8), torch.zeros(1, 3, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8),
+                        instance.IOConfig(5))
