@@ -44,6 +44,23 @@ def test_predict_then_evaluate_end_to_end(tiny_dataset, tiny_ckpt, tmp_path):
     assert len(list((tmp_path / "qc").glob("qc_*.png"))) == 3
 
 
+def test_no_network_refines_from_a_zero_field(tiny_dataset, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+            "--pairs", "0001_0002"]
+    res = invoke(*args, "--no-network", "--io-iters", "0")
+    assert res.exit_code == 2 and "--no-network needs --io-iters > 0" in res.output
+    assert invoke(*args, "--no-network", "--io-iters", "3", "--io-similarity", "mse").exit_code == 0
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["settings"]["network"] is False and manifest["settings"]["io"]["similarity"] == "mse"
+    ds = dataset.load(tiny_dataset)
+    pair = ds.pairs("val")[0]
+    with_net = predict.predict_pair(checkpoint.load(tiny_ckpt)[0], pair, torch.device("cpu"),
+                                    instance.IOConfig(0), ds.shape)
+    without = predict.predict_pair(None, pair, torch.device("cpu"), instance.IOConfig(0), ds.shape)
+    assert np.abs(with_net).max() > 0 and not without.any()  # the zero start really is zero
+
+
 def test_rerun_skips_complete_outputs_and_overwrite_redoes(tiny_dataset, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
