@@ -11,7 +11,9 @@ pairs of test_data/ (which use the same anatomies: these weights are in-distribu
 
 The weights shipped now came from `--epochs 52 --ship best` (the best validation Dice was at epoch 20;
 with no learning-rate schedule and items derived from (seed, epoch, index), `--epochs 20 --ship last`
-should give the same weights in less time; that shortcut has not been checked).
+should give the same weights in less time; that shortcut has not been checked). They were trained on
+test_data as it was at commit 8462dc5, before 0005 was moved onto 0004's organ centroid; the script draws
+crops from 0005, so it now makes different weights (see weights/manifest.json to reproduce the shipped ones).
 """
 
 from __future__ import annotations
