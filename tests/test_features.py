@@ -44,3 +44,8 @@ def test_translation_equivariant_away_from_borders():
 def test_refuses_multichannel_input():
     with pytest.raises(ValueError, match="channels"):
         mind_ssc(torch.zeros(1, 3, 8, 8, 8))
+
+
+def test_flat_image_gives_finite_descriptors():
+    d = mind_ssc(torch.full((1, 1, 8, 9, 10), -1024.0))  # all air: no structure, zero variance
+    assert torch.isfinite(d).all() and torch.equal(d, torch.ones_like(d))
