@@ -94,36 +94,25 @@ def folded_fraction(disp: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the paper for abdominal CT; ``similarity`` is ``mse`` or ``ncc``.
-
-    ``margin``: voxels at the start of each axis left out of the similarity and Dice terms. The network's
-    displacement is a cumulative sum of gradients in (-1, 1) voxel per voxel that starts within 1 voxel of
-    zero at index 0 (:func:`l2r_submit.model.integrate`), so reaching a displacement of T voxels takes T
-    voxels from the start of the axis. On whole volumes that ramp lies in the air; on training crops the
-    true displacement at the crop's first voxels is not reachable, and scoring it teaches a bias.
-    """
+    """Weights of the paper for abdominal CT; ``similarity`` is ``mse`` or ``ncc``."""
 
     similarity: str = "mse"
     sim: float = 1.0
     dice: float = 1.0
     reg: float = 1e-2
     n_classes: int = 14
-    margin: int = 0
 
 
 def direction_terms(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
                     moving_seg: torch.Tensor | None, fixed_seg: torch.Tensor | None,
                     w: LossWeights) -> dict[str, torch.Tensor]:
-    """Similarity, Dice and regulariser of one direction (moving warped onto fixed); the similarity and
-    Dice leave out the first ``w.margin`` voxels of each axis."""
-    inner = (slice(None), slice(None)) + (slice(w.margin, None),) * 3
-    warped = warp_image(moving, disp)[inner]
-    fixed = fixed[inner]
+    """Similarity, Dice and regulariser of one direction (moving warped onto fixed)."""
+    warped = warp_image(moving, disp)
     sim = mse(warped, fixed) if w.similarity == "mse" else local_ncc(warped[:, :1], fixed[:, :1])
     terms = {"sim": sim, "reg": gradient_l1(disp)}
     if moving_seg is not None and fixed_seg is not None and w.dice > 0:
-        warped_seg = warp_image(one_hot(moving_seg, w.n_classes), disp)[inner]
-        terms["dice"] = soft_dice_loss(warped_seg, one_hot(fixed_seg, w.n_classes)[inner])
+        warped_seg = warp_image(one_hot(moving_seg, w.n_classes), disp)
+        terms["dice"] = soft_dice_loss(warped_seg, one_hot(fixed_seg, w.n_classes))
     return terms
 
 

@@ -41,13 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @click.option("--threads", default=2, show_default=True)
 @click.option("--norm", type=click.Choice(["instance", "none"]), default="instance", show_default=True,
               help="Normalisation of the network (see l2r_submit.model.ModelConfig).")
-@click.option("--margin", default=0, show_default=True,
-              help="Voxels at the start of each crop axis left out of the similarity and Dice (LossWeights.margin).")
 @click.option("--resume", is_flag=True)
 @click.option("--ship", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Ship the checkpoint with the best validation Dice, or the last one.")
 def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path, threads: int, norm: str,
-         margin: int, resume: bool, ship: str) -> None:
+         resume: bool, ship: str) -> None:
     ds = dataset.load(ROOT / "test_data" / "AbdomenCTCT_dataset.json")
     anatomies, painted = [], []
     rng = np.random.default_rng(99)
@@ -58,7 +56,7 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
         painted.append([paint_from_labels(labels, rng) for _ in range(2)])
     cfg = train.preset_config("symmetric", "cpu-fast", epochs=epochs, crop=(crop, crop, crop), batch_size=2, lr=lr,
                               val_every=10, num_workers=1, device="cpu", threads=threads, seed=0,
-                              **{"model.norm": norm, "loss.margin": margin})
+                              **{"model.norm": norm})
 
     def epoch_data(epoch: int) -> SyntheticPairs:
         return SyntheticPairs(anatomies, items, cfg.crop, cfg.seed, epoch, max_disp=10.0, painted=painted,
@@ -75,8 +73,7 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
         "files": {target.name: {"sha256": digest, "bytes": target.stat().st_size}},
         "model_preset": "cpu-fast",
         "trained_with": "python scripts/train_shipped.py "
-                        + f"--epochs {epochs} --lr {lr:g} --items {items} --crop {crop} --norm {norm} --ship {ship}"
-                        + (f" --margin {margin}" if margin else ""),
+                        + f"--epochs {epochs} --lr {lr:g} --items {items} --crop {crop} --norm {norm} --ship {ship}",
         "shipped_epoch": ckpt["epoch"] + 1,
         "package_version": __version__,
         "data": "synthetic deformations and re-paintings of test_data subjects 0004 and 0005 (see the script)",
