@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .contract import check_disp_tensor
+from .contract import check_disp_tensor, check_volume_batch
 from .features import mind_ssc
 from .model import preprocess
 from .spatial import warp_image
@@ -82,8 +82,9 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     """
     check_disp_tensor(disp)
     for name, img in (("moving_hu", moving_hu), ("fixed_hu", fixed_hu)):
-        if img.dim() != 5 or img.shape[1] != 1 or tuple(img.shape[2:]) != tuple(disp.shape[2:]):
-            raise ValueError(f"{name}: shape {tuple(img.shape)} received, expected (1, 1, {tuple(disp.shape[2:])})")
+        check_volume_batch(img, name, disp.shape[2:])
+        if img.shape[1] != 1:
+            raise ValueError(f"{name}: {img.shape[1]} channels received, expected 1 (HU)")
     if cfg.iters <= 0:
         return disp
     full = tuple(disp.shape[2:])

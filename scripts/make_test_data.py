@@ -65,6 +65,11 @@ def place(array: np.ndarray, centre: np.ndarray, fill: float) -> np.ndarray:
     return out
 
 
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """Mean voxel index of a mask, per axis."""
+    return np.array([np.mean(ix) for ix in np.nonzero(mask)])
+
+
 def to_stored_hu(image: np.ndarray) -> np.ndarray:
     """int16 HU: air floor at -1024, quantised to QUANT_HU."""
     image = np.where(image < AIR_BELOW_HU, -1024.0, np.clip(image, -1024.0, 3071.0))
@@ -103,8 +108,7 @@ def build(shared: Path, out: Path) -> None:
     # its organ centroid goes where the base anatomy's organ centroid is, as the challenge's crops around the
     # abdomen roughly do (centring it in the volume instead put its organs 60-80 voxels from 0004's: no
     # image-driven method could bring them together, see the README of test_data)
-    target = np.array([np.mean(ix) for ix in np.nonzero(base_seg)])
-    centre = np.array([np.mean(ix) for ix in np.nonzero(amos_l2r)]) - (target - (np.array(L2R_SHAPE) // 2))
+    centre = centroid(amos_l2r > 0) - (centroid(base_seg > 0) - np.array(L2R_SHAPE) // 2)
     labels[PAINTED] = place(amos_l2r, centre, 0)
     images[PAINTED] = to_stored_hu(paint_from_labels(labels[PAINTED], rng))
 
