@@ -205,8 +205,12 @@ def validate(net: model.RegistrationNet, ds: Dataset, device: torch.device, w: l
 
 
 def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, progress: bool = True,
-        max_steps: int | None = None, epoch_data: "Callable[[int], TorchDataset] | None" = None) -> dict:
+        max_steps: int | None = None, epoch_data: "Callable[[int], TorchDataset] | None" = None,
+        max_seconds: float | None = None) -> dict:
     """Train; returns the last epoch's log row.
+
+    ``max_steps`` stops within an epoch; ``max_seconds`` stops at the end of the first epoch that ends after
+    that much wall time (so every run ends on a validated, checkpointed epoch).
 
     ``epoch_data(epoch)`` replaces the dataset's training pairs with another source of training items
     (the keys of :class:`l2r_submit.data.PairDataset`), e.g. synthetic pairs; ``ds`` still validates.
@@ -253,6 +257,7 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     labels = _label_source(cfg)
     row: dict = {}
     steps = 0
+    t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         if epoch_data is None:
@@ -287,7 +292,8 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
             if max_steps is not None and steps >= max_steps:
                 break
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+        out_of_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time:
             row.update(validate(net, ds, device, cfg.loss))
             score = row.get("DSC", -row["val_loss"])
             if score > best:
@@ -301,7 +307,7 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         if progress:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   file=sys.stderr)
-        if max_steps is not None and steps >= max_steps:
+        if (max_steps is not None and steps >= max_steps) or out_of_time:
             break
     plot_curves(history, out_dir / "curves.png")
     return row or (history[-1] if history else {})

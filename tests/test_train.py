@@ -106,3 +106,10 @@ def test_train_cli_end_to_end_and_finetune(ds4, tmp_path):
     res = CliRunner().invoke(main, ["train", args[0], "--out", str(tmp_path / "ft"), "--preset", "finetune",
                                     "--init", str(run / "last.pt"), *args[3:]], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+
+
+def test_max_seconds_stops_on_a_validated_epoch(ds4, tmp_path):
+    cfg = train.preset_config("symmetric", "tiny", **{**SETTINGS, "epochs": 5, "val_every": 3})
+    row = train.run(cfg, ds4, tmp_path / "run", progress=False, max_seconds=0.0)
+    assert row["epoch"] == 1 and "val_loss" in row  # validated although val_every is 3
+    assert (tmp_path / "run" / "best.pt").exists()
