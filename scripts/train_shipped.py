@@ -26,6 +26,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from l2r_submit import __version__, checkpoint, dataset, io, train
 from l2r_submit.synthetic import SyntheticPairs, paint_from_labels
@@ -56,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
               help="Ship the checkpoint with the best validation Dice, or the last one.")
 def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path, threads: int, norm: str,
          whole: bool, device: str, max_minutes: float | None, val_every: int, init: str | None, resume: bool, ship: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
     ds = dataset.load(ROOT / "test_data" / "AbdomenCTCT_dataset.json")
     anatomies, painted = [], []
     rng = np.random.default_rng(99)
