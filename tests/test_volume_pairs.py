@@ -77,3 +77,18 @@ def test_bad_inputs_are_refused(anatomy):
         VolumePairs([], 1, seed=0, epoch=0)
     with pytest.raises(ValueError, match="painted lists"):
         VolumePairs([anatomy], 1, seed=0, epoch=0, painted=[[image], [image]])
+
+
+def test_train_run_takes_whole_volume_items(tmp_path):
+    from l2r_submit import dataset, io, train
+
+    from conftest import write_tiny_dataset
+
+    ds = dataset.load(write_tiny_dataset(tmp_path / "data", n_subjects=2))
+    case = ds.training[0]
+    anatomy = (io.read_volume(case.image, np.float32).array, io.read_labels(case.label))
+    cfg = train.preset_config("symmetric", "tiny", epochs=1, crop=None, val_every=1, num_workers=0, device="cpu",
+                              batch_size=2, **{"model.in_channels": 3, "loss.n_classes": 5})
+    row = train.run(cfg, ds, tmp_path / "run", progress=False,
+                    epoch_data=lambda epoch: VolumePairs([anatomy], 2, cfg.seed, epoch, max_disp=2.0))
+    assert row["epoch"] == 1 and np.isfinite(row["train_total"]) and "DSC" in row
