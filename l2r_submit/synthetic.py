@@ -25,6 +25,14 @@ def coarse_random_disp(seed: int, grid: Sequence[int] = (4, 4, 5)) -> np.ndarray
     return rng.standard_normal((3, *grid))
 
 
+def augmentation_control_points(rng: np.random.Generator, max_disp: float,
+                                grid: Sequence[int] = (4, 4, 5)) -> np.ndarray:
+    """Control points of one training deformation: standard normal, scaled so that the largest
+    component is max_disp * U(0.3, 1) / sqrt(3) voxels. Shape: -> (3, *grid) float64."""
+    coarse = rng.standard_normal((3, *grid))
+    return coarse * (max_disp * rng.uniform(0.3, 1.0) / (np.abs(coarse).max() * np.sqrt(3)))
+
+
 def upsample_coarse(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Cubic B-spline interpolation of control points spread evenly over a volume, corners on corners.
 
@@ -142,8 +150,7 @@ class SyntheticPairs:
         grid = np.stack(np.meshgrid(*axes, indexing="ij"))
         item = {}
         for role in ("moving", "fixed"):
-            coarse = rng.standard_normal((3, 4, 4, 5))
-            coarse *= self.max_disp * rng.uniform(0.3, 1.0) / (np.abs(coarse).max() * np.sqrt(3))
+            coarse = augmentation_control_points(rng, self.max_disp)
             # the cubic field at every 4th voxel of the crop, then linear in between (smooth enough, ~10x faster)
             sub = grid[:, ::4, ::4, ::4]
             cgrid = np.stack([sub[d] * (coarse.shape[d + 1] - 1) / (shape[d] - 1) for d in range(3)])

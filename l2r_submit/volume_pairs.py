@@ -25,6 +25,7 @@ import torch
 
 from .model import preprocess
 from .spatial import warp_image, warp_labels
+from .synthetic import augmentation_control_points
 
 AIR_HU = -1024.0
 
@@ -97,8 +98,7 @@ class VolumePairs(torch.utils.data.Dataset):
 
     def random_disp(self, rng: np.random.Generator) -> torch.Tensor:
         """One deformation. Shape: -> (1, 3, I, J, K) voxels on the device."""
-        coarse = rng.standard_normal((3, *self.grid))
-        coarse *= self.max_disp * rng.uniform(0.3, 1.0) / (np.abs(coarse).max() * np.sqrt(3))
+        coarse = augmentation_control_points(rng, self.max_disp, self.grid)
         return bspline_field(torch.as_tensor(coarse, device=self.device), self.shape)[None]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
-from l2r_submit import __version__, checkpoint, dataset, io, train
+from l2r_submit import __version__, checkpoint, dataset, io, runtime, train
 from l2r_submit.synthetic import SyntheticPairs, paint_from_labels
 from l2r_submit.volume_pairs import VolumePairs
 
@@ -57,8 +56,10 @@ ROOT = Path(__file__).resolve().parents[1]
               help="Ship the checkpoint with the best validation Dice, or the last one.")
 def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path, threads: int, norm: str,
          whole: bool, device: str, max_minutes: float | None, val_every: int, init: str | None, resume: bool, ship: str) -> None:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
+    try:
+        runtime.resolve_device(device)  # refuse --device cuda without a GPU before any work
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     ds = dataset.load(ROOT / "test_data" / "AbdomenCTCT_dataset.json")
     anatomies, painted = [], []
     rng = np.random.default_rng(99)
@@ -77,9 +78,9 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
         return SyntheticPairs(anatomies, items, cfg.crop, cfg.seed, epoch, max_disp=10.0, painted=painted,
                               organ_prob=0.5)
 
-    train.run(cfg, ds, out, resume=resume, epoch_data=epoch_data,
-              max_seconds=None if max_minutes is None else 60 * max_minutes)
-    trained = checkpoint.load(out / "last.pt")[1]["epoch"] + 1  # fewer than --epochs when --max-minutes stopped it
+    last = train.run(cfg, ds, out, resume=resume, epoch_data=epoch_data,
+                     max_seconds=None if max_minutes is None else 60 * max_minutes)
+    trained = last["epoch"]  # fewer than --epochs when --max-minutes stopped it
     net, ckpt = checkpoint.load(out / f"{ship}.pt")
     weights.mkdir(parents=True, exist_ok=True)
     target = weights / "l2r_cpu_fast.pt"
