@@ -16,14 +16,24 @@ npz2020   (3, I/2, J/2, K/2) float16       ``arr_0``, channel first, half resolu
 ========  ===============================  ===========================================================
 
 Every write goes to a temporary file in the destination folder and is renamed into place, so a
-killed run never leaves a truncated file under a final name.
+killed run never leaves a truncated file under a final name. Temporary files are named
+``.tmp-<pid>-*``; :func:`clean_stale_tmp` removes those a dead process left behind.
+
+Every gzip stream read here (``.nii.gz`` images, label maps and fields) is decompressed in full and its
+CRC-32 and length are checked: nibabel alone reads only as many bytes as the array needs and never
+reaches the gzip trailer, so a flipped byte would otherwise give a silently wrong array.
 """
 
 from __future__ import annotations
 
+import errno
+import gzip
 import os
+import re
 import tempfile
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,6 +72,28 @@ def _fail(path: Path | str, problem: str) -> ValueError:
 # ---------------------------------------------------------------------------------------------- read
 
 
+def load_nifti(path: Path):
+    """A nibabel image of a ``.nii`` or ``.nii.gz`` file; a gzip stream is verified (CRC-32, length) first.
+
+    The whole file is decompressed once in memory and handed to nibabel, which costs about what
+    nibabel's own decompression costs, so the check does not double the read time.
+
+    Raises:
+        ValueError: a damaged gzip stream (bad CRC, truncated, not gzip), naming the file.
+        Exception: whatever nibabel raises for a malformed header (callers wrap it).
+    """
+    import nibabel as nib
+
+    if not path.name.lower().endswith(".gz"):
+        return nib.load(str(path))
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
+    klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+    return klass.from_bytes(raw)
+
+
 def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     """Read a 3-D volume: NIfTI (.nii, .nii.gz), .mha/.mhd/.nrrd/.nhdr, or a DICOM series folder.
 
@@ -76,9 +108,7 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
         if path.is_dir():
             array, affine = _read_itk(path, dicom=True)
         elif name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
+            img = load_nifti(path)
             array = np.asanyarray(img.dataobj)
             affine = np.asarray(img.affine, dtype=np.float64)
         elif name.endswith(_ITK_SUFFIXES):
@@ -94,7 +124,11 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     if array.ndim != 3:
         raise _fail(path, f"expected a 3-D volume, got shape {tuple(array.shape)}")
     if dtype is not None:
-        array = array.astype(dtype)
+        cast = array.astype(dtype)
+        if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all() and np.isfinite(array).all():
+            peak = float(np.abs(array).max())
+            raise _fail(path, f"values overflow {np.dtype(dtype).name} (largest magnitude {peak:.3g})")
+        array = cast
     return Volume(np.asarray(array), affine)
 
 
@@ -180,7 +214,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -190,6 +224,78 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+_TMP_NAME = re.compile(r"^\.tmp-(?:(\d+)-)?[A-Za-z0-9_]{6,}(\.nii\.gz|\.[A-Za-z0-9]+)?$")
+LEGACY_TMP_AGE_S = 3600.0  # a temporary file without a pid is taken as stale after an hour
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():  # a previous life of this pid (a restarted container): nothing written yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of :func:`atomic_write`'s naming that a killed process left in ``folder``.
+
+    A ``.tmp-<pid>-*`` file is stale when that process no longer runs (so a concurrent writer's file
+    is left alone); an older ``.tmp-*`` file without a pid when it is over an hour old. Call this at
+    the start of a run, before the run's own writes.
+
+    Returns:
+        The files removed (a missing folder: none).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if not match or not entry.is_file():
+            continue
+        pid = match.group(1)
+        try:
+            stale = (not _pid_alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > LEGACY_TMP_AGE_S
+            if stale:
+                entry.unlink()
+                removed.append(entry)
+        except OSError:  # vanished meanwhile, or not ours to remove: leave it
+            continue
+    return removed
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Create ``folder`` if needed and prove a file can be created and removed in it.
+
+    Raises:
+        ValueError: the path (or a parent) is a file, or the folder cannot be created or written,
+            naming the path and the option it came from (``what``).
+    """
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                place = "" if parent == folder else f" ({parent} is a file)"
+                raise ValueError(f"{folder}: {what} names an existing file, not a folder{place}")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{folder}: {what} is not writable ({exc.strerror or exc})") from None
+
+
+NO_FURTHER_WRITES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""errno values after which no later write to the same folder can succeed (disk full, read-only, denied)."""
 
 
 def downsample_2020(disp: np.ndarray) -> np.ndarray:
@@ -295,10 +401,12 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
     if protocol != "2022":
         raise ValueError(f"protocol: '{protocol}' received, expected 2022 or 2020")
     if name.endswith(".nii.gz"):
-        import nibabel as nib
-
         try:
-            arr = nib.load(str(path)).get_fdata()
+            arr = load_nifti(path).get_fdata()
+        except ValueError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
         except Exception as exc:
             raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
     elif name.endswith(".npz"):
@@ -321,12 +429,16 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
 def _read_npz(path: Path) -> np.ndarray:
     """The single array ``arr_0`` of an .npz file (the official evaluators read that key)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise _fail(path, "not an .npz archive (it holds a bare .npy array or text); "
+                              "write it with numpy.savez_compressed")
+        with loaded as npz:
             keys = list(npz.keys())
             if keys != ["arr_0"]:
                 raise _fail(path, f"an .npz field must hold exactly one array named arr_0, found {keys}")
             return npz["arr_0"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if str(exc).startswith(str(path)):
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, KeyError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
             raise
         raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
