@@ -210,6 +210,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
     The file gets the permissions of an ordinary ``open(path, "w")`` (0666 less the umask), not the
     0600 of the temporary file, so that organisers scoring as another user can read the fields.
+
+    Raises:
+        OSError: the write or rename failed (the temporary file is removed); ``filename`` is ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +223,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:  # name the file the caller asked for
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
     return path
 

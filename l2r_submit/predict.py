@@ -202,12 +202,23 @@ def file_record(paths: list[Path]) -> dict[str, dict]:
     return {p.name: {"size": p.stat().st_size, "sha256": sha256(p)} for p in paths}
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def _settings_diff(old: object, new: dict) -> str:
+    """``io.iters 0 -> 100, ...``: the settings that differ, as dotted names."""
     if not isinstance(old, dict):
         return "no settings recorded"
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in keys
-                     if old.get(k) != new.get(k))
+    a, b = _flat(old), _flat(new)
+    return ", ".join(f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k))
 
 
 def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) -> str | None:
