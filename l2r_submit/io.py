@@ -124,7 +124,8 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     if array.ndim != 3:
         raise _fail(path, f"expected a 3-D volume, got shape {tuple(array.shape)}")
     if dtype is not None:
-        cast = array.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not warned
+            cast = array.astype(dtype)
         if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all() and np.isfinite(array).all():
             peak = float(np.abs(array).max())
             raise _fail(path, f"values overflow {np.dtype(dtype).name} (largest magnitude {peak:.3g})")
