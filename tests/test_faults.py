@@ -400,3 +400,19 @@ print("torch" in sys.modules, "scipy" in sys.modules, "nibabel" in sys.modules)
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False", "False"]
+
+
+def test_a_run_json_that_cannot_be_written_is_one_line_and_exit_1(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "run.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))
+    assert res.exit_code == 1
+    assert error_lines(res) == [f"error: {out / 'run.json'}: cannot be written or read (No space left on device)"]
+    assert all((out / name).is_file() for name in FIELDS)  # the finished fields stay
