@@ -21,8 +21,6 @@ redoes it otherwise.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -33,7 +31,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, checkpoint, io, model, runtime
+from . import __version__, checkpoint, folders, io, model, runtime
+from .run_record import file_record, output_settings, pair_inputs, previous_pairs, redo_reason, sha256
 from .dataset import Dataset, Pair
 from .instance import IOConfig, refine
 
@@ -78,14 +77,6 @@ class PredictConfig:
     overwrite: bool = False
     threads: int | None = None
     progress: bool = True
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint(path: Path | None, weights_dir: Path) -> Path:
@@ -177,88 +168,6 @@ def check_min_shape(shape: tuple[int, ...], divisor: int, source: object) -> Non
                          f"must be {divisor + 1} voxels or more (e.g. {(divisor + 1, *tuple(shape)[1:])})")
 
 
-RUN_ONLY_FIELDS = frozenset({"dataset", "out_dir", "split", "pairs", "checkpoint", "weights_dir", "device",
-                             "qc_dir", "overwrite", "threads", "progress"})
-"""PredictConfig fields that do not change what a pair's field holds. Every other field, including any
-added later, is part of :func:`output_settings` and so of the rerun check."""
-
-
-def _plain(value: object) -> object:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = asdict(value)
-    return json.loads(json.dumps(value, default=str))  # tuples -> lists, Paths -> str: what run.json holds
-
-
-def output_settings(cfg: PredictConfig, checkpoint_sha256: str) -> dict:
-    """The settings a pair's field depends on: every config field not in :data:`RUN_ONLY_FIELDS`, plus
-    the weights' sha256 (which file they came from does not matter). JSON-plain, to compare with run.json."""
-    out = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_ONLY_FIELDS}
-    out["checkpoint_sha256"] = checkpoint_sha256
-    return out
-
-
-def file_record(paths: list[Path]) -> dict[str, dict]:
-    """Size and sha256 of each file, keyed by name (recorded at write time, checked at rerun)."""
-    return {p.name: {"size": p.stat().st_size, "sha256": sha256(p)} for p in paths}
-
-
-def _flat(settings: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _settings_diff(old: object, new: dict) -> str:
-    """``io.iters 0 -> 100, ...``: the settings that differ, as dotted names."""
-    if not isinstance(old, dict):
-        return "no settings recorded"
-    a, b = _flat(old), _flat(new)
-    return ", ".join(f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b))
-                     if a.get(k) != b.get(k))
-
-
-def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) -> str | None:
-    """Why a pair must be redone, or None when its recorded outputs can be kept.
-
-    Kept only when run.json's entry says the pair was made from the same images with the same settings
-    and every output file still has the recorded size and sha256 (read, never decompressed).
-    """
-    if not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)"):
-        return "no finished record"
-    if entry.get("settings") != settings:
-        return f"made with other settings: {_settings_diff(entry.get('settings'), settings)}"
-    if entry.get("inputs") != _inputs(pair):
-        return "made from other images"
-    files = entry.get("files")
-    if not isinstance(files, dict) or sorted(files) != sorted(p.name for p in outputs):
-        return "no file record"
-    for path in outputs:
-        want = files[path.name]
-        try:
-            if not isinstance(want, dict) or path.stat().st_size != want.get("size") or sha256(path) != want.get("sha256"):
-                return f"{path.name} changed since it was written"
-        except OSError:
-            return f"{path.name} missing or unreadable"
-    return None
-
-
-def _inputs(pair: Pair) -> dict[str, str]:
-    return {"fixed": str(pair.fixed.image), "moving": str(pair.moving.image)}
-
-
-def previous_pairs(out_dir: Path) -> dict:
-    """The per-pair entries of an earlier ``run.json`` in ``out_dir`` ({} when absent or unreadable)."""
-    try:
-        pairs = json.loads((out_dir / "run.json").read_text()).get("pairs", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return pairs if isinstance(pairs, dict) else {}
-
-
 def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Path]:
     ext = io.disp_extension(fmt)
     return [out_dir / (stem + ext) for stem in io.disp_names(pair.fixed.id, pair.moving.id, names,
@@ -325,9 +234,9 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     missing = ds.missing_files(pairs, images=True, labels=False)
     if missing:
         raise ValueError("missing image files: " + ", ".join(map(str, missing)))
-    io.check_writable(cfg.out_dir, "--out")
+    folders.check_writable(cfg.out_dir, "--out")
     if cfg.qc_dir is not None:
-        io.check_writable(cfg.qc_dir, "--qc")
+        folders.check_writable(cfg.qc_dir, "--qc")
     return pairs, plan
 
 
@@ -352,7 +261,7 @@ def run(cfg: PredictConfig) -> dict:
         check_min_shape(ds.shape, net.cfg.divisor, ds.source)
     for folder in (cfg.out_dir, cfg.qc_dir):
         if folder is not None:
-            io.clean_stale_tmp(folder)
+            folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
     settings = output_settings(cfg, ckpt_sha)
     earlier = previous_pairs(cfg.out_dir)
@@ -377,7 +286,7 @@ def run(cfg: PredictConfig) -> dict:
     stopped: str | None = None
     for pair in tqdm(pairs, desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress):
         outputs = plan[pair]
-        entry: dict = {"outputs": [p.name for p in outputs], "inputs": _inputs(pair)}
+        entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
         if stopped:
             manifest["pairs"][pair.key] = {**entry, "status": "not tried", "error": stopped}
             continue
@@ -403,7 +312,7 @@ def run(cfg: PredictConfig) -> dict:
             message = _one_line(exc)
             entry.update(status="failed", error=message, seconds=round(time.perf_counter() - t0, 3))
             print(f"error: {pair.key}: {message}", file=sys.stderr)
-            if isinstance(exc, OSError) and exc.errno in io.NO_FURTHER_WRITES:
+            if isinstance(exc, OSError) and exc.errno in folders.NO_FURTHER_WRITES:
                 stopped = f"stopped after {message}"
         manifest["pairs"][pair.key] = entry
         _save_manifest(cfg.out_dir, manifest)

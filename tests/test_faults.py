@@ -22,7 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, io, model, predict
+from l2r_submit import checkpoint, io, model, predict, run_record
 from l2r_submit.cli import main
 
 from conftest import TINY_SHAPE, write_tiny_dataset
@@ -158,11 +158,11 @@ def test_a_setting_added_to_the_config_later_is_compared_without_a_hand_list(tin
         stages: tuple[str, ...] = ("network",)
 
     cfg = WithStages(dataset.load(tiny_dataset), tmp_path)
-    settings = predict.output_settings(cfg, "abc")
+    settings = run_record.output_settings(cfg, "abc")
     assert settings["stages"] == ["network"] and settings["checkpoint_sha256"] == "abc"
-    assert set(settings) == {f.name for f in dataclasses.fields(cfg)} - predict.RUN_ONLY_FIELDS | {"checkpoint_sha256"}
-    other = predict.output_settings(dataclasses.replace(cfg, stages=("network", "io")), "abc")
-    assert "stages" in predict._settings_diff(settings, other)
+    assert set(settings) == {f.name for f in dataclasses.fields(cfg)} - run_record.RUN_ONLY_FIELDS | {"checkpoint_sha256"}
+    other = run_record.output_settings(dataclasses.replace(cfg, stages=("network", "io")), "abc")
+    assert "stages" in run_record.settings_diff(settings, other)
 
 
 def test_skip_check_reads_no_field_and_redoes_a_changed_file(tiny_dataset, ckpt, tmp_path, monkeypatch):
