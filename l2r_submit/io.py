@@ -83,9 +83,10 @@ def load_nifti(path: Path):
 
     if not path.name.lower().endswith(".gz"):
         return nib.load(str(path))
+    data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
     try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raw = gzip.decompress(data)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
     klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
     return klass.from_bytes(raw)

@@ -308,29 +308,40 @@ def run(cfg: PredictConfig) -> dict:
 
                 write_qc(cfg.qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png", pair, disp)
             entry.update(status="done", seconds=round(time.perf_counter() - t0, 3))
-        except (ValueError, RuntimeError, MemoryError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever one pair raises, the other pairs go on
             message = _one_line(exc)
             entry.update(status="failed", error=message, seconds=round(time.perf_counter() - t0, 3))
+            stale = [p.name for p in outputs if p.exists() and "files" not in entry]
+            if stale:  # an earlier run's files, not made with this run's settings: say so, keep them
+                entry["stale_outputs"] = stale
             print(f"error: {pair.key}: {message}", file=sys.stderr)
             if isinstance(exc, OSError) and exc.errno in folders.NO_FURTHER_WRITES:
                 stopped = f"stopped after {message}"
+        except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
+            manifest["pairs"][pair.key] = {**entry, "status": "failed", "error": "interrupted"}
+            _save_manifest(cfg.out_dir, manifest)
+            raise
         manifest["pairs"][pair.key] = entry
         _save_manifest(cfg.out_dir, manifest)
-    redone = [e["redone"] for e in manifest["pairs"].values() if e.get("redone", "").startswith("made with")]
+    this_run = [manifest["pairs"][p.key] for p in pairs]
+    redone = [e["redone"] for e in this_run if e.get("redone", "").startswith("made with")]
     if redone:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
     if stopped:
-        print(f"error: {sum(e.get('status') == 'not tried' for e in manifest['pairs'].values())} pairs not tried: "
-              f"{stopped}", file=sys.stderr)
+        print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
     _save_manifest(cfg.out_dir, manifest)
     return manifest
 
 
 def _one_line(exc: BaseException) -> str:
+    """A pair's error in one line: the file and the problem for OS errors, the type for unexpected ones."""
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: cannot be written or read ({exc.strerror or exc})"
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:500]
+    line = text[0] if text else ""
+    if not isinstance(exc, (ValueError, RuntimeError, MemoryError, OSError)):
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return (line or type(exc).__name__)[:500]
 
 
 def _save_manifest(out_dir: Path, manifest: dict) -> None:

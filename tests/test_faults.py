@@ -22,7 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, io, model, predict, run_record
+from l2r_submit import checkpoint, io, model, predict
 from l2r_submit.cli import main
 
 from conftest import TINY_SHAPE, write_tiny_dataset
@@ -151,7 +151,7 @@ def test_rerun_with_other_settings_redoes_and_run_json_tells_the_truth(tiny_data
 def test_a_setting_added_to_the_config_later_is_compared_without_a_hand_list(tiny_dataset, tmp_path):
     import dataclasses
 
-    from l2r_submit import dataset
+    from l2r_submit import dataset, run_record  # run_record is new: imported here so the other cases run on old code
 
     @dataclasses.dataclass(frozen=True)
     class WithStages(predict.PredictConfig):
@@ -416,3 +416,21 @@ def test_a_run_json_that_cannot_be_written_is_one_line_and_exit_1(tiny_dataset, 
     assert res.exit_code == 1
     assert error_lines(res) == [f"error: {out / 'run.json'}: cannot be written or read (No space left on device)"]
     assert all((out / name).is_file() for name in FIELDS)  # the finished fields stay
+
+
+def test_any_exception_of_one_pair_leaves_the_others_and_marks_stale_files(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    real = predict.predict_pair
+
+    def flaky(net, pair, *args, **kwargs):
+        if pair.moving.id == "0003" and pair.fixed.id == "0001":
+            raise TypeError("unsupported operand")  # a bug deep inside: not one of the expected types
+        return real(net, pair, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_pair", flaky)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt)[:-2], "--io-iters", "1", "--no-network")
+    assert res.exit_code == 1 and "2 pairs done, 0 skipped, 1 failed" in res.output
+    assert f"error: {PAIRS[1]}: TypeError: unsupported operand" in error_lines(res)
+    entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[1]]
+    assert entry["status"] == "failed" and entry["stale_outputs"] == [FIELDS[1]]  # the old field, not this run's
