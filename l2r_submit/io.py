@@ -81,15 +81,18 @@ def load_nifti(path: Path):
     """
     import nibabel as nib
 
-    if not path.name.lower().endswith(".gz"):
-        return nib.load(str(path))
-    data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
-    try:
-        raw = gzip.decompress(data)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
-    klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
-    return klass.from_bytes(raw)
+    if path.stat().st_size == 0:
+        raise _fail(path, "cannot be read: empty file")
+    with nib.imageglobals.LoggingOutputSuppressor():  # a bad header is our one-line error, not nibabel's log
+        if not path.name.lower().endswith(".gz"):
+            return nib.load(str(path))
+        data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
+        try:
+            raw = gzip.decompress(data)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
+        klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+        return klass.from_bytes(raw)
 
 
 def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:

@@ -434,3 +434,15 @@ def test_any_exception_of_one_pair_leaves_the_others_and_marks_stale_files(tiny_
     assert f"error: {PAIRS[1]}: TypeError: unsupported operand" in error_lines(res)
     entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[1]]
     assert entry["status"] == "failed" and entry["stale_outputs"] == [FIELDS[1]]  # the old field, not this run's
+
+
+def test_a_malformed_header_or_empty_image_is_one_line_without_nibabel_log(tiny_dataset, ckpt, tmp_path, capfd):
+    image(tiny_dataset, "0003").write_bytes(gzip.compress(b"not a nifti header " * 40))
+    image(tiny_dataset, "0002").write_bytes(b"")
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt))
+    assert res.exit_code == 1 and "0 pairs done, 0 skipped, 3 failed" in res.output
+    lines = error_lines(res)
+    assert len(lines) == 3
+    assert f"{image(tiny_dataset, '0002')}: cannot be read: empty file" in lines[0]
+    assert f"{image(tiny_dataset, '0003')}: cannot be read (" in lines[1]
+    assert capfd.readouterr().err == ""  # nothing else reached the real stderr (nibabel logs there)
