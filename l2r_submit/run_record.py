@@ -28,11 +28,13 @@ def sha256(path: Path) -> str:
 
 RUN_ONLY_FIELDS = frozenset({"dataset", "out_dir", "split", "pairs", "checkpoint", "weights_dir", "device",
                              "qc_dir", "overwrite", "threads", "progress"})
-"""PredictConfig (:mod:`l2r_submit.predict`) fields that do not change what a pair's field holds. Every other field, including any
-added later, is part of :func:`output_settings` and so of the rerun check."""
+"""PredictConfig (:mod:`l2r_submit.predict`) fields that do not change what a pair's field holds (where
+to read and write, which pairs, how fast). Every other field, including any added later, is part of
+:func:`output_settings` and so of the rerun check."""
 
 
 def _plain(value: object) -> object:
+    """A config value as run.json stores it (dataclasses as dicts, tuples as lists, paths as strings)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = asdict(value)
     return json.loads(json.dumps(value, default=str))  # tuples -> lists, Paths -> str: what run.json holds
@@ -52,6 +54,7 @@ def file_record(paths: list[Path]) -> dict[str, dict]:
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted names (``io.iters``)."""
     out: dict = {}
     for key, value in settings.items():
         if isinstance(value, dict):
@@ -88,7 +91,8 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
     for path in outputs:
         want = files[path.name]
         try:
-            if not isinstance(want, dict) or path.stat().st_size != want.get("size") or sha256(path) != want.get("sha256"):
+            if (not isinstance(want, dict) or path.stat().st_size != want.get("size")
+                    or sha256(path) != want.get("sha256")):
                 return f"{path.name} changed since it was written"
         except OSError:
             return f"{path.name} missing or unreadable"
@@ -96,7 +100,8 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
 
 
 def pair_inputs(pair: Pair) -> dict[str, str]:
-    return {"fixed": str(pair.fixed.image), "moving": str(pair.moving.image)}
+    """The pair's images as absolute paths (so a rerun from another working folder still matches)."""
+    return {"fixed": str(Path(pair.fixed.image).absolute()), "moving": str(Path(pair.moving.image).absolute())}
 
 
 def previous_pairs(out_dir: Path) -> dict:
