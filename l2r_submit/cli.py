@@ -2,6 +2,7 @@
 
 Heavy imports (numpy, scipy, torch) happen inside commands, so ``l2r --help`` is instant.
 Exit codes: 0 success; 1 some pairs failed (the rest were done and written); 2 bad input, nothing done.
+Arguments and input files are checked before torch is imported, so a mistake is reported at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def _load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = N
         return dataset.load(path, data_root)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
+
+
+def _check_folder_option(folder: Path | None, option: str) -> None:
+    """An output folder option must not name an existing file, nor lie under one (checked before any work)."""
+    if folder is None:
+        return
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "" if parent == folder else f" ({parent} is a file)"
+                raise _Fail(f"{folder}: {option} names an existing file, not a folder{where}")
+            return
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,9 +154,10 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
           labels_dir: Path | None, settings: tuple[str, ...], exclude_val_subjects: bool, workers: int | None,
           device: str, threads: int | None, seed: int, resume: bool, data_root: Path | None, quiet: bool) -> None:
     """Train the seed network on DATASET_JSON's training images, validating on its val pairs."""
+    _check_folder_option(out_dir, "--out")
+    ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
     from . import train as tr
 
-    ds = _load_dataset(dataset_json, data_root)
     try:
         base = tr.preset_config(preset, model_preset, init=str(init) if init else None,
                                 labels_dir=str(labels_dir) if labels_dir else None)
@@ -196,14 +210,18 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
             fmt: str, names: str, device: str, io_iters: int | None, io_similarity: str, no_network: bool, qc_dir: Path | None, overwrite: bool,
             threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out."""
+    wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
+    if wanted == ():
+        raise _Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
+    if no_network and io_iters == 0:
+        raise _Fail("--no-network needs --io-iters > 0 (it would write zero fields)")
+    _check_folder_option(out_dir, "--out")
+    _check_folder_option(qc_dir, "--qc")
+    ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
     from . import predict as pr
     from .instance import IOConfig
 
-    ds = _load_dataset(dataset_json, data_root)
     io_cfg = IOConfig(iters=pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, similarity=io_similarity)
-    if no_network and io_cfg.iters == 0:
-        raise _Fail("--no-network needs --io-iters > 0 (it would write zero fields)")
-    wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs else None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, qc_dir=qc_dir, overwrite=overwrite, threads=threads, progress=not quiet)
     try:
@@ -213,17 +231,35 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     line, failed = pr.summary(manifest)
     click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
     if do_eval:
-        from . import evaluate as ev
-
-        ecfg = ev.EvalConfig(ds, out_dir, split, "2020" if fmt == "npz2020" else "2022", "zero", progress=not quiet)
-        try:
-            result = ev.run(ecfg)
-        except ValueError as exc:
-            raise _Fail(str(exc)) from None
-        ev.write_outputs(result, out_dir / "metrics.json", out_dir / "metrics.csv")
-        click.echo(ev.summary_table(result.metrics))
+        failed += _evaluate_after_predict(ds, out_dir, split, fmt, quiet)
     if failed:
         sys.exit(1)
+
+
+def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, quiet: bool) -> int:
+    """``predict --evaluate``: score the fields; returns the number of problems (each one line on stderr)."""
+    from . import evaluate as ev
+
+    ecfg = ev.EvalConfig(ds, out_dir, split, "2020" if fmt == "npz2020" else "2022", "zero", progress=not quiet)
+    try:
+        result = ev.run(ecfg)
+    except ValueError as exc:
+        click.echo(f"error: evaluation: {exc}", err=True)
+        return 1
+    try:
+        ev.write_outputs(result, out_dir / "metrics.json", out_dir / "metrics.csv")
+    except OSError as exc:
+        click.echo(f"error: {exc.filename or out_dir / 'metrics.json'}: cannot be written ({exc.strerror or exc})",
+                   err=True)
+        return 1
+    click.echo(ev.summary_table(result.metrics))
+    for key in result.zero_filled:
+        click.echo(f"note: {key}: field missing, scored as a zero field", err=True)
+    for key, err in result.failed.items():
+        click.echo(f"error: evaluation of {key}: {err}", err=True)
+    click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
+               f"wrote {out_dir / 'metrics.json'}")
+    return len(result.failed)
 
 
 @main.command()

@@ -16,14 +16,21 @@ npz2020   (3, I/2, J/2, K/2) float16       ``arr_0``, channel first, half resolu
 ========  ===============================  ===========================================================
 
 Every write goes to a temporary file in the destination folder and is renamed into place, so a
-killed run never leaves a truncated file under a final name.
+killed run never leaves a truncated file under a final name. Temporary files are named
+``.tmp-<pid>-*``; :func:`l2r_submit.folders.clean_stale_tmp` removes those a dead process left behind.
+
+Every gzip stream read here (``.nii.gz`` images, label maps and fields) is decompressed in full and its
+CRC-32 and length are checked: nibabel alone reads only as many bytes as the array needs and never
+reaches the gzip trailer, so a flipped byte would otherwise give a silently wrong array.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,6 +69,32 @@ def _fail(path: Path | str, problem: str) -> ValueError:
 # ---------------------------------------------------------------------------------------------- read
 
 
+def load_nifti(path: Path):
+    """A nibabel image of a ``.nii`` or ``.nii.gz`` file; a gzip stream is verified (CRC-32, length) first.
+
+    The whole file is decompressed once in memory and handed to nibabel, which costs about what
+    nibabel's own decompression costs, so the check does not double the read time.
+
+    Raises:
+        ValueError: a damaged gzip stream (bad CRC, truncated, not gzip), naming the file.
+        Exception: whatever nibabel raises for a malformed header (callers wrap it).
+    """
+    import nibabel as nib
+
+    if path.stat().st_size == 0:
+        raise _fail(path, "cannot be read: empty file")
+    with nib.imageglobals.LoggingOutputSuppressor():  # a bad header is our one-line error, not nibabel's log
+        if not path.name.lower().endswith(".gz"):
+            return nib.load(str(path))
+        data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
+        try:
+            raw = gzip.decompress(data)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
+        klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+        return klass.from_bytes(raw)
+
+
 def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     """Read a 3-D volume: NIfTI (.nii, .nii.gz), .mha/.mhd/.nrrd/.nhdr, or a DICOM series folder.
 
@@ -76,9 +109,7 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
         if path.is_dir():
             array, affine = _read_itk(path, dicom=True)
         elif name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
+            img = load_nifti(path)
             array = np.asanyarray(img.dataobj)
             affine = np.asarray(img.affine, dtype=np.float64)
         elif name.endswith(_ITK_SUFFIXES):
@@ -94,7 +125,12 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     if array.ndim != 3:
         raise _fail(path, f"expected a 3-D volume, got shape {tuple(array.shape)}")
     if dtype is not None:
-        array = array.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not warned
+            cast = array.astype(dtype)
+        if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all() and np.isfinite(array).all():
+            peak = float(np.abs(array).max())
+            raise _fail(path, f"values overflow {np.dtype(dtype).name} (largest magnitude {peak:.3g})")
+        array = cast
     return Volume(np.asarray(array), affine)
 
 
@@ -176,18 +212,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
     The file gets the permissions of an ordinary ``open(path, "w")`` (0666 less the umask), not the
     0600 of the temporary file, so that organisers scoring as another user can read the fields.
+
+    Raises:
+        OSError: the write or rename failed (the temporary file is removed); ``filename`` is ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:  # name the file the caller asked for
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
     return path
 
@@ -295,10 +336,12 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
     if protocol != "2022":
         raise ValueError(f"protocol: '{protocol}' received, expected 2022 or 2020")
     if name.endswith(".nii.gz"):
-        import nibabel as nib
-
         try:
-            arr = nib.load(str(path)).get_fdata()
+            arr = load_nifti(path).get_fdata()
+        except ValueError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
         except Exception as exc:
             raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
     elif name.endswith(".npz"):
@@ -321,12 +364,16 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
 def _read_npz(path: Path) -> np.ndarray:
     """The single array ``arr_0`` of an .npz file (the official evaluators read that key)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise _fail(path, "not an .npz archive (it holds a bare .npy array or text); "
+                              "write it with numpy.savez_compressed")
+        with loaded as npz:
             keys = list(npz.keys())
             if keys != ["arr_0"]:
                 raise _fail(path, f"an .npz field must hold exactly one array named arr_0, found {keys}")
             return npz["arr_0"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if str(exc).startswith(str(path)):
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, KeyError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
             raise
         raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None

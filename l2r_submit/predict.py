@@ -8,23 +8,31 @@ Python API::
 
 Per pair: read moving and fixed (HU), run the network moving->fixed on the whole volume under
 ``torch.inference_mode``, optionally refine (:mod:`l2r_submit.instance`), write the field atomically,
-optionally a QC picture. A pair that fails is recorded and skipped; the others go on. Pairs whose
-outputs already exist and read back valid are skipped unless ``overwrite``.
+optionally a QC picture. A pair that fails is recorded and skipped; the others go on. A write
+failure that no later pair can escape (disk full, read-only folder) stops the run early; the
+remaining pairs are recorded as not tried. ``run.json`` is written in every case.
+
+Before any work: the pairs exist, no two pairs map to the same output file, the format suits the
+volume shape, and every output folder is a writable folder. Each pair's entry in ``run.json``
+records the settings its field was made with (:func:`output_settings`) and the size and sha256 of
+each file written; a rerun skips a pair only when both still match (no decompression needed), and
+redoes it otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from . import __version__, checkpoint, io, model, runtime
+from . import __version__, checkpoint, folders, io, model, runtime
+from .run_record import file_record, output_settings, pair_inputs, previous_pairs, redo_reason, sha256
 from .dataset import Dataset, Pair
 from .instance import IOConfig, refine
 
@@ -71,14 +79,6 @@ class PredictConfig:
     progress: bool = True
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_checkpoint(path: Path | None, weights_dir: Path) -> Path:
     """The checkpoint to use; files listed in ``weights_dir/manifest.json`` must match their sha256.
 
@@ -107,13 +107,65 @@ def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None)
         ValueError: a named pair that is not in the split.
     """
     pairs = ds.pairs(split)
+    if wanted is not None and not wanted:
+        raise ValueError("--pairs: no pair names given (expected e.g. 0001_0004,0002_0004)")
     if not wanted:
-        return pairs
-    by_name = {p.key: p for p in pairs} | {f"{p.fixed.id}_{p.moving.id}": p for p in pairs}
+        return list(dict.fromkeys(pairs))
+
+    def names(ps: list[Pair]) -> dict[str, Pair]:
+        return {p.key: p for p in ps} | {f"{p.fixed.id}_{p.moving.id}": p for p in ps}
+
+    by_name = names(pairs)
     unknown = [w for w in wanted if w not in by_name]
     if unknown:
-        raise ValueError(f"--pairs: not in split '{split or 'default'}': {', '.join(unknown)}")
+        here = split or next((n for n, ps in ds.splits.items() if ps == pairs and ps), "default")
+        elsewhere = [f"{w} (in split '{n}')" for w in unknown
+                     for n, ps in ds.splits.items() if ps is not pairs and w in names(ps)]
+        hint = f"; found elsewhere: {', '.join(elsewhere)}; pass --split" if elsewhere else ""
+        raise ValueError(f"--pairs: not in split '{here}': {', '.join(unknown)}{hint}")
     return list(dict.fromkeys(by_name[w] for w in wanted))
+
+
+def plan_outputs(out_dir: Path, pairs: list[Pair], fmt: str, names: str) -> dict[Pair, list[Path]]:
+    """Each pair's output files.
+
+    Raises:
+        ValueError: two different pairs (e.g. the same case id in two folders) map to one file name.
+    """
+    plan: dict[Pair, list[Path]] = {}
+    owner: dict[Path, Pair] = {}
+    for pair in pairs:
+        plan[pair] = expected_outputs(out_dir, pair, fmt, names)
+        for path in plan[pair]:
+            other = owner.setdefault(path, pair)
+            if other != pair:
+                raise ValueError(f"{path.name}: two pairs would write this file: {other.fixed.image} <- "
+                                 f"{other.moving.image} and {pair.fixed.image} <- {pair.moving.image} "
+                                 "(same case ids in different folders); predict them into separate --out folders")
+    return plan
+
+
+def check_format_shape(fmt: str, shape: tuple[int, ...], source: object) -> None:
+    """The 2020 half-resolution format needs even sizes (its evaluator upsamples by exactly 2).
+
+    Raises:
+        ValueError: an odd size with ``npz2020``.
+    """
+    if fmt == "npz2020" and any(n % 2 for n in shape):
+        raise ValueError(f"{source}: --format npz2020 needs even volume sizes (the 2020 evaluator upsamples the "
+                         f"half-resolution field by 2), the volumes are {tuple(shape)}; use --format nii.gz or npz")
+
+
+def check_min_shape(shape: tuple[int, ...], divisor: int, source: object) -> None:
+    """The network pads volumes to a multiple of ``divisor`` and halves them down to 1/``divisor``; its
+    instance norm needs more than one voxel there, so at least one size must exceed ``divisor``.
+
+    Raises:
+        ValueError: a smaller volume, naming the smallest size accepted.
+    """
+    if max(shape) <= divisor:
+        raise ValueError(f"{source}: volumes of {tuple(shape)} are too small for this network; at least one size "
+                         f"must be {divisor + 1} voxels or more (e.g. {(divisor + 1, *tuple(shape)[1:])})")
 
 
 def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Path]:
@@ -122,26 +174,30 @@ def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Pa
                                                                pair.fixed.modality, pair.moving.modality)]
 
 
-def outputs_complete(paths: list[Path], shape: tuple[int, ...], fmt: str) -> bool:
-    """True when every file exists and reads back as a valid field of the right shape."""
-    try:
-        for p in paths:
-            io.read_disp(p, shape, "2020" if fmt == "npz2020" else "2022")
-    except ValueError:
-        return False
-    return True
+def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
+    """A note when the two images' voxel spacing or axis directions differ (the field ignores world geometry)."""
+    if np.allclose(moving.affine[:3, :3], fixed.affine[:3, :3], rtol=1e-3, atol=1e-4):
+        return None
+    fmt = lambda v: "x".join(f"{x:.3g}" for x in v)  # noqa: E731
+    return (f"{pair.moving.image}: spacing {fmt(moving.spacing)} mm or orientation differs from its fixed image "
+            f"{pair.fixed.image} ({fmt(fixed.spacing)} mm); registering voxel grids as they are")
 
 
 def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.device, io_cfg: IOConfig,
-                 shape: tuple[int, ...]) -> np.ndarray:
+                 shape: tuple[int, ...], note: Callable[[str], None] | None = None) -> np.ndarray:
     """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid (``net`` None: the
-    refinement starts from a zero field).
+    refinement starts from a zero field). ``note`` receives a warning when the grids' geometry differs.
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
     """
-    moving_np = io.read_volume(pair.moving.image, np.float32).array
-    fixed_np = io.read_volume(pair.fixed.image, np.float32).array
+    moving_vol = io.read_volume(pair.moving.image, np.float32)
+    fixed_vol = io.read_volume(pair.fixed.image, np.float32)
+    message = grid_note(pair, moving_vol, fixed_vol)
+    if message and note is not None:
+        note(message)
+    moving_np, fixed_np = moving_vol.array, fixed_vol.array
+    del moving_vol, fixed_vol
     for case, arr in ((pair.moving, moving_np), (pair.fixed, fixed_np)):
         if arr.shape != tuple(shape):
             raise ValueError(f"{case.image}: shape {arr.shape} received, the dataset declares {tuple(shape)}")
@@ -160,56 +216,143 @@ def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.de
     return disp[0].float().cpu().numpy()
 
 
-def run(cfg: PredictConfig) -> dict:
-    """Predict every selected pair; returns the run manifest (also written to ``out_dir/run.json``).
+def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[Path]]]:
+    """Everything that can be known wrong before loading weights: pairs, images, names, format, folders.
+
+    Returns:
+        The pairs to predict and each pair's output files.
 
     Raises:
-        ValueError: bad input found before any work (missing images, unknown pairs, bad weights).
+        ValueError: one line naming the first problem found.
     """
     ds = cfg.dataset
     pairs = select_pairs(ds, cfg.split, cfg.pairs)
     if not pairs:
         raise ValueError(f"{ds.source}: no pairs to predict in split '{cfg.split or 'default'}'")
+    check_format_shape(cfg.fmt, ds.shape, ds.source)
+    plan = plan_outputs(cfg.out_dir, pairs, cfg.fmt, cfg.names)
     missing = ds.missing_files(pairs, images=True, labels=False)
     if missing:
         raise ValueError("missing image files: " + ", ".join(map(str, missing)))
+    folders.check_writable(cfg.out_dir, "--out")
+    if cfg.qc_dir is not None:
+        folders.check_writable(cfg.qc_dir, "--qc")
+    return pairs, plan
+
+
+def run(cfg: PredictConfig) -> dict:
+    """Predict every selected pair; returns the run manifest (also written to ``out_dir/run.json``).
+
+    A pair that fails (unreadable image, a write error) is recorded with a one-line error and the
+    others go on; after a write error no later pair can escape (disk full, read-only), the rest are
+    recorded as ``not tried``. Entries of pairs this run does not select are kept from the earlier run.json.
+
+    Raises:
+        ValueError: bad input found before any work (missing images, unknown pairs, name collisions,
+            an unwritable output folder, bad weights).
+    """
+    ds = cfg.dataset
+    pairs, plan = check_before_work(cfg)
     ckpt_path = resolve_checkpoint(cfg.checkpoint, cfg.weights_dir)
     runtime.configure_threads(cfg.threads)
     device = runtime.resolve_device(cfg.device)
     net, _ = checkpoint.load(ckpt_path, map_location=device)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.network:
+        check_min_shape(ds.shape, net.cfg.divisor, ds.source)
+    for folder in (cfg.out_dir, cfg.qc_dir):
+        if folder is not None:
+            folders.clean_stale_tmp(folder)
+    ckpt_sha = sha256(ckpt_path)
+    settings = output_settings(cfg, ckpt_sha)
+    earlier = previous_pairs(cfg.out_dir)
+    selected = {p.key for p in pairs}
     manifest = {
-        "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha256(ckpt_path),
+        "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
                      "network": cfg.network, "overwrite": cfg.overwrite},
-        "pairs": {},
+        "selected": [p.key for p in pairs],
+        "pairs": {k: v for k, v in earlier.items() if k not in selected},  # still describe files in the folder
     }
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        if not notes:  # once per run
+            print(f"note: {message} (not repeated for further pairs)", file=sys.stderr)
+        notes.append(message)
+
     from tqdm import tqdm
 
+    stopped: str | None = None
     for pair in tqdm(pairs, desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress):
-        outputs = expected_outputs(cfg.out_dir, pair, cfg.fmt, cfg.names)
-        entry: dict = {"outputs": [p.name for p in outputs]}
-        if not cfg.overwrite and outputs_complete(outputs, ds.shape, cfg.fmt):
-            manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)"}
+        outputs = plan[pair]
+        entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
+        if stopped:
+            manifest["pairs"][pair.key] = {**entry, "status": "not tried", "error": stopped}
             continue
+        reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, settings)
+        if reason is None:
+            kept = earlier[pair.key]
+            manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": settings,
+                                           "files": kept["files"]}
+            continue
+        if any(p.exists() for p in outputs):
+            entry["redone"] = reason
         t0 = time.perf_counter()
         try:
-            disp = predict_pair(net if cfg.network else None, pair, device, cfg.io, ds.shape)
-            io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names)
+            disp = predict_pair(net if cfg.network else None, pair, device, cfg.io, ds.shape, note)
+            written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names)
+            entry.update(settings=settings, files=file_record(written))
             if cfg.qc_dir is not None:
                 from .qc import write_qc
 
                 write_qc(cfg.qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png", pair, disp)
             entry.update(status="done", seconds=round(time.perf_counter() - t0, 3))
-        except (ValueError, RuntimeError, MemoryError) as exc:
-            entry.update(status="failed", error=str(exc).strip().splitlines()[0][:500],
-                         seconds=round(time.perf_counter() - t0, 3))
-            print(f"error: {pair.key}: {entry['error']}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - whatever one pair raises, the other pairs go on
+            message = _one_line(exc)
+            entry.update(status="failed", error=message, seconds=round(time.perf_counter() - t0, 3))
+            stale = [p.name for p in outputs if p.exists() and "files" not in entry]
+            if stale:  # an earlier run's files, not made with this run's settings: say so, keep them
+                entry["stale_outputs"] = stale
+            print(f"error: {pair.key}: {message}", file=sys.stderr)
+            if isinstance(exc, OSError) and exc.errno in folders.NO_FURTHER_WRITES:
+                stopped = f"stopped after {message}"
+        except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
+            manifest["pairs"][pair.key] = {**entry, "status": "failed", "error": "interrupted"}
+            _save_manifest(cfg.out_dir, manifest)
+            raise
         manifest["pairs"][pair.key] = entry
-        _write_manifest(cfg.out_dir, manifest)
-    _write_manifest(cfg.out_dir, manifest)
+        _save_manifest(cfg.out_dir, manifest)
+    this_run = [manifest["pairs"][p.key] for p in pairs]
+    redone = [e["redone"] for e in this_run if e.get("redone", "").startswith("made with")]
+    if redone:
+        print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
+    if stopped:
+        print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
+    _save_manifest(cfg.out_dir, manifest)
     return manifest
+
+
+def _one_line(exc: BaseException) -> str:
+    """A pair's error in one line: the file and the problem for OS errors, the type for unexpected ones."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: cannot be written or read ({exc.strerror or exc})"
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    if not isinstance(exc, (ValueError, RuntimeError, MemoryError, OSError)):
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return (line or type(exc).__name__)[:500]
+
+
+def _save_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write run.json; a failure is recorded in ``manifest['manifest_error']`` (printed once), not raised."""
+    try:
+        _write_manifest(out_dir, manifest)
+        manifest.pop("manifest_error", None)
+    except OSError as exc:
+        if "manifest_error" not in manifest:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        manifest["manifest_error"] = _one_line(exc)
 
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
@@ -219,9 +362,13 @@ def _write_manifest(out_dir: Path, manifest: dict) -> None:
 
 def summary(manifest: dict) -> tuple[str, int]:
     """A one-line summary and the number of failed pairs."""
-    states = [p["status"] for p in manifest["pairs"].values()]
-    done = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
+    run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"])]
+    states = [p["status"] for p in run_pairs]
+    done = [p["seconds"] for p in run_pairs if p["status"] == "done"]
     failed = states.count("failed")
+    not_tried = states.count("not tried")
     skipped = sum(s.startswith("skipped") for s in states)
     rate = f", {np.mean(done):.1f} s per pair" if done else ""
-    return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{rate} ({manifest['device']})", failed
+    extra = f", {not_tried} not tried" if not_tried else ""
+    bad = failed + not_tried + ("manifest_error" in manifest)
+    return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{extra}{rate} ({manifest['device']})", bad

@@ -1,0 +1,113 @@
+"""What run.json records per pair, and the rerun check that reads it.
+
+Each finished pair's entry holds the images it was made from, the settings its field depends on
+(:func:`output_settings`: derived from the config, so a setting added later is compared too) and the
+size and sha256 of each file written. :func:`redo_reason` keeps a pair only when all of these still
+match; hashing a compressed field is over ten times faster than decompressing and validating it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .dataset import Pair
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+RUN_ONLY_FIELDS = frozenset({"dataset", "out_dir", "split", "pairs", "checkpoint", "weights_dir", "device",
+                             "qc_dir", "overwrite", "threads", "progress"})
+"""PredictConfig (:mod:`l2r_submit.predict`) fields that do not change what a pair's field holds (where
+to read and write, which pairs, how fast). Every other field, including any added later, is part of
+:func:`output_settings` and so of the rerun check."""
+
+
+def _plain(value: object) -> object:
+    """A config value as run.json stores it (dataclasses as dicts, tuples as lists, paths as strings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.loads(json.dumps(value, default=str))  # tuples -> lists, Paths -> str: what run.json holds
+
+
+def output_settings(cfg: object, checkpoint_sha256: str) -> dict:
+    """The settings a pair's field depends on: every config field not in :data:`RUN_ONLY_FIELDS`, plus
+    the weights' sha256 (which file they came from does not matter). JSON-plain, to compare with run.json."""
+    out = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_ONLY_FIELDS}
+    out["checkpoint_sha256"] = checkpoint_sha256
+    return out
+
+
+def file_record(paths: list[Path]) -> dict[str, dict]:
+    """Size and sha256 of each file, keyed by name (recorded at write time, checked at rerun)."""
+    return {p.name: {"size": p.stat().st_size, "sha256": sha256(p)} for p in paths}
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted names (``io.iters``)."""
+    out: dict = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def settings_diff(old: object, new: dict) -> str:
+    """``io.iters 0 -> 100, ...``: the settings that differ, as dotted names."""
+    if not isinstance(old, dict):
+        return "no settings recorded"
+    a, b = _flat(old), _flat(new)
+    return ", ".join(f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k))
+
+
+def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) -> str | None:
+    """Why a pair must be redone, or None when its recorded outputs can be kept.
+
+    Kept only when run.json's entry says the pair was made from the same images with the same settings
+    and every output file still has the recorded size and sha256 (read, never decompressed).
+    """
+    if not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)"):
+        return "no finished record"
+    if entry.get("settings") != settings:
+        return f"made with other settings: {settings_diff(entry.get('settings'), settings)}"
+    if entry.get("inputs") != pair_inputs(pair):
+        return "made from other images"
+    files = entry.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted(p.name for p in outputs):
+        return "no file record"
+    for path in outputs:
+        want = files[path.name]
+        try:
+            if (not isinstance(want, dict) or path.stat().st_size != want.get("size")
+                    or sha256(path) != want.get("sha256")):
+                return f"{path.name} changed since it was written"
+        except OSError:
+            return f"{path.name} missing or unreadable"
+    return None
+
+
+def pair_inputs(pair: Pair) -> dict[str, str]:
+    """The pair's images as absolute paths (so a rerun from another working folder still matches)."""
+    return {"fixed": str(Path(pair.fixed.image).absolute()), "moving": str(Path(pair.moving.image).absolute())}
+
+
+def previous_pairs(out_dir: Path) -> dict:
+    """The per-pair entries of an earlier ``run.json`` in ``out_dir`` ({} when absent or unreadable)."""
+    try:
+        pairs = json.loads((out_dir / "run.json").read_text()).get("pairs", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return pairs if isinstance(pairs, dict) else {}

@@ -1,0 +1,58 @@
+"""Shared pieces of the fault suites (test_faults.py, test_faults_weak.py): a tiny checkpoint, the CLI
+runner, and ways to damage files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from l2r_submit import checkpoint, model
+from l2r_submit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = ("0001_0000<--0002_0000", "0001_0000<--0003_0000", "0002_0000<--0003_0000")
+FIELDS = [f"disp_{k[:9]}_{k[12:]}.nii.gz" for k in PAIRS]
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    net = model.build("tiny")
+    with torch.no_grad():
+        net.decoder.head.weight.normal_(0, 0.01)
+    return checkpoint.save(tmp_path / "tiny.pt", net)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def predict_args(ds: Path, out: Path, ckpt: Path, *extra) -> list:
+    return ["predict", ds, "--out", out, "--checkpoint", ckpt, "--device", "cpu", "--quiet", "--io-iters", "0", *extra]
+
+
+def error_lines(res) -> list[str]:
+    """stderr lines; a traceback or an uncaught exception fails the test."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    return [line for line in res.stderr.splitlines() if line.strip()]
+
+
+def flip_byte(path: Path, where: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def flip_crc(path: Path) -> None:
+    """Flip a bit of the gzip trailer's stored CRC-32: the data decompress fine, the check fails."""
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def image(ds: Path, case: str) -> Path:
+    return ds.parent / "imagesTr" / f"AbdomenCTCT_{case}_0000.nii.gz"

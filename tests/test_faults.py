@@ -1,0 +1,243 @@
+"""Fault and bad-input cases of predict, file reading and the CLI: the numbered items of issue 12.
+
+Each case builds its bad input in tmp_path, runs the CLI (CliRunner, or a subprocess for a kill),
+and checks the exit code, a one-line error naming the file and the problem, no traceback, and that
+the other pairs' outputs survive. The weak items are in test_faults_weak.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2r_submit import io, predict
+
+from conftest import TINY_SHAPE, write_tiny_dataset
+from fault_helpers import (FIELDS, PAIRS, ckpt, error_lines, flip_byte, flip_crc, image,  # noqa: F401
+                           invoke, predict_args)
+
+
+# ------------------------------------------------------------------------------ 1: corrupt gzip
+
+
+def test_a_flipped_byte_in_a_gzip_field_is_an_error_not_a_number(tmp_path):
+    disp = np.random.default_rng(0).normal(size=(3, *TINY_SHAPE)).astype(np.float32)
+    path = io.write_disp(disp, tmp_path, "0001", "0002")[0]
+    assert gzip.decompress(path.read_bytes())  # intact stream
+    flip_byte(path)
+    with pytest.raises(gzip.BadGzipFile):  # the independent check: Python's gzip module
+        gzip.decompress(path.read_bytes())
+    with pytest.raises(ValueError, match=f"{path}: cannot be read: corrupt gzip stream"):
+        io.read_disp(path, TINY_SHAPE)
+    trailer = io.write_disp(disp, tmp_path, "0001", "0003")[0]
+    flip_crc(trailer)
+    with pytest.raises(ValueError, match="CRC check failed"):
+        io.read_disp(trailer, TINY_SHAPE)
+
+
+def test_evaluate_fails_the_corrupt_field_only(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    flip_crc(out / FIELDS[1])
+    res = invoke("evaluate", tiny_dataset, out, "--out", tmp_path / "m.json", "--quiet")
+    assert res.exit_code == 1
+    assert error_lines(res) == [next(line for line in error_lines(res) if "corrupt gzip stream" in line)]
+    assert FIELDS[1] in error_lines(res)[0]
+    assert sorted(json.loads((tmp_path / "m.json").read_text())["cases"]) == [PAIRS[0], PAIRS[2]]
+
+
+def test_predict_fails_a_pair_with_a_corrupt_image_and_does_the_others(tiny_dataset, ckpt, tmp_path):
+    flip_crc(image(tiny_dataset, "0003"))
+    flip_crc(tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz")
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt))
+    assert res.exit_code == 1
+    lines = error_lines(res)
+    assert len(lines) == 2 and all("AbdomenCTCT_0003_0000.nii.gz: cannot be read: corrupt gzip" in x for x in lines)
+    assert (tmp_path / "out" / FIELDS[0]).is_file()
+    with pytest.raises(ValueError, match="corrupt gzip"):
+        io.read_labels(tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz")
+
+
+# ------------------------------------------------------------------ 3, 6 and the cheap skip check
+
+
+def test_npy_bytes_and_a_damaged_npz_are_redone_not_a_crash(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    args = predict_args(tiny_dataset, out, ckpt, "--format", "npz")
+    assert invoke(*args).exit_code == 0
+    npz = [out / f.replace(".nii.gz", ".npz") for f in FIELDS]
+    with open(npz[0], "wb") as fh:
+        np.save(fh, np.zeros((*TINY_SHAPE, 3), np.float32))  # .npy bytes under an .npz name
+    flip_byte(npz[1])
+    for path, problem in ((npz[0], "not an .npz archive"), (npz[1], "cannot be read")):
+        with pytest.raises(ValueError, match=f"{path}: {problem}"):
+            io.read_disp(path, TINY_SHAPE)
+    res = invoke(*args)
+    assert res.exit_code == 0 and error_lines(res) == []
+    assert "2 pairs done, 1 skipped, 0 failed" in res.output
+    for path in npz:
+        assert io.read_disp(path, TINY_SHAPE).shape == (3, *TINY_SHAPE)
+
+
+def test_rerun_with_other_settings_redoes_and_run_json_tells_the_truth(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    res = invoke(*predict_args(tiny_dataset, out, ckpt)[:-2], "--io-iters", "1", "--io-similarity", "mse")
+    assert res.exit_code == 0 and "3 pairs done, 0 skipped" in res.output
+    assert error_lines(res) == ["note: 3 pairs redone, their fields were made with other settings: "
+                                'io.iters 0 -> 1, io.similarity "mind" -> "mse"']
+    entries = json.loads((out / "run.json").read_text())["pairs"]
+    assert all(e["settings"]["io"]["iters"] == 1 for e in entries.values())
+    assert all(e["settings"]["io"]["similarity"] == "mse" for e in entries.values())
+    again = invoke(*predict_args(tiny_dataset, out, ckpt)[:-2], "--io-iters", "1", "--io-similarity", "mse")
+    assert "0 pairs done, 3 skipped" in again.output
+
+
+def test_a_setting_added_to_the_config_later_is_compared_without_a_hand_list(tiny_dataset, tmp_path):
+    import dataclasses
+
+    from l2r_submit import dataset, run_record  # run_record is new: imported here so the other cases run on old code
+
+    @dataclasses.dataclass(frozen=True)
+    class WithStages(predict.PredictConfig):
+        stages: tuple[str, ...] = ("network",)
+
+    cfg = WithStages(dataset.load(tiny_dataset), tmp_path)
+    settings = run_record.output_settings(cfg, "abc")
+    assert settings["stages"] == ["network"] and settings["checkpoint_sha256"] == "abc"
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    assert set(settings) == fields - run_record.RUN_ONLY_FIELDS | {"checkpoint_sha256"}
+    other = run_record.output_settings(dataclasses.replace(cfg, stages=("network", "io")), "abc")
+    assert "stages" in run_record.settings_diff(settings, other)
+
+
+def test_skip_check_reads_no_field_and_redoes_a_changed_file(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    disp = np.zeros((3, *TINY_SHAPE), np.float32)  # a valid field of the right shape, but not ours
+    io.write_disp(disp, tmp_path / "other", "0001", "0003")
+    (out / FIELDS[1]).write_bytes((tmp_path / "other" / FIELDS[1]).read_bytes())
+
+    def no_read(*_a, **_k):
+        raise AssertionError("the skip check decompressed a field")
+
+    monkeypatch.setattr(io, "read_disp", no_read)
+    monkeypatch.setattr(io, "load_nifti", no_read)
+    monkeypatch.setattr(predict, "predict_pair", lambda *a, **k: disp)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))
+    assert res.exit_code == 0 and "1 pairs done, 2 skipped" in res.output
+    entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[1]]
+    assert entry["redone"] == f"{FIELDS[1]} changed since it was written"
+
+
+# ------------------------------------------------------------------------- 4: --evaluate failures
+
+
+def test_predict_evaluate_reports_a_truncated_label_file(tiny_dataset, ckpt, tmp_path):
+    label = tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz"
+    label.write_bytes(label.read_bytes()[:200])
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt, "--evaluate"))
+    assert res.exit_code == 1
+    lines = error_lines(res)
+    assert len(lines) == 2 and all(str(label) in x and x.startswith("error: evaluation of") for x in lines)
+    assert "1 pairs scored, 2 failed" in res.output
+
+
+# ---------------------------------------------------- 5, 7, 8, 15: refused before any work
+
+
+def test_npz2020_on_odd_sizes_is_refused_before_any_work(tmp_path, ckpt):
+    ds = write_tiny_dataset(tmp_path / "data", shape=(23, 20, 28))
+    out = tmp_path / "out"
+    res = invoke(*predict_args(ds, out, ckpt, "--format", "npz2020"))
+    assert res.exit_code == 2
+    assert error_lines(res) == [f"error: {ds}: --format npz2020 needs even volume sizes (the 2020 evaluator "
+                                "upsamples the half-resolution field by 2), the volumes are (23, 20, 28); "
+                                "use --format nii.gz or npz"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--qc", "train --out", "--out under a file"])
+def test_an_output_option_naming_a_file_is_refused_before_any_work(tiny_dataset, ckpt, tmp_path, option):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = tmp_path / "out"
+    if option == "train --out":
+        args = ["train", tiny_dataset, "--out", afile, "--model", "tiny", "--epochs", "1"]
+    elif option == "--qc":
+        args = predict_args(tiny_dataset, out, ckpt, "--qc", afile)
+    else:
+        target = afile if option == "--out" else afile / "sub"
+        args = predict_args(tiny_dataset, target, ckpt)
+    res = invoke(*args)
+    assert res.exit_code == 2
+    [line] = error_lines(res)
+    assert line.startswith("error: ") and str(afile) in line and "names an existing file, not a folder" in line
+    assert not out.exists()
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    import tempfile
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def denied(*args, dir=None, **kwargs):
+        if Path(dir) == out:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))
+    assert res.exit_code == 2
+    assert error_lines(res) == [f"error: {out}: --out is not writable (Permission denied)"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_write_failure_fails_that_pair_and_run_json_is_written(tiny_dataset, ckpt, tmp_path, monkeypatch, code):
+    out = tmp_path / "out"
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == FIELDS[1]:
+            raise OSError(code, os.strerror(code))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))
+    assert res.exit_code == 1
+    lines = error_lines(res)
+    assert lines[0] == f"error: {PAIRS[1]}: {out / FIELDS[1]}: cannot be written or read ({os.strerror(code)})"
+    entries = json.loads((out / "run.json").read_text())["pairs"]
+    assert entries[PAIRS[0]]["status"] == "done" and (out / FIELDS[0]).is_file()
+    assert entries[PAIRS[1]]["status"] == "failed" and not (out / FIELDS[1]).exists()
+    if code == errno.ENOSPC:  # no later pair can succeed: stop, say so, record it
+        assert entries[PAIRS[2]]["status"] == "not tried" and len(lines) == 2 and "1 pairs not tried" in lines[1]
+    else:  # a one-off error: the next pair is done
+        assert entries[PAIRS[2]]["status"] == "done" and len(lines) == 1
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_same_case_id_in_two_folders_is_a_name_collision(tiny_dataset, ckpt, tmp_path):
+    root = tiny_dataset.parent
+    (root / "imagesTs").mkdir()
+    (root / "imagesTs" / "AbdomenCTCT_0001_0000.nii.gz").write_bytes(image(tiny_dataset, "0001").read_bytes())
+    data = json.loads(tiny_dataset.read_text())
+    data["registration_val"] = [{"fixed": "./imagesTr/AbdomenCTCT_0001_0000.nii.gz",
+                                 "moving": "./imagesTr/AbdomenCTCT_0002_0000.nii.gz"},
+                                {"fixed": "./imagesTs/AbdomenCTCT_0001_0000.nii.gz",
+                                 "moving": "./imagesTr/AbdomenCTCT_0002_0000.nii.gz"}]
+    tiny_dataset.write_text(json.dumps(data))
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt))
+    assert res.exit_code == 2
+    [line] = error_lines(res)
+    assert line.startswith(f"error: {FIELDS[0]}: two pairs would write this file:")
+    assert "imagesTs/AbdomenCTCT_0001_0000.nii.gz" in line and "imagesTr/AbdomenCTCT_0001_0000.nii.gz" in line
+    assert not (tmp_path / "out" / FIELDS[0]).exists()
