@@ -115,6 +115,9 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     except ValueError as exc:
         raise _Fail(str(exc)) from None
     _write_eval(ev, result, out_json, out_csv)
+    for note in ds.notes:
+        if note.startswith("no 'labels' key"):
+            click.echo(f"note: {ds.source}: {note}", err=True)
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
                f"wrote {out_json} and {out_csv}")
     if result.failed:

@@ -3,7 +3,8 @@
 
 The official code is read from a git copy of MDL-UzL/L2R (``git clone https://github.com/MDL-UzL/L2R``)
 and run unchanged in a subprocess; only ``evalutils.exceptions.ValidationError`` is stubbed (the one
-import of grand-challenge's evalutils it needs). Nothing of it is copied into this package.
+import of grand-challenge's evalutils it needs) and NumPy 2's removed aliases ``np.NAN``/``np.Inf`` are
+restored (same values). Nothing of it is copied into this package.
 
     python scripts/crosscheck_official.py --l2r-git /path/to/L2R/.git --dataset test_data/AbdomenCTCT_dataset.json
 
@@ -45,6 +46,8 @@ def official_tree(git_dir: Path, commit: str, dest: Path) -> Path:
     stub.mkdir(exist_ok=True)
     (stub / "__init__.py").write_text("")
     (stub / "exceptions.py").write_text("class ValidationError(Exception):\n    pass\n")
+    # the evaluator (and surface-distance) use np.NAN / np.Inf, removed in NumPy 2: restore the aliases
+    (dest / "sitecustomize.py").write_text("import numpy\nnumpy.NAN = numpy.nan\nnumpy.Inf = numpy.inf\n")
     return dest
 
 

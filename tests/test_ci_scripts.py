@@ -40,3 +40,18 @@ def test_docker_ci_fails_instead_of_skipping_under_ci(repo_root, fake_bin):
     assert res.returncode == 1 and "FAILED" in res.stderr
     res = run(script, env_extra={"CI": ""}, path=fake_bin)
     assert res.returncode == 0 and "skipped" in res.stdout
+
+
+def test_requirements_txt_and_pyproject_agree(repo_root):
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+
+    def norm(dep):
+        return re.sub(r"\s+", "", dep.split("#")[0]).lower()
+
+    listed = [norm(line) for line in (repo_root / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.lstrip().startswith("#")]
+    assert sorted(listed) == sorted(norm(d) for d in project["dependencies"])
