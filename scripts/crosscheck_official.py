@@ -110,8 +110,8 @@ def main() -> int:
     try:
         data = work / "data"  # the dataset's folders plus masksTr (fixed label > 0) for the masked run
         data.mkdir()
-        for sub in ("imagesTr", "labelsTr"):
-            os.symlink((ds.root / sub).resolve(), data / sub)
+        for sub in ("imagesTr", "labelsTr"):  # copies: l2r refuses paths that leave the data folder
+            shutil.copytree(ds.root / sub, data / sub)
         (data / "masksTr").mkdir()
         for p in ds.pairs("val"):
             lab = np.asanyarray(nib.load(p.fixed.label).dataobj)
@@ -119,10 +119,12 @@ def main() -> int:
                      data / "masksTr" / p.fixed.image.name)
         for version in args.versions.split(","):
             tree = official_tree(args.l2r_git, COMMITS[version], work / f"official-{version}")
-            fields = work / f"fields-{version}"
             names = "long" if version == "2025" else "short"
-            for n, p in enumerate(ds.pairs("val")):
-                io.write_disp(smooth_random_disp(n, ds.shape, args.max_disp), fields, p.fixed.id, p.moving.id, "nii.gz", names)
+            fields = work / f"fields-{names}"
+            if not fields.exists():
+                for n, p in enumerate(ds.pairs("val")):
+                    io.write_disp(smooth_random_disp(n, ds.shape, args.max_disp), fields, p.fixed.id, p.moving.id,
+                                  "nii.gz", names)
             for masked in (False, True):
                 cfg_path = work / f"cfg-{version}-{masked}.json"
                 cfg_path.write_text(json.dumps(make_config(ds, masked)))
@@ -142,7 +144,7 @@ def main() -> int:
                 sd = theirs["aggregates"]["LogJacDetStd"]
                 print(f"{version} ({COMMITS[version]}) masked={masked}: {len(theirs['cases'])} cases, "
                       f"official DSC {theirs['aggregates']['DSC']['mean']:.6f}, SDlogJ {sd['mean']:.6f} "
-                      f"(30: {sd['30']:.6f}); {len(found)} differences")
+                      f"(30: {sd['30']:.6f}); {len(found)} differences", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for line in problems:
