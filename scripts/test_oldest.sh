@@ -23,6 +23,7 @@ echo "pins: $(echo $pins)"
 "$py" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 # shellcheck disable=SC2086
 "$py" -m pip install --quiet --disable-pip-version-check $pins
+"$py" -m pip install --quiet --disable-pip-version-check --no-deps -e .  # the l2r command (evaluate.sh tests)
 
 "$py" -m pip list --disable-pip-version-check 2>/dev/null | grep -iE "^(numpy|scipy|nibabel|simpleitk|click|surface|tqdm|torch|pytest|matplotlib) "
-PYTHONPATH="$PWD" "$py" -m pytest -q -p no:cacheprovider "$@"
+PATH="$venv/bin:$PATH" PYTHONPATH="$PWD" "$py" -m pytest -q -p no:cacheprovider "$@"

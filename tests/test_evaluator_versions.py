@@ -30,8 +30,11 @@ KEYS = [f"{f}_0000<--{m}_0000" for f, m in VAL]
 
 
 def run_cli(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return res
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout by default
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 always keeps them apart
+    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def one_line_error(res, *words):
