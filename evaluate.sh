@@ -18,14 +18,21 @@ else echo "error: l2r is not installed; run: bash scripts/setup.sh" >&2; exit 2
 fi
 dataset_json="$1"; disp_dir="$2"; shift 2
 image=""; expected=""; pass=(); out_json=""
+need_value() {  # OPTION [VALUE...]: the option must be followed by a value
+  if [ $# -lt 2 ] || [ -z "$2" ]; then echo "error: $1 needs a value" >&2; exit 2; fi
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --image) image="$2"; shift 2 ;;
-    --expected) expected="$2"; shift 2 ;;
-    --out) out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
+    --image) need_value "$@"; image="$2"; shift 2 ;;
+    --expected) need_value "$@"; expected="$2"; shift 2 ;;
+    --out) need_value "$@"; out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
     *) pass+=("$1"); shift ;;
   esac
 done
+if [ -n "$expected" ] && [ ! -f "$expected" ]; then  # checked before the (long) evaluation
+  echo "error: $expected: expected-results file not found" >&2
+  exit 2
+fi
 [ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass+=(--out "$out_json"); }
 if [ -n "$image" ]; then
   data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"

@@ -57,15 +57,26 @@ def main() -> None:
 @click.argument("dataset_json", type=click.Path(path_type=Path))
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Data folder the JSON's paths are relative to [default: the JSON's folder].")
-@click.option("--split", type=click.Choice(["val", "test", "eval"]), default=None)
+@click.option("--split", type=click.Choice(["val", "test", "eval"]), default=None,
+              help="Check only this split's pairs [default: every split].")
 def check(dataset_json: Path, data_root: Path | None, split: str | None) -> None:
-    """Integrity report of a dataset JSON: keys, pairs, and every missing image or label file."""
+    """Integrity report of a dataset JSON: keys, pairs, and every missing image or label file.
+
+    Checks every split's images, the training images and labels, and the labels of the scored splits
+    (val, or eval for an evaluation config); test labels are not expected.
+    """
     from . import dataset
 
     ds = _load_dataset(dataset_json, data_root)
-    lines = dataset.integrity_report(ds, split)
+    try:
+        lines = dataset.integrity_report(ds, split)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
     for name, pairs in ds.splits.items():
         click.echo(f"{name}: {len(pairs)} pairs")
+    click.echo(f"training: {len(ds.training)} cases")
+    for note in ds.notes:
+        click.echo(f"note: {note}")
     for line in lines:
         click.echo(line)
     if any(line.startswith("error") for line in lines):
@@ -83,19 +94,21 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None) -> None
                    "With --pairs-csv: the 2020 layout's root (Training/img, Training/label).")
 @click.option("--pairs-csv", type=click.Path(path_type=Path), default=None,
               help="2020 layout: a CSV with columns fixed,moving (then DATASET_JSON is the data root).")
-@click.option("--out", "out_json", type=click.Path(path_type=Path), default=Path("metrics.json"), show_default=True,
-              help="metrics.json in the official schema.")
+@click.option("--out", "out_json", type=click.Path(path_type=Path), default=None,
+              help="metrics.json in the official schema [default: DISP_DIR/metrics.json, beside the fields].")
 @click.option("--csv", "out_csv", type=click.Path(path_type=Path), default=None,
               help="Per-pair CSV [default: --out with .csv].")
-@click.option("--protocol", type=click.Choice(["2022", "2020"]), default="2022", show_default=True,
-              help="2020: half-resolution float16 npz, ddof 1, 0.3 quantiles.")
+@click.option("--protocol", type=click.Choice(["2025", "2024", "2022", "2020"]), default="2025", show_default=True,
+              help="Official evaluator version whose rules apply: 2025 (current: long names for same-modality "
+                   "pairs, SDlogJ 30 = 0.7 quantile), 2024 (short names, 0.7), 2022 (short names, 0.3), "
+                   "2020 (half-resolution float16 npz, ddof 1).")
 @click.option("--missing", type=click.Choice(["error", "zero"]), default="error", show_default=True,
               help="Missing fields: stop before any work, or score them as zero fields.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel processes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: Path | None,
-             pairs_csv: Path | None, out_json: Path, out_csv: Path | None, protocol: str, missing: str,
+             pairs_csv: Path | None, out_json: Path | None, out_csv: Path | None, protocol: str, missing: str,
              workers: int, quiet: bool) -> None:
     """Score the displacement fields in DISP_DIR with the official Learn2Reg metrics.
 
@@ -104,23 +117,42 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     """
     from . import evaluate as ev
 
+    out_json = out_json or disp_dir / "metrics.json"
+    out_csv = out_csv or out_json.with_suffix(".csv")
     ds = _load_dataset(dataset_json, data_root, pairs_csv)
     cfg = ev.EvalConfig(ds, disp_dir, split, protocol, missing, workers, progress=not quiet)
     try:
+        for path in (out_json, out_csv):
+            ev.check_output(path)
         result = ev.run(cfg)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
-    out_csv = out_csv or out_json.with_suffix(".csv")
-    ev.write_outputs(result, out_json, out_csv)
+    _write_eval(ev, result, out_json, out_csv)
+    for note in ds.notes:
+        if note.startswith("no 'labels' key"):
+            click.echo(f"note: {ds.source}: {note}", err=True)
+    click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
+               f"wrote {out_json} and {out_csv}")
+    if result.failed:
+        sys.exit(1)
+
+
+def _write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
+    """Write the outputs, print the table, then the notes and failures on stderr."""
+    try:
+        ev.write_outputs(result, out_json, out_csv)
+    except OSError as exc:
+        raise _Fail(f"{out_json}: cannot be written ({exc.strerror or exc})") from None
     click.echo(ev.summary_table(result.metrics))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     for key in result.zero_filled:
         click.echo(f"note: {key}: field missing, scored as a zero field", err=True)
     for key, err in result.failed.items():
         click.echo(f"error: {key}: {err}", err=True)
-    done = len(result.metrics["cases"])
-    click.echo(f"{done} pairs scored, {len(result.failed)} failed; wrote {out_json} and {out_csv}")
-    if result.failed:
-        sys.exit(1)
+    line = ev.partial_line(result)
+    if line:
+        click.echo(line, err=True)
 
 
 @main.command()
@@ -191,8 +223,9 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="Weights file [default: the shipped weights in weights/].")
 @click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz", show_default=True,
               help="npz2020: the 2020 half-resolution float16 form.")
-@click.option("--names", type=click.Choice(["long", "short", "both"]), default="long", show_default=True,
-              help="long: disp_FFFF_0000_MMMM_0000 (evaluator since 2025); short: disp_FFFF_MMMM.")
+@click.option("--names", type=click.Choice(["long", "short", "both"]), default=None,
+              help="long: disp_FFFF_0000_MMMM_0000 (evaluator since 2025); short: disp_FFFF_MMMM (2022-2024 "
+                   "and 2020 evaluators) [default: long; short with --format npz2020].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Instance-optimisation iterations (0 = network only) [default: 100].")
@@ -207,7 +240,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str, device: str, io_iters: int | None, io_similarity: str, no_network: bool, qc_dir: Path | None, overwrite: bool,
+            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, no_network: bool, qc_dir: Path | None, overwrite: bool,
             threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out."""
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
@@ -215,6 +248,11 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         raise _Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
     if no_network and io_iters == 0:
         raise _Fail("--no-network needs --io-iters > 0 (it would write zero fields)")
+    if names is None:
+        names = "short" if fmt == "npz2020" else "long"
+    elif fmt == "npz2020" and names == "long":
+        raise _Fail("--format npz2020 --names long: the 2020 evaluator reads only disp_FFFF_MMMM.npz; "
+                    "use --names short or both")
     _check_folder_option(out_dir, "--out")
     _check_folder_option(qc_dir, "--qc")
     ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
@@ -231,35 +269,38 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     line, failed = pr.summary(manifest)
     click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
     if do_eval:
-        failed += _evaluate_after_predict(ds, out_dir, split, fmt, quiet)
+        failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, tuple(manifest["selected"]), quiet)
     if failed:
         sys.exit(1)
 
 
-def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, quiet: bool) -> int:
-    """``predict --evaluate``: score the fields; returns the number of problems (each one line on stderr)."""
+def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str,
+                            selected: tuple[str, ...], quiet: bool) -> int:
+    """``predict --evaluate``: score exactly the pairs of this run (failed ones zero-filled and marked) with
+    the evaluator version that reads the names written; returns the number of problems (one line each on
+    stderr)."""
     from . import evaluate as ev
 
-    ecfg = ev.EvalConfig(ds, out_dir, split, "2020" if fmt == "npz2020" else "2022", "zero", progress=not quiet)
+    protocol = "2020" if fmt == "npz2020" else names_protocol(names)
+    ecfg = ev.EvalConfig(ds, out_dir, split, protocol, "zero", progress=not quiet, only=selected)
     try:
         result = ev.run(ecfg)
     except ValueError as exc:
         click.echo(f"error: evaluation: {exc}", err=True)
         return 1
     try:
-        ev.write_outputs(result, out_dir / "metrics.json", out_dir / "metrics.csv")
-    except OSError as exc:
-        click.echo(f"error: {exc.filename or out_dir / 'metrics.json'}: cannot be written ({exc.strerror or exc})",
-                   err=True)
+        _write_eval(ev, result, out_dir / "metrics.json", out_dir / "metrics.csv")
+    except _Fail as exc:
+        click.echo(f"error: {exc.message}", err=True)
         return 1
-    click.echo(ev.summary_table(result.metrics))
-    for key in result.zero_filled:
-        click.echo(f"note: {key}: field missing, scored as a zero field", err=True)
-    for key, err in result.failed.items():
-        click.echo(f"error: evaluation of {key}: {err}", err=True)
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
                f"wrote {out_dir / 'metrics.json'}")
     return len(result.failed)
+
+
+def names_protocol(names: str) -> str:
+    """The evaluator version that reads fields written with ``--names``: short names are the 2024 one's."""
+    return "2024" if names == "short" else "2025"
 
 
 @main.command()
@@ -278,10 +319,14 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
     def read(path: Path) -> dict:
         try:
             return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _Fail(f"{path}: cannot be read ({exc})") from None
 
-    metrics = read(metrics_json)
+    try:
+        metrics = cmp.check_metrics(read(metrics_json), str(metrics_json))
+        expected = None if write else cmp.check_expected(read(expected_json), str(expected_json))
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
     if write:
         tolerance = dict(cmp.DEFAULT_TOLERANCE)
         for item in tols:
@@ -294,7 +339,7 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
         atomic_write(expected_json, lambda tmp: Path(tmp).write_text(text))
         click.echo(f"wrote {expected_json}")
         return
-    problems = cmp.compare(metrics, read(expected_json))
+    problems = cmp.compare(metrics, expected)
     for line in problems:
         click.echo(f"FAIL {line}")
     if problems:

@@ -27,6 +27,60 @@ def expected_from_metrics(metrics: dict, tolerance: dict[str, float] | None = No
     }
 
 
+def check_metrics(data: object, where: str) -> dict:
+    """``data`` if it has the shape of a metrics.json (``aggregates`` and ``cases`` objects).
+
+    Raises:
+        ValueError: one line naming ``where`` and what is wrong (e.g. a run.json, or swapped arguments).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a metrics.json object, got a JSON {type(data).__name__}")
+    if not (isinstance(data.get("aggregates"), dict) and isinstance(data.get("cases"), dict)):
+        hint = ""
+        if "tolerance" in data:
+            hint = " (it looks like an expected-results file: are the arguments swapped?)"
+        elif "pairs" in data and "settings" in data:
+            hint = " (it looks like a predict run.json; pass the metrics.json that evaluate writes)"
+        raise ValueError(f"{where}: not a metrics.json: no 'aggregates' and 'cases' objects{hint}")
+    for key, case in data["cases"].items():
+        if not isinstance(case, dict):
+            raise ValueError(f"{where}: cases['{key}']: expected an object")
+    return data
+
+
+def check_expected(data: object, where: str) -> dict:
+    """``data`` if it has the shape of an expected-results file (numbers under ``tolerance``,
+    ``aggregates`` and ``cases``).
+
+    Raises:
+        ValueError: one line naming ``where`` and what is wrong.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an expected-results object, got a JSON {type(data).__name__}")
+    aggs = data.get("aggregates")
+    if "eval_version" in data or (isinstance(aggs, dict) and any(isinstance(v, dict) for v in aggs.values())):
+        raise ValueError(f"{where}: this is a metrics.json, not an expected-results file "
+                         f"(are the arguments swapped? make one with l2r compare METRICS EXPECTED --write)")
+    if not ({"aggregates", "cases"} & data.keys()):
+        raise ValueError(f"{where}: not an expected-results file: no 'aggregates' or 'cases'")
+
+    def numbers(obj: object, here: str) -> None:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: {here}: expected an object of metric names to numbers")
+        for name, value in obj.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}: {here}.{name}: expected a number, got {value!r}")
+
+    numbers(data.get("tolerance", {}), "tolerance")
+    numbers(data.get("aggregates", {}), "aggregates")
+    cases = data.get("cases", {})
+    if not isinstance(cases, dict):
+        raise ValueError(f"{where}: cases: expected an object of case keys")
+    for key, wanted in cases.items():
+        numbers(wanted, f"cases['{key}']")
+    return data
+
+
 def _close(got: float, want: float, tol: float) -> bool:
     if math.isinf(want) or math.isnan(want):
         return got == want or (math.isnan(got) and math.isnan(want))
@@ -37,18 +91,22 @@ def compare(metrics: dict, expected: dict) -> list[str]:
     """Readable differences, one line each (empty when everything is within tolerance)."""
     problems = []
     tol = expected.get("tolerance", DEFAULT_TOLERANCE)
-    rows = [("mean", name, metrics["aggregates"].get(name, {}).get("mean"), want)
+    rows = [("mean", name, _mean(metrics["aggregates"].get(name)), want)
             for name, want in expected.get("aggregates", {}).items()]
     for key, wanted in expected.get("cases", {}).items():
         case = metrics["cases"].get(key)
         if case is None:
             problems.append(f"{key}: missing from the metrics (expected {', '.join(wanted)})")
             continue
-        rows += [(key, name, case.get(name, {}).get("mean"), want) for name, want in wanted.items()]
+        rows += [(key, name, _mean(case.get(name)), want) for name, want in wanted.items()]
     for where, name, got, want in rows:
-        if got is None:
+        if got is None or isinstance(got, bool) or not isinstance(got, (int, float)):
             problems.append(f"{where} {name}: missing, expected {want:.4f}")
         elif not _close(float(got), float(want), float(tol.get(name, 0.0))):
             problems.append(f"{where} {name}: got {got:.4f}, expected {want:.4f} +/- {tol.get(name, 0.0)} "
                             f"(off by {float(got) - float(want):+.4f})")
     return problems
+
+
+def _mean(entry: object) -> object:
+    return entry.get("mean") if isinstance(entry, dict) else None

@@ -77,6 +77,8 @@ class Dataset:
         training: training cases (image and label) listed by a dataset JSON.
         unknown_keys: top-level keys this tool does not know (reported, not fatal).
         source: the JSON or CSV the dataset came from.
+        masked: an evaluation config's ``masked_evaluation`` (SDlogJ over the fixed image's mask).
+        notes: facts about how the dataset was read (e.g. the labels it scores), reported by check.
     """
 
     root: Path
@@ -87,6 +89,8 @@ class Dataset:
     training: list[Case] = field(default_factory=list)
     unknown_keys: tuple[str, ...] = ()
     source: Path | None = None
+    masked: bool = False
+    notes: tuple[str, ...] = ()
 
     def pairs(self, split: str | None = None) -> list[Pair]:
         """Pairs of ``split``; with None, ``val`` when it has pairs, else ``test``, else ``eval``.
@@ -100,7 +104,8 @@ class Dataset:
                     return self.splits[name]
             return []
         if split not in self.splits:
-            raise ValueError(f"{self.source}: no split '{split}' (available: {', '.join(self.splits)})")
+            raise ValueError(f"{self.source}: no split '{split}' in this file "
+                             f"(available: {', '.join(self.splits)})")
         return self.splits[split]
 
     def missing_files(self, pairs: list[Pair] | None = None, images: bool = True, labels: bool = True) -> list[Path]:
@@ -190,7 +195,7 @@ def _pairs(root: Path, entries: object, where: str) -> list[Pair]:
 def _shape(value: object, where: str) -> tuple[int, int, int]:
     if isinstance(value, dict):  # tensorImageShape: {"0": [192, 160, 256]}
         value = value.get("0", next(iter(value.values()), None))
-    if not (isinstance(value, list) and len(value) in (3, 4) and all(isinstance(v, int) and v > 0 for v in value)):
+    if not (isinstance(value, list) and len(value) in (3, 4) and all(type(v) is int and v > 0 for v in value)):
         raise ValueError(f"{where}: expected a list of 3 positive integers, got {value!r}")
     return tuple(value[:3])  # type: ignore[return-value]
 
@@ -216,8 +221,12 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path}: missing required keys: {', '.join(missing)}")
+    if not isinstance(data["training"], list):
+        raise ValueError(f"{path}: training: expected a list of {{'image', 'label'}} objects, "
+                         f"got {type(data['training']).__name__}")
+    labels, notes = _labels_of_dataset(data, path)
     training = []
-    for n, entry in enumerate(data["training"] if isinstance(data["training"], list) else []):
+    for n, entry in enumerate(data["training"]):
         here = f"{path}: training[{n}]"
         if not isinstance(entry, dict) or "image" not in entry:
             raise ValueError(f"{here}: expected an object with 'image' and 'label'")
@@ -228,30 +237,93 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     splits = {s: _pairs(root_path, data[f"registration_{s}"], f"{path}: registration_{s}") for s in SPLITS}
     return Dataset(
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
-        splits=splits, training=training, unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path,
+        splits=splits, metrics=_default_metrics(labels), training=training,
+        unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes,
     )
+
+
+def _default_metrics(labels: tuple[int, ...]) -> tuple[MetricSpec, ...]:
+    return (MetricSpec("LogJacDetStd", "sdlogj"), MetricSpec("DSC", "dice", labels),
+            MetricSpec("HD95", "hd95", labels))
+
+
+def _labels_of_dataset(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The labels to score: the non-zero keys of the dataset JSON's ``labels``.
+
+    ``labels`` is ``{"1": "spleen", ...}`` or, per modality, ``{"0": {"1": "spleen", ...}}`` (the
+    AbdomenCTCT file); per-modality sets are joined. Without ``labels`` the AbdomenCTCT set 1..13
+    is used and a note says so.
+
+    Raises:
+        ValueError: ``labels`` that is not an object of integer keys, or holds no non-zero key.
+    """
+    if "labels" not in data:
+        return L2R_LABELS, (f"no 'labels' key: scoring the AbdomenCTCT labels 1..13",)
+    table = data["labels"]
+    if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
+        keys = [k for sub in table.values() for k in sub]
+    elif isinstance(table, dict):
+        keys = list(table)
+    else:
+        raise ValueError(f"{path}: labels: expected an object {{\"1\": \"name\", ...}}, got {type(table).__name__}")
+    try:
+        values = sorted({int(k) for k in keys})
+    except ValueError:
+        raise ValueError(f"{path}: labels: keys must be integers, got {sorted(map(str, keys))}") from None
+    values = [v for v in values if v != 0]
+    if not values or min(values) < 0:
+        raise ValueError(f"{path}: labels: expected positive label keys beside 0, got {sorted(map(str, keys))}")
+    return tuple(values), (f"labels scored: {', '.join(map(str, values))} (the non-zero keys of 'labels')",)
 
 
 def _load_config(path: Path, data: dict, root: Path) -> Dataset:
     missing = [k for k in CONFIG_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path}: missing required keys of an evaluation config: {', '.join(missing)}")
-    methods = []
-    for n, m in enumerate(data["evaluation_methods"]):
-        if not isinstance(m, dict) or not {"name", "metric"} <= m.keys():
-            raise ValueError(f"{path}: evaluation_methods[{n}]: expected an object with 'name' and 'metric'")
-        if m["metric"] not in ("dice", "hd95", "sdlogj"):
-            raise ValueError(f"{path}: evaluation_methods[{n}]: metric '{m['metric']}' is not supported "
-                             f"(supported: dice, hd95, sdlogj)")
-        methods.append(MetricSpec(str(m["name"]), m["metric"], tuple(int(v) for v in m.get("labels", ()))))
+    methods = _config_methods(path, data["evaluation_methods"])
     expected = data["expected_shape"]
     if not (isinstance(expected, list) and len(expected) == 4 and expected[3] == 3):
         raise ValueError(f"{path}: expected_shape must be [I, J, K, 3], got {expected!r}")
+    masked = data.get("masked_evaluation", False)
+    if not isinstance(masked, bool):
+        raise ValueError(f"{path}: masked_evaluation: expected true or false, got {masked!r}")
     return Dataset(
         root=root, name=str(data["task_name"]), shape=_shape(expected, f"{path}: expected_shape"),
-        splits={"eval": _pairs(root, data["eval_pairs"], f"{path}: eval_pairs")}, metrics=tuple(methods),
+        splits={"eval": _pairs(root, data["eval_pairs"], f"{path}: eval_pairs")}, metrics=methods,
         unknown_keys=tuple(sorted(set(data) - set(CONFIG_KEYS) - {"masked_evaluation"})), source=path,
+        masked=masked,
     )
+
+
+def _config_methods(path: Path, entries: object) -> tuple[MetricSpec, ...]:
+    """``evaluation_methods`` checked as the evaluator uses it: a list of objects with a unique string
+    ``name``, a supported ``metric`` and, for dice/hd95, a non-empty list of positive integer labels.
+
+    Raises:
+        ValueError: the first structural problem, naming the file and the entry.
+    """
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: evaluation_methods: expected a non-empty list of objects, got {entries!r}")
+    methods = []
+    for n, m in enumerate(entries):
+        here = f"{path}: evaluation_methods[{n}]"
+        if not isinstance(m, dict) or not {"name", "metric"} <= m.keys():
+            raise ValueError(f"{here}: expected an object with 'name' and 'metric'")
+        if not isinstance(m["name"], str) or not m["name"]:
+            raise ValueError(f"{here}: name must be a non-empty string, got {m['name']!r}")
+        if m["metric"] not in ("dice", "hd95", "sdlogj"):
+            raise ValueError(f"{here}: metric {m['metric']!r} is not supported (supported: dice, hd95, sdlogj)")
+        labels: tuple[int, ...] = ()
+        if m["metric"] in ("dice", "hd95"):
+            raw = m.get("labels")
+            if not (isinstance(raw, list) and raw and all(type(v) is int and v > 0 for v in raw)):
+                raise ValueError(f"{here}: labels must be a non-empty list of positive integers, got {raw!r}")
+            labels = tuple(raw)
+        methods.append(MetricSpec(m["name"], m["metric"], labels))
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):  # the evaluator refuses this too (28985b7, 2024-08-01)
+        raise ValueError(f"{path}: evaluation_methods: names must be unique, got {names}")
+    return tuple(methods)
 
 
 def load_2020(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> Dataset:
@@ -284,14 +356,38 @@ def load_2020(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> Dataset:
                    splits={"val": pairs, "test": []}, source=csv_path)
 
 
+LABELLED_SPLITS = ("val", "eval")
+"""Splits whose label maps must exist (they are scored); test labels are hidden by the organisers."""
+
+
 def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True) -> list[str]:
     """Problems that would stop work, one line each: unknown keys are only listed, missing files block.
 
+    Checks the images of every split's pairs (only ``split``'s when given), the training images and
+    labels, and the label maps of the splits that are scored (``val``, ``eval``), never the test labels.
+
     Returns:
         Lines, each starting with ``error:`` or ``note:``.
+
+    Raises:
+        ValueError: ``split`` is not a split of this dataset (one line, naming the file).
     """
     lines = [f"note: unknown top-level key '{k}' ignored" for k in ds.unknown_keys]
-    pairs = ds.pairs(split) if split is not None or ds.splits else None
-    for p in ds.missing_files(pairs, labels=labels):
-        lines.append(f"error: missing file {p}")
+    if split is not None:
+        ds.pairs(split)  # raises on an unknown split
+    names = [split] if split is not None else list(ds.splits)
+    paths: dict[Path, None] = {}
+    for name in names:
+        for p in ds.splits[name]:
+            for c in (p.fixed, p.moving):
+                paths[c.image] = None
+                if labels and name in LABELLED_SPLITS:
+                    paths[c.label] = None
+    for c in ds.training:
+        paths[c.image] = None
+        if labels:
+            paths[c.label] = None
+    for path in paths:
+        if not path.exists():
+            lines.append(f"error: missing file {path}")
     return lines

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import io, scoring
+from . import io, scoring, versions
 from .dataset import Dataset, Pair
 
 EVAL_VERSION = "2.0"
@@ -37,19 +37,22 @@ class EvalConfig:
         dataset: pairs, shape and metric specs.
         disp_dir: folder of ``disp_*`` files.
         split: ``val``/``test``/``eval``; None picks as :meth:`Dataset.pairs` does.
-        protocol: ``2022`` (current evaluator) or ``2020`` (2020 npz, ddof 1, 0.3 quantiles).
+        protocol: the official evaluator version whose rules apply (:mod:`l2r_submit.versions`):
+            ``2025`` (current), ``2024``, ``2022`` or ``2020``.
         missing: ``error`` stops before any work when a field is missing; ``zero`` scores it as a zero field.
         workers: parallel processes (1 = in this process).
         progress: show a progress bar on stderr.
+        only: score only these pairs of the split (case keys); None: all of them.
     """
 
     dataset: Dataset
     disp_dir: Path
     split: str | None = None
-    protocol: str = "2022"
+    protocol: str = versions.DEFAULT
     missing: str = "error"
     workers: int = 1
     progress: bool = True
+    only: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -59,90 +62,197 @@ class EvalResult:
     metrics: dict
     failed: dict[str, str] = field(default_factory=dict)
     zero_filled: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def find_disp(disp_dir: Path, pair: Pair, protocol: str) -> Path | None:
-    """The field file of a pair: long name first, then the short one; .npz before .nii.gz (2020: .npz only)."""
-    exts = (".npz",) if protocol == "2020" else (".npz", ".nii.gz")
-    for stem in io.disp_names(pair.fixed.id, pair.moving.id, "both", pair.fixed.modality, pair.moving.modality):
-        for ext in exts:
-            path = disp_dir / (stem + ext)
-            if path.is_file():
-                return path
-    return None
+    """The field file the evaluator version ``protocol`` reads for a pair, or None.
+
+    Raises:
+        ValueError: two different files are candidates for the pair (e.g. a stale ``.npz`` beside a
+            ``.nii.gz``): the evaluator would silently take the first; we name both instead.
+    """
+    found = versions.get(protocol).candidates(disp_dir, pair.fixed.id, pair.fixed.modality,
+                                              pair.moving.id, pair.moving.modality)
+    distinct = [p for n, p in enumerate(found) if not any(_same_file(p, q) for q in found[:n])]
+    if len(distinct) > 1:
+        raise ValueError(f"{pair.key}: two candidate fields, {distinct[0]} and {distinct[1]}; "
+                         f"remove the stale one")
+    return found[0] if found else None
 
 
-def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, protocol: str) -> dict:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def missing_hint(disp_dir: Path, pair: Pair, protocol: str) -> str:
+    """What a missing field is called under ``protocol``, and which other version would find a file."""
+    version = versions.get(protocol)
+    want = "/".join(s + e for s in version.stems(pair.fixed.id, pair.fixed.modality, pair.moving.id,
+                                                    pair.moving.modality) for e in version.exts)
+    for other in versions.NAMES:
+        if other == protocol:
+            continue
+        found = versions.get(other).candidates(disp_dir, pair.fixed.id, pair.fixed.modality,
+                                               pair.moving.id, pair.moving.modality)
+        if found:
+            return f"{want} (found {found[0].name}, which --protocol {other} reads)"
+    return want
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output path that cannot take a file, before any scoring.
+
+    Raises:
+        ValueError: ``path`` is a folder, its parent is a file, or the folder is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; --out names the metrics.json file to write")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{path}: cannot be created ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot be written (no write permission in {parent})")
+
+
+def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, protocol: str,
+                masked: bool) -> tuple[dict, list[str]]:
+    notes: list[str] = []
     if disp_path is None:
         disp = np.zeros((3, *shape), np.float32)
     else:
         disp = io.read_disp(disp_path, shape, protocol)
+    evaluated = {lab for s in specs for lab in s.labels}
     fixed_seg = io.read_labels(pair.fixed.label)
     moving_seg = io.read_labels(pair.moving.label)
-    return scoring.score_case(fixed_seg, moving_seg, disp, specs)
+    for path, seg in ((pair.fixed.label, fixed_seg), (pair.moving.label, moving_seg)):
+        if evaluated:
+            extra = sorted(set(_present_labels(seg)) - evaluated - {0})
+            if extra:
+                shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
+                notes.append(f"{path}: labels {shown} are not evaluated and were ignored")
+    mask = None
+    if masked:
+        mask_path = Path(str(pair.fixed.image).replace("images", "masks"))
+        if mask_path.is_file():
+            mask = io.read_volume(mask_path).array
+        else:  # the evaluator prints a note and scores SDlogJ unmasked
+            notes.append(f"{mask_path}: mask not found; SDlogJ of {pair.key} is unmasked, as the evaluator does")
+    return scoring.score_case(fixed_seg, moving_seg, disp, specs, mask), notes
 
 
-def _job(args: tuple) -> tuple[str, dict | None, str | None]:
+def _present_labels(seg: np.ndarray) -> list[int]:
+    """The values present in a label map (a bincount when they are small, else a sort)."""
+    lo, hi = int(seg.min()), int(seg.max())
+    if lo >= 0 and hi < 1 << 20:
+        return np.flatnonzero(np.bincount(seg.ravel())).tolist()
+    return np.unique(seg).tolist()
+
+
+def _job(args: tuple) -> tuple[str, dict | None, str | None, list[str]]:
     pair = args[0]
     try:
-        return pair.key, _score_pair(*args), None
-    except ValueError as exc:
-        return pair.key, None, str(exc)
+        case, notes = _score_pair(*args)
+        return pair.key, case, None, notes
     except MemoryError:
-        return pair.key, None, "out of memory"
+        return pair.key, None, "out of memory", []
+    except ValueError as exc:
+        return pair.key, None, str(exc).strip().splitlines()[0], []
+    except Exception as exc:  # any fault while scoring one pair fails that pair only
+        return pair.key, None, f"cannot be scored ({type(exc).__name__}: {exc})".splitlines()[0], []
 
 
 def run(cfg: EvalConfig) -> EvalResult:
-    """Evaluate every pair of the split.
+    """Evaluate every pair of the split (or the pairs in ``cfg.only``).
 
     Raises:
         ValueError: before any work, listing in one message every missing label file, or every missing
-            field when ``missing='error'``. Per-pair problems (bad shape, dtype, NaNs) do not raise: the
-            pair is recorded in ``EvalResult.failed`` and left out of the aggregates.
+            field when ``missing='error'``, or every pair with two candidate fields. Per-pair problems
+            (bad shape, dtype, NaNs, unreadable files) do not raise: the pair is recorded in
+            ``EvalResult.failed`` and left out of the aggregates, and ``metrics["partial"]`` is true.
     """
     ds = cfg.dataset
+    version = versions.get(cfg.protocol)
     disp_dir = Path(cfg.disp_dir)
     if not disp_dir.is_dir():
         raise ValueError(f"{disp_dir}: displacement folder not found")
     pairs = ds.pairs(cfg.split)
+    if cfg.only is not None:
+        wanted = set(cfg.only)
+        pairs = [p for p in pairs if p.key in wanted]
     if not pairs:
         raise ValueError(f"{ds.source}: no pairs in split '{cfg.split or 'default'}'")
     missing_labels = ds.missing_files(pairs, images=False, labels=True)
     if missing_labels:
         raise ValueError("missing label files: " + ", ".join(map(str, missing_labels)))
-    found = {p.key: find_disp(disp_dir, p, cfg.protocol) for p in pairs}
+    found: dict[str, Path | None] = {}
+    ambiguous = []
+    for p in pairs:
+        try:
+            found[p.key] = find_disp(disp_dir, p, version.name)
+        except ValueError as exc:
+            ambiguous.append(str(exc))
+    if ambiguous:
+        raise ValueError(f"{disp_dir}: " + "; ".join(ambiguous))
     absent = [k for k, v in found.items() if v is None]
     if absent and cfg.missing != "zero":
-        names = [io.disp_names(p.fixed.id, p.moving.id, "long")[0] for p in pairs if found[p.key] is None]
-        raise ValueError(f"{disp_dir}: {len(absent)} of {len(pairs)} displacement fields missing: "
-                         f"{', '.join(names)} (use --missing zero to score them as zero fields)")
-    jobs = [(p, found[p.key], ds.shape, ds.metrics, cfg.protocol) for p in pairs]
+        names = [missing_hint(disp_dir, p, version.name) for p in pairs if found[p.key] is None]
+        raise ValueError(f"{disp_dir}: {len(absent)} of {len(pairs)} displacement fields missing under "
+                         f"evaluator version {version.name}: {', '.join(names)} "
+                         f"(use --missing zero to score them as zero fields)")
+    jobs = [(p, found[p.key], ds.shape, ds.metrics, version.name, ds.masked) for p in pairs]
     cases: dict[str, dict] = {}
     failed: dict[str, str] = {}
-    for key, case, err in _progress(_results(jobs, cfg.workers), len(jobs), cfg.progress):
+    notes: list[str] = []
+    for key, case, err, pair_notes in _progress(_results(jobs, cfg.workers), len(jobs), cfg.progress):
+        notes += [n for n in pair_notes if n not in notes]
         if err is None:
             cases[key] = case
         else:
             failed[key] = err
     cases = {p.key: cases[p.key] for p in pairs if p.key in cases}  # pair order, whatever the finish order
+    failed = {p.key: failed[p.key] for p in pairs if p.key in failed}
     metrics = {
         "name": ds.name,
-        "aggregates": scoring.aggregate(cases, ds.metrics, cfg.protocol),
+        "aggregates": scoring.aggregate(cases, ds.metrics, version.name),
         "cases": cases,
         "eval_version": EVAL_VERSION,
-        "protocol": cfg.protocol,
+        "protocol": version.name,
+        "partial": bool(failed or absent),
         "failed": failed,
         "zero_filled": absent,
     }
-    return EvalResult(metrics, failed, absent)
+    return EvalResult(metrics, failed, absent, notes)
 
 
 def _results(jobs: list, workers: int) -> Iterator[tuple]:
     if workers <= 1 or len(jobs) == 1:
         yield from map(_job, jobs)
         return
+    from concurrent.futures.process import BrokenProcessPool
+
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        yield from pool.map(_job, jobs)
+        futures = [pool.submit(_job, job) for job in jobs]
+        for job, fut in zip(jobs, futures):
+            try:
+                yield fut.result()
+            except BrokenProcessPool:  # a worker died (e.g. killed for memory): that pair fails
+                yield job[0].key, None, "the worker process scoring this pair died", []
+
+
+def partial_line(result: EvalResult) -> str | None:
+    """One stderr line when the aggregates cover fewer pairs than asked for, or were zero-filled."""
+    if not result.metrics.get("partial"):
+        return None
+    total = len(result.metrics["cases"]) + len(result.failed)
+    return (f"warning: partial result: {len(result.failed)} of {total} pairs failed and are not in the "
+            f"aggregates, {len(result.zero_filled)} scored as zero fields (listed in metrics.json)")
 
 
 def _progress(it: Iterator, total: int, enabled: bool) -> Iterator:

@@ -10,7 +10,8 @@ Displacement files (one per pair, fixed grid, voxel units, pull map):
 format    on disk                          notes
 ========  ===============================  ===========================================================
 nii.gz    (I, J, K, 3) float32             identity affine, channel last (2022+ evaluator)
-npz       (I, J, K, 3) float32, ``arr_0``  exactly one array (2022+ evaluator)
+npz       (I, J, K, 3) float32, ``arr_0``  exactly one array; read: any key (2025 evaluator) or
+                                           ``arr_0`` (2022-2024), non-float32 cast to float32
 npz2020   (3, I/2, J/2, K/2) float16       ``arr_0``, channel first, half resolution, values still in
                                            full-resolution voxels (2020/2021 evaluator)
 ========  ===============================  ===========================================================
@@ -29,7 +30,6 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +158,8 @@ def _read_itk(path: Path, dicom: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read a label map as a C-contiguous int32 (I, J, K) array.
+    """Read a label map as a C-contiguous (I, J, K) integer array: int32, or int64 when a value does
+    not fit in 32 bits (never wrapped: a label of 2**32 + 1 must not become label 1).
 
     Raises:
         ValueError: unreadable file, or values that are not whole numbers.
@@ -168,7 +169,15 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
             raise _fail(path, "label map holds non-integer or non-finite values")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+        if arr.size and (arr.min() < -2.0**63 or arr.max() >= 2.0**63):
+            raise _fail(path, "label map holds values beyond 64-bit integers")
+    elif not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+        raise _fail(path, f"label map of dtype {arr.dtype}: expected integers")
+    info = np.iinfo(np.int32)
+    fits = arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)
+    if not fits and np.issubdtype(arr.dtype, np.unsignedinteger) and arr.max() > np.iinfo(np.int64).max:
+        raise _fail(path, "label map holds values beyond 64-bit integers")
+    return np.ascontiguousarray(arr, dtype=np.int32 if fits else np.int64)
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -305,26 +314,33 @@ def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, movi
 # ------------------------------------------------------------------------------------------- read
 
 
-def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: str = "2022") -> np.ndarray:
-    """Read one displacement file as the official evaluator of ``protocol`` would.
+def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: str = "2025") -> np.ndarray:
+    """Read one displacement file as the official evaluator version ``protocol`` would.
 
-    ``2022``: ``.nii.gz`` through ``get_fdata()`` (float64) or ``.npz`` holding one full-resolution
-    array, cast to float32 -- the dtypes the official evaluator computes with. ``2020``: an ``.npz``
-    with a float16 (3, I/2, J/2, K/2) array, upsampled by :func:`upsample_2020`.
+    2022+ versions (see :mod:`l2r_submit.versions`): ``.nii.gz`` through ``get_fdata()`` (float64), or
+    ``.npz`` holding one full-resolution array (any key for ``2025``, the key ``arr_0`` for ``2024``
+    and ``2022``) cast to float32 as the official loader does (complex values are refused: a cast
+    would drop the imaginary part). ``2020``: an ``.npz`` with a float16 (3, I/2, J/2, K/2) array
+    under ``arr_0``, upsampled by :func:`upsample_2020`.
+
+    Shape: file (I, J, K, 3) (2020: (3, I/2, J/2, K/2)) -> (3, I, J, K).
 
     Returns:
-        (3, I, J, K) field (a channel-first view of the file's channel-last data for 2022).
+        (3, I, J, K) field (a channel-first view of the file's channel-last data for 2022+).
 
     Raises:
         ValueError: missing or corrupt file, wrong format for the protocol, wrong shape or dtype, NaNs.
     """
+    from .versions import get as get_version
+
+    version = get_version(protocol)
     path = Path(path)
     full = tuple(int(n) for n in spatial_shape)
     if not path.is_file():
         raise _fail(path, "displacement file not found")
     name = path.name.lower()
-    if protocol == "2020":
-        arr = _read_npz(path)
+    if version.half_resolution:
+        arr = _read_npz(path, any_key=False)
         half = tuple(n // 2 for n in full)
         if arr.dtype != np.float16:
             raise _fail(path, f"dtype {arr.dtype} received, the 2020 format expects float16")
@@ -333,8 +349,6 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
         if not np.isfinite(arr).all():
             raise _fail(path, "field holds NaN or inf values")
         return upsample_2020(arr)
-    if protocol != "2022":
-        raise ValueError(f"protocol: '{protocol}' received, expected 2022 or 2020")
     if name.endswith(".nii.gz"):
         try:
             arr = load_nifti(path).get_fdata()
@@ -345,13 +359,22 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
         except Exception as exc:
             raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
     elif name.endswith(".npz"):
-        arr = _read_npz(path)
+        arr = _read_npz(path, any_key=version.npz_any_key)
+        if np.iscomplexobj(arr):
+            raise _fail(path, f"dtype {arr.dtype} received: a displacement field must hold real numbers")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise _fail(path, f"dtype {arr.dtype} received: a displacement field must hold numbers")
         if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
+            arr = arr.astype(np.float32)  # as the official loader (utils.load_disp) does
     else:
         raise _fail(path, "a displacement field must be a .nii.gz or .npz file")
     if arr.shape != (*full, 3):
-        hint = " (a half-resolution field is not accepted here; use --protocol 2020)" if arr.shape[0] == 3 else ""
+        hint = ""
+        if arr.shape == (3, *full):
+            hint = " (channel-first; the official format is channel-last (I, J, K, 3))"
+        elif arr.ndim == 4 and arr.shape[0] == 3:
+            hint = (" (channel-first at another size; a half-resolution 2020 field is read only with "
+                    "--protocol 2020)")
         raise _fail(path, f"shape {arr.shape} received, expected {(*full, 3)}{hint}")
     disp = np.moveaxis(arr, -1, 0)
     try:
@@ -361,8 +384,13 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
     return disp
 
 
-def _read_npz(path: Path) -> np.ndarray:
-    """The single array ``arr_0`` of an .npz file (the official evaluators read that key)."""
+def _read_npz(path: Path, any_key: bool) -> np.ndarray:
+    """The field array of an .npz file.
+
+    ``any_key``: the single array under whatever key (evaluator 2025-02-10, 8847509: more than one
+    array is an error). Otherwise the array ``arr_0`` (evaluators 2023-06-28 to 2025-02-10 read
+    ``np.load(f)['arr_0']``; other arrays beside it are ignored, as there).
+    """
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -370,10 +398,17 @@ def _read_npz(path: Path) -> np.ndarray:
                               "write it with numpy.savez_compressed")
         with loaded as npz:
             keys = list(npz.keys())
-            if keys != ["arr_0"]:
-                raise _fail(path, f"an .npz field must hold exactly one array named arr_0, found {keys}")
+            if any_key:
+                if len(keys) != 1:
+                    raise _fail(path, f"an .npz field must hold exactly one array, found {len(keys)}: {keys}")
+                return npz[keys[0]]
+            if "arr_0" not in keys:
+                raise _fail(path, f"this evaluator version reads the array 'arr_0', found {keys} "
+                                  f"(the 2025 evaluator, --protocol 2025, takes any single key)")
             return npz["arr_0"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, KeyError) as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
             raise
+        raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # zipfile, zlib, OSError, EOFError... on damaged files
         raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None

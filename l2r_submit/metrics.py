@@ -217,6 +217,19 @@ def sdlogj_official(jac_det: np.ndarray) -> tuple[float, float]:
     return float(np.log(clipped).std()), float((clipped <= 0).astype(float).sum())
 
 
+def sdlogj_masked(jac_det: np.ndarray, mask: np.ndarray) -> float:
+    """The official masked SDlogJ (``masked_evaluation: true``): std of log(clip(J + 3)) over the voxels
+    where the fixed image's mask, cropped by 2, equals 1 (MDL-UzL/L2R since e8c7b85, 2022-05-24:
+    ``np.ma.MaskedArray(log_jac_det, 1 - mask[2:-2, 2:-2, 2:-2]).std()``); NaN when no voxel is kept.
+
+    Shape: jac_det (I-4, J-4, K-4), mask (I, J, K).
+    """
+    keep = np.asarray(mask)[2:-2, 2:-2, 2:-2] == 1
+    if not keep.any():
+        return float("nan")
+    return float(np.log((jac_det[keep] + 3).clip(0.000000001, 1000000000)).std())
+
+
 def jacobian_stats(jac_det: np.ndarray) -> tuple[float, float]:
     """Honest companions of the official number: std(log J) over J > 0, and the fraction of J <= 0."""
     positive = jac_det > 0

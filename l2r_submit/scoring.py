@@ -16,21 +16,23 @@ from typing import Sequence
 
 import numpy as np
 
-from . import metrics
+from . import metrics, versions
 from .dataset import MetricSpec
 
-PROTOCOLS = ("2022", "2020")
 EXTRA_SCALARS = ("SDlogJ_plain", "jac_nonpos_fraction")
 
 
 def score_case(fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray,
-               specs: Sequence[MetricSpec]) -> dict:
+               specs: Sequence[MetricSpec], sdlogj_mask: np.ndarray | None = None) -> dict:
     """All metrics of one pair.
 
     Args:
         fixed_seg, moving_seg: (I, J, K) integer label maps.
         disp: (3, I, J, K) voxel pull map on the fixed grid, in the dtype the official loader gives.
         specs: evaluation methods (names, metric kinds, labels).
+        sdlogj_mask: (I, J, K) fixed-image mask for ``masked_evaluation``: SDlogJ is then the std over
+            the voxels where the mask equals 1 (the evaluator's ``MaskedArray(log_jac, 1 - mask)``);
+            ``num_foldings`` and the extra Jacobian numbers stay unmasked, as there.
 
     Returns:
         The case dict described in the module docstring.
@@ -42,6 +44,8 @@ def score_case(fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray,
     for name, seg in (("fixed labels", fixed_seg), ("moving labels", moving_seg)):
         if tuple(seg.shape) != shape:
             raise ValueError(f"{name}: shape {tuple(seg.shape)} received, expected {shape} (the field's grid)")
+    if sdlogj_mask is not None and tuple(sdlogj_mask.shape) != shape:
+        raise ValueError(f"mask: shape {tuple(sdlogj_mask.shape)} received, expected {shape} (the field's grid)")
     case: dict = {}
     label_specs = [s for s in specs if s.metric in ("dice", "hd95")]
     if label_specs:
@@ -54,6 +58,8 @@ def score_case(fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray,
         if spec.metric == "sdlogj":
             jac_det = metrics.jacobian_determinant(disp)
             sd, folds = metrics.sdlogj_official(jac_det)
+            if sdlogj_mask is not None:
+                sd = metrics.sdlogj_masked(jac_det, sdlogj_mask)
             plain, nonpos = metrics.jacobian_stats(jac_det)
             case[spec.name] = {"mean": sd, "detailed": sd}
             case["num_foldings"] = {"mean": folds, "detailed": folds}
@@ -94,28 +100,29 @@ def _nanmean(values: list[float]) -> float:
     return float(np.nanmean(arr))
 
 
-def aggregate(cases: dict[str, dict], specs: Sequence[MetricSpec], protocol: str = "2022") -> dict:
+def aggregate(cases: dict[str, dict], specs: Sequence[MetricSpec], protocol: str = versions.DEFAULT) -> dict:
     """Aggregates over pairs: ``{name: {"mean", "std", "30"}}`` plus the ranking's ``DSC30_ranking``.
 
-    2022 protocol: std with ddof 0; '30' is the 0.3 quantile, 0.7 for SDlogJ. 2020: ddof 1, 0.3 for all.
+    The rules of evaluator version ``protocol`` (:mod:`l2r_submit.versions`): 2025 and 2024 report the
+    configured metrics (plus this tool's extra Jacobian numbers) with ddof 0 and SDlogJ's '30' the 0.7
+    quantile; 2022 also aggregates ``num_foldings`` and uses the 0.3 quantile everywhere; 2020 adds
+    ddof 1.
 
     Raises:
         ValueError: unknown protocol.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: '{protocol}' received, expected one of {', '.join(PROTOCOLS)}")
+    version = versions.get(protocol)
     out: dict = {}
     if not cases:
         return out
     names = [s.name for s in specs]
     if any(s.metric == "sdlogj" for s in specs):
-        names += ["num_foldings", *EXTRA_SCALARS]
+        names += (["num_foldings"] if version.aggregate_all_keys else []) + list(EXTRA_SCALARS)
     sdlogj_names = {s.name for s in specs if s.metric == "sdlogj"} | set(EXTRA_SCALARS)
     for name in names:
         values = np.array([c[name]["mean"] for c in cases.values()], dtype=np.float64)
-        q = 0.7 if (protocol == "2022" and name in sdlogj_names) else 0.3
-        ddof = 1 if protocol == "2020" else 0
-        std = float(values.std(ddof=ddof)) if len(values) > ddof else float("nan")
+        q = version.sdlogj_quantile if name in sdlogj_names else 0.3
+        std = float(values.std(ddof=version.ddof)) if len(values) > version.ddof else float("nan")
         out[name] = {"mean": float(values.mean()), "std": std, "30": float(np.quantile(values, q))}
     for spec in specs:
         if spec.metric == "dice":

@@ -52,7 +52,7 @@ def test_formats_and_names_give_same_numbers(tiny_dataset, tmp_path):
     for fmt, names in (("nii.gz", "long"), ("npz", "short"), ("npz", "both"), ("npz2020", "both")):
         d = tmp_path / f"{fmt}-{names}"
         write_fields(d, fmt, names)
-        protocol = "2020" if fmt == "npz2020" else "2022"
+        protocol = "2020" if fmt == "npz2020" else ("2024" if names == "short" else "2025")
         ds = dataset.load(tiny_dataset)
         results[(fmt, names)] = evaluate.run(evaluate.EvalConfig(ds, d, protocol=protocol, progress=False)).metrics
     base = results[("nii.gz", "long")]["cases"]
@@ -75,7 +75,9 @@ def test_missing_fields_listed_then_zero_filled(tiny_dataset, tmp_path):
     (d / "disp_0002_0000_0003_0000.nii.gz").unlink()
     res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet")
     assert res.exit_code == 2
-    assert "2 of 3 displacement fields missing: disp_0001_0000_0003_0000, disp_0002_0000_0003_0000" in res.output
+    assert ("2 of 3 displacement fields missing under evaluator version 2025: "
+            "disp_0001_0000_0003_0000.npz/disp_0001_0000_0003_0000.nii.gz, "
+            "disp_0002_0000_0003_0000.npz/disp_0002_0000_0003_0000.nii.gz") in res.output
     assert not (tmp_path / "m.json").exists()
     res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--missing", "zero", "--quiet")
     assert res.exit_code == 0
@@ -101,11 +103,11 @@ def test_one_bad_field_fails_alone_with_exit_1(tiny_dataset, tmp_path):
 def test_wrong_shape_field_is_reported(tiny_dataset, tmp_path):
     d = tmp_path / "disp"
     write_fields(d)
-    np.savez_compressed(d / "disp_0002_0003.npz", np.zeros((3, *TINY_SHAPE), np.float32))
+    np.savez_compressed(d / "disp_0002_0000_0003_0000.npz", np.zeros((3, *TINY_SHAPE), np.float32))
     (d / "disp_0002_0000_0003_0000.nii.gz").unlink()
     res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet")
     assert res.exit_code == 1
-    assert "disp_0002_0003.npz: shape (3, 24, 20, 28) received, expected (24, 20, 28, 3)" in res.output
+    assert "disp_0002_0000_0003_0000.npz: shape (3, 24, 20, 28) received, expected (24, 20, 28, 3)" in res.output
 
 
 @pytest.mark.parametrize("content, msg", [
@@ -122,7 +124,7 @@ def test_bad_dataset_json_one_line_error(tmp_path, content, msg):
 
 
 def test_eval_config_input(tiny_dataset, tmp_path):
-    write_fields(tmp_path / "disp", names="short")
+    write_fields(tmp_path / "disp", names="long")
     cfg = {"task_name": "Tiny", "expected_shape": [*TINY_SHAPE, 3],
            "evaluation_methods": [{"name": "LogJacDetStd", "metric": "sdlogj"},
                                   {"name": "DSC", "metric": "dice", "labels": [1, 2, 3]},

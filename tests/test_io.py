@@ -126,11 +126,17 @@ def test_read_disp_2020_rejects_wrong_dtype_and_shape(tmp_path):
         io.read_disp(path, SHAPE, protocol="2020")
 
 
-def test_npz_must_hold_one_arr_0(tmp_path):
+def test_npz_key_rules_per_evaluator_version(tmp_path):
+    # 2022-2024 evaluators read np.load(f)['arr_0']; the 2025 one (8847509) takes the single array under any key
     path = tmp_path / "d.npz"
     np.savez(path, disp=np.zeros((*SHAPE, 3), np.float32))
-    with pytest.raises(ValueError, match="arr_0"):
-        io.read_disp(path, SHAPE)
+    for protocol in ("2024", "2022"):
+        with pytest.raises(ValueError, match="arr_0"):
+            io.read_disp(path, SHAPE, protocol)
+    assert io.read_disp(path, SHAPE, "2025").shape == (3, *SHAPE)
+    np.savez(path, a=np.zeros((*SHAPE, 3), np.float32), b=np.zeros(1))
+    with pytest.raises(ValueError, match="exactly one array"):
+        io.read_disp(path, SHAPE, "2025")
 
 
 def test_corrupt_and_missing_files(tmp_path):

@@ -1,0 +1,392 @@
+"""Each official evaluator version's rules, as read from its own source (MDL-UzL/L2R):
+
+* 2025: 8847509 (2025-02-10) -- long names for same-modality pairs, npz under any key, SDlogJ '30' = 0.7 quantile;
+* 2024: 28985b7 (2024-08-01) -- short names, npz ``arr_0``, SDlogJ '30' = 0.7 quantile, metrics-only aggregates;
+* 2022: 56f96d5 (2023-07-11) -- short names, npz ``arr_0``, every '30' the 0.3 quantile, every case key aggregated;
+* 2020 -- half-resolution float16 npz under the short name, ddof 1.
+
+The expected values are written here from those rules (and numpy's own quantile/std/masked std),
+not from our implementation.
+"""
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from l2r_submit import checkpoint, io, metrics, model, scoring
+from l2r_submit.cli import main
+from l2r_submit.dataset import MetricSpec
+from l2r_submit.synthetic import smooth_random_disp
+
+from conftest import TINY_SHAPE
+
+VAL = [("0001", "0002"), ("0001", "0003"), ("0002", "0003")]
+KEYS = [f"{f}_0000<--{m}_0000" for f, m in VAL]
+
+
+def run_cli(*args):
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout by default
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 always keeps them apart
+    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, *words):
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def write_fields(out, names="long", fmt="nii.gz", seed=0):
+    for n, (f, m) in enumerate(VAL):
+        io.write_disp(smooth_random_disp(seed + n, TINY_SHAPE, 2.5), out, f, m, fmt, names)
+
+
+def evaluate(tiny_dataset, disp_dir, out, *extra):
+    return run_cli("evaluate", tiny_dataset, disp_dir, "--out", out, "--quiet", *extra)
+
+
+# ----------------------------------------------------------------------------- 7: names per version
+
+
+def test_file_names_each_version_finds():
+    from l2r_submit import versions
+
+    # 2025 (8847509): short name allowed only for 0000 -> 0001, tried first; long otherwise
+    v = versions.get("2025")
+    assert v.stems("0001", "0000", "0004", "0000") == ["disp_0001_0000_0004_0000"]
+    assert v.stems("0001", "0000", "0001", "0001") == ["disp_0001_0001", "disp_0001_0000_0001_0001"]
+    # 2022/2024 (56f96d5, 28985b7): same modality or 0000 -> 0001: only short; else only long
+    for name in ("2024", "2022"):
+        v = versions.get(name)
+        assert v.stems("0001", "0000", "0004", "0000") == ["disp_0001_0004"]
+        assert v.stems("0001", "0000", "0001", "0001") == ["disp_0001_0001"]
+        assert v.stems("0001", "0001", "0001", "0002") == ["disp_0001_0001_0001_0002"]
+    assert versions.get("2020").stems("0001", "0000", "0004", "0000") == ["disp_0001_0004"]
+    assert versions.get("2020").exts == (".npz",)
+
+
+def test_a_file_another_version_would_read_is_missing_with_a_hint(tiny_dataset, tmp_path):
+    long_dir, short_dir = tmp_path / "long", tmp_path / "short"
+    write_fields(long_dir, "long")
+    write_fields(short_dir, "short")
+    assert evaluate(tiny_dataset, long_dir, tmp_path / "a.json").exit_code == 0  # default: 2025
+    res = evaluate(tiny_dataset, long_dir, tmp_path / "b.json", "--protocol", "2022")
+    assert res.exit_code == 2
+    one_line_error(res, "3 of 3 displacement fields missing under evaluator version 2022",
+                   "found disp_0001_0000_0002_0000.nii.gz, which --protocol 2025 reads")
+    res = evaluate(tiny_dataset, short_dir, tmp_path / "c.json")
+    assert res.exit_code == 2
+    one_line_error(res, "evaluator version 2025", "found disp_0001_0002.nii.gz, which --protocol 2024 reads")
+    for protocol in ("2024", "2022"):
+        assert evaluate(tiny_dataset, short_dir, tmp_path / f"{protocol}.json", "--protocol", protocol).exit_code == 0
+
+
+def test_quantile_std_and_aggregated_keys_per_version():
+    values = [0.1, 0.4, 0.5, 0.9]
+    cases = {f"{i:04d}_0000<--0009_0000": {"DSC": {"mean": v, "detailed": [v]},
+                                           "DSC_zero_field": {"mean": v, "detailed": [v]},
+                                           "LogJacDetStd": {"mean": v, "detailed": v},
+                                           "num_foldings": {"mean": 0.0, "detailed": 0.0},
+                                           "SDlogJ_plain": {"mean": v, "detailed": v},
+                                           "jac_nonpos_fraction": {"mean": 0.0, "detailed": 0.0}}
+             for i, v in enumerate(values)}
+    specs = (MetricSpec("LogJacDetStd", "sdlogj"), MetricSpec("DSC", "dice", (1,)))
+    for name in ("2025", "2024"):  # 28985b7: 0.7 for sdlogj, aggregates over metrics_dict only
+        agg = scoring.aggregate(cases, specs, name)
+        assert agg["LogJacDetStd"]["30"] == pytest.approx(np.quantile(values, 0.7))
+        assert agg["DSC"]["30"] == pytest.approx(np.quantile(values, 0.3))
+        assert agg["DSC"]["std"] == pytest.approx(np.std(values))
+        assert "num_foldings" not in agg
+    agg = scoring.aggregate(cases, specs, "2022")  # before 28985b7: .3 everywhere, every key of a case
+    assert agg["LogJacDetStd"]["30"] == pytest.approx(np.quantile(values, 0.3))
+    assert agg["num_foldings"] == {"mean": 0.0, "std": 0.0, "30": 0.0}
+    assert scoring.aggregate(cases, specs, "2020")["DSC"]["std"] == pytest.approx(np.std(values, ddof=1))
+    with pytest.raises(ValueError, match="expected one of 2025, 2024, 2022, 2020"):
+        scoring.aggregate(cases, specs, "2023")
+
+
+def test_old_protocol_value_and_unknown_value(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "d", "short")
+    assert evaluate(tiny_dataset, tmp_path / "d", tmp_path / "m.json", "--protocol", "2022").exit_code == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["protocol"] == "2022" and "num_foldings" in m["aggregates"]
+    res = evaluate(tiny_dataset, tmp_path / "d", tmp_path / "m.json", "--protocol", "2019")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------------ 8: npz under any key
+
+
+def test_npz_under_any_key_scores_like_the_nifti(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "nii", "long")
+    (tmp_path / "npz").mkdir()
+    for f, m in VAL:
+        stem = f"disp_{f}_0000_{m}_0000"
+        arr = nib.load(tmp_path / "nii" / f"{stem}.nii.gz").get_fdata().astype(np.float32)
+        np.savez_compressed(tmp_path / "npz" / f"{stem}.npz", displacement=arr)
+    assert evaluate(tiny_dataset, tmp_path / "nii", tmp_path / "a.json").exit_code == 0
+    res = evaluate(tiny_dataset, tmp_path / "npz", tmp_path / "b.json")
+    assert res.exit_code == 0, res.output
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    for key in KEYS:
+        for name in ("DSC", "HD95", "LogJacDetStd"):
+            assert a["cases"][key][name]["mean"] == pytest.approx(b["cases"][key][name]["mean"], abs=1e-6)
+
+
+def test_npz_dtypes_as_the_official_loader(tiny_dataset, tmp_path):
+    d = tmp_path / "d"
+    write_fields(d)
+    stem = "disp_0001_0000_0002_0000"
+    (d / f"{stem}.nii.gz").unlink()
+    np.savez(d / f"{stem}.npz", np.zeros((*TINY_SHAPE, 3), np.int32))  # cast to float32, as utils.load_disp
+    res = evaluate(tiny_dataset, d, tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["cases"][KEYS[0]]["LogJacDetStd"]["mean"] == 0.0
+    np.savez(d / f"{stem}.npz", np.zeros((*TINY_SHAPE, 3), np.complex64))
+    res = evaluate(tiny_dataset, d, tmp_path / "m.json")
+    assert res.exit_code == 1 and f"{stem}.npz: dtype complex64" in res.stderr
+
+
+def test_channel_first_full_resolution_gets_the_right_hint(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, np.zeros((3, *TINY_SHAPE), np.float32))
+    with pytest.raises(ValueError, match="channel-first; the official format is channel-last"):
+        io.read_disp(path, TINY_SHAPE)
+
+
+def test_two_candidate_files_for_one_pair_is_an_error_naming_both(tiny_dataset, tmp_path):
+    d = tmp_path / "d"
+    write_fields(d)
+    np.savez(d / "disp_0001_0000_0002_0000.npz", np.zeros((*TINY_SHAPE, 3), np.float32))
+    res = evaluate(tiny_dataset, d, tmp_path / "m.json")
+    assert res.exit_code == 2
+    one_line_error(res, "disp_0001_0000_0002_0000.npz and", "disp_0001_0000_0002_0000.nii.gz")
+    assert not (tmp_path / "m.json").exists()
+
+
+# ------------------------------------------------------------------------ 9: npz2020 short names
+
+
+def test_npz2020_defaults_to_the_2020_short_names(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    ckpt = checkpoint.save(tmp_path / "tiny.pt", model.build("tiny"))
+    out = tmp_path / "out"
+    res = run_cli("predict", tiny_dataset, "--out", out, "--checkpoint", ckpt, "--device", "cpu", "--quiet",
+                  "--format", "npz2020", "--io-iters", "0", "--pairs", "0001_0002", "--evaluate")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert sorted(p.name for p in out.glob("disp_*")) == ["disp_0001_0002.npz"]
+    # 12: --pairs X --evaluate scores exactly X
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["cases"]) == [KEYS[0]] and m["partial"] is False and m["protocol"] == "2020"
+    res = run_cli("predict", tiny_dataset, "--out", out, "--checkpoint", ckpt, "--format", "npz2020",
+                  "--names", "long")
+    assert res.exit_code == 2 and "--names short or both" in res.stderr
+
+
+# --------------------------------------------------------------------------- 10: labels from the data
+
+
+def test_labels_come_from_the_dataset_json(tiny_dataset, tmp_path):
+    data = json.loads(tiny_dataset.read_text())
+    data["labels"] = {"0": {"0": "background", "2": "b", "4": "d"}}
+    tiny_dataset.write_text(json.dumps(data))
+    write_fields(tmp_path / "d")
+    assert evaluate(tiny_dataset, tmp_path / "d", tmp_path / "m.json").exit_code == 0
+    case = json.loads((tmp_path / "m.json").read_text())["cases"][KEYS[0]]
+    assert len(case["DSC"]["detailed"]) == 2 and len(case["HD95"]["detailed"]) == 2
+    data["labels"] = {"0": "background", "x": "y"}
+    tiny_dataset.write_text(json.dumps(data))
+    res = evaluate(tiny_dataset, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 2
+    one_line_error(res, str(tiny_dataset), "labels: keys must be integers")
+
+
+# -------------------------------------------------------------------------------- 11: masks
+
+
+def _config(tiny_dataset, tmp_path, **extra):
+    cfg = {"task_name": "Tiny", "expected_shape": [*TINY_SHAPE, 3],
+           "evaluation_methods": [{"name": "LogJacDetStd", "metric": "sdlogj"},
+                                  {"name": "DSC", "metric": "dice", "labels": [1, 2, 3]}],
+           "eval_pairs": [{"fixed": f"./imagesTr/AbdomenCTCT_{f}_0000.nii.gz",
+                           "moving": f"./imagesTr/AbdomenCTCT_{m}_0000.nii.gz"} for f, m in VAL], **extra}
+    path = tiny_dataset.parent / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_masked_evaluation_masks_sdlogj_as_the_official_evaluator(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "d")
+    cfg = _config(tiny_dataset, tmp_path, masked_evaluation=True)
+    masks = tiny_dataset.parent / "masksTr"
+    masks.mkdir()
+    mask = np.zeros(TINY_SHAPE, np.uint8)
+    mask[4:18, 3:15, 5:20] = 1
+    mask[6:8, 6:8, 6:8] = 2  # only == 1 is kept by MaskedArray(x, 1 - mask)
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), masks / "AbdomenCTCT_0001_0000.nii.gz")
+    res = evaluate(cfg, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output + res.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    disp = io.read_disp(tmp_path / "d" / "disp_0001_0000_0002_0000.nii.gz", TINY_SHAPE)
+    log_j = np.log((metrics.jacobian_determinant(disp) + 3).clip(1e-9, 1e9))
+    official = float(np.ma.MaskedArray(log_j, 1 - mask[2:-2, 2:-2, 2:-2].astype(float)).std())
+    assert m["cases"][KEYS[0]]["LogJacDetStd"]["mean"] == pytest.approx(official, rel=1e-12)
+    assert official != pytest.approx(float(log_j.std()), rel=1e-3)
+    # fixed 0002 has no mask: scored unmasked with a note, as the evaluator prints one
+    d3 = io.read_disp(tmp_path / "d" / "disp_0002_0000_0003_0000.nii.gz", TINY_SHAPE)
+    plain = float(np.log((metrics.jacobian_determinant(d3) + 3).clip(1e-9, 1e9)).std())
+    assert m["cases"][KEYS[2]]["LogJacDetStd"]["mean"] == pytest.approx(plain, rel=1e-12)
+    assert "mask not found" in res.stderr
+
+
+# --------------------------------------------------------------------------------- 12: partial
+
+
+def test_zero_filled_and_failed_pairs_mark_the_result_partial(tiny_dataset, tmp_path):
+    d = tmp_path / "d"
+    write_fields(d)
+    (d / "disp_0001_0000_0003_0000.nii.gz").unlink()
+    (d / "disp_0002_0000_0003_0000.nii.gz").write_bytes(b"not a nifti")
+    res = evaluate(tiny_dataset, d, tmp_path / "m.json", "--missing", "zero")
+    assert res.exit_code == 1
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["partial"] is True and m["zero_filled"] == [KEYS[1]] and list(m["failed"]) == [KEYS[2]]
+    assert "partial result: 1 of 3 pairs failed" in res.stderr
+    write_fields(d)
+    assert evaluate(tiny_dataset, d, tmp_path / "m.json").exit_code == 0
+    assert json.loads((tmp_path / "m.json").read_text())["partial"] is False
+
+
+# ------------------------------------------------------------------------------------ 13: check
+
+
+def test_check_every_split_and_training_but_not_test_labels(tiny_dataset):
+    data = json.loads(tiny_dataset.read_text())
+    data["registration_test"] = [{"fixed": "./imagesTs/AbdomenCTCT_0031_0000.nii.gz",
+                                  "moving": "./imagesTs/AbdomenCTCT_0032_0000.nii.gz"}]
+    tiny_dataset.write_text(json.dumps(data))
+    (tiny_dataset.parent / "imagesTs").mkdir()
+    for i in ("0031", "0032"):
+        src = tiny_dataset.parent / "imagesTr" / "AbdomenCTCT_0001_0000.nii.gz"
+        (tiny_dataset.parent / "imagesTs" / f"AbdomenCTCT_{i}_0000.nii.gz").write_bytes(src.read_bytes())
+    res = run_cli("check", tiny_dataset)
+    assert res.exit_code == 0 and "ok" in res.output  # no labelsTs expected
+    assert run_cli("check", tiny_dataset, "--split", "test").exit_code == 0
+    (tiny_dataset.parent / "imagesTs" / "AbdomenCTCT_0032_0000.nii.gz").unlink()
+    res = run_cli("check", tiny_dataset, "--split", "val")  # the test image is not in val ...
+    assert res.exit_code == 0
+    res = run_cli("check", tiny_dataset)  # ... but the default checks every split
+    assert res.exit_code == 2 and "imagesTs/AbdomenCTCT_0032_0000.nii.gz" in res.output
+    res = run_cli("check", tiny_dataset, "--split", "eval")
+    assert res.exit_code == 2
+    one_line_error(res, str(tiny_dataset), "no split 'eval'")
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("tensorImageShape", [True, True, True], "tensorImageShape"),
+    ("training", "oops", "training: expected a list"),
+])
+def test_check_refuses_malformed_keys(tiny_dataset, key, value, msg):
+    data = json.loads(tiny_dataset.read_text())
+    data[key] = value
+    tiny_dataset.write_text(json.dumps(data))
+    res = run_cli("check", tiny_dataset)
+    assert res.exit_code == 2
+    one_line_error(res, str(tiny_dataset), msg)
+
+
+# ------------------------------------------------------------------------ issue 12 evaluator faults
+
+
+def test_corrupt_npz_with_two_workers_fails_that_pair_only(tiny_dataset, tmp_path):
+    d = tmp_path / "d"
+    write_fields(d, fmt="npz")
+    path = d / "disp_0001_0000_0002_0000.npz"
+    raw = bytearray(path.read_bytes())
+    raw[200:260] = bytes(60)  # damage the deflate stream inside the zip
+    path.write_bytes(bytes(raw))
+    for workers in ("1", "2"):
+        res = evaluate(tiny_dataset, d, tmp_path / "m.json", "--workers", workers)
+        assert res.exit_code == 1, res.stderr
+        m = json.loads((tmp_path / "m.json").read_text())
+        assert list(m["failed"]) == [KEYS[0]] and list(m["cases"]) == KEYS[1:] and m["partial"] is True
+        assert f"error: {KEYS[0]}: " in res.stderr and "Traceback" not in res.stderr
+
+
+def test_out_naming_a_folder_or_below_a_file_is_refused_before_scoring(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "d")
+    (tmp_path / "folder").mkdir()
+    res = evaluate(tiny_dataset, tmp_path / "d", tmp_path / "folder")
+    assert res.exit_code == 2
+    one_line_error(res, str(tmp_path / "folder"), "is a folder")
+    (tmp_path / "file").write_text("x")
+    res = evaluate(tiny_dataset, tmp_path / "d", tmp_path / "file" / "m.json")
+    assert res.exit_code == 2
+    one_line_error(res, "is not a folder")
+
+
+def test_default_metrics_json_goes_beside_the_fields(tiny_dataset, tmp_path, monkeypatch):
+    write_fields(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("evaluate", tiny_dataset, tmp_path / "d", "--quiet")
+    assert res.exit_code == 0
+    assert (tmp_path / "d" / "metrics.json").is_file() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("methods, msg", [
+    (5, "evaluation_methods: expected a non-empty list"),
+    ([{"name": "DSC", "metric": "dice", "labels": 5}], "labels must be a non-empty list of positive integers"),
+    ([{"name": "DSC", "metric": "dice", "labels": ["a"]}], "labels must be a non-empty list of positive integers"),
+    ([{"name": "DSC", "metric": "dice", "labels": [1]}, {"name": "DSC", "metric": "hd95", "labels": [1]}],
+     "names must be unique"),
+])
+def test_malformed_evaluation_config_is_one_line_naming_the_file(tiny_dataset, tmp_path, methods, msg):
+    cfg = _config(tiny_dataset, tmp_path)
+    data = json.loads(cfg.read_text())
+    data["evaluation_methods"] = methods
+    cfg.write_text(json.dumps(data))
+    (tmp_path / "d").mkdir()
+    res = evaluate(cfg, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 2
+    one_line_error(res, str(cfg), msg)
+
+
+def test_compare_refuses_wrong_inputs_in_one_line(tiny_dataset, tmp_path):
+    write_fields(tmp_path / "d")
+    assert evaluate(tiny_dataset, tmp_path / "d", tmp_path / "m.json").exit_code == 0
+    assert run_cli("compare", tmp_path / "m.json", tmp_path / "e.json", "--write").exit_code == 0
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {}, "pairs": {}}))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for args, msg in (((tmp_path / "run.json", tmp_path / "e.json"), "predict run.json"),
+                      ((tmp_path / "e.json", tmp_path / "m.json"), "arguments swapped"),
+                      ((tmp_path / "m.json", tmp_path / "m.json"), "arguments swapped"),
+                      ((tmp_path / "list.json", tmp_path / "e.json"), "got a JSON list"),
+                      ((tmp_path / "m.json", tmp_path / "list.json"), "got a JSON list")):
+        res = run_cli("compare", *args)
+        assert res.exit_code == 2, (args, res.output)
+        one_line_error(res, msg)
+    assert run_cli("compare", tmp_path / "m.json", tmp_path / "e.json").exit_code == 0
+
+
+def test_int64_labels_beyond_32_bits_never_wrap(tiny_dataset, tmp_path):
+    lab = tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0002_0000.nii.gz"
+    seg = np.asanyarray(nib.load(lab).dataobj).astype(np.int64)
+    seg[seg == 1] = 2**32 + 1  # an int32 cast would turn this into label 1
+    nib.save(nib.Nifti1Image(seg, np.eye(4), dtype=np.int64), lab)
+    assert io.read_labels(lab).max() == 2**32 + 1
+    write_fields(tmp_path / "d")
+    res = evaluate(tiny_dataset, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 0, res.stderr
+    case = json.loads((tmp_path / "m.json").read_text())["cases"][KEYS[0]]
+    assert math.isnan(case["DSC"]["detailed"][0])  # label 1 is absent from the moving labels now
+    notes = [line for line in res.stderr.splitlines() if "not evaluated and were ignored" in line]
+    assert len(notes) == 1 and str(lab) in notes[0] and str(2**32 + 1) in notes[0]
