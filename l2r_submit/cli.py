@@ -271,15 +271,18 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
 @click.argument("original", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")
 @click.option("--keep-deep-supervision", is_flag=True, help="Keep the coarse heads (only needed to train on).")
-def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool) -> None:
+@click.option("--source", type=click.Choice(["auto", "abdominal", "brain"]), default="auto", show_default=True,
+              help="Which of the authors' projects the file comes from. auto: abdominal when the shapes prove it "
+                   "(3 input channels); a 1-channel file needs --source abdominal. Brain networks are refused.")
+def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, source: str) -> None:
     """Convert a checkpoint of Estienne et al. (their .pth) into an l2r_submit checkpoint."""
     from . import checkpoint
 
     try:
-        net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision)
+        net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision, source=source)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
-    checkpoint.save(out_path, net, imported_from=str(original))
+    checkpoint.save(out_path, net, imported_from=str(original), source="abdominal")
     cfg = net.cfg
     click.echo(f"wrote {out_path}: {cfg.in_channels}-channel input, channels {cfg.channels}, "
                f"orientation {cfg.orientation}, deep supervision {cfg.deep_supervision}")
