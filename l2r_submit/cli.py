@@ -116,8 +116,9 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
 @click.option("--preset", type=click.Choice(["baseline", "symmetric", "pretrain-unsupervised", "pretrain-noisy",
                                              "finetune"]), default="symmetric", show_default=True,
               help="The paper's training setups.")
-@click.option("--model", "model_preset", type=click.Choice(["paper", "paper-ds", "cpu-small", "cpu-fast", "tiny"]),
-              default="paper", show_default=True, help="Network size preset (paper = 30.8 M parameters).")
+@click.option("--model", "model_preset", type=click.Choice(["paper", "paper-nods", "cpu-small", "cpu-fast", "tiny"]),
+              default="paper", show_default=True,
+              help="Network preset (paper = 30.8 M parameters with deep supervision, as every paper run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 300]")
 @click.option("--crop", default=None, help="Random crop, e.g. 128,128,128 or none for whole volumes [default: 128^3].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 2]")
@@ -128,7 +129,9 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
               help="Label maps from another source (e.g. pseudo-labels), named like the images.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. model.channel_multiplier=2, loss.reg=0.05, loss.similarity=ncc.")
-@click.option("--exclude-val-subjects", is_flag=True, help="Do not train on the subjects of the val pairs.")
+@click.option("--final-submission", is_flag=True,
+              help="Train on every training image, val subjects included (the authors' submission model); "
+                   "best.pt is then the last epoch, never chosen by a val score. Default: val subjects left out.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers [default: 2].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
@@ -138,7 +141,7 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epochs: int | None, crop: str | None,
           batch_size: int | None, lr: float | None, val_every: int | None, init: Path | None,
-          labels_dir: Path | None, settings: tuple[str, ...], exclude_val_subjects: bool, workers: int | None,
+          labels_dir: Path | None, settings: tuple[str, ...], final_submission: bool, workers: int | None,
           device: str, threads: int | None, seed: int, resume: bool, data_root: Path | None, quiet: bool) -> None:
     """Train the seed network on DATASET_JSON's training images, validating on its val pairs."""
     from . import train as tr
@@ -147,7 +150,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
     try:
         base = tr.preset_config(preset, model_preset, init=str(init) if init else None,
                                 labels_dir=str(labels_dir) if labels_dir else None)
-        overrides: dict = {"device": device, "seed": seed, "exclude_val_subjects": exclude_val_subjects}
+        overrides: dict = {"device": device, "seed": seed, "exclude_val_subjects": not final_submission}
         for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("val_every", val_every),
                            ("num_workers", workers), ("threads", threads)):
             if value is not None:

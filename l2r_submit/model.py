@@ -93,8 +93,8 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
-    "paper-ds": ModelConfig(deep_supervision=True),
+    "paper": ModelConfig(deep_supervision=True),  # every run of the paper trained with deep supervision
+    "paper-nods": ModelConfig(),
     "cpu-small": ModelConfig(in_channels=3, channel_multiplier=2, encoder_convs=(1, 1, 1, 1)),
     "cpu-fast": ModelConfig(in_channels=3, channel_multiplier=1, encoder_convs=(1, 1, 1, 1)),
     "tiny": ModelConfig(in_channels=1, base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
@@ -236,18 +236,20 @@ class RegistrationNet(nn.Module):
         return self.encoder(image)
 
     def decode(self, feats_moving: list[torch.Tensor], feats_fixed: list[torch.Tensor],
-               shape: tuple[int, ...]) -> list[torch.Tensor]:
-        """Displacements from encoder features: the full-resolution one first, then deep-supervision ones."""
+               shape: tuple[int, ...], deep: bool = True) -> list[torch.Tensor]:
+        """Displacements from encoder features: the full-resolution one first, then deep-supervision ones
+        (not with ``deep=False``: inference needs the full one only)."""
         merged = [m - f for m, f in zip(feats_moving, feats_fixed)]
         logits, coarse = self.decoder(merged)
         grads = [torch.sigmoid(logits)]
-        for head, feat in zip(self.deep_heads, coarse):  # upsample (nearest) first, then the sigmoid
+        for head, feat in zip(self.deep_heads if deep else [], coarse):  # upsample (nearest) first, then the sigmoid
             grads.append(torch.sigmoid(F.interpolate(head(feat), size=logits.shape[2:], mode="nearest")))
         crop = (slice(None), slice(None), *[slice(0, n) for n in shape])
         return [integrate(g.float())[crop] for g in grads]
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
-        """Shape: moving, fixed (B, C, I, J, K) -> list of (B, 3, I, J, K) displacements (full first).
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, deep: bool = True) -> list[torch.Tensor]:
+        """Shape: moving, fixed (B, C, I, J, K) -> list of (B, 3, I, J, K) displacements (full first;
+        the deep-supervision ones only with ``deep``).
 
         Raises:
             ValueError: inputs of different shapes or a wrong channel count.
@@ -259,7 +261,7 @@ class RegistrationNet(nn.Module):
         shape = tuple(moving.shape[2:])
         pad = _pad_to(shape, self.cfg.divisor)
         fm, ff = self.encode(F.pad(moving, pad)), self.encode(F.pad(fixed, pad))
-        return self.decode(fm, ff, shape)
+        return self.decode(fm, ff, shape, deep)
 
     def forward_symmetric(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Both directions from one pass of the shared encoder: (moving->fixed, fixed->moving)."""
@@ -295,7 +297,7 @@ def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tens
     cfg = net.cfg
     moving = to_model_frame(preprocess(moving_hu, cfg.in_channels), cfg.orientation)
     fixed = to_model_frame(preprocess(fixed_hu, cfg.in_channels), cfg.orientation)
-    return disp_from_model_frame(net(moving, fixed)[0], cfg.orientation)
+    return disp_from_model_frame(net(moving, fixed, deep=False)[0], cfg.orientation)
 
 
 def _pad_to(shape: tuple[int, ...], divisor: int) -> list[int]:
