@@ -247,7 +247,8 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     device = runtime.resolve_device(cfg.device)
     cases = training_cases(ds, cfg.exclude_val_subjects)
     if len(cases) < 2 and epoch_data is None:
-        raise ValueError(f"{ds.source}: {len(cases)} training images; at least 2 are needed")
+        where = " outside the val pairs' subjects (--final-submission trains on all)" if cfg.exclude_val_subjects else ""
+        raise ValueError(f"{ds.source}: {len(cases)} training images{where}; at least 2 are needed")
     if cfg.crop is not None and any(c > n for c, n in zip(cfg.crop, ds.shape)):
         raise ValueError(f"crop {','.join(map(str, cfg.crop))} is larger than the volumes "
                          f"({','.join(map(str, ds.shape))}); give a crop within them, or none for whole volumes")
