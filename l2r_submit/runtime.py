@@ -38,10 +38,11 @@ def rng_state() -> dict:
     """Every RNG state a run draws from: Python, NumPy's global generator, torch CPU, and CUDA (all
     devices) when CUDA is available; plain types and tensors only (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state(legacy=False)
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                       "gauss": float(np_state["gauss"])}}
+    numpy_state = {"bit_generator": np_state["bit_generator"],
+                   "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                   "gauss": float(np_state["gauss"])}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -271,14 +271,16 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         if not last_path.exists():
             raise ValueError(f"{last_path}: nothing to resume")
         _, ckpt = checkpoint.load(last_path)
-        changed = _differences(_without_epochs(ckpt.get("train_config")) or {},
+        if not isinstance(ckpt.get("train_config"), dict):
+            raise ValueError(f"{last_path}: no recorded training settings; it cannot be resumed")
+        changed = _differences(_without_epochs(ckpt["train_config"]) or {},
                                _without_epochs(_jsonable(cfg.to_dict())) or {})
         if changed:
             raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
                              "resume with the same ones (only --epochs may change)")
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
+        if ckpt.get("scaler") and use_amp:
             scaler.load_state_dict(ckpt["scaler"])
         runtime.set_rng_state(ckpt["rng"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], json.loads(ckpt["history"])
