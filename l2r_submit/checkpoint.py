@@ -92,7 +92,7 @@ def _torch_load(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     stray = _numpy_objects({k: v for k, v in obj.items() if k != "val_loss"})
-    if stray or not isinstance(obj.get("val_loss", 0.0), (int, float, np.floating, torch.Tensor)):
+    if stray or not isinstance(obj.get("val_loss"), (int, float, np.floating, torch.Tensor, type(None))):
         raise ValueError(f"{path}: not a plain-tensor checkpoint (NumPy objects {stray or ['val_loss']}); "
                          "refused and not loaded")
     if isinstance(obj.get("val_loss"), np.floating):
