@@ -161,8 +161,9 @@ def _write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
 @click.option("--preset", type=click.Choice(["baseline", "symmetric", "pretrain-unsupervised", "pretrain-noisy",
                                              "finetune"]), default="symmetric", show_default=True,
               help="The paper's training setups.")
-@click.option("--model", "model_preset", type=click.Choice(["paper", "paper-ds", "cpu-small", "cpu-fast", "tiny"]),
-              default="paper", show_default=True, help="Network size preset (paper = 30.8 M parameters).")
+@click.option("--model", "model_preset", type=click.Choice(["paper", "paper-nods", "cpu-small", "cpu-fast", "tiny"]),
+              default="paper", show_default=True,
+              help="Network preset (paper = 30.8 M parameters with deep supervision, as every paper run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 300]")
 @click.option("--crop", default=None, help="Random crop, e.g. 128,128,128 or none for whole volumes [default: 128^3].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 2]")
@@ -173,7 +174,9 @@ def _write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
               help="Label maps from another source (e.g. pseudo-labels), named like the images.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. model.channel_multiplier=2, loss.reg=0.05, loss.similarity=ncc.")
-@click.option("--exclude-val-subjects", is_flag=True, help="Do not train on the subjects of the val pairs.")
+@click.option("--final-submission", is_flag=True,
+              help="Train on every training image, val subjects included (the authors' submission model); "
+                   "best.pt is then the last epoch, never chosen by a val score. Default: val subjects left out.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers [default: 2].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
@@ -183,7 +186,7 @@ def _write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epochs: int | None, crop: str | None,
           batch_size: int | None, lr: float | None, val_every: int | None, init: Path | None,
-          labels_dir: Path | None, settings: tuple[str, ...], exclude_val_subjects: bool, workers: int | None,
+          labels_dir: Path | None, settings: tuple[str, ...], final_submission: bool, workers: int | None,
           device: str, threads: int | None, seed: int, resume: bool, data_root: Path | None, quiet: bool) -> None:
     """Train the seed network on DATASET_JSON's training images, validating on its val pairs."""
     _check_folder_option(out_dir, "--out")
@@ -193,7 +196,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
     try:
         base = tr.preset_config(preset, model_preset, init=str(init) if init else None,
                                 labels_dir=str(labels_dir) if labels_dir else None)
-        overrides: dict = {"device": device, "seed": seed, "exclude_val_subjects": exclude_val_subjects}
+        overrides: dict = {"device": device, "seed": seed, "exclude_val_subjects": not final_submission}
         for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("val_every", val_every),
                            ("num_workers", workers), ("threads", threads)):
             if value is not None:
@@ -352,15 +355,18 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
 @click.argument("original", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")
 @click.option("--keep-deep-supervision", is_flag=True, help="Keep the coarse heads (only needed to train on).")
-def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool) -> None:
+@click.option("--source", type=click.Choice(["auto", "abdominal", "brain"]), default="auto", show_default=True,
+              help="Which of the authors' projects the file comes from. auto: abdominal when the shapes prove it "
+                   "(3 input channels); a 1-channel file needs --source abdominal. Brain networks are refused.")
+def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, source: str) -> None:
     """Convert a checkpoint of Estienne et al. (their .pth) into an l2r_submit checkpoint."""
     from . import checkpoint
 
     try:
-        net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision)
+        net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision, source=source)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
-    checkpoint.save(out_path, net, imported_from=str(original))
+    checkpoint.save(out_path, net, imported_from=str(original), source="abdominal")
     cfg = net.cfg
     click.echo(f"wrote {out_path}: {cfg.in_channels}-channel input, channels {cfg.channels}, "
                f"orientation {cfg.orientation}, deep supervision {cfg.deep_supervision}")

@@ -47,9 +47,12 @@ def one_hot(seg: torch.Tensor, n_classes: int) -> torch.Tensor:
 def soft_dice_loss(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """1 - soft Dice averaged over foreground classes; squared-sum denominator, ``smooth`` added.
 
+    As the authors' ``mean_dice_loss``: each class's sums run over the whole batch (one Dice per class,
+    not one per image and class).
+
     Shape: two (B, L, I, J, K) -> scalar. Class 0 (background) is left out.
     """
-    dims = (2, 3, 4)
+    dims = (0, 2, 3, 4)
     w, f = warped_onehot[:, 1:], fixed_onehot[:, 1:]
     inter = (w * f).sum(dims)
     denom = (w * w).sum(dims) + (f * f).sum(dims)
@@ -103,13 +106,20 @@ class LossWeights:
     n_classes: int = 14
 
 
+def similarity_term(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, w: LossWeights) -> torch.Tensor:
+    """Similarity of moving warped by ``disp`` to fixed (``w.similarity``: mse, or local NCC of window 0).
+
+    Shape: disp (B, 3, I, J, K), images (B, C, I, J, K) -> scalar.
+    """
+    warped = warp_image(moving, disp)
+    return mse(warped, fixed) if w.similarity == "mse" else local_ncc(warped[:, :1], fixed[:, :1])
+
+
 def direction_terms(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
                     moving_seg: torch.Tensor | None, fixed_seg: torch.Tensor | None,
                     w: LossWeights) -> dict[str, torch.Tensor]:
     """Similarity, Dice and regulariser of one direction (moving warped onto fixed)."""
-    warped = warp_image(moving, disp)
-    sim = mse(warped, fixed) if w.similarity == "mse" else local_ncc(warped[:, :1], fixed[:, :1])
-    terms = {"sim": sim, "reg": gradient_l1(disp)}
+    terms = {"sim": similarity_term(disp, moving, fixed, w), "reg": gradient_l1(disp)}
     if moving_seg is not None and fixed_seg is not None and w.dice > 0:
         warped_seg = warp_image(one_hot(moving_seg, w.n_classes), disp)
         terms["dice"] = soft_dice_loss(warped_seg, one_hot(fixed_seg, w.n_classes))
@@ -119,18 +129,26 @@ def direction_terms(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tenso
 def registration_loss(disps: list[torch.Tensor], moving: torch.Tensor, fixed: torch.Tensor,
                       moving_seg: torch.Tensor | None, fixed_seg: torch.Tensor | None, w: LossWeights,
                       disps_back: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Named loss terms averaged over deep-supervision levels and, when ``disps_back`` is given, over the
-    two directions (the symmetric loss: fixed->moving uses the swapped roles).
+    """Named loss terms, as the authors combine them, averaged over the two directions when ``disps_back``
+    is given (the symmetric loss: fixed->moving uses the swapped roles).
+
+    Deep supervision (``disps`` = [full, coarser ...]): only the similarity is averaged over all levels;
+    the Dice term and the regulariser use the full-resolution (first) displacement only.
+
+    Shape: displacements (B, 3, I, J, K); images (B, C, I, J, K); labels (B, 1, I, J, K).
 
     Returns:
         ``{"sim", "reg", ["dice"], "total", "folded"}``, scalars; ``total`` carries the gradient.
     """
-    runs = [(d, moving, fixed, moving_seg, fixed_seg) for d in disps]
+    directions = [(disps, moving, fixed, moving_seg, fixed_seg)]
     if disps_back is not None:
-        runs += [(d, fixed, moving, fixed_seg, moving_seg) for d in disps_back]
+        directions.append((disps_back, fixed, moving, fixed_seg, moving_seg))
     acc: dict[str, list[torch.Tensor]] = {}
-    for args in runs:
-        for name, value in direction_terms(*args, w).items():
+    for levels, src, dst, src_seg, dst_seg in directions:
+        full = direction_terms(levels[0], src, dst, src_seg, dst_seg, w)
+        sims = [full["sim"]] + [similarity_term(d, src, dst, w) for d in levels[1:]]
+        full["sim"] = torch.stack(sims).mean()
+        for name, value in full.items():
             acc.setdefault(name, []).append(value)
     terms = {name: torch.stack(values).mean() for name, values in acc.items()}
     total = w.sim * terms["sim"] + w.reg * terms["reg"]

@@ -5,11 +5,14 @@ the output displacement is (B, 3, I, J, K) float32 voxels, a pull map on the fix
 
 Architecture (facts from the paper and the authors' public code; our own implementation):
   * one encoder, shared, applied to moving and to fixed; skips merged by SUBTRACTION (moving - fixed);
-  * encoder: stem (conv Cin->c0, conv c0->c0, residual add, no norm), then per level a 2x2x2 stride-2
-    conv and n 3x3x3 convs, each conv + InstanceNorm (no affine) + ReLU;
+  * encoder: input block (no norm) ``h = relu(conv_a(x)); out = relu(conv_b(h)) + h``, then per level a
+    2x2x2 stride-2 conv and n 3x3x3 convs, each conv + InstanceNorm (no affine) + ReLU;
   * decoder: per level a 2x2x2 stride-2 transposed conv (+ norm + ReLU), concat [up, skip], n convs;
   * head: 3x3x3 conv to 3 channels + sigmoid = spatial gradients g in (0, 1), 0.5 = identity; the head is
     zero-initialised so an untrained network gives a zero displacement;
+  * deep supervision: a 3x3x3 conv to 3 channels on the merged bottleneck and on each decoder level but
+    the last (PyTorch's default init, as the authors'), nearest-neighbour upsampling to full size, then
+    the sigmoid;
   * integration along axis k: position p_k(i) = 2 * sum_{m <= i} g_k(m) - 1 (voxels), disp = p - i.
 """
 
@@ -90,8 +93,8 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
-    "paper-ds": ModelConfig(deep_supervision=True),
+    "paper": ModelConfig(deep_supervision=True),  # every run of the paper trained with deep supervision
+    "paper-nods": ModelConfig(),
     "cpu-small": ModelConfig(in_channels=3, channel_multiplier=2, encoder_convs=(1, 1, 1, 1)),
     "cpu-fast": ModelConfig(in_channels=3, channel_multiplier=1, encoder_convs=(1, 1, 1, 1)),
     "tiny": ModelConfig(in_channels=1, base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
@@ -143,7 +146,13 @@ class ConvNormAct(nn.Sequential):
 
 
 class Stem(nn.Module):
-    """Input block: conv Cin->C, conv C->C, residual add, no norm."""
+    """The authors' input block, no norm: ``h = relu(conv_in(x)); out = relu(conv_res(h)) + h``.
+
+    The activation follows each conv and the residual is added after the second one (their
+    ``InputBlock``: ``add_conv`` = ``conv_in``, ``conv`` = ``conv_res``).
+
+    Shape: (B, cin, I, J, K) -> (B, cout, I, J, K).
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
@@ -151,8 +160,8 @@ class Stem(nn.Module):
         self.conv_res = nn.Conv3d(cout, cout, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        return F.relu(h + self.conv_res(h))
+        h = F.relu(self.conv_in(x))
+        return F.relu(self.conv_res(h)) + h
 
 
 class DownLevel(nn.Module):
@@ -221,29 +230,26 @@ class RegistrationNet(nn.Module):
         self.decoder = Decoder(cfg)
         self.deep_heads = nn.ModuleList(
             nn.Conv3d(c, 3, 3, padding=1, bias=cfg.decoder_bias) for c in cfg.channels[::-1][:-1]
-        ) if cfg.deep_supervision else nn.ModuleList()
-        for head in self.deep_heads:
-            nn.init.zeros_(head.weight)
-            if head.bias is not None:
-                nn.init.zeros_(head.bias)
+        ) if cfg.deep_supervision else nn.ModuleList()  # default init, as the authors' (only the final head is zeroed)
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(image)
 
     def decode(self, feats_moving: list[torch.Tensor], feats_fixed: list[torch.Tensor],
-               shape: tuple[int, ...]) -> list[torch.Tensor]:
-        """Displacements from encoder features: the full-resolution one first, then deep-supervision ones."""
+               shape: tuple[int, ...], deep: bool = True) -> list[torch.Tensor]:
+        """Displacements from encoder features: the full-resolution one first, then deep-supervision ones
+        (not with ``deep=False``: inference needs the full one only)."""
         merged = [m - f for m, f in zip(feats_moving, feats_fixed)]
         logits, coarse = self.decoder(merged)
         grads = [torch.sigmoid(logits)]
-        for head, feat in zip(self.deep_heads, coarse):
-            g = torch.sigmoid(head(feat))
-            grads.append(F.interpolate(g, size=logits.shape[2:], mode="trilinear", align_corners=True))
+        for head, feat in zip(self.deep_heads if deep else [], coarse):  # upsample (nearest) first, then the sigmoid
+            grads.append(torch.sigmoid(F.interpolate(head(feat), size=logits.shape[2:], mode="nearest")))
         crop = (slice(None), slice(None), *[slice(0, n) for n in shape])
         return [integrate(g.float())[crop] for g in grads]
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
-        """Shape: moving, fixed (B, C, I, J, K) -> list of (B, 3, I, J, K) displacements (full first).
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, deep: bool = True) -> list[torch.Tensor]:
+        """Shape: moving, fixed (B, C, I, J, K) -> list of (B, 3, I, J, K) displacements (full first;
+        the deep-supervision ones only with ``deep``).
 
         Raises:
             ValueError: inputs of different shapes or a wrong channel count.
@@ -255,7 +261,7 @@ class RegistrationNet(nn.Module):
         shape = tuple(moving.shape[2:])
         pad = _pad_to(shape, self.cfg.divisor)
         fm, ff = self.encode(F.pad(moving, pad)), self.encode(F.pad(fixed, pad))
-        return self.decode(fm, ff, shape)
+        return self.decode(fm, ff, shape, deep)
 
     def forward_symmetric(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Both directions from one pass of the shared encoder: (moving->fixed, fixed->moving)."""
@@ -291,7 +297,7 @@ def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tens
     cfg = net.cfg
     moving = to_model_frame(preprocess(moving_hu, cfg.in_channels), cfg.orientation)
     fixed = to_model_frame(preprocess(fixed_hu, cfg.in_channels), cfg.orientation)
-    return disp_from_model_frame(net(moving, fixed)[0], cfg.orientation)
+    return disp_from_model_frame(net(moving, fixed, deep=False)[0], cfg.orientation)
 
 
 def _pad_to(shape: tuple[int, ...], divisor: int) -> list[int]:

@@ -34,6 +34,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Every RNG state a run draws from: Python, NumPy's global generator, torch CPU, and CUDA (all
+    devices) when CUDA is available; plain types and tensors only (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state(legacy=False)
+    numpy_state = {"bit_generator": np_state["bit_generator"],
+                   "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                   "gauss": float(np_state["gauss"])}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(), "numpy": numpy_state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict | torch.Tensor) -> None:
+    """Restore what :func:`rng_state` saved (a bare tensor: torch CPU only, as older checkpoints stored).
+
+    Raises:
+        ValueError: the state holds CUDA generators for more devices than are available.
+    """
+    if isinstance(state, torch.Tensor):
+        torch.set_rng_state(state)
+        return
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "has_gauss": n["has_gauss"], "gauss": n["gauss"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) > torch.cuda.device_count():
+            raise ValueError(f"the run saved {len(cuda)} CUDA generators, {torch.cuda.device_count()} devices here")
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def deterministic_cudnn() -> None:
+    """cuDNN in deterministic mode with autotuning off (set once, at the start of a CUDA training run)."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def configure_threads(n: int | None) -> None:
     """Use ``n`` intra-op threads (None: torch's default, the available cores)."""
     if n is not None and n > 0:

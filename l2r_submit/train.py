@@ -6,8 +6,15 @@ Python API::
     train.run(cfg, dataset.load("test_data/AbdomenCTCT_dataset.json"), Path("runs/a"))
 
 A run folder holds ``config.json``, ``last.pt`` (every epoch, with optimizer and RNG state), ``best.pt``
-(best validation Dice, or lowest validation loss without labels), ``log.jsonl`` and ``log.csv`` (one
-row per epoch) and ``curves.png``.
+(best validation Dice, or lowest validation loss without labels; with ``exclude_val_subjects=False``, the
+final-submission mode, the last epoch: a validation score on subjects it trained on selects nothing),
+``log.jsonl`` and ``log.csv`` (one row per epoch) and ``curves.png``.
+
+Determinism: on CPU a resumed run equals an uninterrupted one bit for bit (weights, optimizer, the Python,
+NumPy and torch RNG states; items derive from (seed, epoch, index)). On CUDA every RNG state (all
+devices) and the float16 loss scaler are restored too and cuDNN runs deterministic with autotuning off,
+but the backward pass of ``grid_sample`` accumulates with atomic adds, so CUDA runs (resumed or not) are
+close, not bit-identical.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ class TrainConfig:
         val_every: validate every N epochs (and after the last).
         num_workers: DataLoader workers.
         seed: the run's seed.
-        exclude_val_subjects: leave the subjects of the validation pairs out of training.
+        exclude_val_subjects: leave the subjects of the validation pairs out of training (the paper's
+            protocol, the default). False is the final-submission mode: train on all, and ``best.pt`` is
+            the last epoch (no validation score on trained subjects selects it).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads (None: all).
     """
@@ -74,9 +83,21 @@ class TrainConfig:
     val_every: int = 20
     num_workers: int = 2
     seed: int = 0
-    exclude_val_subjects: bool = False
+    exclude_val_subjects: bool = True
     device: str = "auto"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:
+            crop = tuple(self.crop)
+            if len(crop) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in crop):
+                raise ValueError(f"crop: {','.join(map(str, crop))} received, expected three positive sizes "
+                                 "like 128,128,128 (or none for whole volumes)")
+
+    @property
+    def selects_on_val(self) -> bool:
+        """Whether ``best.pt`` is chosen by the validation score (not in the final-submission mode)."""
+        return self.exclude_val_subjects
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,10 +152,13 @@ def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
         ValueError: unknown key or a value that does not parse as the field's type.
     """
     section, _, sub = key.partition(".")
+    if sub and section not in ("model", "loss"):
+        raise ValueError(f"unknown training setting '{key}' (dotted keys start with model. or loss.)")
     obj = getattr(cfg, section) if sub else cfg
     name = sub or key
-    if not hasattr(obj, name):
-        raise ValueError(f"unknown training setting '{key}'")
+    if not hasattr(obj, name) or name.startswith("_") or callable(getattr(obj, name)):
+        known = sorted(f.name for f in fields(obj))
+        raise ValueError(f"unknown training setting '{key}'; known: {', '.join(known)}")
     current = getattr(obj, name)
     low = text.strip().lower()
     try:
@@ -223,7 +247,11 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     device = runtime.resolve_device(cfg.device)
     cases = training_cases(ds, cfg.exclude_val_subjects)
     if len(cases) < 2 and epoch_data is None:
-        raise ValueError(f"{ds.source}: {len(cases)} training images; at least 2 are needed")
+        where = " outside the val pairs' subjects (--final-submission trains on all)" if cfg.exclude_val_subjects else ""
+        raise ValueError(f"{ds.source}: {len(cases)} training images{where}; at least 2 are needed")
+    if cfg.crop is not None and any(c > n for c, n in zip(cfg.crop, ds.shape)):
+        raise ValueError(f"crop {','.join(map(str, cfg.crop))} is larger than the volumes "
+                         f"({','.join(map(str, ds.shape))}); give a crop within them, or none for whole volumes")
     runtime.seed_everything(cfg.seed)
     net = model.RegistrationNet(cfg.model)
     if cfg.init:
@@ -235,7 +263,7 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     use_amp = device.type == "cuda"
     if use_amp:
-        torch.backends.cudnn.benchmark = True
+        runtime.deterministic_cudnn()
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best, history = 0, -math.inf, []
     last_path = out_dir / "last.pt"
@@ -243,12 +271,18 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         if not last_path.exists():
             raise ValueError(f"{last_path}: nothing to resume")
         _, ckpt = checkpoint.load(last_path)
-        if _without_epochs(ckpt.get("train_config")) != _without_epochs(_jsonable(cfg.to_dict())):
-            raise ValueError(f"{last_path}: the run was started with other settings; resume with the same ones "
-                             "(only --epochs may change)")
+        if not isinstance(ckpt.get("train_config"), dict):
+            raise ValueError(f"{last_path}: no recorded training settings; it cannot be resumed")
+        changed = _differences(_without_epochs(ckpt["train_config"]) or {},
+                               _without_epochs(_jsonable(cfg.to_dict())) or {})
+        if changed:
+            raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
+                             "resume with the same ones (only --epochs may change)")
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("scaler") and use_amp:
+            scaler.load_state_dict(ckpt["scaler"])
+        runtime.set_rng_state(ckpt["rng"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], json.loads(ckpt["history"])
         if start_epoch > cfg.epochs:
             raise ValueError(f"{last_path}: the run already trained {start_epoch} epochs, more than --epochs "
@@ -293,16 +327,18 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
                 break
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
         out_of_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time:
+        final = epoch + 1 == cfg.epochs or out_of_time or (max_steps is not None and steps >= max_steps)
+        if (epoch + 1) % cfg.val_every == 0 or final:
             row.update(validate(net, ds, device, cfg.loss))
-            score = row.get("DSC", -row["val_loss"])
+            score = row.get("DSC", -row["val_loss"]) if cfg.selects_on_val else float(epoch)
             if score > best:
                 best = score
                 checkpoint.save(out_dir / "best.pt", net, epoch=epoch, metrics=row, train_config=_jsonable(cfg.to_dict()))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        checkpoint.save(last_path, net, epoch=epoch, optimizer=opt.state_dict(), rng=torch.get_rng_state(),
-                        best=best, history=json.dumps(history), metrics=row, train_config=_jsonable(cfg.to_dict()))
+        checkpoint.save(last_path, net, epoch=epoch, optimizer=opt.state_dict(), rng=runtime.rng_state(),
+                        scaler=scaler.state_dict(), best=best, history=json.dumps(history), metrics=row,
+                        train_config=_jsonable(cfg.to_dict()))
         _write_logs(out_dir, history)
         if progress:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -317,6 +353,18 @@ def _without_epochs(cfg: dict | None) -> dict | None:
     """A run's settings less ``epochs``: no learning-rate schedule depends on it, and items are derived
     from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it."""
     return None if cfg is None else {k: v for k, v in cfg.items() if k != "epochs"}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts (nested keys dotted)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
 
 
 def _jsonable(d: dict) -> dict:

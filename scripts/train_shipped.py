@@ -6,7 +6,7 @@ twice; every training item deforms one anatomy twice with independent smooth ran
 10 voxels) and augments intensities. Validation: the val pairs of test_data/ (which use the same
 anatomies: these weights are in-distribution there).
 
-    python scripts/train_shipped.py [--epochs 90] [--lr 2e-3] [--items 32] [--crop 64] [--ship best|last]
+    python scripts/train_shipped.py [--epochs 90] [--lr 2e-3] [--items 32] [--crop 64]
                                     [--out runs/shipped] [--weights weights] [--resume] [--init FILE]
                                     [--whole --device cuda] [--max-minutes M] [--val-every N]
 
@@ -14,18 +14,29 @@ Items are 64^3 crops made by CPU workers (l2r_submit.synthetic.SyntheticPairs), 
 whole volumes made on the training device (l2r_submit.volume_pairs.VolumePairs): meant for a GPU (on 2
 CPU threads one full-resolution step of batch 2 takes ~90 s; on an H200 ~0.4 s).
 
-The weights shipped now came from two ``--whole`` runs on an H200, the second started from the first's
-weights: weights/manifest.json lists both commands.
+The training items come from the anatomies of the validation pairs, so no validation score selects
+the shipped weights: they are the last epoch's (the final-submission mode of ``l2r_submit.train``).
+
+This script alone writes weights/manifest.json, together with the weights: the exact command, the epochs
+asked for and trained, what stopped the run (``--epochs`` or ``--max-minutes``), device, torch version,
+wall time and code commit. Each entry is also stored in the weights file (``provenance``), so a run
+started with ``--init`` from shipped weights lists the runs that made them first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from l2r_submit import __version__, checkpoint, dataset, io, runtime, train
 from l2r_submit.synthetic import SyntheticPairs, paint_from_labels
@@ -52,14 +63,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start from these weights (a fresh optimizer), e.g. to continue a run whose last.pt is gone.")
 @click.option("--resume", is_flag=True)
-@click.option("--ship", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Ship the checkpoint with the best validation Dice, or the last one.")
 def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path, threads: int, norm: str,
-         whole: bool, device: str, max_minutes: float | None, val_every: int, init: str | None, resume: bool, ship: str) -> None:
+         whole: bool, device: str, max_minutes: float | None, val_every: int, init: str | None, resume: bool) -> None:
     try:
         runtime.resolve_device(device)  # refuse --device cuda without a GPU before any work
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    command = "python scripts/train_shipped.py " + shlex.join(sys.argv[1:])
+    commit = _code_commit()
+    lineage = _init_provenance(Path(init)) if init else []
+    t_start = time.perf_counter()
     ds = dataset.load(ROOT / "test_data" / "AbdomenCTCT_dataset.json")
     anatomies, painted = [], []
     rng = np.random.default_rng(99)
@@ -70,7 +83,7 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
         painted.append([paint_from_labels(labels, rng) for _ in range(2)])
     cfg = train.preset_config("symmetric", "cpu-fast", epochs=epochs, crop=None if whole else (crop, crop, crop),
                               batch_size=2, lr=lr, val_every=val_every, num_workers=0 if whole else 1, device=device,
-                              threads=threads, seed=0, init=init, **{"model.norm": norm})
+                              threads=threads, seed=0, init=init, exclude_val_subjects=False, **{"model.norm": norm})
 
     def epoch_data(epoch: int) -> SyntheticPairs | VolumePairs:
         if whole:
@@ -81,26 +94,75 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
     last = train.run(cfg, ds, out, resume=resume, epoch_data=epoch_data,
                      max_seconds=None if max_minutes is None else 60 * max_minutes)
     trained = last["epoch"]  # fewer than --epochs when --max-minutes stopped it
-    net, ckpt = checkpoint.load(out / f"{ship}.pt")
+    net, ckpt = checkpoint.load(out / "last.pt")
+    record = {
+        "command": command,
+        "epochs_requested": epochs,
+        "epochs_trained": trained,
+        "stopped_by": "--epochs" if trained >= epochs else f"--max-minutes {max_minutes:g} (after epoch {trained})",
+        "resumed": resume,
+        "init": {"file": init, "sha256": _sha256(Path(init))} if init else None,
+        "device": _device_text(device, threads),
+        "torch": torch.__version__,
+        "wall_minutes": round((time.perf_counter() - t_start) / 60, 1),
+        "code_commit": commit,
+        "package_version": __version__,
+    }
+    provenance = lineage + [record]
     weights.mkdir(parents=True, exist_ok=True)
     target = weights / "l2r_cpu_fast.pt"
-    checkpoint.save(target, net, epoch=ckpt["epoch"], metrics=ckpt["metrics"])  # weights only, no optimizer
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    checkpoint.save(target, net, epoch=ckpt["epoch"], metrics=ckpt["metrics"],  # weights only, no optimizer
+                    provenance=json.dumps(provenance))
+    digest = _sha256(target)
+    data_files = [ds.source] + [p for c in ds.training if c.id in ("0004", "0005") for p in (c.image, c.label)]
     manifest = {
+        "written_by": "scripts/train_shipped.py (never edit by hand: rerun the script)",
         "default": target.name,
         "files": {target.name: {"sha256": digest, "bytes": target.stat().st_size}},
         "model_preset": "cpu-fast",
-        "trained_with": "python scripts/train_shipped.py "
-                        + f"--epochs {trained} --lr {lr:g} --items {items} --norm {norm} --ship {ship} "
-                        + (f"--whole --device {device}" if whole else f"--crop {crop}")
-                        + (f" --init {init}" if init else ""),
+        "model_config": net.cfg.to_dict(),
+        "trained_with": provenance,
+        "shipped": "the last epoch (training items come from the validation anatomies: no score selects it)",
         "shipped_epoch": ckpt["epoch"] + 1,
         "package_version": __version__,
-        "data": "synthetic deformations and re-paintings of test_data subjects 0004 and 0005 (see the script)",
+        "data": ("whole-volume synthetic pairs (l2r_submit.volume_pairs.VolumePairs)" if whole else
+                 f"{crop}^3 synthetic crops (l2r_submit.synthetic.SyntheticPairs)")
+                + " of test_data subjects 0004 and 0005, each also re-painted from its labels twice, deformed by "
+                  "smooth random fields up to 10 voxels, with intensity augmentation",
+        "data_sha256": {str(Path(f).resolve().relative_to(ROOT)): _sha256(Path(f)) for f in data_files},
         "validation": {k: v for k, v in ckpt["metrics"].items() if k in ("val_loss", "DSC", "HD95", "LogJacDetStd")},
     }
-    (weights / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    text = json.dumps(manifest, indent=2) + "\n"
+    io.atomic_write(weights / "manifest.json", lambda tmp: Path(tmp).write_text(text))
     click.echo(f"wrote {target} (sha256 {digest[:12]}...) and {weights / 'manifest.json'}")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _code_commit() -> str | None:
+    """The repository's commit, with ``+uncommitted`` when the package or this script differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "l2r_submit", "scripts"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+
+
+def _init_provenance(init: Path) -> list:
+    """The runs that made the ``--init`` weights, as stored in them (none for files older than this)."""
+    _, ckpt = checkpoint.load(init)
+    stored = ckpt.get("provenance")
+    return json.loads(stored) if isinstance(stored, str) else []
+
+
+def _device_text(device: str, threads: int) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), float16 autocast"
+    return f"CPU ({platform.processor() or platform.machine()}), {threads} threads"
 
 
 if __name__ == "__main__":

@@ -14,9 +14,18 @@ SETTINGS = dict(epochs=2, crop=(16, 16, 16), val_every=1, num_workers=0, device=
                 **{"loss.n_classes": 5})
 
 
+def _dataset_with_val_pair(root, n_subjects: int = 4):
+    """The tiny dataset with one val pair (0001, 0002): subjects 0003.. are the training subjects."""
+    path = write_tiny_dataset(root, n_subjects=n_subjects)
+    spec = json.loads(path.read_text())
+    spec["registration_val"] = spec["registration_val"][:1]
+    path.write_text(json.dumps(spec))
+    return dataset.load(path)
+
+
 @pytest.fixture
 def ds4(tmp_path):
-    return dataset.load(write_tiny_dataset(tmp_path / "data", n_subjects=4))
+    return _dataset_with_val_pair(tmp_path / "data")
 
 
 def test_epoch_pairs_scheme():
@@ -47,7 +56,7 @@ def test_a_few_steps_lower_the_loss():
 def test_resume_reproduces_uninterrupted_run(ds4, tmp_path):
     cfg = train.preset_config("symmetric", "tiny", **SETTINGS)
     train.run(cfg, ds4, tmp_path / "full", progress=False)
-    train.run(cfg, ds4, tmp_path / "cut", progress=False, max_steps=2)  # killed after epoch 1 (2 steps)
+    train.run(cfg, ds4, tmp_path / "cut", progress=False, max_steps=1)  # killed after epoch 1 (1 step)
     first = json.loads((tmp_path / "cut" / "log.jsonl").read_text().splitlines()[-1])
     assert first["epoch"] == 1
     train.run(cfg, ds4, tmp_path / "cut", resume=True, progress=False)
@@ -57,7 +66,7 @@ def test_resume_reproduces_uninterrupted_run(ds4, tmp_path):
         assert torch.equal(v, b.state_dict()[k]), k
     assert (tmp_path / "full" / "log.csv").read_text().count("\n") == 3
     longer = train.preset_config("symmetric", "tiny", **{**SETTINGS, "epochs": 5})
-    train.run(longer, ds4, tmp_path / "long", progress=False, max_steps=2)  # meant to run 5 epochs, killed
+    train.run(longer, ds4, tmp_path / "long", progress=False, max_steps=1)  # meant to run 5 epochs, killed
     train.run(cfg, ds4, tmp_path / "long", resume=True, progress=False)  # finished with the epoch count of cfg
     c, _ = checkpoint.load(tmp_path / "long" / "last.pt")
     for k, v in a.state_dict().items():
@@ -113,3 +122,69 @@ def test_max_seconds_stops_on_a_validated_epoch(ds4, tmp_path):
     row = train.run(cfg, ds4, tmp_path / "run", progress=False, max_seconds=0.0)
     assert row["epoch"] == 1 and "val_loss" in row  # validated although val_every is 3
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_val_subjects_out_by_default_final_submission_ships_the_last_epoch(ds4, tmp_path, monkeypatch):
+    cfg = train.preset_config("symmetric", "tiny", **SETTINGS)
+    assert cfg.exclude_val_subjects and [c.id for c in train.training_cases(ds4, cfg.exclude_val_subjects)] == [
+        "0003", "0004"]
+    assert train.preset_config("symmetric").model.deep_supervision  # --model paper: as every paper run
+    scores = iter([0.9, 0.1, 0.9, 0.1])  # epoch 1 scores best, epoch 2 is the last
+    monkeypatch.setattr(train, "validate", lambda *a, **k: {"val_loss": 0.0, "DSC": next(scores)})
+    train.run(cfg, ds4, tmp_path / "paper", progress=False)
+    assert checkpoint.load(tmp_path / "paper" / "best.pt")[1]["epoch"] == 0  # chosen on held-out subjects
+    final = train.preset_config("symmetric", "tiny", **{**SETTINGS, "exclude_val_subjects": False})
+    train.run(final, ds4, tmp_path / "final", progress=False)
+    assert checkpoint.load(tmp_path / "final" / "best.pt")[1]["epoch"] == 1  # the last, whatever the val score
+    assert len(train.training_cases(ds4, final.exclude_val_subjects)) == 4
+
+
+class _NoisyPairs(torch.utils.data.Dataset):
+    """Items drawn from the global Python and NumPy generators (as user code may do)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import random
+
+        base = torch.from_numpy(np.random.rand(1, 16, 16, 16).astype(np.float32))
+        return {"moving": base, "fixed": torch.roll(base, 1 + int(random.random() * 3), dims=1)}
+
+
+def test_resume_restores_python_and_numpy_generators(ds4, tmp_path):
+    cfg = train.preset_config("symmetric", "tiny", **{**SETTINGS, "loss.dice": 0.0, "epochs": 2, "val_every": 5})
+    train.run(cfg, ds4, tmp_path / "full", progress=False, epoch_data=lambda e: _NoisyPairs())
+    train.run(cfg, ds4, tmp_path / "cut", progress=False, epoch_data=lambda e: _NoisyPairs(), max_steps=1)
+    train.run(cfg, ds4, tmp_path / "cut", resume=True, progress=False, epoch_data=lambda e: _NoisyPairs())
+    a, _ = checkpoint.load(tmp_path / "full" / "last.pt")
+    b, ckpt = checkpoint.load(tmp_path / "cut" / "last.pt")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+
+
+def _one_line_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    for needle in needles:
+        assert needle in res.output, res.output
+
+
+def test_train_cli_bad_settings_are_one_line_errors(ds4, tmp_path):
+    base = [str(ds4.source), "--out", str(tmp_path / "run"), "--model", "tiny", "--epochs", "1", "--workers", "0",
+            "--device", "cpu", "--set", "loss.n_classes=5", "--quiet"]
+    runner = CliRunner()
+    _one_line_error(runner.invoke(main, ["train", *base, "--set", "foo.bar=1"]), "unknown training setting 'foo.bar'")
+    _one_line_error(runner.invoke(main, ["train", *base, "--set", "model.colour=1"]), "'model.colour'")
+    _one_line_error(runner.invoke(main, ["train", *base, "--crop", "0,0,0"]), "crop: 0,0,0", "positive")
+    _one_line_error(runner.invoke(main, ["train", *base, "--crop", "16,16"]), "crop: 16,16")
+    _one_line_error(runner.invoke(main, ["train", *base, "--crop", "500,500,500"]),
+                    "crop 500,500,500 is larger than the volumes (24,20,28)")
+    assert not (tmp_path / "run" / "last.pt").exists()
+    res = runner.invoke(main, ["train", *base, "--crop", "16,16,16", "--max-steps-not-an-option"])
+    assert res.exit_code == 2
+    res = runner.invoke(main, ["train", *base, "--crop", "16,16,16"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["train", *base, "--crop", "16,16,16", "--lr", "1e-3", "--epochs", "2", "--resume"])
+    _one_line_error(res, "last.pt: the run was started with other settings (lr: 0.0001 -> 0.001)")
