@@ -77,6 +77,7 @@ class Dataset:
         training: training cases (image and label) listed by a dataset JSON.
         unknown_keys: top-level keys this tool does not know (reported, not fatal).
         source: the JSON or CSV the dataset came from.
+        modality: the images' modality (the JSON's ``modality`` entry "0"; CT when it has none).
     """
 
     root: Path
@@ -87,6 +88,12 @@ class Dataset:
     training: list[Case] = field(default_factory=list)
     unknown_keys: tuple[str, ...] = ()
     source: Path | None = None
+    modality: str = "CT"
+
+    @property
+    def is_ct(self) -> bool:
+        """True when intensities are Hounsfield units (modality CT)."""
+        return self.modality.strip().upper() == "CT"
 
     def pairs(self, split: str | None = None) -> list[Pair]:
         """Pairs of ``split``; with None, ``val`` when it has pairs, else ``test``, else ``eval``.
@@ -229,7 +236,15 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     return Dataset(
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
         splits=splits, training=training, unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path,
+        modality=_modality(data.get("modality")),
     )
+
+
+def _modality(value: object) -> str:
+    """The modality of channel "0" of a dataset JSON (``{"0": "CT"}``); CT when absent."""
+    if isinstance(value, dict):
+        value = value.get("0", next(iter(value.values()), None))
+    return value if isinstance(value, str) and value.strip() else "CT"
 
 
 def _load_config(path: Path, data: dict, root: Path) -> Dataset:

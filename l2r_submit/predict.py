@@ -6,9 +6,10 @@ Python API::
     cfg = predict.PredictConfig(dataset.load("test_data/AbdomenCTCT_dataset.json"), Path("out"))
     manifest = predict.run(cfg)        # also written to out/run.json
 
-Per pair: read moving and fixed (HU), run the network moving->fixed on the whole volume under
-``torch.inference_mode``, optionally refine (:mod:`l2r_submit.instance`), write the field atomically,
-optionally a QC picture. A pair that fails is recorded and skipped; the others go on. Pairs whose
+Per pair: read moving and fixed (HU), run the stages (:mod:`l2r_submit.stages`: the network
+moving->fixed on the whole volume under ``torch.inference_mode``, the global search, the Adam
+refinement; each can be switched off), write the field atomically, optionally a QC picture. A pair
+that fails is recorded and skipped; the others go on. Pairs whose
 outputs already exist and read back valid are skipped unless ``overwrite``.
 """
 
@@ -26,10 +27,13 @@ import torch
 
 from . import __version__, checkpoint, io, model, runtime
 from .dataset import Dataset, Pair
-from .instance import IOConfig, refine
+from . import stages as stg
+from .instance import IOConfig
+from .search import SearchConfig
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
+DEFAULT_STAGES = ("network", "search", "adam")  # likewise
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,10 @@ class PredictConfig:
         weights_dir: folder with ``manifest.json`` (sha256 of each file, checked at load).
         fmt, names: output format and file names (see :func:`l2r_submit.io.write_disp`).
         device: ``auto``, ``cpu`` or ``cuda``.
-        io: instance optimisation settings (``iters=0``: network only).
-        network: False starts the refinement from a zero field instead of the network's output (a
-            training-free baseline, to see what the network adds).
+        io: instance optimisation settings (``iters=0``: no ``adam`` stage).
+        network: False drops the ``network`` stage (the next stage starts from a zero field).
+        stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order).
+        search: global search settings.
         qc_dir: write one QC picture per pair there.
         overwrite: redo pairs whose outputs exist.
         threads: CPU threads (None: all available).
@@ -65,6 +70,8 @@ class PredictConfig:
     device: str = "auto"
     io: IOConfig = field(default_factory=lambda: IOConfig(DEFAULT_IO_ITERS))
     network: bool = True
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    search: SearchConfig = field(default_factory=SearchConfig)
     qc_dir: Path | None = None
     overwrite: bool = False
     threads: int | None = None
@@ -132,10 +139,31 @@ def outputs_complete(paths: list[Path], shape: tuple[int, ...], fmt: str) -> boo
     return True
 
 
+def active_stages(cfg: PredictConfig) -> tuple[str, ...]:
+    """The stages that run: ``cfg.stages`` without ``network`` when ``cfg.network`` is False and without
+    ``adam`` when ``cfg.io.iters`` is 0."""
+    return tuple(s for s in cfg.stages if not (s == "network" and not cfg.network)
+                 and not (s == "adam" and cfg.io.iters <= 0))
+
+
 def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.device, io_cfg: IOConfig,
-                 shape: tuple[int, ...]) -> np.ndarray:
-    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid (``net`` None: the
-    refinement starts from a zero field).
+                 shape: tuple[int, ...], search: SearchConfig | None = None, ct: bool = True) -> np.ndarray:
+    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid: the network (``net`` None:
+    none), then the search (``search`` None: none), then the refinement (``io_cfg.iters`` 0: none).
+
+    Raises:
+        ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
+    """
+    names = tuple(n for n, on in (("network", net is not None), ("search", search is not None),
+                                  ("adam", io_cfg.iters > 0)) if on)
+    built = stg.build(names, net, search or SearchConfig(), io_cfg, ct)
+    return register_pair(built, pair, device, shape)[0]
+
+
+def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device,
+                  shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, float]]:
+    """Read one pair and run the stages: its displacement, (3, I, J, K) float32 voxels on the fixed grid,
+    and the seconds of each stage.
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
@@ -150,14 +178,8 @@ def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.de
     moving = torch.from_numpy(moving_np)[None, None].to(device)
     fixed = torch.from_numpy(fixed_np)[None, None].to(device)
     del moving_np, fixed_np
-    if net is None:
-        disp = torch.zeros((1, 3, *shape), device=device)
-    else:
-        with torch.inference_mode():
-            disp = model.register(net, moving, fixed)
-    if io_cfg.iters > 0:
-        disp = refine(disp.clone(), moving, fixed, io_cfg)
-    return disp[0].float().cpu().numpy()
+    disp, seconds = stg.run(stages, moving, fixed)
+    return disp[0].float().cpu().numpy(), seconds
 
 
 def run(cfg: PredictConfig) -> dict:
@@ -177,12 +199,17 @@ def run(cfg: PredictConfig) -> dict:
     runtime.configure_threads(cfg.threads)
     device = runtime.resolve_device(cfg.device)
     net, _ = checkpoint.load(ckpt_path, map_location=device)
+    names = active_stages(cfg)
+    if not names:
+        raise ValueError("no registration stage left to run (it would write zero fields)")
+    stages = stg.build(names, net, cfg.search, cfg.io, ds.is_ct)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha256(ckpt_path),
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
-                     "network": cfg.network, "overwrite": cfg.overwrite},
+                     "network": cfg.network, "overwrite": cfg.overwrite,
+                     "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
         "pairs": {},
     }
     from tqdm import tqdm
@@ -195,7 +222,8 @@ def run(cfg: PredictConfig) -> dict:
             continue
         t0 = time.perf_counter()
         try:
-            disp = predict_pair(net if cfg.network else None, pair, device, cfg.io, ds.shape)
+            disp, stage_seconds = register_pair(stages, pair, device, ds.shape)
+            entry["stage_seconds"] = stage_seconds
             io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names)
             if cfg.qc_dir is not None:
                 from .qc import write_qc
