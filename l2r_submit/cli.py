@@ -187,7 +187,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--no-network", is_flag=True,
               help="Drop the network stage: the next stage starts from a zero field (training-free).")
 @click.option("--stages", default=None,
-              help="Comma list among network,search,adam, run in that order [default: network,search,adam].")
+              help="Comma list among network,search,adam, run in that order [default: network,adam].")
 @click.option("--search-hw", type=click.IntRange(1, 12), default=None,
               help="Search range in grid steps per axis [default: 4].")
 @click.option("--search-grid", type=click.IntRange(2, 16), default=None,

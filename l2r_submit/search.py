@@ -38,6 +38,9 @@ from .features import mind_ssc, normalise_intensity
 from .spatial import compose, warp_image
 
 
+TIE_BREAK = 1e-4  # weight of |l|^2 in the first label choice, relative to the mean cost
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Settings of the global search.
@@ -163,7 +166,10 @@ def coupled_convex(cost: torch.Tensor, grid_shape: tuple[int, int, int], hw: int
     def as_field(index: torch.Tensor) -> torch.Tensor:
         return _smooth(labels[index].T.reshape(1, 3, *grid_shape), smooth)
 
-    field = as_field(coupled_argmin(cost, labels, torch.zeros(cost.shape[1], 3, device=cost.device), 0.0, chunk_mb))
+    # first choice: the cheapest label; a tiny pull towards zero breaks the ties of featureless regions
+    # (air on both sides: every label costs the same), which would otherwise all pick the first label
+    zero = torch.zeros(cost.shape[1], 3, device=cost.device)
+    field = as_field(coupled_argmin(cost, labels, zero, TIE_BREAK * scale, chunk_mb))
     for alpha in alphas:
         field = as_field(coupled_argmin(cost, labels, field.reshape(3, -1).T, alpha * scale, chunk_mb))
     return field

@@ -150,7 +150,7 @@ def test_an_mr_like_volume_goes_through_every_stage(tmp_path, tiny_ckpt):  # noq
     assert ds.modality == "MR" and not ds.is_ct
     out = tmp_path / "out"
     res = invoke("predict", root / "MR_dataset.json", "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu",
-                 "--quiet", "--io-iters", "3", "--search-grid", "4", "--search-hw", "3")
+                 "--quiet", "--io-iters", "3", "--stages", "network,search,adam", "--search-grid", "4", "--search-hw", "3")
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["settings"]["stages"] == ["network", "search", "adam"]
@@ -170,5 +170,14 @@ def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["settings"]["stages"] == ["search"] and manifest["settings"]["search"]["hw"] == 2
     assert list(next(iter(manifest["pairs"].values()))["stage_seconds"]) == ["search"]
-    cfg = predict.PredictConfig(dataset.load(tiny_dataset), out, io=instance.IOConfig(0), network=False)
+    cfg = predict.PredictConfig(dataset.load(tiny_dataset), out, io=instance.IOConfig(0), network=False,
+                                stages=("network", "search", "adam"))
     assert predict.active_stages(cfg) == ("search",)
+    assert predict.active_stages(predict.PredictConfig(dataset.load(tiny_dataset), out)) == predict.DEFAULT_STAGES
+
+
+def test_featureless_regions_stay_still():
+    """Air against air costs the same for every label: the search must not pick the first label there."""
+    cost = torch.zeros(len(search.label_offsets(2)), 4 * 4 * 4)
+    field = search.coupled_convex(cost, (4, 4, 4), 2, (0.1, 1.0), 1, 1)
+    assert field.abs().max() == 0
