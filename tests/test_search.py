@@ -150,7 +150,8 @@ def test_an_mr_like_volume_goes_through_every_stage(tmp_path, tiny_ckpt):  # noq
     assert ds.modality == "MR" and not ds.is_ct
     out = tmp_path / "out"
     res = invoke("predict", root / "MR_dataset.json", "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu",
-                 "--quiet", "--io-iters", "3", "--stages", "network,search,adam", "--search-grid", "4", "--search-hw", "3")
+                 "--quiet", "--io-iters", "3", "--stages", "network,search,adam", "--search-grid", "4",
+                 "--search-hw", "3")
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["settings"]["stages"] == ["network", "search", "adam"]
