@@ -1,14 +1,16 @@
-"""Accuracy and speed of `l2r predict` on test_data/, network only and with instance optimisation.
+"""Accuracy and speed of `l2r predict` on test_data/ for several stage settings.
 
-For each `--io-iters` setting the val pairs of test_data/ are predicted (through the Python API, the
+For each setting (every combination of `--stages`, `--search-hw`, `--search-grid` and `--io-iters`; `adam`
+is dropped where io-iters is 0) the val pairs of test_data/ are predicted (through the Python API, the
 same code as `l2r predict`) and scored with the evaluator. Printed per setting: seconds per pair,
-mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the largest fraction of
+the seconds of each stage, mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the largest fraction of
 voxels with det J <= 0, and, on the three synthetic pairs whose true field is known
 (test_data/truth.json), the mean end-point error in voxels over the whole grid, over the organs of
 the fixed image, inside its body (HU > -500) and in the air around it. No image can tell where air
 moves: there the error mostly measures how the regulariser extrapolates.
 
-    python benchmarks/accuracy_bench.py [--io-iters 0,50,100] [--io-reg 1.0] [--io-similarity mind|mse]
+    python benchmarks/accuracy_bench.py [--stages network,search,adam --stages network,adam] [--search-hw 4,6]
+        [--search-grid 6] [--io-iters 0,50,100] [--io-reg 1.0] [--io-similarity mind|mse]
         [--coarse-fraction 0.5] [--no-network] [--threads 2] [--checkpoint FILE] [--json OUT]
 """
 
@@ -51,7 +53,11 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 
 
 @click.command()
-@click.option("--io-iters", default="0,50,100", show_default=True, help="Comma list of settings (0 = network only).")
+@click.option("--stages", "stage_lists", multiple=True,
+              help="Stages of one setting, e.g. network,search,adam; repeat for more [default: predict's default].")
+@click.option("--search-hw", default="", help="Comma list of search half-widths [default: SearchConfig's].")
+@click.option("--search-grid", default="", help="Comma list of search grid spacings [default: SearchConfig's].")
+@click.option("--io-iters", default="100", show_default=True, help="Comma list of settings (0 = no adam stage).")
 @click.option("--io-reg", type=float, default=None, help="Diffusion weight of the refinement [default: IOConfig's].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True)
 @click.option("--coarse-fraction", type=float, default=None, help="Share of iterations at quarter resolution [default: IOConfig's].")
@@ -59,32 +65,45 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(io_iters: str, io_reg: float | None, io_similarity: str, coarse_fraction: float | None, no_network: bool,
-         threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
+def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iters: str, io_reg: float | None,
+         io_similarity: str, coarse_fraction: float | None, no_network: bool, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
     from l2r_submit import dataset, evaluate, predict
     from l2r_submit.instance import IOConfig
+    from l2r_submit.search import SearchConfig
+    from l2r_submit.stages import parse_stages
 
     ds = dataset.load(DATA)
+    stage_sets = [parse_stages(s) for s in stage_lists] or [predict.DEFAULT_STAGES]
+    hws = [int(v) for v in search_hw.split(",") if v] or [SearchConfig().hw]
+    grids = [int(v) for v in search_grid.split(",") if v] or [SearchConfig().grid]
+    settings = [(st, hw, g, int(it)) for st in stage_sets for it in io_iters.split(",")
+                for hw in (hws if "search" in st else hws[:1]) for g in (grids if "search" in st else grids[:1])]
     truth = json.loads((ROOT / "test_data" / "truth.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for iters in [int(v) for v in io_iters.split(",")]:
-            out = Path(tmp) / f"io{iters}"
+        for n, (names, hw, grid, iters) in enumerate(settings):
+            out = Path(tmp) / f"setting{n}"
             io_cfg = IOConfig(iters, similarity=io_similarity, **{k: v for k, v in
                                                                   (("reg", io_reg), ("coarse_fraction", coarse_fraction))
                                                                   if v is not None})
             manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
-                                                         io=io_cfg, network=not (no_network and iters > 0),
+                                                         io=io_cfg, network=not no_network, stages=names,
+                                                         search=SearchConfig(grid=grid, hw=hw),
                                                          threads=threads, progress=False))
+            label = "+".join(manifest["settings"]["stages"]) + (f" hw{hw} g{grid}" if "search" in names else "")
             secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
             if len(secs) != len(manifest["pairs"]):
-                raise SystemExit(f"io-iters {iters}: some pairs failed, see {out / 'run.json'}")
+                raise SystemExit(f"{label}: some pairs failed, see {out / 'run.json'}")
             m = evaluate.run(evaluate.EvalConfig(ds, out, "val", progress=False)).metrics
             epe = end_point_errors(out, truth, ds)
             cases = m["cases"]
+            stage_secs = {k: float(np.mean([p["stage_seconds"][k] for p in manifest["pairs"].values()]))
+                          for k in manifest["settings"]["stages"]}
             rows.append({
+                "setting": label,
                 "io_iters": iters,
                 "seconds_per_pair": float(np.mean(secs)),
+                "stage_seconds": stage_secs,
                 "DSC": {k: c["DSC"]["mean"] for k, c in cases.items()},
                 "DSC_zero_field": {k: c["DSC_zero_field"]["mean"] for k, c in cases.items()},
                 "HD95_mean": m["aggregates"]["HD95"]["mean"],
@@ -98,22 +117,28 @@ def main(io_iters: str, io_reg: float | None, io_similarity: str, coarse_fractio
             })
     print(f"CPU, {threads} threads, {len(ds.pairs('val'))} val pairs of test_data/ (192x160x256); refinement: "
           + ", ".join(f"{k} {v}" for k, v in asdict(io_cfg).items() if k != "iters")
-          + ("; from a zero field (no network)" if no_network else ""))
-    print(f"{'io-iters':>8} {'s/pair':>7} {'Dice':>6} {'(zero)':>6} {'minGain':>7} {'HD95':>6} {'SDlogJ':>7} "
+          + ("; no network" if no_network else ""))
+    print(f"{'setting':<28} {'io':>4} {'s/pair':>7} {'stage seconds':<24} {'Dice':>6} {'(zero)':>6} {'minGain':>7} {'HD95':>6} {'SDlogJ':>7} "
           f"{'J<=0 max':>9} {'EPE all':>8} {'EPE org':>8} {'EPE body':>8} {'EPE air':>8} {'EPE max':>8}")
     for r in rows:
         gain = min(r["DSC"][k] - r["DSC_zero_field"][k] for k in r["DSC"])
-        print(f"{r['io_iters']:>8} {r['seconds_per_pair']:>7.2f} {np.mean(list(r['DSC'].values())):>6.3f} "
+        stage_text = " ".join(f"{k[0]}{v:.1f}" for k, v in r["stage_seconds"].items())
+        print(f"{r['setting']:<28} {r['io_iters']:>4} {r['seconds_per_pair']:>7.2f} {stage_text:<24} {np.mean(list(r['DSC'].values())):>6.3f} "
               f"{np.mean(list(r['DSC_zero_field'].values())):>6.3f} {gain:>+7.3f} {r['HD95_mean']:>6.2f} "
               f"{r['LogJacDetStd_mean']:>7.4f} {r['jac_nonpos_fraction_max']:>9.2e} "
               + " ".join(f"{np.mean(list(r[k].values())):>8.3f}" for k in ("EPE_all", "EPE_organs", "EPE_body", "EPE_air"))
               + f" {max(r['EPE_all'].values()):>8.3f}")
     zero = np.mean(list(rows[0]["EPE_zero_field"].values()), axis=0)
-    print(f"{'zero':>8} {'':>7} {np.mean(list(rows[0]['DSC_zero_field'].values())):>6.3f} {'':>6} {'':>7} {'':>6} "
+    print(f"{'zero field':<28} {'':>4} {'':>7} {'':<24} {np.mean(list(rows[0]['DSC_zero_field'].values())):>6.3f} {'':>6} {'':>7} {'':>6} "
           f"{0.0:>7.4f} {0.0:>9.2e} " + " ".join(f"{v:>8.3f}" for v in zero))
-    print("Dice/(zero): mean over val pairs, registered / zero field; minGain: smallest per-pair Dice gain; "
+    print("stage seconds: n(etwork) s(earch) a(dam), mean per pair; "
+          "Dice/(zero): mean over val pairs, registered / zero field; minGain: smallest per-pair Dice gain; "
           "EPE (voxels): mean over the synthetic pairs, all voxels / fixed organs / fixed body (HU > -500) / air; "
           "EPE max: worst synthetic pair, all voxels")
+    print("Dice per pair (zero field in brackets):")
+    for r in rows:
+        print(f"  {r['setting']:<28} {r['io_iters']:>4} " + "  ".join(
+            f"{k}: {v:.3f} ({r['DSC_zero_field'][k]:.3f})" for k, v in r["DSC"].items()))
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -235,7 +235,13 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
 @click.option("--no-network", is_flag=True,
-              help="Start the refinement from a zero field, not the network's output (a training-free baseline).")
+              help="Drop the network stage: the next stage starts from a zero field (training-free).")
+@click.option("--stages", default=None,
+              help="Comma list among network,search,adam, run in that order [default: network,adam].")
+@click.option("--search-hw", type=click.IntRange(1, 12), default=None,
+              help="Search range in grid steps per axis [default: 4].")
+@click.option("--search-grid", type=click.IntRange(2, 16), default=None,
+              help="Search control-grid spacing in voxels, even [default: 6].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
@@ -243,14 +249,13 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, no_network: bool, qc_dir: Path | None, overwrite: bool,
+            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, no_network: bool,
+            stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
             threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out."""
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
     if wanted == ():
         raise _Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
-    if no_network and io_iters == 0:
-        raise _Fail("--no-network needs --io-iters > 0 (it would write zero fields)")
     if names is None:
         names = "short" if fmt == "npz2020" else "long"
     elif fmt == "npz2020" and names == "long":
@@ -261,10 +266,21 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
     from . import predict as pr
     from .instance import IOConfig
+    from .search import SearchConfig
+    from .stages import parse_stages
 
     io_cfg = IOConfig(iters=pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, similarity=io_similarity)
+    try:
+        names_run = pr.DEFAULT_STAGES if stages is None else parse_stages(stages)
+        search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})
+    except ValueError as exc:
+        raise _Fail(f"--stages/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
-                           network=not no_network, qc_dir=qc_dir, overwrite=overwrite, threads=threads, progress=not quiet)
+                           network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
+                           overwrite=overwrite, threads=threads, progress=not quiet)
+    if not pr.active_stages(cfg):
+        raise _Fail("no registration stage left: --stages, --no-network and --io-iters 0 remove them all "
+                    "(it would write zero fields)")
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:

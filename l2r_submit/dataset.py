@@ -79,6 +79,7 @@ class Dataset:
         source: the JSON or CSV the dataset came from.
         masked: an evaluation config's ``masked_evaluation`` (SDlogJ over the fixed image's mask).
         notes: facts about how the dataset was read (e.g. the labels it scores), reported by check.
+        modality: the images' modality (the JSON's ``modality`` entry "0"; CT when it has none).
     """
 
     root: Path
@@ -91,6 +92,12 @@ class Dataset:
     source: Path | None = None
     masked: bool = False
     notes: tuple[str, ...] = ()
+    modality: str = "CT"
+
+    @property
+    def is_ct(self) -> bool:
+        """True when intensities are Hounsfield units (modality CT)."""
+        return self.modality.strip().upper() == "CT"
 
     def pairs(self, split: str | None = None) -> list[Pair]:
         """Pairs of ``split``; with None, ``val`` when it has pairs, else ``test``, else ``eval``.
@@ -239,6 +246,7 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
         splits=splits, metrics=_default_metrics(labels), training=training,
         unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes,
+        modality=_modality(data.get("modality")),
     )
 
 
@@ -274,6 +282,11 @@ def _labels_of_dataset(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[s
     if not values or min(values) < 0:
         raise ValueError(f"{path}: labels: expected positive label keys beside 0, got {sorted(map(str, keys))}")
     return tuple(values), (f"labels scored: {', '.join(map(str, values))} (the non-zero keys of 'labels')",)
+def _modality(value: object) -> str:
+    """The modality of channel "0" of a dataset JSON (``{"0": "CT"}``); CT when absent."""
+    if isinstance(value, dict):
+        value = value.get("0", next(iter(value.values()), None))
+    return value if isinstance(value, str) and value.strip() else "CT"
 
 
 def _load_config(path: Path, data: dict, root: Path) -> Dataset:

@@ -65,3 +65,31 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
     variance = variance.clamp(min=(mean_var * 1e-3).item() + 1e-12, max=(mean_var * 1e3).item() + 1e-12)
     desc = torch.exp(-d / variance)
     return desc / desc.amax(dim=1, keepdim=True)
+
+
+CT_WINDOW_HU = (-200.0, 300.0)  # fat to contrast-enhanced organs; bone and air are clipped
+ROBUST_PERCENTILES = (1.0, 99.0)
+_QUANTILE_SAMPLES = 1 << 20  # percentiles from a regular subsample: torch.quantile is limited to 2^24 values
+
+
+def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
+    """Intensities mapped to [0, 1] before descriptors are computed.
+
+    CT (``ct=True``): the soft-tissue window ``CT_WINDOW_HU`` clipped and scaled, the same for every scan, so
+    Hounsfield units keep their meaning. Any other modality (MR, or intensities already in [0, 1]): the
+    image's own 1st and 99th percentiles, clipped and scaled, so nothing assumes a unit.
+
+    Shape: (B, 1, I, J, K) -> (B, 1, I, J, K) float32 in [0, 1].
+    """
+    image = image.float()
+    if ct:
+        lo, hi = CT_WINDOW_HU
+        return (image.clamp(lo, hi) - lo) / (hi - lo)
+    out = []
+    for one in image:
+        flat = one.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
+        q = torch.quantile(sample, sample.new_tensor([p / 100.0 for p in ROBUST_PERCENTILES]))
+        lo, hi = q[0].item(), q[1].item()
+        out.append((one.clamp(lo, hi) - lo) / max(hi - lo, 1e-6))
+    return torch.stack(out)

@@ -2,15 +2,22 @@
 
 A residual displacement is optimised with Adam on an image dissimilarity plus a diffusion regulariser
 on the total field: first on a quarter-resolution grid (``coarse_fraction`` of the iterations), then on
-a half-resolution grid; it is then upsampled and added to the network's full-resolution field.
+a half-resolution grid; it is then upsampled and added to the incoming full-resolution field.
+
+As a stage (:mod:`l2r_submit.stages`) it consumes ``disp_in`` by initialisation: the variable is the
+total field ``disp_in + residual`` (the regulariser acts on that total), started at ``disp_in``; the
+result is again the whole field of the pair. Adding is right here because the residual is small and
+smooth (a local refinement); large moves are composed by the stages before it.
 
 Dissimilarity (``similarity``):
   * ``mind`` (default): mean squared difference of MIND-SSC descriptors (:mod:`l2r_submit.features`)
     of the soft-tissue window, computed at each grid's resolution; insensitive to how tissue maps to HU
     (contrast phase, scanner), which is what inter-patient abdominal CT needs;
-  * ``mse``: mean squared difference of the network's three CT windows.
+  * ``mse``: mean squared difference of the network's three CT windows (CT), of the normalised image
+    otherwise.
 
-Tensor contract: disp (1, 3, I, J, K) voxels, moving/fixed (1, 1, I, J, K) HU -> (1, 3, I, J, K).
+Tensor contract: disp (1, 3, I, J, K) voxels, moving/fixed (1, 1, I, J, K) HU (or any unit when not CT)
+-> (1, 3, I, J, K).
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from .contract import check_disp_tensor, check_volume_batch
-from .features import mind_ssc
+from .features import CT_WINDOW_HU, mind_ssc, normalise_intensity
 from .model import preprocess
 from .spatial import warp_image
 
 SIMILARITIES = ("mind", "mse")
-MIND_WINDOW_HU = (-200.0, 300.0)  # fat to contrast-enhanced organs; bone and air are clipped
+MIND_WINDOW_HU = CT_WINDOW_HU
 
 
 @dataclass(frozen=True)
@@ -60,22 +67,26 @@ def _resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return out * out.new_tensor(scale).view(1, 3, 1, 1, 1)
 
 
-def features(ct_hu: torch.Tensor, size: tuple[int, ...], similarity: str) -> torch.Tensor:
+def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bool = True) -> torch.Tensor:
     """What the dissimilarity compares, on a grid of ``size`` spanning the volume (corners on corners).
 
-    Shape: (1, 1, I, J, K) HU -> (1, C, *size); C = 12 (mind) or 3 (mse).
+    ``ct``: the image is CT in HU (a CT window); otherwise robust percentiles normalise it
+    (:func:`l2r_submit.features.normalise_intensity`).
+
+    Shape: (1, 1, I, J, K) -> (1, C, *size); C = 12 (mind), 3 (mse, CT) or 1 (mse, not CT).
     """
-    small = F.interpolate(ct_hu.float(), size=size, mode="trilinear", align_corners=True)
+    small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
-        return preprocess(small, 3)
-    lo, hi = MIND_WINDOW_HU
-    return mind_ssc((small.clamp(lo, hi) - lo) / (hi - lo))
+        return preprocess(small, 3) if ct else normalise_intensity(small, ct)
+    return mind_ssc(normalise_intensity(small, ct))
 
 
-def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig) -> torch.Tensor:
+def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
+           ct: bool = True) -> torch.Tensor:
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
 
-    Shape: disp (1, 3, I, J, K) voxels; moving_hu, fixed_hu (1, 1, I, J, K) HU -> (1, 3, I, J, K).
+    Shape: disp (1, 3, I, J, K) voxels; moving_hu, fixed_hu (1, 1, I, J, K) HU (``ct``; any unit
+    otherwise) -> (1, 3, I, J, K).
 
     Raises:
         ValueError: shapes that break the contract.
@@ -95,8 +106,8 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
             continue
         size = tuple((n + level - 1) // level for n in full)
         with torch.no_grad():
-            m = features(moving_hu, size, cfg.similarity)
-            f = features(fixed_hu, size, cfg.similarity)
+            m = features(moving_hu, size, cfg.similarity, ct)
+            f = features(fixed_hu, size, cfg.similarity, ct)
             base = _resize_disp(disp, size)
             start = torch.zeros_like(base) if residual is None else _resize_disp(residual, size)
         residual = start.clone().requires_grad_(True)

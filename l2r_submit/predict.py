@@ -6,11 +6,12 @@ Python API::
     cfg = predict.PredictConfig(dataset.load("test_data/AbdomenCTCT_dataset.json"), Path("out"))
     manifest = predict.run(cfg)        # also written to out/run.json
 
-Per pair: read moving and fixed (HU), run the network moving->fixed on the whole volume under
-``torch.inference_mode``, optionally refine (:mod:`l2r_submit.instance`), write the field atomically,
-optionally a QC picture. A pair that fails is recorded and skipped; the others go on. A write
-failure that no later pair can escape (disk full, read-only folder) stops the run early; the
-remaining pairs are recorded as not tried. ``run.json`` is written in every case.
+Per pair: read moving and fixed (HU), run the stages (:mod:`l2r_submit.stages`: the network
+moving->fixed on the whole volume under ``torch.inference_mode``, the global search, the Adam
+refinement; each can be switched off), write the field atomically, optionally a QC picture. A pair
+that fails is recorded and skipped; the others go on. A write failure that no later pair can escape
+(disk full, read-only folder) stops the run early; the remaining pairs are recorded as not tried.
+``run.json`` is written in every case.
 
 Before any work: the pairs exist, no two pairs map to the same output file, the format suits the
 volume shape, and every output folder is a writable folder. Each pair's entry in ``run.json``
@@ -34,10 +35,13 @@ import torch
 from . import __version__, checkpoint, folders, io, model, runtime
 from .run_record import file_record, output_settings, pair_inputs, previous_pairs, redo_reason, sha256
 from .dataset import Dataset, Pair
-from .instance import IOConfig, refine
+from . import stages as stg
+from .instance import IOConfig
+from .search import SearchConfig
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
+DEFAULT_STAGES = ("network", "adam")  # search is opt-in: it did not beat the zero field on real pairs (README)
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,10 @@ class PredictConfig:
         weights_dir: folder with ``manifest.json`` (sha256 of each file, checked at load).
         fmt, names: output format and file names (see :func:`l2r_submit.io.write_disp`).
         device: ``auto``, ``cpu`` or ``cuda``.
-        io: instance optimisation settings (``iters=0``: network only).
-        network: False starts the refinement from a zero field instead of the network's output (a
-            training-free baseline, to see what the network adds).
+        io: instance optimisation settings (``iters=0``: no ``adam`` stage).
+        network: False drops the ``network`` stage (the next stage starts from a zero field).
+        stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order).
+        search: global search settings.
         qc_dir: write one QC picture per pair there.
         overwrite: redo pairs whose outputs exist.
         threads: CPU threads (None: all available).
@@ -73,6 +78,8 @@ class PredictConfig:
     device: str = "auto"
     io: IOConfig = field(default_factory=lambda: IOConfig(DEFAULT_IO_ITERS))
     network: bool = True
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    search: SearchConfig = field(default_factory=SearchConfig)
     qc_dir: Path | None = None
     overwrite: bool = False
     threads: int | None = None
@@ -183,10 +190,33 @@ def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
             f"{pair.fixed.image} ({fmt(fixed.spacing)} mm); registering voxel grids as they are")
 
 
+def active_stages(cfg: PredictConfig) -> tuple[str, ...]:
+    """The stages that run: ``cfg.stages`` without ``network`` when ``cfg.network`` is False and without
+    ``adam`` when ``cfg.io.iters`` is 0."""
+    return tuple(s for s in cfg.stages if not (s == "network" and not cfg.network)
+                 and not (s == "adam" and cfg.io.iters <= 0))
+
+
 def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.device, io_cfg: IOConfig,
-                 shape: tuple[int, ...], note: Callable[[str], None] | None = None) -> np.ndarray:
-    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid (``net`` None: the
-    refinement starts from a zero field). ``note`` receives a warning when the grids' geometry differs.
+                 shape: tuple[int, ...], search: SearchConfig | None = None, ct: bool = True,
+                 note: Callable[[str], None] | None = None) -> np.ndarray:
+    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid: the network (``net`` None:
+    none), then the search (``search`` None: none), then the refinement (``io_cfg.iters`` 0: none).
+    ``note`` receives a warning when the grids' geometry differs.
+
+    Raises:
+        ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
+    """
+    names = tuple(n for n, on in (("network", net is not None), ("search", search is not None),
+                                  ("adam", io_cfg.iters > 0)) if on)
+    built = stg.build(names, net, search or SearchConfig(), io_cfg, ct)
+    return register_pair(built, pair, device, shape, note)[0]
+
+
+def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
+                  note: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Read one pair and run the stages: its displacement, (3, I, J, K) float32 voxels on the fixed grid,
+    and the seconds of each stage. ``note`` receives a warning when the grids' geometry differs.
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
@@ -206,14 +236,8 @@ def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.de
     moving = torch.from_numpy(moving_np)[None, None].to(device)
     fixed = torch.from_numpy(fixed_np)[None, None].to(device)
     del moving_np, fixed_np
-    if net is None:
-        disp = torch.zeros((1, 3, *shape), device=device)
-    else:
-        with torch.inference_mode():
-            disp = model.register(net, moving, fixed)
-    if io_cfg.iters > 0:
-        disp = refine(disp.clone(), moving, fixed, io_cfg)
-    return disp[0].float().cpu().numpy()
+    disp, seconds = stg.run(stages, moving, fixed)
+    return disp[0].float().cpu().numpy(), seconds
 
 
 def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[Path]]]:
@@ -229,6 +253,8 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     pairs = select_pairs(ds, cfg.split, cfg.pairs)
     if not pairs:
         raise ValueError(f"{ds.source}: no pairs to predict in split '{cfg.split or 'default'}'")
+    if not active_stages(cfg):
+        raise ValueError("no registration stage left to run (it would write zero fields)")
     check_format_shape(cfg.fmt, ds.shape, ds.source)
     plan = plan_outputs(cfg.out_dir, pairs, cfg.fmt, cfg.names)
     missing = ds.missing_files(pairs, images=True, labels=False)
@@ -257,20 +283,23 @@ def run(cfg: PredictConfig) -> dict:
     runtime.configure_threads(cfg.threads)
     device = runtime.resolve_device(cfg.device)
     net, _ = checkpoint.load(ckpt_path, map_location=device)
-    if cfg.network:
+    names = active_stages(cfg)
+    if "network" in names:
         check_min_shape(ds.shape, net.cfg.divisor, ds.source)
+    stages = stg.build(names, net, cfg.search, cfg.io, ds.is_ct)
     for folder in (cfg.out_dir, cfg.qc_dir):
         if folder is not None:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
-    settings = output_settings(cfg, ckpt_sha)
+    settings = {**output_settings(cfg, ckpt_sha), "modality": ds.modality}  # the stages read the modality too
     earlier = previous_pairs(cfg.out_dir)
     selected = {p.key for p in pairs}
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
-                     "network": cfg.network, "overwrite": cfg.overwrite},
+                     "network": cfg.network, "overwrite": cfg.overwrite,
+                     "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
         "selected": [p.key for p in pairs],
         "pairs": {k: v for k, v in earlier.items() if k not in selected},  # still describe files in the folder
     }
@@ -300,7 +329,8 @@ def run(cfg: PredictConfig) -> dict:
             entry["redone"] = reason
         t0 = time.perf_counter()
         try:
-            disp = predict_pair(net if cfg.network else None, pair, device, cfg.io, ds.shape, note)
+            disp, stage_seconds = register_pair(stages, pair, device, ds.shape, note)
+            entry["stage_seconds"] = stage_seconds
             written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names)
             entry.update(settings=settings, files=file_record(written))
             if cfg.qc_dir is not None:

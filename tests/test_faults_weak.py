@@ -151,14 +151,14 @@ def test_a_run_json_that_cannot_be_written_is_one_line_and_exit_1(tiny_dataset, 
 def test_any_exception_of_one_pair_leaves_the_others_and_marks_stale_files(tiny_dataset, ckpt, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
-    real = predict.predict_pair
+    real = predict.register_pair
 
-    def flaky(net, pair, *args, **kwargs):
+    def flaky(stages, pair, *args, **kwargs):
         if pair.moving.id == "0003" and pair.fixed.id == "0001":
             raise TypeError("unsupported operand")  # a bug deep inside: not one of the expected types
-        return real(net, pair, *args, **kwargs)
+        return real(stages, pair, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "predict_pair", flaky)
+    monkeypatch.setattr(predict, "register_pair", flaky)
     res = invoke(*predict_args(tiny_dataset, out, ckpt)[:-2], "--io-iters", "1", "--no-network")
     assert res.exit_code == 1 and "2 pairs done, 0 skipped, 1 failed" in res.output
     assert f"error: {PAIRS[1]}: TypeError: unsupported operand" in error_lines(res)
