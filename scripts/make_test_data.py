@@ -123,7 +123,7 @@ def build(shared: Path, out: Path) -> None:
 
 
 def chest_case(folder: Path, base_l1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """0006 in the challenge frame: the chest CT (2 mm already), LAS flipped to RAS like 0004, placed by ``chest_centre``.
+    """0006 in the challenge frame: the chest CT (2 mm already), flipped to 0004's RAS, placed by ``chest_centre``.
 
     Shape: (192, 160, 256) int16 HU and uint8 Learn2Reg labels.
     """
@@ -135,7 +135,8 @@ def chest_case(folder: Path, base_l1: np.ndarray) -> tuple[np.ndarray, np.ndarra
     image = ct.array[::-1] if flip else ct.array
     totalseg = (seg.array[::-1] if flip else seg.array).astype(np.int64)
     centre = chest_centre(totalseg == L1_TOTALSEG, base_l1)
-    return place(to_stored_hu(image.astype(np.float32)), centre, -1024), place(remap(totalseg, TOTALSEG_TO_L2R), centre, 0)
+    labels = remap(totalseg, TOTALSEG_TO_L2R)
+    return place(to_stored_hu(image.astype(np.float32)), centre, -1024), place(labels, centre, 0)
 
 
 def chest_centre(l1_mask: np.ndarray, base_l1: np.ndarray) -> np.ndarray:
@@ -145,7 +146,7 @@ def chest_centre(l1_mask: np.ndarray, base_l1: np.ndarray) -> np.ndarray:
     (and the spine's place in the slice), while each patient's organs keep their own position relative to the
     spine. A vertebra, not a scored organ, is therefore the anchor: the organs of 0004 and 0006 start apart
     by what differs between the two patients (spleen about 17 voxels, zero-field Dice 0.34), not aligned by
-    their labels. L1 is fully in view in both scans (0006 ends below it at L3, 0004 starts above it at T12).
+    their labels. L1 is fully in view in both scans (0006 reaches down to L3, 0004 up to T12).
 
     Shape: (I, J, K) bool mask and a 3-vector (voxel index in the L2R frame) -> 3-vector (source index).
     """
