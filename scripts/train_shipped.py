@@ -3,8 +3,8 @@
 Data: the two anatomies of test_data/ (0004, the real CT of shared/data/ct_patient_a resampled to 2 mm,
 and 0005, CT-like intensities painted on the AMOS label map), each also re-painted from its labels
 twice; every training item deforms one anatomy twice with independent smooth random fields (up to
-10 voxels) and augments intensities. Validation: the val pairs of test_data/ (which use the same
-anatomies: these weights are in-distribution there).
+10 voxels) and augments intensities. Validation: the val pairs of test_data/ between these anatomies
+(0001-0005; these weights are in-distribution there), not the later pairs with 0006.
 
     python scripts/train_shipped.py [--epochs 90] [--lr 2e-3] [--items 32] [--crop 64]
                                     [--out runs/shipped] [--weights weights] [--resume] [--init FILE]
@@ -74,6 +74,10 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
     lineage = _init_provenance(Path(init)) if init else []
     t_start = time.perf_counter()
     ds = dataset.load(ROOT / "test_data" / "AbdomenCTCT_dataset.json")
+    # validate on the pairs of the two training anatomies (the 4 val pairs the shipped weights were chosen on);
+    # the pairs with 0006, a third patient added to test_data later, would change which checkpoint is shipped
+    ds.splits["val"] = [p for p in ds.pairs("val")
+                        if {p.fixed.id, p.moving.id} <= {"0001", "0002", "0003", "0004", "0005"}]
     anatomies, painted = [], []
     rng = np.random.default_rng(99)
     for case_id in ("0004", "0005"):

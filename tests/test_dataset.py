@@ -1,8 +1,9 @@
 import json
 
+import numpy as np
 import pytest
 
-from l2r_submit import dataset
+from l2r_submit import dataset, io
 
 
 def test_load_test_data(repo_root):
@@ -97,3 +98,33 @@ def test_2020_layout(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="expected columns 'fixed,moving'"):
         dataset.load_2020(tmp_path, tmp_path / "bad.csv")
+
+
+def test_test_data_real_inter_patient_pairs(repo_root):
+    """0006 (a second real CT) is paired with 0004 both ways, and lies in 0004's orientation.
+
+    The reference is anatomy, not our code: in both patients the liver is on the right of the spleen (array axis 0
+    runs towards the patient's right), the stomach lies in front of the aorta (axis 1 runs anterior) and the
+    adrenals sit above the kidneys (axis 2 runs superior); the two scans overlap only in part.
+    """
+    ds = dataset.load(repo_root / "test_data" / "AbdomenCTCT_dataset.json")
+    keys = [p.key for p in ds.pairs("val")]
+    assert keys[:4] == ["0001_0000<--0004_0000", "0002_0000<--0004_0000", "0003_0000<--0004_0000",
+                        "0004_0000<--0005_0000"]  # the old pairs keep their order
+    assert keys[4:] == ["0004_0000<--0006_0000", "0006_0000<--0004_0000"]
+    labels = {}
+    for case in ds.training:
+        if case.id in ("0004", "0006"):
+            image = io.read_volume(case.image)
+            assert image.array.dtype == np.int16 and image.array.shape == ds.shape
+            labels[case.id] = io.read_labels(case.label)
+
+    def centre(lab, ids):
+        return np.array([ix.mean() for ix in np.nonzero(np.isin(lab, ids))])
+
+    for lab in labels.values():
+        assert centre(lab, [6])[0] > centre(lab, [1])[0] + 40  # liver right of spleen
+        assert centre(lab, [7])[1] > centre(lab, [8])[1] + 5  # stomach anterior to aorta
+        assert centre(lab, [12, 13])[2] > centre(lab, [2, 3])[2]  # adrenals above kidneys
+    both = (labels["0004"] > 0) & (labels["0006"] > 0)
+    assert 0 < both.sum() < min((labels["0004"] > 0).sum(), (labels["0006"] > 0).sum())
