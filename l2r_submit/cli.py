@@ -37,14 +37,13 @@ def _load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = N
 
 def _check_folder_option(folder: Path | None, option: str) -> None:
     """An output folder option must not name an existing file, nor lie under one (checked before any work)."""
-    if folder is None:
-        return
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                where = "" if parent == folder else f" ({parent} is a file)"
-                raise _Fail(f"{folder}: {option} names an existing file, not a folder{where}")
-            return
+    from .folders import check_not_a_file
+
+    if folder is not None:
+        try:
+            check_not_a_file(folder, option)
+        except ValueError as exc:
+            raise _Fail(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

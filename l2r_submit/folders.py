@@ -58,6 +58,20 @@ def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def check_not_a_file(folder: Path, what: str) -> None:
+    """An output folder must not be an existing file, nor lie under one (a cheap check, before any work).
+
+    Raises:
+        ValueError: naming the path, the option it came from (``what``) and the file in the way.
+    """
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                place = "" if parent == folder else f" ({parent} is a file)"
+                raise ValueError(f"{folder}: {what} names an existing file, not a folder{place}")
+            return
+
+
 def check_writable(folder: str | os.PathLike, what: str) -> None:
     """Create ``folder`` if needed and prove a file can be created and removed in it.
 
@@ -66,12 +80,7 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
             naming the path and the option it came from (``what``).
     """
     folder = Path(folder)
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                place = "" if parent == folder else f" ({parent} is a file)"
-                raise ValueError(f"{folder}: {what} names an existing file, not a folder{place}")
-            break
+    check_not_a_file(folder, what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".probe", dir=folder)
