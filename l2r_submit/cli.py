@@ -277,9 +277,6 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
                            overwrite=overwrite, threads=threads, progress=not quiet)
-    if not pr.active_stages(cfg):
-        raise _Fail("no registration stage left: --stages, --no-network and --io-iters 0 remove them all "
-                    "(it would write zero fields)")
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:
@@ -287,20 +284,22 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     line, failed = pr.summary(manifest)
     click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
     if do_eval:
-        failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, tuple(manifest["selected"]), quiet)
+        failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
     if failed:
         sys.exit(1)
 
 
-def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str,
-                            selected: tuple[str, ...], quiet: bool) -> int:
-    """``predict --evaluate``: score exactly the pairs of this run (failed ones zero-filled and marked) with
-    the evaluator version that reads the names written; returns the number of problems (one line each on
-    stderr)."""
+def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,
+                            quiet: bool) -> int:
+    """``predict --evaluate``: score exactly the pairs of this run with the evaluator version that reads
+    the names written; a pair that failed or was not tried is scored as a zero field and marked (never
+    an earlier run's file left in the folder). Returns the number of problems (one line each on stderr)."""
     from . import evaluate as ev
 
+    selected = tuple(manifest["selected"])
+    not_made = tuple(k for k in selected if manifest["pairs"].get(k, {}).get("status") in ("failed", "not tried"))
     protocol = "2020" if fmt == "npz2020" else names_protocol(names)
-    ecfg = ev.EvalConfig(ds, out_dir, split, protocol, "zero", progress=not quiet, only=selected)
+    ecfg = ev.EvalConfig(ds, out_dir, split, protocol, "zero", progress=not quiet, only=selected, zero=not_made)
     try:
         result = ev.run(ecfg)
     except ValueError as exc:

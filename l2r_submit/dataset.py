@@ -266,7 +266,7 @@ def _labels_of_dataset(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[s
         ValueError: ``labels`` that is not an object of integer keys, or holds no non-zero key.
     """
     if "labels" not in data:
-        return L2R_LABELS, (f"no 'labels' key: scoring the AbdomenCTCT labels 1..13",)
+        return L2R_LABELS, ("no 'labels' key: scoring the AbdomenCTCT labels 1..13",)
     table = data["labels"]
     if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
         keys = [k for sub in table.values() for k in sub]

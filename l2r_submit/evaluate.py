@@ -43,6 +43,9 @@ class EvalConfig:
         workers: parallel processes (1 = in this process).
         progress: show a progress bar on stderr.
         only: score only these pairs of the split (case keys); None: all of them.
+        zero: pairs scored as zero fields whatever file exists for them, and listed as zero-filled (for
+            ``predict --evaluate``: the pairs whose prediction failed in this run, so an earlier run's file
+            left in the folder is not taken for this run's result).
     """
 
     dataset: Dataset
@@ -53,6 +56,7 @@ class EvalConfig:
     workers: int = 1
     progress: bool = True
     only: tuple[str, ...] | None = None
+    zero: tuple[str, ...] = ()
 
 
 @dataclass
@@ -194,6 +198,9 @@ def run(cfg: EvalConfig) -> EvalResult:
     found: dict[str, Path | None] = {}
     ambiguous = []
     for p in pairs:
+        if p.key in cfg.zero:
+            found[p.key] = None
+            continue
         try:
             found[p.key] = find_disp(disp_dir, p, version.name)
         except ValueError as exc:

@@ -262,7 +262,8 @@ def upsample_2020(disp_half: np.ndarray) -> np.ndarray:
 
 
 def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, moving_id: str,
-               fmt: str = "nii.gz", names: str = "long") -> list[Path]:
+               fmt: str = "nii.gz", names: str = "long", fixed_modality: str = "0000",
+               moving_modality: str = "0000") -> list[Path]:
     """Write one pair's field in an official format, atomically, under each requested name.
 
     Args:
@@ -271,6 +272,7 @@ def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, movi
         fixed_id, moving_id: four-digit case ids.
         fmt: ``nii.gz``, ``npz`` or ``npz2020``.
         names: ``long``, ``short`` or ``both``.
+        fixed_modality, moving_modality: the cases' modality indices (``0000``, ``0001``...), part of the names.
 
     Returns:
         The paths written.
@@ -280,7 +282,7 @@ def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, movi
     """
     check_disp_array(disp)
     ext = disp_extension(fmt)
-    stems = disp_names(fixed_id, moving_id, names)
+    stems = disp_names(fixed_id, moving_id, names, fixed_modality, moving_modality)
     if fmt == "nii.gz":
         import nibabel as nib
 

@@ -193,7 +193,7 @@ def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
 def active_stages(cfg: PredictConfig) -> tuple[str, ...]:
     """The stages that run: ``cfg.stages`` without ``network`` when ``cfg.network`` is False and without
     ``adam`` when ``cfg.io.iters`` is 0."""
-    return tuple(s for s in cfg.stages if not (s == "network" and not cfg.network)
+    return tuple(s for s in stg.STAGE_NAMES if s in cfg.stages and not (s == "network" and not cfg.network)
                  and not (s == "adam" and cfg.io.iters <= 0))
 
 
@@ -240,6 +240,21 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
     return disp[0].float().cpu().numpy(), seconds
 
 
+def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str) -> dict:
+    """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
+    settings (:func:`l2r_submit.run_record.output_settings`, so a field added later counts too), but only
+    those of the stages that run (``names``), the weights only when the network runs, the dataset's
+    modality and the package version (a new version may compute other fields from the same settings)."""
+    out = output_settings(cfg, checkpoint_sha256)
+    out["stages"] = list(names)
+    del out["network"]  # said by "stages"
+    for stage, keys in (("network", ("checkpoint_sha256",)), ("search", ("search",)), ("adam", ("io",))):
+        if stage not in names:
+            for key in keys:
+                out.pop(key, None)
+    return {**out, "modality": modality, "package_version": __version__}
+
+
 def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[Path]]]:
     """Everything that can be known wrong before loading weights: pairs, images, names, format, folders.
 
@@ -253,8 +268,13 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     pairs = select_pairs(ds, cfg.split, cfg.pairs)
     if not pairs:
         raise ValueError(f"{ds.source}: no pairs to predict in split '{cfg.split or 'default'}'")
+    stg.parse_stages(",".join(cfg.stages))  # unknown or repeated names: one line, before any work
     if not active_stages(cfg):
-        raise ValueError("no registration stage left to run (it would write zero fields)")
+        raise ValueError("no registration stage left to run: --stages, --no-network and --io-iters 0 remove "
+                         "them all (it would write zero fields)")
+    if cfg.fmt == "npz2020" and cfg.names == "long":
+        raise ValueError("format npz2020 with long names: the 2020 evaluator reads only disp_FFFF_MMMM.npz; "
+                         "use names short or both")
     check_format_shape(cfg.fmt, ds.shape, ds.source)
     plan = plan_outputs(cfg.out_dir, pairs, cfg.fmt, cfg.names)
     missing = ds.missing_files(pairs, images=True, labels=False)
@@ -291,9 +311,8 @@ def run(cfg: PredictConfig) -> dict:
         if folder is not None:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
-    settings = {**output_settings(cfg, ckpt_sha), "modality": ds.modality}  # the stages read the modality too
+    settings = run_settings(cfg, names, ckpt_sha, ds.modality)
     earlier = previous_pairs(cfg.out_dir)
-    selected = {p.key for p in pairs}
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
@@ -301,7 +320,7 @@ def run(cfg: PredictConfig) -> dict:
                      "network": cfg.network, "overwrite": cfg.overwrite,
                      "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
         "selected": [p.key for p in pairs],
-        "pairs": {k: v for k, v in earlier.items() if k not in selected},  # still describe files in the folder
+        "pairs": dict(earlier),  # replaced pair by pair: a stopped run still describes every file in the folder
     }
     notes: list[str] = []
 
@@ -316,14 +335,14 @@ def run(cfg: PredictConfig) -> dict:
     for pair in tqdm(pairs, desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress):
         outputs = plan[pair]
         entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
-        if stopped:
-            manifest["pairs"][pair.key] = {**entry, "status": "not tried", "error": stopped}
-            continue
         reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, settings)
         if reason is None:
             kept = earlier[pair.key]
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": settings,
                                            "files": kept["files"]}
+            continue
+        if stopped:
+            manifest["pairs"][pair.key] = {**entry, "status": "not tried", "error": stopped}
             continue
         if any(p.exists() for p in outputs):
             entry["redone"] = reason
@@ -331,7 +350,10 @@ def run(cfg: PredictConfig) -> dict:
         try:
             disp, stage_seconds = register_pair(stages, pair, device, ds.shape, note)
             entry["stage_seconds"] = stage_seconds
-            written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names)
+            written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names,
+                                    pair.fixed.modality, pair.moving.modality)
+            if sorted(written) != sorted(outputs):  # the names planned (and checked for collisions) are the names written
+                raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
             entry.update(settings=settings, files=file_record(written))
             if cfg.qc_dir is not None:
                 from .qc import write_qc
@@ -354,7 +376,7 @@ def run(cfg: PredictConfig) -> dict:
         manifest["pairs"][pair.key] = entry
         _save_manifest(cfg.out_dir, manifest)
     this_run = [manifest["pairs"][p.key] for p in pairs]
-    redone = [e["redone"] for e in this_run if e.get("redone", "").startswith("made with")]
+    redone = [e["redone"] for e in this_run if e["status"] == "done" and e.get("redone", "").startswith("made with")]
     if redone:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
     if stopped:
@@ -392,7 +414,7 @@ def _write_manifest(out_dir: Path, manifest: dict) -> None:
 
 def summary(manifest: dict) -> tuple[str, int]:
     """A one-line summary and the number of failed pairs."""
-    run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"])]
+    run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"]) if k in manifest["pairs"]]
     states = [p["status"] for p in run_pairs]
     done = [p["seconds"] for p in run_pairs if p["status"] == "done"]
     failed = states.count("failed")

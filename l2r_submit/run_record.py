@@ -84,7 +84,7 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
     if entry.get("settings") != settings:
         return f"made with other settings: {settings_diff(entry.get('settings'), settings)}"
     if entry.get("inputs") != pair_inputs(pair):
-        return "made from other images"
+        return "made from other images (or the images changed since)"
     files = entry.get("files")
     if not isinstance(files, dict) or sorted(files) != sorted(p.name for p in outputs):
         return "no file record"
@@ -99,9 +99,18 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
     return None
 
 
-def pair_inputs(pair: Pair) -> dict[str, str]:
-    """The pair's images as absolute paths (so a rerun from another working folder still matches)."""
-    return {"fixed": str(Path(pair.fixed.image).absolute()), "moving": str(Path(pair.moving.image).absolute())}
+def pair_inputs(pair: Pair) -> dict[str, dict]:
+    """The pair's images: absolute paths (so a rerun from another working folder still matches), size and
+    modification time in ns (so an image replaced at the same path is noticed without reading it)."""
+    out: dict[str, dict] = {}
+    for role, case in (("fixed", pair.fixed), ("moving", pair.moving)):
+        path = Path(case.image).absolute()
+        try:
+            st = path.stat()
+            out[role] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:
+            out[role] = {"path": str(path)}
+    return out
 
 
 def previous_pairs(out_dir: Path) -> dict:

@@ -97,8 +97,11 @@ def build(names: tuple[str, ...], net: model.RegistrationNet | None, search_cfg:
     """The stages named, in pipeline order (network, search, adam).
 
     Raises:
-        ValueError: ``network`` named without a network.
+        ValueError: an unknown stage name, or ``network`` named without a network.
     """
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"stages: unknown {', '.join(map(repr, unknown))}, expected names among {', '.join(STAGE_NAMES)}")
     stages: list[Stage] = []
     for name in STAGE_NAMES:
         if name not in names:

@@ -1,0 +1,91 @@
+"""What run.json and a rerun say must stay true when pairs fail, stop, change inputs or settings, or
+when the pair's images carry another modality index (the review cases of the merged predict path)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from l2r_submit import dataset, io, predict
+from l2r_submit.instance import IOConfig
+
+from fault_helpers import FIELDS, PAIRS, ckpt, error_lines, flip_crc, image, invoke, predict_args  # noqa: F401
+
+
+def test_evaluate_after_predict_scores_a_failed_pair_as_zero_not_its_old_file(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    flip_crc(image(tiny_dataset, "0003"))  # both pairs with 0003 now fail; their io-iters 0 fields stay
+    res = invoke(*predict_args(tiny_dataset, out, ckpt)[:-2], "--io-iters", "1", "--evaluate")
+    assert res.exit_code == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["partial"] is True
+    assert sorted(metrics["zero_filled"]) == sorted([PAIRS[1], PAIRS[2]])
+    assert any(line.startswith("warning: partial result") for line in error_lines(res))
+
+
+def test_an_image_replaced_at_the_same_path_is_redone(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    shutil.copyfile(image(tiny_dataset, "0003"), image(tiny_dataset, "0002"))  # same path, other image
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))
+    assert res.exit_code == 0 and "2 pairs done, 1 skipped" in res.output  # the two pairs with 0002
+    entries = json.loads((out / "run.json").read_text())["pairs"]
+    assert entries[PAIRS[0]]["redone"].startswith("made from other images")
+
+
+def test_settings_of_a_stage_that_does_not_run_force_no_redo(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0  # network only
+    res = invoke(*predict_args(tiny_dataset, out, ckpt, "--search-hw", "2", "--io-similarity", "mse"))
+    assert res.exit_code == 0 and "0 pairs done, 3 skipped" in res.output
+    entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]
+    assert entry["settings"]["stages"] == ["network"] and "io" not in entry["settings"]
+    assert "search" not in entry["settings"] and "package_version" in entry["settings"]
+
+
+def test_a_write_failure_keeps_the_records_of_pairs_already_done(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    cfg = predict.PredictConfig(dataset.load(tiny_dataset), out, checkpoint=ckpt, io=IOConfig(0), device="cpu",
+                                progress=False)
+    first = predict.run(cfg)
+    (out / FIELDS[0]).unlink()  # only the first pair needs redoing
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / FIELDS[0]))
+
+    monkeypatch.setattr(io, "write_disp", full)
+    second = predict.run(cfg)
+    assert second["pairs"][PAIRS[0]]["status"] == "failed"
+    assert [second["pairs"][k]["status"] for k in PAIRS[1:]] == ["skipped (outputs exist)"] * 2  # not "not tried"
+    saved = json.loads((out / "run.json").read_text())["pairs"]
+    assert saved[PAIRS[1]]["files"] == first["pairs"][PAIRS[1]]["files"]
+
+
+def test_the_python_api_refuses_an_unknown_stage_before_any_work(tiny_dataset, ckpt, tmp_path):
+    cfg = predict.PredictConfig(dataset.load(tiny_dataset), tmp_path / "out", checkpoint=ckpt, stages=("Adam",),
+                                device="cpu", progress=False)
+    with pytest.raises(ValueError, match="stages"):
+        predict.run(cfg)
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_a_pair_of_another_modality_index_is_written_under_its_planned_name(tiny_dataset, ckpt, tmp_path):
+    root = tiny_dataset.parent
+    for folder in ("imagesTr", "labelsTr"):
+        shutil.copyfile(root / folder / "AbdomenCTCT_0002_0000.nii.gz", root / folder / "AbdomenCTCT_0002_0001.nii.gz")
+    data = json.loads(tiny_dataset.read_text())
+    data["registration_val"] = [{"fixed": "./imagesTr/AbdomenCTCT_0001_0000.nii.gz",
+                                 "moving": "./imagesTr/AbdomenCTCT_0002_0001.nii.gz"}]
+    other = root / "mm.json"
+    other.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    res = invoke(*predict_args(other, out, ckpt))
+    assert res.exit_code == 0, res.output
+    assert (out / "disp_0001_0000_0002_0001.nii.gz").is_file()
+    assert not (out / "disp_0001_0000_0002_0000.nii.gz").exists()
+    assert "0 pairs done, 1 skipped" in invoke(*predict_args(other, out, ckpt)).output
