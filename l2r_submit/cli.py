@@ -64,11 +64,11 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None) -> None
     Checks every split's images, the training images and labels, and the labels of the scored splits
     (val, or eval for an evaluation config); test labels are not expected.
     """
-    from . import dataset
+    from . import integrity
 
     ds = _load_dataset(dataset_json, data_root)
     try:
-        lines = dataset.integrity_report(ds, split)
+        lines = integrity.integrity_report(ds, split)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
     for name, pairs in ds.splits.items():

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .contract import check_disp_array
+from .format2020 import downsample_2020, upsample_2020
 
 FORMATS = ("nii.gz", "npz", "npz2020")
 NAME_STYLES = ("long", "short", "both")
@@ -240,25 +241,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
     return path
-
-
-def downsample_2020(disp: np.ndarray) -> np.ndarray:
-    """Full-resolution (3, I, J, K) field to the 2020 form: each channel ``zoom(c, 0.5, order=2)``, float16.
-
-    Like the original 2020 tooling this uses zoom's default ``mode='constant'``, which sets the last
-    plane along each axis to 0 (the sample lands a rounding error past the edge). The round trip is
-    therefore accurate only more than ~4 voxels from the far faces; the 2020 protocol scores what it gets.
-    """
-    from scipy.ndimage import zoom
-
-    return np.stack([zoom(c.astype(np.float32), 0.5, order=2) for c in disp]).astype(np.float16)
-
-
-def upsample_2020(disp_half: np.ndarray) -> np.ndarray:
-    """The 2020 evaluator's upsampling: each channel ``zoom(c, 2, order=2)`` in float32. (3, i, j, k) -> (3, 2i, 2j, 2k)."""
-    from scipy.ndimage import zoom
-
-    return np.stack([zoom(c.astype(np.float32), 2, order=2) for c in disp_half])
 
 
 def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, moving_id: str,

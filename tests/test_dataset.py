@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from l2r_submit import dataset, io
+from l2r_submit import dataset, integrity, io
 
 
 def test_load_test_data(repo_root):
@@ -63,13 +63,13 @@ def test_unknown_pair_keys_rejected_unknown_top_level_reported(tmp_path):
     with pytest.raises(ValueError, match=r"registration_val\[0\]: .*unknown keys \['weight'\]"):
         dataset.load(_write(tmp_path, _minimal(pairs)))
     ds = dataset.load(_write(tmp_path, {**_minimal([]), "colour": "blue"}))
-    assert dataset.integrity_report(ds) == ["note: unknown top-level key 'colour' ignored"]
+    assert integrity.integrity_report(ds) == ["note: unknown top-level key 'colour' ignored"]
 
 
 def test_integrity_report_lists_missing_files(tiny_dataset):
     (tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0002_0000.nii.gz").unlink()
     ds = dataset.load(tiny_dataset)
-    report = dataset.integrity_report(ds, "val")
+    report = integrity.integrity_report(ds, "val")
     assert report == [f"error: missing file {tiny_dataset.parent / 'labelsTr' / 'AbdomenCTCT_0002_0000.nii.gz'}"]
 
 
