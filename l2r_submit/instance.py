@@ -9,6 +9,15 @@ total field ``disp_in + residual`` (the regulariser acts on that total), started
 result is again the whole field of the pair. Adding is right here because the residual is small and
 smooth (a local refinement); large moves are composed by the stages before it.
 
+Field model (``field``):
+  * ``displacement``: the variable is a displacement; the regulariser acts on the total field, so it must
+    stay strong enough to keep det J > 0;
+  * ``velocity``: the variable is a stationary velocity field v, and the update is its exponential,
+    exp(v), computed by scaling and squaring (``steps`` compositions of v / 2^steps with itself; Arsigny
+    et al., MICCAI 2006; Ashburner, NeuroImage 2007). The update is then invertible (det J > 0 up to
+    interpolation) whatever its size, so a weaker regulariser (on v) can be used; the result is
+    ``compose(disp_in, exp(v))``: warping with ``disp_in`` and then with the update.
+
 Dissimilarity (``similarity``):
   * ``mind`` (default): mean squared difference of MIND-SSC descriptors (:mod:`l2r_submit.features`)
     of the soft-tissue window, computed at each grid's resolution; insensitive to how tissue maps to HU
@@ -30,9 +39,10 @@ import torch.nn.functional as F
 from .contract import check_disp_tensor, check_volume_batch
 from .features import CT_WINDOW_HU, mind_ssc, normalise_intensity
 from .model import preprocess
-from .spatial import warp_image
+from .spatial import compose, warp_image
 
 SIMILARITIES = ("mind", "mse")
+FIELDS = ("displacement", "velocity")
 MIND_WINDOW_HU = CT_WINDOW_HU
 
 
@@ -45,8 +55,14 @@ class IOConfig:
     reg: float = 1.0
     coarse_fraction: float = 0.8  # quarter-resolution iterations cost ~1/8 of half-resolution ones
     similarity: str = "mind"
+    field: str = "displacement"
+    steps: int = 6  # scaling-and-squaring steps of the velocity model
 
     def __post_init__(self) -> None:
+        if self.field not in FIELDS:
+            raise ValueError(f"field: '{self.field}' received, expected one of {', '.join(FIELDS)}")
+        if not 1 <= self.steps <= 12:
+            raise ValueError(f"steps: {self.steps} received, expected 1 to 12")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity: '{self.similarity}' received, expected one of {', '.join(SIMILARITIES)}")
         if self.iters < 0 or not 0.0 <= self.coarse_fraction <= 1.0:
@@ -57,6 +73,17 @@ class IOConfig:
 def diffusion(disp: torch.Tensor) -> torch.Tensor:
     """Mean squared forward difference of a displacement along each axis. Shape: (B, 3, I, J, K) -> scalar."""
     return sum((torch.diff(disp, dim=d) ** 2).mean() for d in (2, 3, 4)) / 3.0
+
+
+def exponential(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+    """The displacement of exp(v) by scaling and squaring: u = v / 2^steps, then ``steps`` times u = u o u.
+
+    Shape: (B, 3, I, J, K) voxels -> the same.
+    """
+    u = velocity / (2 ** steps)
+    for _ in range(steps):
+        u = compose(u, u)
+    return u
 
 
 def _resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -98,6 +125,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
             raise ValueError(f"{name}: {img.shape[1]} channels received, expected 1 (HU)")
     if cfg.iters <= 0:
         return disp
+    velocity = cfg.field == "velocity"
     full = tuple(disp.shape[2:])
     n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
     residual = None
@@ -109,16 +137,27 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
             m = features(moving_hu, size, cfg.similarity, ct)
             f = features(fixed_hu, size, cfg.similarity, ct)
             base = _resize_disp(disp, size)
+            if velocity and base.any():  # the update acts after disp_in: warp by it once, up front
+                m = warp_image(m, base, padding_mode="border")
             start = torch.zeros_like(base) if residual is None else _resize_disp(residual, size)
         residual = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([residual], lr=cfg.lr * 2 / level)  # the step is in voxels of this grid
         with torch.enable_grad():
             for _ in range(iters):
-                total = base + residual
-                loss = F.mse_loss(warp_image(m, total), f) + cfg.reg * diffusion(total)
+                if velocity:
+                    loss = (F.mse_loss(warp_image(m, exponential(residual, cfg.steps)), f)
+                            + cfg.reg * diffusion(residual))
+                else:
+                    total = base + residual
+                    loss = F.mse_loss(warp_image(m, total), f) + cfg.reg * diffusion(total)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         residual = residual.detach()
     with torch.no_grad():
+        if residual is None:
+            return disp
+        if velocity:
+            update = exponential(_resize_disp(residual, full), cfg.steps)
+            return compose(disp, update) if disp.any() else update
         return disp + _resize_disp(residual, full)
