@@ -243,15 +243,38 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="Search control-grid spacing in voxels, even [default: 6].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads [default: all; with several ranks on CPU, the cores shared out].")
+@click.option("--sequential", is_flag=True,
+              help="Read, register and write one pair after the other [default: the next pair is read and the "
+                   "previous field written while a pair is registered].")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Predict only rank K's share of N (0 <= K < N; every N-th pair from the K-th); each rank "
+                   "records run.shardKofN.json and merges them into run.json [default: under torchrun, "
+                   "its RANK/WORLD_SIZE; else all pairs].")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
             fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
-            threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
-    """Register every pair of DATASET_JSON and write official displacement fields to --out."""
+            threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
+            quiet: bool) -> None:
+    """Register every pair of DATASET_JSON and write official displacement fields to --out.
+
+    Several processes: ``torchrun --nproc_per_node N -m l2r_submit predict ...`` or one process per
+    ``--shard K/N`` (each on its own GPU when there are several); a rerun redoes a killed rank's pairs.
+    """
+    import os
+
+    from .shards import from_environment, parse_shard
+
+    try:
+        rank = parse_shard(shard) if shard is not None else from_environment(os.environ)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    if rank is not None and do_eval:
+        raise _Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
     if wanted == ():
         raise _Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
@@ -276,13 +299,18 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         raise _Fail(f"--stages/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
-                           overwrite=overwrite, threads=threads, progress=not quiet)
+                           overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
+                           shard=rank)
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
     line, failed = pr.summary(manifest)
-    click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
+    if rank is None:
+        click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
+    else:
+        merged = ", ".join(manifest.get("merged", [])) or "none"
+        click.echo(f"rank {rank[0]}/{rank[1]}: {line}; wrote {out_dir}; run.json merged from ranks {merged}")
     if do_eval:
         failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
     if failed:

@@ -27,7 +27,7 @@ def sha256(path: Path) -> str:
 
 
 RUN_ONLY_FIELDS = frozenset({"dataset", "out_dir", "split", "pairs", "checkpoint", "weights_dir", "device",
-                             "qc_dir", "overwrite", "threads", "progress"})
+                             "qc_dir", "overwrite", "threads", "progress", "pipeline", "shard"})
 """PredictConfig (:mod:`l2r_submit.predict`) fields that do not change what a pair's field holds (where
 to read and write, which pairs, how fast). Every other field, including any added later, is part of
 :func:`output_settings` and so of the rerun check."""
@@ -120,3 +120,32 @@ def previous_pairs(out_dir: Path) -> dict:
     except (OSError, ValueError, AttributeError):
         return {}
     return pairs if isinstance(pairs, dict) else {}
+
+
+def stage_means(entries: list[dict]) -> dict[str, float]:
+    """Mean seconds per pair of each step (read, network, search, adam, write) over the pairs done."""
+    steps = [{"read": e.get("io_seconds", {}).get("read", 0.0), **e.get("stage_seconds", {}),
+              "write": e.get("io_seconds", {}).get("write", 0.0)} for e in entries if e.get("status") == "done"]
+    names = dict.fromkeys(n for s in steps for n in s)
+    return {n: round(sum(s.get(n, 0.0) for s in steps) / len(steps), 3) for n in names}
+
+
+def summary(manifest: dict) -> tuple[str, int]:
+    """A one-line summary of a predict run and the number of failed pairs: the pairs' states, this run's
+    wall seconds per pair tried and each step's mean seconds per pair done (steps overlap when pipelined)."""
+    run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"]) if k in manifest["pairs"]]
+    states = [p["status"] for p in run_pairs]
+    done = [p["seconds"] for p in run_pairs if p["status"] == "done"]
+    failed = states.count("failed")
+    not_tried = states.count("not tried")
+    skipped = sum(s.startswith("skipped") for s in states)
+    rate = ""
+    if done and "run_seconds" in manifest:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in manifest.get("seconds_per_pair", {}).items())
+        how = "pipelined" if manifest.get("pipelined") else "sequential"
+        rate = f", {manifest['run_seconds'] / (len(done) + failed):.2f} s per pair ({steps} s; {how})"
+    elif done:
+        rate = f", {sum(done) / len(done):.1f} s per pair"
+    extra = f", {not_tried} not tried" if not_tried else ""
+    bad = failed + not_tried + ("manifest_error" in manifest)
+    return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{extra}{rate} ({manifest['device']})", bad

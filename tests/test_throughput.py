@@ -1,0 +1,137 @@
+"""Throughput paths of predict: the pipelined loop (reader and writer threads) against the sequential
+one, and pairs shared out over ranks (--shard K/N, torchrun) against one process."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from l2r_submit import checkpoint, io, model
+from l2r_submit.cli import main
+
+PAIRS = ["0001_0000<--0002_0000", "0001_0000<--0003_0000", "0002_0000<--0003_0000"]
+FIELDS = ["disp_0001_0000_0002_0000.nii.gz", "disp_0001_0000_0003_0000.nii.gz", "disp_0002_0000_0003_0000.nii.gz"]
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    net = model.build("tiny")
+    with torch.no_grad():
+        net.decoder.head.weight.normal_(0, 0.01)  # a non-zero field, so outputs are not trivially zero
+    return checkpoint.save(tmp_path / "tiny.pt", net)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def args(dataset, out, ckpt, *extra):
+    return ["predict", dataset, "--out", out, "--checkpoint", ckpt, "--device", "cpu", "--quiet", "--threads", "1",
+            *extra]
+
+
+def field(path):
+    """The stored field, bit for bit (decompressed: the gzip header of a .nii.gz holds no content)."""
+    return np.asanyarray(nib.load(path).dataobj)
+
+
+def test_pipelined_and_sequential_paths_write_identical_fields(tiny_dataset, ckpt, tmp_path):
+    runs = {}
+    for how, flag in (("sequential", ["--sequential"]), ("pipelined", [])):
+        out = tmp_path / how
+        res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "2", *flag))
+        assert res.exit_code == 0, res.output
+        assert "3 pairs done, 0 skipped, 0 failed" in res.output and f"s; {how})" in res.output
+        manifest = json.loads((out / "run.json").read_text())
+        assert manifest["pipelined"] is (how == "pipelined") and manifest["run_seconds"] > 0
+        for entry in manifest["pairs"].values():  # per-stage seconds, adding up to the pair's seconds
+            assert list(entry["stage_seconds"]) == ["network", "adam"] and list(entry["io_seconds"]) == ["read", "write"]
+            steps = {**entry["stage_seconds"], **entry["io_seconds"]}
+            assert entry["seconds"] == pytest.approx(sum(steps.values()), abs=0.01)
+        assert list(manifest["seconds_per_pair"]) == ["read", "network", "adam", "write"]
+        runs[how] = out
+    for name in FIELDS:
+        a, b = field(runs["sequential"] / name), field(runs["pipelined"] / name)
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b) and np.abs(a).max() > 0
+
+
+def test_a_reader_thread_failure_fails_that_pair_only(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    real = io.read_volume
+    threads, failed = set(), []
+
+    def flaky(path, *a, **k):
+        threads.add(threading.current_thread().name)
+        if "0003" in str(path) and not failed:  # the first pair that reads image 0003
+            failed.append(path)
+            raise ValueError(f"{path}: corrupt gzip stream")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(io, "read_volume", flaky)
+    out = tmp_path / "out"
+    res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0"))
+    assert res.exit_code == 1 and "2 pairs done, 0 skipped, 1 failed" in res.output
+    assert all(name.startswith("l2r-read") for name in threads)  # read in the reader thread
+    pairs = json.loads((out / "run.json").read_text())["pairs"]
+    assert pairs[PAIRS[1]]["status"] == "failed" and "corrupt gzip stream" in pairs[PAIRS[1]]["error"]
+    assert pairs[PAIRS[0]]["status"] == pairs[PAIRS[2]]["status"] == "done"
+    assert sorted(p.name for p in out.glob("disp_*")) == [FIELDS[0], FIELDS[2]]
+
+
+def test_a_writer_thread_failure_fails_that_pair_only(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    real = io.write_disp
+    threads = set()
+
+    def flaky(disp, out_dir, fixed_id, moving_id, *a, **k):
+        threads.add(threading.current_thread().name)
+        if (fixed_id, moving_id) == ("0001", "0003"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(out_dir / FIELDS[1]))
+        return real(disp, out_dir, fixed_id, moving_id, *a, **k)
+
+    monkeypatch.setattr(io, "write_disp", flaky)
+    out = tmp_path / "out"
+    res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0"))
+    assert res.exit_code == 1 and "2 pairs done, 0 skipped, 1 failed" in res.output
+    assert threads and all(name.startswith("l2r-write") for name in threads)  # written in the writer thread
+    assert f"error: {PAIRS[1]}: {out / FIELDS[1]}: cannot be written or read (Input/output error)" in res.output
+    pairs = json.loads((out / "run.json").read_text())["pairs"]
+    assert [pairs[k]["status"] for k in PAIRS] == ["done", "failed", "done"]
+    assert sorted(p.name for p in out.glob("disp_*")) == [FIELDS[0], FIELDS[2]]
+
+
+def test_two_torchrun_processes_write_the_same_fields_as_one(tiny_dataset, ckpt, tmp_path, repo_root):
+    one = tmp_path / "one"
+    assert invoke(*args(tiny_dataset, one, ckpt, "--io-iters", "2")).exit_code == 0
+    two = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "l2r_submit", *map(str, args(tiny_dataset, two, ckpt, "--io-iters", "2"))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0/2: 2 pairs done" in proc.stdout and "rank 1/2: 1 pairs done" in proc.stdout
+    for name in FIELDS:
+        assert np.array_equal(field(one / name), field(two / name))
+    merged = json.loads((two / "run.json").read_text())
+    assert sorted(merged["selected"]) == PAIRS and all(merged["pairs"][k]["status"] == "done" for k in PAIRS)
+    assert merged["shards"]["0/2"]["finished"] and merged["shards"]["1/2"]["finished"]
+
+
+def test_a_killed_rank_s_pairs_are_redone_by_a_rerun(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0", "--shard", "0/2"))
+    assert res.exit_code == 0 and "rank 0/2: 2 pairs done" in res.output  # rank 1 never ran (killed)
+    merged = json.loads((out / "run.json").read_text())
+    assert merged["shards"]["1/2"] == {"finished": False, "device": None, "run_seconds": None}
+    res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0"))  # a rerun, here in one process
+    assert res.exit_code == 0 and "1 pairs done, 2 skipped, 0 failed" in res.output
+    pairs = json.loads((out / "run.json").read_text())["pairs"]
+    assert [pairs[k]["status"] for k in PAIRS] == ["skipped (outputs exist)", "done", "skipped (outputs exist)"]
+    assert invoke(*args(tiny_dataset, out, ckpt, "--shard", "2/2")).exit_code == 2
