@@ -135,3 +135,43 @@ def test_a_killed_rank_s_pairs_are_redone_by_a_rerun(tiny_dataset, ckpt, tmp_pat
     pairs = json.loads((out / "run.json").read_text())["pairs"]
     assert [pairs[k]["status"] for k in PAIRS] == ["skipped (outputs exist)", "done", "skipped (outputs exist)"]
     assert invoke(*args(tiny_dataset, out, ckpt, "--shard", "2/2")).exit_code == 2
+
+
+def test_a_rerun_over_unchanged_fields_reads_none_of_them(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    from l2r_submit import run_record
+
+    out = tmp_path / "out"
+    assert invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0")).exit_code == 0
+    hashed = []
+    real = run_record.sha256
+    monkeypatch.setattr(run_record, "sha256", lambda path: hashed.append(path.name) or real(path))
+    res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0"))
+    assert "0 pairs done, 3 skipped" in res.output
+    assert not [name for name in hashed if name.startswith("disp_")]  # no field read (only the weights hashed)
+
+
+def test_a_field_rewritten_in_place_with_its_mtime_put_back_is_redone(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0")).exit_code == 0
+    path = out / FIELDS[1]
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # same size, same inode, other content
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the modification time as recorded
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_ino == st.st_ino
+    res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0"))
+    assert "1 pairs done, 2 skipped" in res.output  # the ctime moved: hashed, found changed, redone
+    entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[1]]
+    assert entry["redone"] == f"{FIELDS[1]} changed since it was written"
+
+
+def test_a_copied_folder_is_still_skipped_by_its_hashes(tiny_dataset, ckpt, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    assert invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0")).exit_code == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)  # other inodes and ctimes, the same bytes
+    assert "0 pairs done, 3 skipped" in invoke(*args(tiny_dataset, copy, ckpt, "--io-iters", "0")).output
