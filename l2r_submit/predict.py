@@ -40,7 +40,7 @@ from . import stages as stg
 from .instance import IOConfig
 from .search import SearchConfig
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: found in an installed wheel too
 DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
 DEFAULT_STAGES = ("network", "adam")  # search is opt-in: it did not beat the zero field on real pairs (README)
 
