@@ -28,7 +28,7 @@ RUN python -c "import torch" 2>/dev/null || pip install --no-cache-dir ${TORCH_I
 COPY pyproject.toml README.md ./
 COPY l2r_submit ./l2r_submit
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
-    && rm -rf /opt/l2r_submit/l2r_submit /opt/l2r_submit/build \
+    && rm -rf /opt/l2r_submit/l2r_submit /opt/l2r_submit/build /opt/l2r_submit/*.egg-info \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin l2r \
     && mkdir -p /l2r/data /l2r/output \
     && chown 10001:10001 /l2r/output

@@ -244,7 +244,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="[default: val when it has pairs, else test]")
 @click.option("--pairs", default=None, help="Comma-separated subset, e.g. 0001_0004,0002_0004.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Weights file [default: the shipped weights in weights/].")
+              help="Weights file [default: the shipped weights, l2r_submit/weights/].")
 @click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz", show_default=True,
               help="npz2020: the 2020 half-resolution float16 form.")
 @click.option("--names", type=click.Choice(["long", "short", "both"]), default=None,
