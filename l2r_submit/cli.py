@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from . import predict_args as pa
 
 
 class _Fail(click.ClickException):
@@ -35,25 +36,12 @@ def _load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = N
         raise _Fail(str(exc)) from None
 
 
-STAGE_NAMES = ("network", "search", "adam")
-""":data:`l2r_submit.stages.STAGE_NAMES`, here so that ``--stages`` is checked before torch is imported
-(``l2r_submit.stages`` imports torch; a test keeps the two equal, and the stages module checks again)."""
-
-
-def _check_stages(text: str | None) -> None:
-    """``--stages``: distinct known names, checked without torch (``stages.parse_stages`` parses them)."""
-    if text is None:
-        return
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names or len(set(names)) != len(names) or any(n not in STAGE_NAMES for n in names):
-        raise _Fail(f"--stages/--search-*: stages: '{text}' received, expected a comma list of distinct names "
-                    f"among {', '.join(STAGE_NAMES)}")
-
-
-def _even(value: int | None) -> int | None:
-    """``--search-grid``: even (the search descriptors are at half resolution), checked without torch."""
-    if value is not None and value % 2:
-        raise _Fail(f"--stages/--search-*: search grid: {value} received, expected an even number >= 2")
+def _checked(check, value):
+    """``check(value)`` (a torch-free check of :mod:`l2r_submit.predict_args`), its ValueError as one line."""
+    try:
+        check(value)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
     return value
 
 
@@ -261,7 +249,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="Comma list among network,search,adam, run in that order [default: network,adam].")
 @click.option("--search-hw", type=click.IntRange(1, 12), default=None,
               help="Search range in grid steps per axis [default: 4].")
-@click.option("--search-grid", type=click.IntRange(2, 16), default=None, callback=lambda _c, _p, v: _even(v),
+@click.option("--search-grid", type=click.IntRange(2, 16), default=None, callback=lambda _c, _p, v: _checked(pa.check_search_grid, v),
               help="Search control-grid spacing in voxels, even [default: 6].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
@@ -297,7 +285,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         raise _Fail(str(exc)) from None
     if rank is not None and do_eval:
         raise _Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
-    _check_stages(stages)
+    _checked(pa.check_stages, stages)
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
     if wanted == ():
         raise _Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
@@ -309,6 +297,16 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     _check_folder_option(out_dir, "--out")
     _check_folder_option(qc_dir, "--qc")
     ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
+    request = None
+    if rank is None:
+        request = pa.request_of(click.get_current_context().params, checkpoint)
+        from .quick_rerun import nothing_to_do
+
+        kept = 0 if overwrite or do_eval else nothing_to_do(ds, out_dir, split, wanted, fmt, names, request)
+        if kept:
+            click.echo(f"0 pairs done, {kept} skipped, 0 failed: nothing to do, every field as {out_dir / 'run.json'} "
+                       "records (checked without loading torch)")
+            return
     from . import predict as pr
     from .instance import IOConfig
     from .search import SearchConfig
@@ -323,7 +321,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
-                           shard=rank)
+                           shard=rank, request=request)
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:

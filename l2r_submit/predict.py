@@ -39,8 +39,8 @@ from .dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
 from .search import SearchConfig
+from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: found in an installed wheel too
 DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
 DEFAULT_STAGES = ("network", "adam")  # search is opt-in: it did not beat the zero field on real pairs (README)
 
@@ -68,6 +68,8 @@ class PredictConfig:
         progress: progress bar on stderr.
         pipeline: overlap reading and writing with computing (False: one step after the other).
         shard: ``(K, N)``: only every N-th pair from the K-th (0-based), one of N ranks.
+        request: what the command was asked (:func:`l2r_submit.quick_rerun.request_key`), recorded in
+            run.json so that the same request can later be found to have nothing to do without torch.
     """
 
     dataset: Dataset
@@ -89,27 +91,7 @@ class PredictConfig:
     progress: bool = True
     pipeline: bool = True
     shard: tuple[int, int] | None = None
-
-
-def resolve_checkpoint(path: Path | None, weights_dir: Path) -> Path:
-    """The checkpoint to use; files listed in ``weights_dir/manifest.json`` must match their sha256.
-
-    Raises:
-        ValueError: no checkpoint given and no shipped default, a missing file, or a checksum mismatch.
-    """
-    manifest_path = weights_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"files": {}}
-    if path is None:
-        if "default" not in manifest:
-            raise ValueError(f"{manifest_path}: no shipped weights; pass --checkpoint")
-        path = weights_dir / manifest["default"]
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
-    listed = manifest["files"].get(path.name) if path.resolve().parent == weights_dir.resolve() else None
-    if listed is not None and sha256(path) != listed["sha256"]:
-        raise ValueError(f"{path}: sha256 does not match {manifest_path} (corrupt or replaced weights file)")
-    return path
+    request: dict | None = None
 
 
 def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
@@ -274,6 +256,7 @@ def run(cfg: PredictConfig) -> dict:
                      "network": cfg.network, "overwrite": cfg.overwrite,
                      "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
         "selected": [p.key for p in pairs],
+        "request": cfg.request, "field_settings": settings,
         # replaced pair by pair: a stopped run still describes every file in the folder (a shard: its own pairs)
         "pairs": dict(earlier) if cfg.shard is None else {},
     }

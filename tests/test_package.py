@@ -10,7 +10,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from l2r_submit import cli, predict, stages
+from l2r_submit import predict, predict_args, stages
 
 NO_TORCH = """
 import json, sys
@@ -43,7 +43,7 @@ def test_help_and_argument_errors_never_import_torch(tiny_dataset, tmp_path, rep
 
 
 def test_the_command_line_knows_the_stage_names_of_the_stages_module():
-    assert cli.STAGE_NAMES == stages.STAGE_NAMES
+    assert predict_args.STAGE_NAMES == stages.STAGE_NAMES
 
 
 def test_the_shipped_weights_are_package_data(repo_root):

@@ -175,3 +175,39 @@ def test_a_copied_folder_is_still_skipped_by_its_hashes(tiny_dataset, ckpt, tmp_
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)  # other inodes and ctimes, the same bytes
     assert "0 pairs done, 3 skipped" in invoke(*args(tiny_dataset, copy, ckpt, "--io-iters", "0")).output
+
+
+RERUN = """
+import sys
+from l2r_submit.cli import main
+try:
+    main(sys.argv[1:], prog_name="l2r")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+assert "torch" not in sys.modules
+print("no torch")
+"""
+
+
+def test_a_rerun_with_nothing_to_do_never_imports_torch(tiny_dataset, ckpt, tmp_path, repo_root):
+    out = tmp_path / "out"
+    run = [str(a) for a in args(tiny_dataset, out, ckpt, "--io-iters", "0")]
+    assert invoke(*run).exit_code == 0
+    proc = subprocess.run([sys.executable, "-c", RERUN, *run], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(repo_root), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 pairs done, 3 skipped, 0 failed: nothing to do" in proc.stdout and "no torch" in proc.stdout
+    res = invoke(*run[:-1], "1")  # another request (--io-iters 1): the full way, which redoes every pair
+    assert "3 pairs done, 0 skipped" in res.output
+
+
+def test_the_quick_rerun_check_leaves_a_pair_of_other_settings_to_the_full_run(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    run = args(tiny_dataset, out, ckpt, "--io-iters", "0")
+    assert invoke(*run).exit_code == 0
+    record = json.loads((out / "run.json").read_text())
+    record["pairs"][PAIRS[2]]["settings"]["fmt"] = "npz"  # e.g. left by an interrupted run with other settings
+    (out / "run.json").write_text(json.dumps(record))
+    res = invoke(*run)
+    assert "1 pairs done, 2 skipped, 0 failed" in res.output and "nothing to do" not in res.output
+    assert json.loads((out / "run.json").read_text())["pairs"][PAIRS[2]]["redone"].startswith("made with other settings")
