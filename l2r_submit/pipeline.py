@@ -69,11 +69,11 @@ def run_items(items: Sequence[Any], read: Callable[[Any], Any],
         if pending is None:
             return False
         item, fut, outcome = pending
-        pending = None
         try:
             outcome.value, outcome.seconds["write"] = fut.result()
         except Exception as exc:  # noqa: BLE001 - the writer's failure fails this item only
             outcome.error = exc
+        pending = None  # only now: interrupted while waiting, the write is still waited for and reported
         return done(item, outcome)
 
     try:

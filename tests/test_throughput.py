@@ -211,3 +211,52 @@ def test_the_quick_rerun_check_leaves_a_pair_of_other_settings_to_the_full_run(t
     res = invoke(*run)
     assert "1 pairs done, 2 skipped, 0 failed" in res.output and "nothing to do" not in res.output
     assert json.loads((out / "run.json").read_text())["pairs"][PAIRS[2]]["redone"].startswith("made with other settings")
+
+
+def test_the_pipeline_keeps_one_item_read_ahead_and_one_written_at_most():
+    from l2r_submit import pipeline
+
+    log, lock = [], threading.Lock()
+
+    def event(name, i):
+        with lock:
+            log.append((name, i))
+
+    def read(i):
+        event("read", i)
+        return i
+
+    def compute(i, data):
+        event("compute", i)
+        return data * 10, {"net": 0.0}
+
+    def write(i, result):
+        event("write", i)
+        return result
+
+    seen = []
+    left = pipeline.run_items(list(range(6)), read, compute, write, lambda i, o: seen.append((i, o.value)) or False)
+    assert left == [] and seen == [(i, 10 * i) for i in range(6)]
+    at = {e: n for n, e in enumerate(log)}
+    for i in range(4):  # the read of i+2 starts only once i is computed; the write of i+1 only once i is written
+        assert at[("read", i + 2)] > at[("compute", i)] and at[("write", i + 1)] > at[("write", i)]
+
+
+def test_an_interrupt_finishes_and_reports_the_field_being_written_first():
+    from l2r_submit import pipeline
+
+    written = []
+
+    def compute(i, data):
+        if i == 2:
+            raise KeyboardInterrupt
+        return data, {}
+
+    def write(i, result):
+        written.append(i)
+        return i
+
+    reported = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_items(list(range(4)), lambda i: i, compute, write, lambda i, o: reported.append(i) or False)
+    assert written == reported == [0, 1]
