@@ -1,9 +1,14 @@
 """Seconds per pair and peak RSS of `l2r predict` at full resolution (192x160x256) on test_data/.
 
-Each configuration is a separate `l2r predict` process whose own peak resident set is reported;
-seconds per pair come from its run.json (reading, inference, optional refinement, writing).
+Each configuration is a separate `l2r predict` process whose own peak resident set is reported, run
+twice: the sequential path (--sequential: read, register, write one after the other) and the pipelined
+one (the default: the next pair read and the previous field written while a pair is registered).
+From its run.json: seconds per pair of the whole run (wall, run_seconds / pairs), the mean seconds per
+pair of each step (read, network, search, adam, write), and "compute" = the registration stages alone;
+the target is a pipelined run within 10% of its compute. Then a rerun over the finished folder (every
+pair skipped) is timed as a whole process.
 
-    python benchmarks/predict_bench.py [--threads 2] [--io-iters 0,N] [--paper] [--device cpu]
+    python benchmarks/predict_bench.py [--threads 2] [--io-iters 0,N] [--pairs 4] [--paper] [--device cpu]
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -33,31 +39,52 @@ sys.exit(code)
 """
 
 
-def run_predict(args: list[str], out: Path) -> tuple[float, float, int]:
-    """Run one `l2r predict` process; returns (seconds per pair, its peak RSS in GiB, pairs done)."""
+def run_predict(args: list[str], out: Path) -> tuple[dict, float, float, str]:
+    """Run one `l2r predict` process; returns (its run.json, its peak RSS in GiB, its wall seconds, the
+    last line it printed)."""
     cmd = [sys.executable, "-c", CHILD, "predict", str(DATA), "--out", str(out), "--quiet", *args]
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd[3:])}\n{proc.stderr[-2000:]}")
     peak_kib = int(proc.stderr.split("PEAK_RSS_KIB")[-1].split()[0])
-    manifest = json.loads((out / "run.json").read_text())
-    secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
-    return sum(secs) / len(secs), peak_kib / 2**20, len(secs)
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    return json.loads((out / "run.json").read_text()), peak_kib / 2**20, wall, last
+
+
+def describe(manifest: dict) -> tuple[str, float, float]:
+    """One line for a run: wall seconds per pair, each step's, compute alone; and (wall, compute) per pair."""
+    done = [p for p in manifest["pairs"].values() if p["status"] == "done"]
+    wall = manifest["run_seconds"] / len(done)
+    steps = manifest["seconds_per_pair"]
+    compute = sum(v for k, v in steps.items() if k not in ("read", "write"))
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
+    return f"{wall:.2f} s/pair over {len(done)} pairs (per step: {parts}; compute alone {compute:.2f})", wall, compute
 
 
 @click.command()
 @click.option("--threads", default=2, show_default=True)
 @click.option("--io-iters", default="0", show_default=True, help="Comma list of instance-optimisation settings.")
+@click.option("--pairs", "n_pairs", default=4, show_default=True, help="The first N val pairs of test_data/.")
 @click.option("--paper", is_flag=True, help="Also time the paper-size preset (random weights, one pair).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def main(threads: int, io_iters: str, paper: bool, device: str) -> None:
-    common = ["--threads", str(threads), "--device", device]
+def main(threads: int, io_iters: str, n_pairs: int, paper: bool, device: str) -> None:
+    data = json.loads(DATA.read_text())["registration_val"][:n_pairs]
+    key = lambda p: "_".join(Path(p[r]).name.split("_")[1] for r in ("fixed", "moving"))  # noqa: E731
+    common = ["--threads", str(threads), "--device", device, "--pairs", ",".join(key(p) for p in data)]
     with tempfile.TemporaryDirectory() as tmp:
         for iters in [int(v) for v in io_iters.split(",")]:
-            sec, rss, n = run_predict([*common, "--io-iters", str(iters)], Path(tmp) / f"io{iters}")
             label = "network only" if iters == 0 else f"network + {iters} instance-optimisation iterations"
-            print(f"shipped weights, {label}: {sec:.2f} s/pair over {n} pairs, peak RSS {rss:.2f} GiB "
-                  f"({device}, {threads} threads)")
+            for how in ("sequential", "pipelined"):
+                out = Path(tmp) / f"io{iters}-{how}"
+                flag = ["--sequential"] if how == "sequential" else []
+                manifest, rss, _, _ = run_predict([*common, "--io-iters", str(iters), *flag], out)
+                line, wall, compute = describe(manifest)
+                print(f"shipped weights, {label}, {how}: {line}; wall / compute {wall / compute:.2f}, "
+                      f"peak RSS {rss:.2f} GiB ({device}, {threads} threads)", flush=True)
+            _, _, wall, last = run_predict([*common, "--io-iters", str(iters)], out)  # the pipelined run's request
+            print(f"rerun over the finished folder: {wall:.2f} s in all, as a process ({last})", flush=True)
         if paper:
             import torch
 
@@ -67,9 +94,9 @@ def main(threads: int, io_iters: str, paper: bool, device: str) -> None:
             net = model.build("paper")
             torch.nn.init.normal_(net.decoder.head.weight, 0, 1e-3)
             ckpt = checkpoint.save(Path(tmp) / "paper.pt", net)
-            sec, rss, n = run_predict([*common, "--io-iters", "0", "--checkpoint", str(ckpt), "--pairs", "0001_0004"],
-                                      Path(tmp) / "paper")
-            print(f"paper preset (30.75 M, random weights), network only: {sec:.2f} s/pair, "
+            manifest, rss, _, _ = run_predict([*common[:4], "--io-iters", "0", "--checkpoint", str(ckpt),
+                                            "--pairs", "0001_0004"], Path(tmp) / "paper")
+            print(f"paper preset (30.75 M, random weights), network only: {describe(manifest)[0]}, "
                   f"peak RSS {rss:.2f} GiB")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from . import predict_args as pa
 
 
 class _Fail(click.ClickException):
@@ -33,6 +34,15 @@ def _load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = N
         return dataset.load(path, data_root)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
+
+
+def _checked(check, value):
+    """``check(value)`` (a torch-free check of :mod:`l2r_submit.predict_args`), its ValueError as one line."""
+    try:
+        check(value)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    return value
 
 
 def _check_folder_option(folder: Path | None, option: str) -> None:
@@ -222,7 +232,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="[default: val when it has pairs, else test]")
 @click.option("--pairs", default=None, help="Comma-separated subset, e.g. 0001_0004,0002_0004.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Weights file [default: the shipped weights in weights/].")
+              help="Weights file [default: the shipped weights, l2r_submit/weights/].")
 @click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz", show_default=True,
               help="npz2020: the 2020 half-resolution float16 form.")
 @click.option("--names", type=click.Choice(["long", "short", "both"]), default=None,
@@ -239,19 +249,43 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="Comma list among network,search,adam, run in that order [default: network,adam].")
 @click.option("--search-hw", type=click.IntRange(1, 12), default=None,
               help="Search range in grid steps per axis [default: 4].")
-@click.option("--search-grid", type=click.IntRange(2, 16), default=None,
+@click.option("--search-grid", type=click.IntRange(2, 16), default=None, callback=lambda _c, _p, v: _checked(pa.check_search_grid, v),
               help="Search control-grid spacing in voxels, even [default: 6].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads [default: all; with several ranks on CPU, the cores shared out].")
+@click.option("--sequential", is_flag=True,
+              help="Read, register and write one pair after the other [default: the next pair is read and the "
+                   "previous field written while a pair is registered].")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Predict only rank K's share of N (0 <= K < N; every N-th pair from the K-th); each rank "
+                   "records run.shardKofN.json and merges them into run.json [default: under torchrun, "
+                   "its RANK/WORLD_SIZE; else all pairs].")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
             fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
-            threads: int | None, data_root: Path | None, do_eval: bool, quiet: bool) -> None:
-    """Register every pair of DATASET_JSON and write official displacement fields to --out."""
+            threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
+            quiet: bool) -> None:
+    """Register every pair of DATASET_JSON and write official displacement fields to --out.
+
+    Several processes: ``torchrun --nproc_per_node N -m l2r_submit predict ...`` or one process per
+    ``--shard K/N`` (each on its own GPU when there are several); a rerun redoes a killed rank's pairs.
+    """
+    import os
+
+    from .shards import from_environment, parse_shard
+
+    try:
+        rank = parse_shard(shard) if shard is not None else from_environment(os.environ)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    if rank is not None and do_eval:
+        raise _Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
+    _checked(pa.check_stages, stages)
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
     if wanted == ():
         raise _Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
@@ -263,6 +297,16 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     _check_folder_option(out_dir, "--out")
     _check_folder_option(qc_dir, "--qc")
     ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
+    request = None
+    if rank is None:
+        request = pa.request_of(click.get_current_context().params, checkpoint)
+        from .quick_rerun import nothing_to_do
+
+        kept = 0 if overwrite or do_eval else nothing_to_do(ds, out_dir, split, wanted, fmt, names, request)
+        if kept:
+            click.echo(f"0 pairs done, {kept} skipped, 0 failed: nothing to do, every field as {out_dir / 'run.json'} "
+                       "records (checked without loading torch)")
+            return
     from . import predict as pr
     from .instance import IOConfig
     from .search import SearchConfig
@@ -276,13 +320,18 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         raise _Fail(f"--stages/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
-                           overwrite=overwrite, threads=threads, progress=not quiet)
+                           overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
+                           shard=rank, request=request)
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
     line, failed = pr.summary(manifest)
-    click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
+    if rank is None:
+        click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
+    else:
+        merged = ", ".join(manifest.get("merged", [])) or "none"
+        click.echo(f"rank {rank[0]}/{rank[1]}: {line}; wrote {out_dir}; run.json merged from ranks {merged}")
     if do_eval:
         failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
     if failed:

@@ -32,15 +32,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, checkpoint, folders, io, model, runtime
+from . import __version__, checkpoint, folders, io, model, pipeline, runtime, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
-from .run_record import file_record, output_settings, pair_inputs, previous_pairs, redo_reason, sha256
+from .run_record import file_record, output_settings, pair_inputs, redo_reason, sha256, stage_means, summary  # noqa: F401
 from .dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
 from .search import SearchConfig
+from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
 DEFAULT_STAGES = ("network", "adam")  # search is opt-in: it did not beat the zero field on real pairs (README)
 
@@ -64,8 +64,12 @@ class PredictConfig:
         search: global search settings.
         qc_dir: write one QC picture per pair there.
         overwrite: redo pairs whose outputs exist.
-        threads: CPU threads (None: all available).
+        threads: CPU threads (None: all available; with ``shard`` on CPU, the cores shared out).
         progress: progress bar on stderr.
+        pipeline: overlap reading and writing with computing (False: one step after the other).
+        shard: ``(K, N)``: only every N-th pair from the K-th (0-based), one of N ranks.
+        request: what the command was asked (:func:`l2r_submit.quick_rerun.request_key`), recorded in
+            run.json so that the same request can later be found to have nothing to do without torch.
     """
 
     dataset: Dataset
@@ -85,27 +89,9 @@ class PredictConfig:
     overwrite: bool = False
     threads: int | None = None
     progress: bool = True
-
-
-def resolve_checkpoint(path: Path | None, weights_dir: Path) -> Path:
-    """The checkpoint to use; files listed in ``weights_dir/manifest.json`` must match their sha256.
-
-    Raises:
-        ValueError: no checkpoint given and no shipped default, a missing file, or a checksum mismatch.
-    """
-    manifest_path = weights_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"files": {}}
-    if path is None:
-        if "default" not in manifest:
-            raise ValueError(f"{manifest_path}: no shipped weights; pass --checkpoint")
-        path = weights_dir / manifest["default"]
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
-    listed = manifest["files"].get(path.name) if path.resolve().parent == weights_dir.resolve() else None
-    if listed is not None and sha256(path) != listed["sha256"]:
-        raise ValueError(f"{path}: sha256 does not match {manifest_path} (corrupt or replaced weights file)")
-    return path
+    pipeline: bool = True
+    shard: tuple[int, int] | None = None
+    request: dict | None = None
 
 
 def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
@@ -140,10 +126,11 @@ def predict_pair(net: model.RegistrationNet | None, pair: Pair, device: torch.de
     return register_pair(built, pair, device, shape, note)[0]
 
 
-def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
-                  note: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Read one pair and run the stages: its displacement, (3, I, J, K) float32 voxels on the fixed grid,
-    and the seconds of each stage. ``note`` receives a warning when the grids' geometry differs.
+def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Read and check one pair's images (no torch: this runs in the reader thread of the pipelined path).
+
+    Returns:
+        moving and fixed, (I, J, K) float32 (HU for CT), and a note when the grids' geometry differs.
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
@@ -151,15 +138,29 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
     moving_vol = io.read_volume(pair.moving.image, np.float32)
     fixed_vol = io.read_volume(pair.fixed.image, np.float32)
     message = grid_note(pair, moving_vol, fixed_vol)
-    if message and note is not None:
-        note(message)
-    moving_np, fixed_np = moving_vol.array, fixed_vol.array
-    del moving_vol, fixed_vol
-    for case, arr in ((pair.moving, moving_np), (pair.fixed, fixed_np)):
+    for case, arr in ((pair.moving, moving_vol.array), (pair.fixed, fixed_vol.array)):
         if arr.shape != tuple(shape):
             raise ValueError(f"{case.image}: shape {arr.shape} received, the dataset declares {tuple(shape)}")
         if not np.isfinite(arr).all():
             raise ValueError(f"{case.image}: image holds NaN or inf values")
+    return moving_vol.array, fixed_vol.array, message
+
+
+def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
+                  note: Callable[[str], None] | None = None,
+                  images: tuple[np.ndarray, np.ndarray, str | None] | None = None
+                  ) -> tuple[np.ndarray, dict[str, float]]:
+    """Run the stages on one pair: its displacement, (3, I, J, K) float32 voxels on the fixed grid, and
+    the seconds of each stage. ``images``: what :func:`read_pair` returned (None: read them here).
+    ``note`` receives a warning when the grids' geometry differs.
+
+    Raises:
+        ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
+    """
+    moving_np, fixed_np, message = images if images is not None else read_pair(pair, shape)
+    del images
+    if message and note is not None:
+        note(message)
     moving = torch.from_numpy(moving_np)[None, None].to(device)
     fixed = torch.from_numpy(fixed_np)[None, None].to(device)
     del moving_np, fixed_np
@@ -214,11 +215,14 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
 
 
 def run(cfg: PredictConfig) -> dict:
-    """Predict every selected pair; returns the run manifest (also written to ``out_dir/run.json``).
+    """Predict every selected pair (of this shard); returns the run manifest (also written to
+    ``out_dir/run.json``, or to this shard's record, merged into run.json: :mod:`l2r_submit.shards`).
 
     A pair that fails (unreadable image, a write error) is recorded with a one-line error and the
     others go on; after a write error no later pair can escape (disk full, read-only), the rest are
     recorded as ``not tried``. Entries of pairs this run does not select are kept from the earlier run.json.
+    With ``cfg.pipeline`` the next pair is read and the previous field written while a pair is computed
+    (:mod:`l2r_submit.pipeline`); the fields are the same either way.
 
     Raises:
         ValueError: bad input found before any work (missing images, unknown pairs, name collisions,
@@ -226,9 +230,13 @@ def run(cfg: PredictConfig) -> dict:
     """
     ds = cfg.dataset
     pairs, plan = check_before_work(cfg)
+    if cfg.shard is not None:
+        pairs = shards.shard_pairs(pairs, *cfg.shard)
     ckpt_path = resolve_checkpoint(cfg.checkpoint, cfg.weights_dir)
-    runtime.configure_threads(cfg.threads)
     device = runtime.resolve_device(cfg.device)
+    runtime.configure_threads(shards.threads_per_rank(cfg.threads, cfg.shard, device.type))
+    if cfg.shard is not None and device.type == "cuda":
+        device = torch.device("cuda", cfg.shard[0] % torch.cuda.device_count())  # one GPU per rank
     net, _ = checkpoint.load(ckpt_path, map_location=device)
     names = active_stages(cfg)
     if "network" in names:
@@ -239,16 +247,22 @@ def run(cfg: PredictConfig) -> dict:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
     settings = run_settings(cfg, names, ckpt_sha, ds.modality)
-    earlier = previous_pairs(cfg.out_dir)
+    earlier = shards.previous_pairs(cfg.out_dir)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
+        "pipelined": cfg.pipeline,
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
                      "network": cfg.network, "overwrite": cfg.overwrite,
                      "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
         "selected": [p.key for p in pairs],
-        "pairs": dict(earlier),  # replaced pair by pair: a stopped run still describes every file in the folder
+        "request": cfg.request, "field_settings": settings,
+        # replaced pair by pair: a stopped run still describes every file in the folder (a shard: its own pairs)
+        "pairs": dict(earlier) if cfg.shard is None else {},
     }
+    if cfg.shard is not None:
+        manifest["shard"] = shards.shard_name(cfg.shard)
+    record = cfg.out_dir / shards.record_name(cfg.shard)
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -256,59 +270,92 @@ def run(cfg: PredictConfig) -> dict:
             print(f"note: {message} (not repeated for further pairs)", file=sys.stderr)
         notes.append(message)
 
-    from tqdm import tqdm
-
-    stopped: str | None = None
-    for pair in tqdm(pairs, desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress):
+    entries: dict[Pair, dict] = {}
+    todo: list[Pair] = []
+    for pair in pairs:
         outputs = plan[pair]
         entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
         reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, settings)
         if reason is None:
-            kept = earlier[pair.key]
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": settings,
-                                           "files": kept["files"]}
-            continue
-        if stopped:
-            manifest["pairs"][pair.key] = {**entry, "status": "not tried", "error": stopped}
+                                           "files": earlier[pair.key]["files"]}
             continue
         if any(p.exists() for p in outputs):
             entry["redone"] = reason
-        t0 = time.perf_counter()
-        try:
-            disp, stage_seconds = register_pair(stages, pair, device, ds.shape, note)
-            entry["stage_seconds"] = stage_seconds
-            written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names,
-                                    pair.fixed.modality, pair.moving.modality)
-            if sorted(written) != sorted(outputs):  # the names planned (and checked for collisions) are the names written
-                raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
-            entry.update(settings=settings, files=file_record(written))
-            if cfg.qc_dir is not None:
-                from .qc import write_qc
+        entries[pair] = entry
+        todo.append(pair)
 
-                write_qc(cfg.qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png", pair, disp)
-            entry.update(status="done", seconds=round(time.perf_counter() - t0, 3))
-        except Exception as exc:  # noqa: BLE001 - whatever one pair raises, the other pairs go on
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress)
+    stopped: str | None = None
+
+    def write(pair: Pair, disp: np.ndarray) -> dict:
+        outputs = plan[pair]
+        written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names,
+                                pair.fixed.modality, pair.moving.modality)
+        if sorted(written) != sorted(outputs):  # the names planned (and checked for collisions) are the names written
+            raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
+        files = file_record(written)
+        if cfg.qc_dir is not None:
+            from .qc import write_qc
+
+            write_qc(cfg.qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png", pair, disp)
+        return files
+
+    def done(pair: Pair, outcome: pipeline.Outcome) -> bool:
+        nonlocal stopped
+        entry = entries[pair]
+        io_steps = ("read", "write")
+        entry["stage_seconds"] = {k: v for k, v in outcome.seconds.items() if k not in io_steps}
+        entry["io_seconds"] = {k: outcome.seconds[k] for k in io_steps if k in outcome.seconds}
+        entry["seconds"] = round(sum(outcome.seconds.values()), 3)
+        if outcome.error is None:
+            entry.update(settings=settings, files=outcome.value, status="done")
+        else:
+            exc = outcome.error
             message = _one_line(exc)
-            entry.update(status="failed", error=message, seconds=round(time.perf_counter() - t0, 3))
-            stale = [p.name for p in outputs if p.exists() and "files" not in entry]
+            entry.update(status="failed", error=message)
+            stale = [p.name for p in plan[pair] if p.exists()]
             if stale:  # an earlier run's files, not made with this run's settings: say so, keep them
                 entry["stale_outputs"] = stale
-            print(f"error: {pair.key}: {message}", file=sys.stderr)
+            bar.write(f"error: {pair.key}: {message}", file=sys.stderr)
             if isinstance(exc, OSError) and exc.errno in folders.NO_FURTHER_WRITES:
                 stopped = f"stopped after {message}"
-        except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
-            manifest["pairs"][pair.key] = {**entry, "status": "failed", "error": "interrupted"}
-            _save_manifest(cfg.out_dir, manifest)
-            raise
         manifest["pairs"][pair.key] = entry
-        _save_manifest(cfg.out_dir, manifest)
+        _save_manifest(record, manifest)
+        bar.update()
+        return stopped is not None
+
+    t0 = time.perf_counter()
+    try:
+        left = pipeline.run_items(
+            todo, lambda pair: read_pair(pair, ds.shape),
+            lambda pair, images: register_pair(stages, pair, device, ds.shape, note, images),
+            write, done, overlap=cfg.pipeline)
+    except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
+        current = next((p for p in todo if manifest["pairs"].get(p.key) is not entries[p]), None)
+        if current is not None:  # the pair being computed (the one being written was recorded first)
+            manifest["pairs"][current.key] = {**entries[current], "status": "failed", "error": "interrupted"}
+        _save_manifest(record, manifest)
+        raise
+    finally:
+        bar.close()
+    for pair in left:
+        manifest["pairs"][pair.key] = {**entries[pair], "status": "not tried", "error": stopped}
+    manifest["run_seconds"] = round(time.perf_counter() - t0, 3)
+    manifest["seconds_per_pair"] = stage_means([manifest["pairs"][p.key] for p in todo])
     this_run = [manifest["pairs"][p.key] for p in pairs]
     redone = [e["redone"] for e in this_run if e["status"] == "done" and e.get("redone", "").startswith("made with")]
     if redone:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
     if stopped:
         print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
-    _save_manifest(cfg.out_dir, manifest)
+    _save_manifest(record, manifest)
+    if cfg.shard is not None:
+        merged = shards.merge(cfg.out_dir, cfg.shard[1])
+        if "manifest_error" not in manifest and merged is not None:
+            manifest["merged"] = merged
     return manifest
 
 
@@ -323,10 +370,10 @@ def _one_line(exc: BaseException) -> str:
     return (line or type(exc).__name__)[:500]
 
 
-def _save_manifest(out_dir: Path, manifest: dict) -> None:
-    """Write run.json; a failure is recorded in ``manifest['manifest_error']`` (printed once), not raised."""
+def _save_manifest(path: Path, manifest: dict) -> None:
+    """Write run.json (``path``); a failure is recorded in ``manifest['manifest_error']`` (printed once), not raised."""
     try:
-        _write_manifest(out_dir, manifest)
+        _write_manifest(path, manifest)
         manifest.pop("manifest_error", None)
     except OSError as exc:
         if "manifest_error" not in manifest:
@@ -334,20 +381,6 @@ def _save_manifest(out_dir: Path, manifest: dict) -> None:
         manifest["manifest_error"] = _one_line(exc)
 
 
-def _write_manifest(out_dir: Path, manifest: dict) -> None:
+def _write_manifest(path: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=2) + "\n"
-    io.atomic_write(out_dir / "run.json", lambda tmp: Path(tmp).write_text(text))
-
-
-def summary(manifest: dict) -> tuple[str, int]:
-    """A one-line summary and the number of failed pairs."""
-    run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"]) if k in manifest["pairs"]]
-    states = [p["status"] for p in run_pairs]
-    done = [p["seconds"] for p in run_pairs if p["status"] == "done"]
-    failed = states.count("failed")
-    not_tried = states.count("not tried")
-    skipped = sum(s.startswith("skipped") for s in states)
-    rate = f", {np.mean(done):.1f} s per pair" if done else ""
-    extra = f", {not_tried} not tried" if not_tried else ""
-    bad = failed + not_tried + ("manifest_error" in manifest)
-    return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{extra}{rate} ({manifest['device']})", bad
+    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,4 +1,4 @@
-"""Train the weights shipped in weights/ (from the anatomies of test_data/), and write their manifest.
+"""Train the weights shipped in l2r_submit/weights/ (from the anatomies of test_data/), and write their manifest.
 
 Data: the two anatomies of test_data/ (0004, the real CT of shared/data/ct_patient_a resampled to 2 mm,
 and 0005, CT-like intensities painted on the AMOS label map), each also re-painted from its labels
@@ -7,7 +7,7 @@ twice; every training item deforms one anatomy twice with independent smooth ran
 (0001-0005; these weights are in-distribution there), not the later pairs with 0006.
 
     python scripts/train_shipped.py [--epochs 90] [--lr 2e-3] [--items 32] [--crop 64]
-                                    [--out runs/shipped] [--weights weights] [--resume] [--init FILE]
+                                    [--out runs/shipped] [--weights l2r_submit/weights] [--resume] [--init FILE]
                                     [--whole --device cuda] [--max-minutes M] [--val-every N]
 
 Items are 64^3 crops made by CPU workers (l2r_submit.synthetic.SyntheticPairs), or with ``--whole``
@@ -17,7 +17,7 @@ CPU threads one full-resolution step of batch 2 takes ~90 s; on an H200 ~0.4 s).
 The training items come from the anatomies of the validation pairs, so no validation score selects
 the shipped weights: they are the last epoch's (the final-submission mode of ``l2r_submit.train``).
 
-This script alone writes weights/manifest.json, together with the weights: the exact command, the epochs
+This script alone writes l2r_submit/weights/manifest.json, together with the weights: the exact command, the epochs
 asked for and trained, what stopped the run (``--epochs`` or ``--max-minutes``), device, torch version,
 wall time and code commit. Each entry is also stored in the weights file (``provenance``), so a run
 started with ``--init`` from shipped weights lists the runs that made them first.
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @click.option("--items", default=32, show_default=True, help="Synthetic pairs per epoch.")
 @click.option("--crop", default=64, show_default=True, help="Cubic crop size: small crops buy more steps on CPU.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/shipped"), show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path), default=ROOT / "weights", show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), default=ROOT / "l2r_submit" / "weights", show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--norm", type=click.Choice(["instance", "none"]), default="instance", show_default=True,
               help="Normalisation of the network (see l2r_submit.model.ModelConfig).")
