@@ -105,7 +105,8 @@ class Loop:
     progress: bool = True
 
 
-def _wrap(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
+    """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` when distributed, else itself."""
     if not dist.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -139,7 +140,7 @@ def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist 
                              f"--epochs {loop.epochs}; a run can be extended or finished, not shortened after the fact")
     if dist.is_main:
         (out_dir / "config.json").write_text(json.dumps({**task.config, "world_size": dist.world_size}, indent=2) + "\n")
-    module = _wrap(task.model, device, dist)
+    module = wrap_ddp(task.model, device, dist)
     row: dict = {}
     steps = 0
     t_start = time.perf_counter()
