@@ -8,7 +8,10 @@ Python API::
 A run folder holds ``config.json``, ``last.pt`` (every epoch, with optimizer and RNG state), ``best.pt``
 (best validation Dice, or lowest validation loss without labels; with ``exclude_val_subjects=False``, the
 final-submission mode, the last epoch: a validation score on subjects it trained on selects nothing),
-``log.jsonl`` and ``log.csv`` (one row per epoch) and ``curves.png``.
+``log.jsonl`` and ``log.csv`` (one row per epoch) and ``curves.png``. The loop itself is
+:func:`l2r_submit.trainer.fit`, shared with the other networks; started by ``torchrun`` the run is
+distributed data parallel (:mod:`l2r_submit.distributed`), and ``world_size`` is recorded in
+``config.json``, the checkpoints and every log row.
 
 Determinism: on CPU a resumed run equals an uninterrupted one bit for bit (weights, optimizer, the Python,
 NumPy and torch RNG states; items derive from (seed, epoch, index)). On CUDA every RNG state (all
