@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2r_submit import distributed, model, train
+from l2r_submit import dataset, distributed, model, train
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from make_trainer_reference import SETTINGS, reference_dataset  # noqa: E402
@@ -69,6 +69,10 @@ def two_process_run(tmp_path_factory):
     """One epoch, global batch 2, two processes (one item each per step)."""
     root = tmp_path_factory.mktemp("ddp")
     ds = reference_dataset(root / "data")
+    spec = json.loads(ds.source.read_text())  # both directions of the val pair: each rank validates one
+    spec["registration_val"] += [{"fixed": v["moving"], "moving": v["fixed"]} for v in spec["registration_val"]]
+    ds.source.write_text(json.dumps(spec))
+    ds = dataset.load(ds.source)  # the same training subjects (0003-0006): the reference run's
     result = _torchrun(_cli_args(ds.source, root / "ddp", epochs=1))
     assert result.returncode == 0, result.stderr[-2000:]
     return ds, root / "ddp"
