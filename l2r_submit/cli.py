@@ -175,7 +175,8 @@ def _write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
               help="Network preset (paper = 30.8 M parameters with deep supervision, as every paper run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 300]")
 @click.option("--crop", default=None, help="Random crop, e.g. 128,128,128 or none for whole volumes [default: 128^3].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 2]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch, split over torchrun's processes [default: 2].")
 @click.option("--lr", type=float, default=None, help="[default: 1e-4]")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: 20]")
 @click.option("--init", "init", type=click.Path(path_type=Path), default=None, help="Checkpoint to fine-tune.")

@@ -6,6 +6,7 @@ All functions are device-agnostic (no ``.to(device)`` inside) and return scalar 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +45,13 @@ def one_hot(seg: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(seg[:, 0].long().clamp(0, n_classes - 1), n_classes).permute(0, 4, 1, 2, 3).float()
 
 
-def soft_dice_loss(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, smooth: float = 1.0,
+                   reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """1 - soft Dice averaged over foreground classes; squared-sum denominator, ``smooth`` added.
 
     As the authors' ``mean_dice_loss``: each class's sums run over the whole batch (one Dice per class,
-    not one per image and class).
+    not one per image and class). ``reduce_sums`` (distributed training) turns this rank's per-class
+    sums into the global batch's, e.g. :meth:`l2r_submit.distributed.Dist.sum_with_grad`.
 
     Shape: two (B, L, I, J, K) -> scalar. Class 0 (background) is left out.
     """
@@ -56,6 +59,8 @@ def soft_dice_loss(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, smoo
     w, f = warped_onehot[:, 1:], fixed_onehot[:, 1:]
     inter = (w * f).sum(dims)
     denom = (w * w).sum(dims) + (f * f).sum(dims)
+    if reduce_sums is not None:
+        inter, denom = reduce_sums(inter), reduce_sums(denom)
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
 
 
@@ -117,23 +122,29 @@ def similarity_term(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tenso
 
 def direction_terms(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
                     moving_seg: torch.Tensor | None, fixed_seg: torch.Tensor | None,
-                    w: LossWeights) -> dict[str, torch.Tensor]:
-    """Similarity, Dice and regulariser of one direction (moving warped onto fixed)."""
+                    w: LossWeights, reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Similarity, Dice and regulariser of one direction (moving warped onto fixed); ``reduce_sums``: see
+    :func:`soft_dice_loss`."""
     terms = {"sim": similarity_term(disp, moving, fixed, w), "reg": gradient_l1(disp)}
     if moving_seg is not None and fixed_seg is not None and w.dice > 0:
         warped_seg = warp_image(one_hot(moving_seg, w.n_classes), disp)
-        terms["dice"] = soft_dice_loss(warped_seg, one_hot(fixed_seg, w.n_classes))
+        terms["dice"] = soft_dice_loss(warped_seg, one_hot(fixed_seg, w.n_classes), reduce_sums=reduce_sums)
     return terms
 
 
 def registration_loss(disps: list[torch.Tensor], moving: torch.Tensor, fixed: torch.Tensor,
                       moving_seg: torch.Tensor | None, fixed_seg: torch.Tensor | None, w: LossWeights,
-                      disps_back: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                      disps_back: list[torch.Tensor] | None = None,
+                      reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Named loss terms, as the authors combine them, averaged over the two directions when ``disps_back``
     is given (the symmetric loss: fixed->moving uses the swapped roles).
 
     Deep supervision (``disps`` = [full, coarser ...]): only the similarity is averaged over all levels;
     the Dice term and the regulariser use the full-resolution (first) displacement only.
+
+    ``reduce_sums``: the Dice term's per-class sums over the global batch (distributed training; see
+    :func:`soft_dice_loss`); the other terms are this batch's means.
 
     Shape: displacements (B, 3, I, J, K); images (B, C, I, J, K); labels (B, 1, I, J, K).
 
@@ -145,7 +156,7 @@ def registration_loss(disps: list[torch.Tensor], moving: torch.Tensor, fixed: to
         directions.append((disps_back, fixed, moving, fixed_seg, moving_seg))
     acc: dict[str, list[torch.Tensor]] = {}
     for levels, src, dst, src_seg, dst_seg in directions:
-        full = direction_terms(levels[0], src, dst, src_seg, dst_seg, w)
+        full = direction_terms(levels[0], src, dst, src_seg, dst_seg, w, reduce_sums)
         sims = [full["sim"]] + [similarity_term(d, src, dst, w) for d in levels[1:]]
         full["sim"] = torch.stack(sims).mean()
         for name, value in full.items():

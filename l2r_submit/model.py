@@ -101,17 +101,21 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def preprocess(ct_hu: torch.Tensor, n_windows: int) -> torch.Tensor:
+def preprocess(ct_hu: torch.Tensor, n_windows: int, range_of: torch.Tensor | None = None) -> torch.Tensor:
     """CT windows of the paper: clip HU to [L - W/2, L + W/2], then min-max of that image to [0, 1].
 
-    Shape: (B, 1, I, J, K) HU -> (B, n_windows, I, J, K) float32.
+    ``range_of``: take the min and max from this image instead (e.g. a crop normalised as its whole
+    image is, training and inference alike: :func:`l2r_submit.augment.hu_extremes`).
+
+    Shape: (B, 1, I, J, K) HU [, range_of (B, 1, ...)] -> (B, n_windows, I, J, K) float32.
     """
     check_volume_batch(ct_hu, "ct_hu")
     out = []
     for width, level in CT_WINDOWS[:n_windows]:
         x = ct_hu.float().clamp(level - width / 2, level + width / 2)
-        lo = x.amin(dim=(2, 3, 4), keepdim=True)
-        hi = x.amax(dim=(2, 3, 4), keepdim=True)
+        r = x if range_of is None else range_of.float().clamp(level - width / 2, level + width / 2)
+        lo = r.amin(dim=(2, 3, 4), keepdim=True)
+        hi = r.amax(dim=(2, 3, 4), keepdim=True)
         out.append((x - lo) / (hi - lo).clamp_min(1e-6))
     return torch.cat(out, dim=1)
 

@@ -1,6 +1,7 @@
 """Synthetic deformations and label-painted images, for test data and training augmentation.
 
-Pure numpy/scipy functions; every random draw comes from an explicit seed or Generator.
+numpy/scipy functions (the training crops use the torch transforms of :mod:`l2r_submit.augment`);
+every random draw comes from an explicit seed or Generator.
 """
 
 from __future__ import annotations
@@ -85,27 +86,14 @@ def paint_from_labels(labels: np.ndarray, rng: np.random.Generator, body_margin_
     return image.astype(np.float32)
 
 
-def windows_fixed(ct_hu: np.ndarray, n_windows: int) -> np.ndarray:
-    """CT windows normalised by the window bounds (equal to the per-image min-max of
-    :func:`l2r_submit.model.preprocess` whenever the image spans the window, as body CT does).
-
-    Shape: (...) HU -> (n_windows, ...) float32 in [0, 1].
-    """
-    from .model import CT_WINDOWS
-
-    out = []
-    for width, level in CT_WINDOWS[:n_windows]:
-        lo = level - width / 2
-        out.append((np.clip(ct_hu, lo, lo + width) - lo) / width)
-    return np.stack(out).astype(np.float32)
-
-
 class SyntheticPairs:
     """Training pairs made from a few anatomies: both images are the same anatomy under two independent
     smooth random deformations, with intensity augmentation; some images are re-painted from the labels.
 
-    Only the crop is computed (the B-spline field and the warps are evaluated at the crop's voxels), so
-    an item costs a fraction of a second. Items follow :class:`l2r_submit.data.PairDataset`'s keys.
+    Only the crop is computed (:func:`l2r_submit.augment.deform`: the exact B-spline field and warps of
+    the whole volume, evaluated on the crop and the field's reach around it). The CT windows are
+    :func:`l2r_submit.model.preprocess`'s, normalised by the whole augmented image's range, as at
+    inference (up to the noise: values it pushes past the noise-free range are clipped to [0, 1]). Items follow :class:`l2r_submit.data.PairDataset`'s keys.
 
     Args:
         anatomies: list of (image HU, labels) full volumes, all the same shape.
@@ -117,22 +105,26 @@ class SyntheticPairs:
         n_windows: CT windows of the network input.
         painted: pre-painted images per anatomy (list of lists), made once by the caller.
         organ_prob: probability that a crop is centred on an organ voxel (else anywhere in the volume).
+        grid: control points per axis of the deformations.
     """
 
     def __init__(self, anatomies: list[tuple[np.ndarray, np.ndarray]], n_items: int, crop: Sequence[int],
                  seed: int, epoch: int, max_disp: float = 8.0, paint_prob: float = 0.3, n_windows: int = 3,
-                 painted: list[list[np.ndarray]] | None = None, organ_prob: float = 1.0) -> None:
+                 painted: list[list[np.ndarray]] | None = None, organ_prob: float = 1.0,
+                 grid: Sequence[int] = (4, 4, 5)) -> None:
         self.anatomies, self.n_items, self.crop = anatomies, n_items, tuple(crop)
         self.seed, self.epoch, self.max_disp, self.paint_prob = seed, epoch, max_disp, paint_prob
         self.n_windows, self.painted = n_windows, painted or [[] for _ in anatomies]
-        self.organ_prob = organ_prob
+        self.organ_prob, self.grid = organ_prob, tuple(grid)
 
     def __len__(self) -> int:
         return self.n_items
 
     def __getitem__(self, index: int) -> dict:
         import torch
-        from scipy.ndimage import map_coordinates, zoom
+
+        from .augment import augment_intensity, deform, hu_extremes, intensity_params, random_control_points
+        from .model import preprocess
 
         rng = np.random.default_rng([self.seed, self.epoch, index, 7])
         a = int(rng.integers(len(self.anatomies)))
@@ -146,24 +138,17 @@ class SyntheticPairs:
         else:
             centre = np.array([rng.integers(k // 2, n - k // 2 + 1) for k, n in zip(self.crop, shape)])
         start = [int(np.clip(c - k // 2 + rng.integers(-8, 9), 0, n - k)) for c, k, n in zip(centre, self.crop, shape)]
-        axes = [np.arange(s, s + k, dtype=np.float64) for s, k in zip(start, self.crop)]
-        grid = np.stack(np.meshgrid(*axes, indexing="ij"))
+        label_volume = torch.from_numpy(np.ascontiguousarray(labels))[None, None]
         item = {}
         for role in ("moving", "fixed"):
-            coarse = augmentation_control_points(rng, self.max_disp)
-            # the cubic field at every 4th voxel of the crop, then linear in between (smooth enough, ~10x faster)
-            sub = grid[:, ::4, ::4, ::4]
-            cgrid = np.stack([sub[d] * (coarse.shape[d + 1] - 1) / (shape[d] - 1) for d in range(3)])
-            disp_sub = np.stack([map_coordinates(c, cgrid, order=3, mode="nearest") for c in coarse])
-            disp = np.stack([zoom(c, [k / m for k, m in zip(self.crop, c.shape)], order=1, grid_mode=False)
-                             for c in disp_sub])
-            pos = grid + disp
+            coarse = random_control_points(rng, self.max_disp, self.grid)
             source = image
             if self.painted[a] and rng.random() < self.paint_prob:
                 source = self.painted[a][int(rng.integers(len(self.painted[a])))]
-            hu = map_coordinates(source, pos, order=1, cval=-1024.0)
-            hu = hu * rng.uniform(0.92, 1.08) + rng.uniform(-30, 30) + rng.normal(0, rng.uniform(0, 20), hu.shape)
-            seg = map_coordinates(labels, pos, order=0)
-            item[role] = torch.from_numpy(windows_fixed(hu, self.n_windows))
-            item[f"{role}_seg"] = torch.from_numpy(seg.astype(np.int64))[None]
+            params = intensity_params(rng)
+            hu = augment_intensity(deform(torch.from_numpy(np.asarray(source, np.float32))[None, None], coarse,
+                                          start, self.crop), params)
+            whole = hu_extremes(float(source.min()), float(source.max()), params[0], params[1])
+            item[role] = preprocess(hu, self.n_windows, range_of=whole)[0].clamp_(0.0, 1.0)  # noise past the range
+            item[f"{role}_seg"] = deform(label_volume, coarse, start, self.crop, labels=True)[0].long()
         return item

@@ -8,7 +8,10 @@ Python API::
 A run folder holds ``config.json``, ``last.pt`` (every epoch, with optimizer and RNG state), ``best.pt``
 (best validation Dice, or lowest validation loss without labels; with ``exclude_val_subjects=False``, the
 final-submission mode, the last epoch: a validation score on subjects it trained on selects nothing),
-``log.jsonl`` and ``log.csv`` (one row per epoch) and ``curves.png``.
+``log.jsonl`` and ``log.csv`` (one row per epoch) and ``curves.png``. The loop itself is
+:func:`l2r_submit.trainer.fit`, shared with the other networks; started by ``torchrun`` the run is
+distributed data parallel (:mod:`l2r_submit.distributed`), and ``world_size`` is recorded in
+``config.json``, the checkpoints and every log row.
 
 Determinism: on CPU a resumed run equals an uninterrupted one bit for bit (weights, optimizer, the Python,
 NumPy and torch RNG states; items derive from (seed, epoch, index)). On CUDA every RNG state (all
@@ -20,9 +23,6 @@ close, not bit-identical.
 from __future__ import annotations
 
 import json
-import math
-import sys
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -30,9 +30,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoint, data, io, losses, model, runtime, scoring, spatial
+from . import checkpoint, data, distributed, io, losses, model, runtime, scoring, spatial, trainer
 from .dataset import Dataset
-from .train_logs import plot_curves, write_logs
+from .distributed import Dist
+from .trainer import Share, StepFn
 
 TorchDataset = torch.utils.data.Dataset
 
@@ -67,6 +68,8 @@ class TrainConfig:
             the last epoch (no validation score on trained subjects selects it).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads (None: all).
+        grad_clip: clip the gradients' global norm to this (None: no clipping, the paper).
+        accumulate: batches per optimizer step (gradient accumulation; 1: none, the paper).
     """
 
     preset: str = "symmetric"
@@ -86,8 +89,14 @@ class TrainConfig:
     exclude_val_subjects: bool = True
     device: str = "auto"
     threads: int | None = None
+    grad_clip: float | None = None
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip: {self.grad_clip} received, expected a positive norm (or none)")
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate: {self.accumulate} received, expected 1 or more batches per step")
         if self.crop is not None:
             crop = tuple(self.crop)
             if len(crop) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in crop):
@@ -162,8 +171,10 @@ def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
     current = getattr(obj, name)
     low = text.strip().lower()
     try:
-        if low == "none" and name in ("crop", "labels_dir", "init", "threads"):
+        if low == "none" and name in ("crop", "labels_dir", "init", "threads", "grad_clip"):
             return None
+        if name == "grad_clip":
+            return float(text)
         if isinstance(current, bool):
             if low in ("true", "1", "yes"):
                 return True
@@ -201,31 +212,77 @@ def training_cases(ds: Dataset, exclude_val_subjects: bool) -> list:
 
 
 @torch.no_grad()
-def validate(net: model.RegistrationNet, ds: Dataset, device: torch.device, w: losses.LossWeights) -> dict:
+def validate(net: model.RegistrationNet, ds: Dataset, device: torch.device, w: losses.LossWeights,
+             dist: Dist = Dist()) -> dict:
     """Whole-volume moving->fixed registration of the val pairs, scored by the evaluator.
+
+    Distributed: rank r registers pairs r, r + world_size, ...; the per-pair results are gathered and
+    aggregated in the pairs' order on every rank, so the numbers equal a single process's.
 
     Returns:
         ``{"val_loss", "DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"}`` means (metrics only with labels).
     """
     net.eval()
-    cases, loss_values = {}, []
-    for pair in ds.pairs("val"):
+    pairs = list(ds.pairs("val"))
+    mine = []
+    for index in range(dist.rank, len(pairs), dist.world_size):
+        pair = pairs[index]
         moving = torch.from_numpy(io.read_volume(pair.moving.image, np.float32).array)[None, None].to(device)
         fixed = torch.from_numpy(io.read_volume(pair.fixed.image, np.float32).array)[None, None].to(device)
         disp = model.register(net, moving, fixed)
         n = net.cfg.in_channels
         sim = losses.mse(spatial.warp_image(model.preprocess(moving, n), disp), model.preprocess(fixed, n))
-        loss_values.append(float(sim + w.reg * losses.gradient_l1(disp)))
+        case = None
         if pair.fixed.label.exists() and pair.moving.label.exists():
-            cases[pair.key] = scoring.score_case(io.read_labels(pair.fixed.label), io.read_labels(pair.moving.label),
-                                                 disp[0].cpu().numpy(), ds.metrics)
-    out = {"val_loss": float(np.mean(loss_values))}
+            case = scoring.score_case(io.read_labels(pair.fixed.label), io.read_labels(pair.moving.label),
+                                      disp[0].cpu().numpy(), ds.metrics)
+        mine.append((index, pair.key, float(sim + w.reg * losses.gradient_l1(disp)), case))
+    results = sorted((r for part in dist.gather(mine) for r in part), key=lambda r: r[0])
+    cases = {key: case for _, key, _, case in results if case is not None}
+    out = {"val_loss": float(np.mean([loss for _, _, loss, _ in results]))}
     agg = scoring.aggregate(cases, ds.metrics)
     for name in ("DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"):
         if name in agg:
             out[name] = agg[name]["mean"]
     net.train()
     return out
+
+
+class TrainingForward(torch.nn.Module):
+    """The module the trainer calls (and wraps in DDP): both directions from one encoder pass
+    (``symmetric``), or moving -> fixed only (then the second output is None)."""
+
+    def __init__(self, net: model.RegistrationNet, symmetric: bool) -> None:
+        super().__init__()
+        self.net, self.symmetric = net, symmetric
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        if self.symmetric:
+            return self.net.forward_symmetric(moving, fixed)
+        return self.net(moving, fixed), None
+
+
+def registration_step(w: losses.LossWeights, use_amp: bool, device_type: str) -> StepFn:
+    """The batch -> loss step of registration training (:data:`l2r_submit.trainer.StepFn`).
+
+    Distributed, the Dice term's sums run over the global batch and the mean terms are weighted by the
+    rank's share, so that DDP's gradient average is the gradient of the single-process loss.
+    """
+
+    def step(module: torch.nn.Module, batch: dict, share: Share) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=use_amp):
+            fwd, bwd = module(batch["moving"], batch["fixed"])
+        reduce = share.dist.sum_with_grad if share.dist.distributed else None
+        terms = losses.registration_loss(fwd, batch["moving"].float(), batch["fixed"].float(),
+                                         batch.get("moving_seg"), batch.get("fixed_seg"), w, bwd, reduce)
+        objective = terms["total"]
+        if share.mean_scale != 1.0:
+            objective = share.mean_scale * (w.sim * terms["sim"] + w.reg * terms["reg"])
+            if "dice" in terms:
+                objective = objective + w.dice * terms["dice"]
+        return objective, terms
+
+    return step
 
 
 def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, progress: bool = True,
@@ -239,12 +296,27 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     ``epoch_data(epoch)`` replaces the dataset's training pairs with another source of training items
     (the keys of :class:`l2r_submit.data.PairDataset`), e.g. synthetic pairs; ``ds`` still validates.
 
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), the run is distributed data parallel
+    (:mod:`l2r_submit.distributed`): ``cfg.batch_size`` is the global batch, the learning rate is used as
+    given, rank 0 writes, and ``world_size`` is recorded in ``config.json``, the checkpoints and each log row.
+
     Raises:
-        ValueError: too few training images, a config that does not match a resumed run, bad checkpoints.
+        ValueError: too few training images, a config that does not match a resumed run, bad checkpoints,
+            an inconsistent launch environment or a batch that does not split over the processes.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     runtime.configure_threads(cfg.threads)
-    device = runtime.resolve_device(cfg.device)
+    dist, device = distributed.start(runtime.resolve_device(cfg.device))
+    try:
+        return _run(cfg, ds, out_dir, resume, progress, max_steps, epoch_data, max_seconds, dist, device)
+    finally:
+        distributed.stop(dist)
+
+
+def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: bool, max_steps: int | None,
+         epoch_data: "Callable[[int], TorchDataset] | None", max_seconds: float | None, dist: Dist,
+         device: torch.device) -> dict:
+    distributed.check_batch(cfg.batch_size, dist.world_size)
     cases = training_cases(ds, cfg.exclude_val_subjects)
     if len(cases) < 2 and epoch_data is None:
         where = " outside the val pairs' subjects (--final-submission trains on all)" if cfg.exclude_val_subjects else ""
@@ -261,92 +333,47 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
         net.load_state_dict(init_net.state_dict())
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    use_amp = device.type == "cuda"
-    if use_amp:
-        runtime.deterministic_cudnn()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, best, history = 0, -math.inf, []
+    state = None
     last_path = out_dir / "last.pt"
     if resume:
         if not last_path.exists():
             raise ValueError(f"{last_path}: nothing to resume")
-        _, ckpt = checkpoint.load(last_path)
-        if not isinstance(ckpt.get("train_config"), dict):
+        _, state = checkpoint.load(last_path)
+        if not isinstance(state.get("train_config"), dict):
             raise ValueError(f"{last_path}: no recorded training settings; it cannot be resumed")
-        changed = _differences(_without_epochs(ckpt["train_config"]) or {},
+        changed = _differences(_without_epochs(_with_defaults(state["train_config"])) or {},
                                _without_epochs(_jsonable(cfg.to_dict())) or {})
         if changed:
             raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
                              "resume with the same ones (only --epochs may change)")
-        net.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and use_amp:
-            scaler.load_state_dict(ckpt["scaler"])
-        runtime.set_rng_state(ckpt["rng"])
-        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], json.loads(ckpt["history"])
-        if start_epoch > cfg.epochs:
-            raise ValueError(f"{last_path}: the run already trained {start_epoch} epochs, more than --epochs "
-                             f"{cfg.epochs}; a run can be extended or finished, not shortened after the fact")
-    (out_dir / "config.json").write_text(json.dumps(_jsonable(cfg.to_dict()), indent=2) + "\n")
+        net.load_state_dict(state["state_dict"])
     labels = _label_source(cfg)
-    row: dict = {}
-    steps = 0
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        if epoch_data is None:
-            pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
-            items = data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
-        else:
-            items = epoch_data(epoch)
-        loader = torch.utils.data.DataLoader(items,
-            batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, drop_last=False)
-        sums: dict[str, float] = {}
-        n_batches = 0
-        from tqdm import tqdm
+    train_config = _jsonable(cfg.to_dict())
 
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=not progress,
-                          leave=False):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                if cfg.symmetric:
-                    fwd, bwd = net.forward_symmetric(batch["moving"], batch["fixed"])
-                else:
-                    fwd, bwd = net(batch["moving"], batch["fixed"]), None
-            terms = losses.registration_loss(fwd, batch["moving"].float(), batch["fixed"].float(),
-                                             batch.get("moving_seg"), batch.get("fixed_seg"), cfg.loss, bwd)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_batches += 1
-            steps += 1
-            if max_steps is not None and steps >= max_steps:
-                break
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
-        out_of_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
-        final = epoch + 1 == cfg.epochs or out_of_time or (max_steps is not None and steps >= max_steps)
-        if (epoch + 1) % cfg.val_every == 0 or final:
-            row.update(validate(net, ds, device, cfg.loss))
-            score = row.get("DSC", -row["val_loss"]) if cfg.selects_on_val else float(epoch)
-            if score > best:
-                best = score
-                checkpoint.save(out_dir / "best.pt", net, epoch=epoch, metrics=row, train_config=_jsonable(cfg.to_dict()))
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        checkpoint.save(last_path, net, epoch=epoch, optimizer=opt.state_dict(), rng=runtime.rng_state(),
-                        scaler=scaler.state_dict(), best=best, history=json.dumps(history), metrics=row,
-                        train_config=_jsonable(cfg.to_dict()))
-        write_logs(out_dir, history)
-        if progress:
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  file=sys.stderr)
-        if (max_steps is not None and steps >= max_steps) or out_of_time:
-            break
-    plot_curves(history, out_dir / "curves.png")
-    return row or (history[-1] if history else {})
+    def epoch_items(epoch: int) -> TorchDataset:
+        if epoch_data is not None:
+            return epoch_data(epoch)
+        pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
+        return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
+
+    def save(path: Path, **extra) -> None:
+        checkpoint.save(path, net, train_config=train_config, world_size=dist.world_size, **extra)
+
+    task = trainer.Task(
+        model=TrainingForward(net, cfg.symmetric), optimizer=opt, epoch_items=epoch_items,
+        step=registration_step(cfg.loss, device.type == "cuda", device.type),
+        validate=lambda d: validate(net, ds, device, cfg.loss, d),
+        score=lambda row, epoch: row.get("DSC", -row["val_loss"]) if cfg.selects_on_val else float(epoch),
+        save=save, config=train_config)
+    loop = trainer.Loop(epochs=cfg.epochs, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        val_every=cfg.val_every, grad_clip=cfg.grad_clip, accumulate=cfg.accumulate,
+                        max_steps=max_steps, max_seconds=max_seconds, progress=progress)
+    return trainer.fit(task, loop, out_dir, device, dist, resume=state)
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A saved config with the settings added since it was written filled in with their defaults."""
+    return {**{k: v for k, v in _jsonable(TrainConfig().to_dict()).items() if k not in saved}, **saved}
 
 
 def _without_epochs(cfg: dict | None) -> dict | None:

@@ -38,7 +38,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     except ImportError:
         print("note: matplotlib not installed, no curves.png", file=sys.stderr)
         return
-    keys = [k for k in history[-1] if k not in ("epoch", "seconds")]
+    keys = [k for k in history[-1] if k not in ("epoch", "seconds", "world_size")]
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)

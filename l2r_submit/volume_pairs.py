@@ -1,13 +1,12 @@
 """Whole-volume synthetic training pairs, made with torch on the training device (GPU or CPU).
 
-:class:`l2r_submit.synthetic.SyntheticPairs` makes crops with numpy/scipy in DataLoader workers; this
+:class:`l2r_submit.synthetic.SyntheticPairs` makes crops in CPU DataLoader workers; this
 module makes whole volumes where the network trains, so a GPU is not left waiting for CPU workers and
 the network sees what whole-volume inference sees (a crop cut through the body has displacements at its
 first voxels that the network's cumulative-sum field cannot reach).
 
-Deformations are the family of ``test_data``'s synthetic pairs: a cubic B-spline on a 4x4x5 grid of
-control points spread corner to corner over the volume (:func:`l2r_submit.synthetic.upsample_coarse`),
-evaluated exactly as three separable interpolation matrices.
+Deformations and intensity augmentation are those of :mod:`l2r_submit.augment` (shared with
+:class:`l2r_submit.synthetic.SyntheticPairs`).
 
 Items follow :class:`l2r_submit.data.PairDataset`'s keys: ``moving``, ``fixed`` (C, I, J, K) float32
 CT windows as :func:`l2r_submit.model.preprocess` makes them at inference (per-image min-max of the
@@ -17,43 +16,14 @@ whole volume), ``moving_seg``, ``fixed_seg`` (1, I, J, K) int64, all on ``device
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .augment import (augment_intensity, bspline_field, bspline_matrix, deform, intensity_params,  # noqa: F401
+                      random_control_points)
 from .model import preprocess
-from .spatial import warp_image, warp_labels
-from .synthetic import augmentation_control_points
-
-AIR_HU = -1024.0
-
-
-@lru_cache(maxsize=32)
-def bspline_matrix(n_ctrl: int, n_out: int) -> np.ndarray:
-    """The (n_out, n_ctrl) matrix of :func:`l2r_submit.synthetic.upsample_coarse` along one axis.
-
-    Cubic spline interpolation (with its prefilter, ``mode="nearest"``) is separable, so the 3-D field
-    is ``einsum("cabd,ia,jb,kd->cijk", coarse, M_i, M_j, M_k)``.
-    """
-    from scipy.ndimage import map_coordinates
-
-    coords = np.linspace(0.0, n_ctrl - 1.0, n_out)[None]
-    cols = [map_coordinates(np.eye(n_ctrl)[a], coords, order=3, mode="nearest") for a in range(n_ctrl)]
-    out = np.stack(cols, axis=1)
-    out.setflags(write=False)
-    return out
-
-
-def bspline_field(coarse: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Control points to a dense field on ``coarse``'s device.
-
-    Shape: (3, gi, gj, gk) -> (3, I, J, K), float32.
-    """
-    mats = [torch.tensor(bspline_matrix(g, n), dtype=torch.float32, device=coarse.device)
-            for g, n in zip(coarse.shape[1:], shape)]
-    return torch.einsum("cabd,ia,jb,kd->cijk", coarse.float(), *mats)
 
 
 class VolumePairs(torch.utils.data.Dataset):
@@ -98,27 +68,21 @@ class VolumePairs(torch.utils.data.Dataset):
 
     def random_disp(self, rng: np.random.Generator) -> torch.Tensor:
         """One deformation. Shape: -> (1, 3, I, J, K) voxels on the device."""
-        coarse = augmentation_control_points(rng, self.max_disp, self.grid)
-        return bspline_field(torch.as_tensor(coarse, device=self.device), self.shape)[None]
+        return bspline_field(random_control_points(rng, self.max_disp, self.grid, self.device), self.shape)[None]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.n_items:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, self.epoch, index, 11])
-        noise = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
         a = int(rng.integers(len(self.images)))
         item = {}
         for role in ("moving", "fixed"):
-            disp = self.random_disp(rng)
+            coarse = random_control_points(rng, self.max_disp, self.grid, self.device)
             versions = self.images[a]
             source = versions[0]
             if len(versions) > 1 and rng.random() < self.paint_prob:
                 source = versions[1 + int(rng.integers(len(versions) - 1))]
-            # air outside the volume: warp HU + 1024 with zero padding
-            hu = warp_image(source - AIR_HU, disp) + AIR_HU
-            sigma = rng.uniform(0, 20)
-            hu = hu * rng.uniform(0.92, 1.08) + rng.uniform(-30, 30)
-            hu = hu + sigma * torch.randn(hu.shape, generator=noise, device=self.device)
+            hu = augment_intensity(deform(source, coarse), intensity_params(rng))
             item[role] = preprocess(hu, self.n_windows)[0]
-            item[f"{role}_seg"] = warp_labels(self.labels[a], disp)[0]
+            item[f"{role}_seg"] = deform(self.labels[a], coarse, labels=True)[0]
         return item
