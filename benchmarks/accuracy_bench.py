@@ -12,7 +12,7 @@ pair without a true field (the inter-patient pairs: 0004<-0005 against a painted
 0006<-0004 between two real patients), its Dice, zero-field Dice, HD95 and fraction of det J <= 0.
 
     python benchmarks/accuracy_bench.py [--stages network,search,adam --stages network,adam] [--search-hw 4,6]
-        [--search-grid 6] [--io-iters 0,50,100] [--io-reg 1.0] [--io-similarity mind|mse]
+        [--search-grid 6] [--io-iters 0,50,100] [--io-reg 0.25] [--io-similarity mind|mse] [--io-field velocity|displacement]
         [--coarse-fraction 0.5] [--no-network] [--threads 2] [--checkpoint FILE] [--json OUT]
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -60,17 +60,17 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--search-hw", default="", help="Comma list of search half-widths [default: SearchConfig's].")
 @click.option("--search-grid", default="", help="Comma list of search grid spacings [default: SearchConfig's].")
 @click.option("--io-iters", default="100", show_default=True, help="Comma list of settings (0 = no adam stage).")
-@click.option("--io-reg", type=float, default=None, help="Diffusion weight of the refinement [default: IOConfig's].")
+@click.option("--io-reg", type=float, default=None, help="Diffusion weight of the refinement [default: predict.DEFAULT_IO_REG of the field model].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True)
+@click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True)
 @click.option("--coarse-fraction", type=float, default=None, help="Share of iterations at quarter resolution [default: IOConfig's].")
 @click.option("--no-network", is_flag=True, help="Refine from a zero field instead of the network's output.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iters: str, io_reg: float | None,
-         io_similarity: str, coarse_fraction: float | None, no_network: bool, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
+         io_similarity: str, io_field: str, coarse_fraction: float | None, no_network: bool, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
     from l2r_submit import dataset, evaluate, predict
-    from l2r_submit.instance import IOConfig
     from l2r_submit.search import SearchConfig
     from l2r_submit.stages import parse_stages
 
@@ -85,9 +85,9 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iter
     with tempfile.TemporaryDirectory() as tmp:
         for n, (names, hw, grid, iters) in enumerate(settings):
             out = Path(tmp) / f"setting{n}"
-            io_cfg = IOConfig(iters, similarity=io_similarity, **{k: v for k, v in
-                                                                  (("reg", io_reg), ("coarse_fraction", coarse_fraction))
-                                                                  if v is not None})
+            io_cfg = predict.default_io(iters, io_field, io_reg, io_similarity)
+            if coarse_fraction is not None:
+                io_cfg = replace(io_cfg, coarse_fraction=coarse_fraction)
             manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
                                                          io=io_cfg, network=not no_network, stages=names,
                                                          search=SearchConfig(grid=grid, hw=hw),

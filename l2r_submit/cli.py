@@ -244,6 +244,10 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
               help="Instance-optimisation iterations (0 = network only) [default: 100].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
+@click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
+              help="The refinement's update: exp of a stationary velocity field (invertible), or a displacement.")
+@click.option("--io-reg", type=click.FloatRange(min=0), default=None,
+              help="Diffusion weight of the refinement [default: 0.25 for velocity, 1.0 for displacement].")
 @click.option("--no-network", is_flag=True,
               help="Drop the network stage: the next stage starts from a zero field (training-free).")
 @click.option("--stages", default=None,
@@ -267,7 +271,8 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, no_network: bool,
+            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, io_field: str,
+            io_reg: float | None, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
             threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
             quiet: bool) -> None:
@@ -309,11 +314,10 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                        "records (checked without loading torch)")
             return
     from . import predict as pr
-    from .instance import IOConfig
     from .search import SearchConfig
     from .stages import parse_stages
 
-    io_cfg = IOConfig(iters=pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, similarity=io_similarity)
+    io_cfg = pr.default_io(pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, io_field, io_reg, io_similarity)
     try:
         names_run = pr.DEFAULT_STAGES if stages is None else parse_stages(stages)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})

@@ -42,6 +42,14 @@ from .search import SearchConfig
 from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 
 DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
+DEFAULT_IO_FIELD = "velocity"  # invertible updates: no folds at a weaker regulariser (README, "Predict")
+DEFAULT_IO_REG = {"displacement": 1.0, "velocity": 0.25}  # diffusion weight per field model
+
+
+def default_io(iters: int = DEFAULT_IO_ITERS, field: str = DEFAULT_IO_FIELD, reg: float | None = None,
+               similarity: str = "mind") -> IOConfig:
+    """The refinement's settings with predict's defaults; ``reg`` None: the default of the field model."""
+    return IOConfig(iters, similarity=similarity, field=field, reg=DEFAULT_IO_REG[field] if reg is None else reg)
 DEFAULT_STAGES = ("network", "adam")  # search is opt-in: it did not beat the zero field on real pairs (README)
 
 
@@ -81,7 +89,7 @@ class PredictConfig:
     fmt: str = "nii.gz"
     names: str = "long"
     device: str = "auto"
-    io: IOConfig = field(default_factory=lambda: IOConfig(DEFAULT_IO_ITERS))
+    io: IOConfig = field(default_factory=default_io)
     network: bool = True
     stages: tuple[str, ...] = DEFAULT_STAGES
     search: SearchConfig = field(default_factory=SearchConfig)
