@@ -246,6 +246,12 @@ def gzip_compress(raw: bytes) -> bytes:
     return igzip.compress(raw, compresslevel=1, mtime=0)
 
 
+def write_gzip(path: str | os.PathLike, raw: bytes) -> None:
+    """Write ``raw`` to ``path`` as one gzip member (:func:`gzip_compress`); not atomic by itself."""
+    with open(path, "wb") as fh:
+        fh.write(gzip_compress(raw))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -306,9 +312,7 @@ def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, movi
         data = np.ascontiguousarray(np.moveaxis(disp.astype(np.float32), 0, -1))
 
         def write(tmp: str) -> None:  # the bytes nib.save writes, compressed faster (gzip_compress)
-            raw = nib.Nifti1Image(data, np.eye(4)).to_bytes()
-            with open(tmp, "wb") as fh:
-                fh.write(gzip_compress(raw))
+            write_gzip(tmp, nib.Nifti1Image(data, np.eye(4)).to_bytes())
     else:
         data = downsample_2020(disp) if fmt == "npz2020" else np.moveaxis(disp.astype(np.float32), 0, -1)
 
