@@ -39,6 +39,7 @@ import numpy as np
 
 from .contract import check_disp_array
 from .format2020 import downsample_2020, upsample_2020
+from .gzip_codec import decompress_errors, gzip_compress, gzip_decompress, write_gzip  # noqa: F401
 
 FORMATS = ("nii.gz", "npz", "npz2020")
 NAME_STYLES = ("long", "short", "both")
@@ -70,27 +71,6 @@ def _fail(path: Path | str, problem: str) -> ValueError:
 # ---------------------------------------------------------------------------------------------- read
 
 
-def gzip_decompress(data: bytes) -> bytes:
-    """Decompress a whole gzip file (every member), checking each member's CRC-32 and length.
-
-    Uses ISA-L (the ``isal`` package: the same DEFLATE format, about twice as fast as zlib) when it is
-    installed, else Python's ``gzip``; both raise ``gzip.BadGzipFile``/``EOFError`` on a damaged stream.
-    """
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.decompress(data)
-    return igzip.decompress(data)
-
-
-def _isal_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        return ()
-    return (isal_zlib.error,)
-
-
 def load_nifti(path: Path):
     """A nibabel image of a ``.nii`` or ``.nii.gz`` file; a gzip stream is verified (CRC-32, length) first.
 
@@ -111,7 +91,7 @@ def load_nifti(path: Path):
         data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
         try:
             raw = gzip_decompress(data)
-        except (gzip.BadGzipFile, EOFError, zlib.error, *_isal_errors()) as exc:
+        except (gzip.BadGzipFile, EOFError, zlib.error, *decompress_errors()) as exc:
             raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
         klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
         return klass.from_bytes(raw)
@@ -230,26 +210,6 @@ def disp_extension(fmt: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ write
-
-
-def gzip_compress(raw: bytes) -> bytes:
-    """One standard gzip member (DEFLATE, CRC-32, length; mtime 0, so equal data give equal files).
-
-    ISA-L at level 1 when the ``isal`` package is installed: about 5x faster than zlib at level 1 (what
-    ``nib.save`` uses) for a field, 0.6% larger (``benchmarks/io_bench.py --write``); else zlib level 1.
-    Python's gzip and every nibabel read it.
-    """
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.compress(raw, compresslevel=1, mtime=0)
-    return igzip.compress(raw, compresslevel=1, mtime=0)
-
-
-def write_gzip(path: str | os.PathLike, raw: bytes) -> None:
-    """Write ``raw`` to ``path`` as one gzip member (:func:`gzip_compress`); not atomic by itself."""
-    with open(path, "wb") as fh:
-        fh.write(gzip_compress(raw))
 
 
 def _umask() -> int:
