@@ -269,13 +269,15 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
                    "its RANK/WORLD_SIZE; else all pairs].")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
+@click.option("--report", "do_report", is_flag=True,
+              help="With --evaluate: also write report.html in --out (l2r report, with the --qc pictures).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
             fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, io_field: str,
             io_reg: float | None, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
             threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
-            quiet: bool) -> None:
+            do_report: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out.
 
     Several processes: ``torchrun --nproc_per_node N -m l2r_submit predict ...`` or one process per
@@ -283,6 +285,8 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     """
     import os
 
+    if do_report and not do_eval:
+        raise _Fail("--report needs --evaluate (the page is made from the run's metrics.json)")
     from .shards import from_environment, parse_shard
 
     try:
@@ -339,6 +343,8 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         click.echo(f"rank {rank[0]}/{rank[1]}: {line}; wrote {out_dir}; run.json merged from ranks {merged}")
     if do_eval:
         failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
+        if do_report and (out_dir / "metrics.json").is_file():
+            failed += _report_after_predict(out_dir, qc_dir)
     if failed:
         sys.exit(1)
 
@@ -367,6 +373,18 @@ def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, name
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
                f"wrote {out_dir / 'metrics.json'}")
     return len(result.failed)
+
+
+def _report_after_predict(out_dir: Path, qc_dir: Path | None) -> int:
+    """``predict --evaluate --report``: report.html beside metrics.json; 1 (one stderr line) if it fails."""
+    from . import report as rp
+
+    try:
+        click.echo(f"wrote {rp.report_file(out_dir / 'metrics.json', out_dir / 'report.html', qc_dir)}")
+    except ValueError as exc:
+        click.echo(f"error: report: {exc}", err=True)
+        return 1
+    return 0
 
 
 def names_protocol(names: str) -> str:
@@ -417,6 +435,22 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
         click.echo(f"{len(problems)} metric(s) outside tolerance")
         sys.exit(1)
     click.echo(f"all metrics within tolerance of {expected_json}")
+
+
+@main.command()
+@click.argument("metrics_json", type=click.Path(path_type=Path))
+@click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of QC pictures (l2r predict --qc): shown per pair.")
+@click.option("--out", "out_html", type=click.Path(path_type=Path), required=True, help="The HTML page to write.")
+def report(metrics_json: Path, qc_dir: Path | None, out_html: Path) -> None:
+    """One self-contained HTML page of a metrics.json: aggregates, per-organ box plots, sortable pairs, QC."""
+    from . import report as rp
+
+    try:
+        rp.report_file(metrics_json, out_html, qc_dir)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    click.echo(f"wrote {out_html}")
 
 
 @main.command("import-weights")

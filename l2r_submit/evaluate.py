@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,19 +126,53 @@ def check_output(path: Path) -> None:
         raise ValueError(f"{path}: cannot be written (no write permission in {parent})")
 
 
+class LabelCache:
+    """Label maps read once for a sequence of pairs, each kept only until the last pair that uses it.
+
+    Shape: every map (I, J, K) int32/int64 as :func:`l2r_submit.io.read_labels` gives it.
+    """
+
+    def __init__(self, pairs: list[Pair]) -> None:
+        self._left = Counter(path for p in pairs for path in (p.fixed.label, p.moving.label))
+        self._maps: dict[Path, tuple[np.ndarray, list[int]]] = {}
+
+    def get(self, path: Path) -> tuple[np.ndarray, list[int]]:
+        """The label map of ``path`` and the values present in it; forgets it after its last use.
+
+        Raises:
+            ValueError: as :func:`l2r_submit.io.read_labels` (nothing is kept then).
+        """
+        entry = self._maps.get(path)
+        if entry is None:
+            entry = read_labels(path)
+        self._left[path] -= 1
+        if self._left[path] > 0:
+            self._maps[path] = entry
+        else:
+            self._maps.pop(path, None)
+        return entry
+
+
+def read_labels(path: Path) -> tuple[np.ndarray, list[int]]:
+    """A label map (:func:`l2r_submit.io.read_labels`) and the values present in it."""
+    seg = io.read_labels(path)
+    return seg, _present_labels(seg)
+
+
 def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, protocol: str,
-                masked: bool) -> tuple[dict, list[str]]:
+                masked: bool, labels: LabelCache | None = None) -> tuple[dict, list[str]]:
     notes: list[str] = []
     if disp_path is None:
         disp = np.zeros((3, *shape), np.float32)
     else:
         disp = io.read_disp(disp_path, shape, protocol)
     evaluated = {lab for s in specs for lab in s.labels}
-    fixed_seg = io.read_labels(pair.fixed.label)
-    moving_seg = io.read_labels(pair.moving.label)
-    for path, seg in ((pair.fixed.label, fixed_seg), (pair.moving.label, moving_seg)):
+    read = labels.get if labels is not None else read_labels
+    fixed_seg, fixed_present = read(pair.fixed.label)
+    moving_seg, moving_present = read(pair.moving.label)
+    for path, present in ((pair.fixed.label, fixed_present), (pair.moving.label, moving_present)):
         if evaluated:
-            extra = sorted(set(_present_labels(seg)) - evaluated - {0})
+            extra = sorted(set(present) - evaluated - {0})
             if extra:
                 shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
                 notes.append(f"{path}: labels {shown} are not evaluated and were ignored")
@@ -239,8 +274,9 @@ def run(cfg: EvalConfig) -> EvalResult:
 
 
 def _results(jobs: list, workers: int) -> Iterator[tuple]:
-    if workers <= 1 or len(jobs) == 1:
-        yield from map(_job, jobs)
+    if workers <= 1 or len(jobs) == 1:  # in this process: each label map is read once
+        cache = LabelCache([job[0] for job in jobs])
+        yield from (_job((*job, cache)) for job in jobs)
         return
     from concurrent.futures.process import BrokenProcessPool
 

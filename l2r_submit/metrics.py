@@ -33,20 +33,30 @@ def warp_labels(moving_seg: np.ndarray, disp: np.ndarray, slab: int = 2) -> np.n
 
     The official call is ``map_coordinates(moving_seg, identity + disp, order=0)``: position
     x = p + disp(p) in float64; inside along an axis iff 0 <= x <= N - 1, then index floor(x + 0.5);
-    0 outside. Done here in slabs of ``slab`` planes along axis 0 (same values, several times faster).
+    0 outside. Done here in slabs of ``slab`` planes across the field's slowest-varying spatial axis
+    (axis 0 for a C-ordered field, axis 2 for a Fortran-ordered one): same values, several times faster.
 
-    Shape: moving_seg (I, J, K), disp (3, I, J, K) voxels -> (I, J, K), dtype of moving_seg.
+    Shape: moving_seg (I, J, K), disp (3, I, J, K) voxels -> (I, J, K), dtype of moving_seg, in the
+    field's memory order.
     """
     shape = moving_seg.shape
-    out = np.empty_like(moving_seg)
-    flat = moving_seg.ravel()
-    grids = [np.arange(shape[1], dtype=np.float64)[:, None], np.arange(shape[2], dtype=np.float64)[None, :]]
-    for start in range(0, shape[0], slab):
-        stop = min(start + slab, shape[0])
-        bases = [np.arange(start, stop, dtype=np.float64)[:, None, None], *grids]
+    axis = _slab_axis(disp)
+    out = np.empty_like(moving_seg, order="C" if axis == 0 else "F")
+    seg = moving_seg if moving_seg.flags.c_contiguous or moving_seg.flags.f_contiguous else np.ascontiguousarray(moving_seg)
+    flat = seg.ravel(order="K")  # no copy: the buffer in memory order, indexed with the strides below
+    strides = [s // seg.itemsize for s in seg.strides]
+    for start in range(0, shape[axis], slab):
+        stop = min(start + slab, shape[axis])
+        region = [slice(None)] * 3
+        region[axis] = slice(start, stop)
         valid = index = None
-        for axis, (base, n) in enumerate(zip(bases, shape)):
-            x = disp[axis, start:stop].astype(np.float64)
+        for a in range(3):
+            n = shape[a]
+            base_shape = [1, 1, 1]
+            base_shape[a] = (stop - start) if a == axis else n
+            first = start if a == axis else 0
+            base = np.arange(first, first + base_shape[a], dtype=np.float64).reshape(base_shape)
+            x = disp[(a, *region)].astype(np.float64)
             x += base
             inside = (x >= 0) & (x <= n - 1)
             valid = inside if valid is None else valid & inside
@@ -54,10 +64,11 @@ def warp_labels(moving_seg: np.ndarray, disp: np.ndarray, slab: int = 2) -> np.n
             np.floor(x, out=x)
             np.clip(x, 0, n - 1, out=x)
             idx = x.astype(np.intp)
-            index = idx if index is None else index * n + idx
+            idx *= strides[a]
+            index = idx if index is None else index + idx
         values = flat[index]
         values[~valid] = 0
-        out[start:stop] = values
+        out[tuple(region)] = values
     return out
 
 
@@ -163,47 +174,64 @@ def jacobian_determinant(disp: np.ndarray, slab: int = 2) -> np.ndarray:
 
     Central differences ``0.5 (u[i+1] - u[i-1])`` (bit-identical to correlating with [-0.5, 0, 0.5]),
     identity added, 2 voxels cropped on every side, float64. Computed in slabs of ``slab`` planes
-    along axis 0 to stay in cache; the values do not depend on ``slab``.
+    along the spatial axis whose planes are contiguous in memory (axis 0 for a C-ordered field,
+    axis 2 for the Fortran order nibabel reads a NIfTI file in), to stay in cache; the values do not
+    depend on ``slab`` nor on the axis.
 
-    Shape: (3, I, J, K) -> (I-4, J-4, K-4).
+    Shape: (3, I, J, K) -> (I-4, J-4, K-4), in the memory order of the slabs (Fortran for a Fortran
+    field); :func:`sdlogj_official` sums in the C order of the official array whatever the layout.
     """
-    n0 = disp.shape[1]
-    out = np.empty(tuple(n - 4 for n in disp.shape[1:]), np.float64)
+    axis = _slab_axis(disp)
+    n0 = disp.shape[1 + axis]
+    order = "C" if axis == 0 else "F"
+    out = np.empty(tuple(n - 4 for n in disp.shape[1:]), np.float64, order=order)
     for start in range(2, n0 - 2, slab):
         stop = min(start + slab, n0 - 2)
-        out[start - 2:stop - 2] = _jacobian_slab(disp[:, start - 1:stop + 1])
+        block = [slice(None)] * 4
+        block[1 + axis] = slice(start - 1, stop + 1)
+        dest = [slice(None)] * 3
+        dest[axis] = slice(start - 2, stop - 2)
+        out[tuple(dest)] = _jacobian_slab(disp[tuple(block)], axis, order)
     return out
 
 
-def _jacobian_slab(block: np.ndarray) -> np.ndarray:
-    """Determinant for the inner planes of ``block`` (3, n + 2, J, K) -> (n, J - 4, K - 4).
+def _slab_axis(disp: np.ndarray) -> int:
+    """The spatial axis of ``disp`` (3, I, J, K) with the largest stride: slabs across it are compact."""
+    return 2 if abs(disp.strides[3]) > abs(disp.strides[1]) else 0
+
+
+def _jacobian_slab(block: np.ndarray, axis: int = 0, order: str = "C") -> np.ndarray:
+    """Determinant for the inner planes of ``block`` along ``axis``; 2 voxels cropped on the other axes.
+
+    Shape: (3, n + 2, J, K) -> (n, J - 4, K - 4) for axis 0 (likewise for axis 2).
 
     Every elementwise operation and its order match the official code, so results are bit-identical;
-    buffers are reused (``out=``) because the work is memory-bound.
+    buffers are reused (``out=``) because the work is memory-bound, and laid out in ``order``.
     """
-    n, nj, nk = block.shape[1] - 2, block.shape[2] - 4, block.shape[3] - 4
-    inner = (slice(1, n + 1), slice(2, nj + 2), slice(2, nk + 2))
-    j = np.empty((3, 3, n, nj, nk), np.float64)
-    diff = np.empty((n, nj, nk), block.dtype)
+    inner = [slice(2, n - 2) for n in block.shape[1:]]
+    inner[axis] = slice(1, block.shape[1 + axis] - 1)
+    shape = tuple(s.stop - s.start for s in inner)
+    jac = [[np.empty(shape, np.float64, order=order) for _ in range(3)] for _ in range(3)]
+    diff = np.empty(shape, block.dtype, order=order)
     for a in range(3):
         hi, lo = list(inner), list(inner)
         hi[a] = slice(inner[a].start + 1, inner[a].stop + 1)
         lo[a] = slice(inner[a].start - 1, inner[a].stop - 1)
         for c in range(3):
             np.subtract(block[c][tuple(hi)], block[c][tuple(lo)], out=diff)  # in the field's dtype
-            np.multiply(diff, 0.5, out=j[a, c])  # x 0.5 is exact, so float64(0.5 d) == 0.5 float64(d)
-        j[a, a] += 1.0
-    det = np.empty((n, nj, nk), np.float64)
+            np.multiply(diff, 0.5, out=jac[a][c])  # x 0.5 is exact, so float64(0.5 d) == 0.5 float64(d)
+        jac[a][a] += 1.0
+    det = np.empty(shape, np.float64, order=order)
     minor = np.empty_like(det)
     tmp = np.empty_like(det)
     # J00 (J11 J22 - J12 J21) - J10 (J01 J22 - J02 J21) + J20 (J01 J12 - J02 J11), evaluated left to right
     for r, (a, b, c, d), combine in ((0, ((1, 1), (2, 2), (1, 2), (2, 1)), None),
                                      (1, ((0, 1), (2, 2), (0, 2), (2, 1)), np.subtract),
                                      (2, ((0, 1), (1, 2), (0, 2), (1, 1)), np.add)):
-        np.multiply(j[a], j[b], out=minor)
-        np.multiply(j[c], j[d], out=tmp)
+        np.multiply(jac[a[0]][a[1]], jac[b[0]][b[1]], out=minor)
+        np.multiply(jac[c[0]][c[1]], jac[d[0]][d[1]], out=tmp)
         np.subtract(minor, tmp, out=minor)
-        np.multiply(j[r, 0], minor, out=minor)
+        np.multiply(jac[r][0], minor, out=minor)
         if combine is None:
             det[...] = minor
         else:
@@ -213,8 +241,13 @@ def _jacobian_slab(block: np.ndarray) -> np.ndarray:
 
 def sdlogj_official(jac_det: np.ndarray) -> tuple[float, float]:
     """The official SDlogJ and its fold count: std(log(clip(J + 3, 1e-9, 1e9))) and #(clipped <= 0) (always 0)."""
-    clipped = (jac_det + 3).clip(0.000000001, 1000000000)
-    return float(np.log(clipped).std()), float((clipped <= 0).astype(float).sum())
+    # the operations of (jac_det + 3).clip(...), in one C-ordered buffer: the official array is C-ordered,
+    # and std adds its elements in memory order, so the layout decides the last bits of the result
+    clipped = np.empty(jac_det.shape, np.float64, order="C")
+    np.add(jac_det, 3, out=clipped)
+    np.clip(clipped, 0.000000001, 1000000000, out=clipped)
+    folds = float(np.count_nonzero(clipped <= 0))  # an exact count either way
+    return float(np.log(clipped, out=clipped).std()), folds
 
 
 def sdlogj_masked(jac_det: np.ndarray, mask: np.ndarray) -> float:
@@ -233,5 +266,6 @@ def sdlogj_masked(jac_det: np.ndarray, mask: np.ndarray) -> float:
 def jacobian_stats(jac_det: np.ndarray) -> tuple[float, float]:
     """Honest companions of the official number: std(log J) over J > 0, and the fraction of J <= 0."""
     positive = jac_det > 0
-    std = float(np.log(jac_det[positive]).std()) if positive.any() else float("nan")
-    return std, float(1.0 - positive.mean())
+    count = int(np.count_nonzero(positive))
+    std = float(np.log(jac_det[positive]).std()) if count else float("nan")
+    return std, float(1.0 - count / positive.size) if positive.size else float("nan")

@@ -160,3 +160,25 @@ def test_true_fields_on_test_data_score_near_perfect(repo_root, tmp_path):
     assert case["DSC"]["mean"] >= 0.95
     assert case["DSC_zero_field"]["mean"] < 0.9
     assert math.isfinite(case["HD95"]["mean"]) and case["jac_nonpos_fraction"]["mean"] == 0.0
+
+
+def test_one_worker_reads_each_label_map_once(tiny_dataset, tmp_path, monkeypatch):
+    """3 pairs over 3 subjects: 3 label reads, not 6; the numbers are those of the pool, which reads per pair."""
+    write_fields(tmp_path / "disp")
+    reads = []
+    real = io.read_labels
+    monkeypatch.setattr(io, "read_labels", lambda path: reads.append(path) or real(path))
+    ds = dataset.load(tiny_dataset)
+    one = evaluate.run(evaluate.EvalConfig(ds, tmp_path / "disp", progress=False)).metrics
+    assert sorted(reads) == sorted({p.label for pair in ds.pairs("val") for p in (pair.fixed, pair.moving)})
+    two = evaluate.run(evaluate.EvalConfig(ds, tmp_path / "disp", workers=2, progress=False)).metrics
+    assert json.dumps(one, allow_nan=True) == json.dumps(two, allow_nan=True)
+
+
+def test_label_cache_forgets_a_map_after_its_last_pair(tiny_dataset):
+    ds = dataset.load(tiny_dataset)
+    pairs = ds.pairs("val")  # (1,2), (1,3), (2,3)
+    cache = evaluate.LabelCache(pairs)
+    first = cache.get(pairs[0].fixed.label)[0]
+    assert cache.get(pairs[1].fixed.label)[0] is first  # subject 1 read once for its two pairs
+    assert pairs[0].fixed.label not in cache._maps  # and forgotten after its last use

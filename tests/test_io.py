@@ -195,3 +195,53 @@ def test_read_labels_rejects_fractional(tmp_path):
     nib.save(nib.Nifti1Image(np.full((4, 4, 4), 1.5, np.float32), np.eye(4)), tmp_path / "l.nii.gz")
     with pytest.raises(ValueError, match="non-integer"):
         io.read_labels(tmp_path / "l.nii.gz")
+
+
+@pytest.mark.parametrize("isal", [True, False])
+def test_gzip_reads_with_and_without_isal_check_the_crc(tmp_path, monkeypatch, isal):
+    """ISA-L when installed, Python's gzip otherwise: the same array, and a flipped CRC byte is refused."""
+    import sys
+
+    if isal:
+        pytest.importorskip("isal")
+    else:
+        monkeypatch.setitem(sys.modules, "isal", None)  # import isal now raises ImportError
+    disp = np.random.default_rng(0).normal(0, 2, (3, *SHAPE)).astype(np.float32)
+    path = io.write_disp(disp, tmp_path, "0001", "0002")[0]
+    assert np.array_equal(io.read_disp(path, SHAPE), disp)
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xFF  # inside the CRC-32 of the trailer
+    bad = tmp_path / "disp_0001_0000_0003_0000.nii.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt gzip stream"):
+        io.read_disp(bad, SHAPE)
+
+
+@pytest.mark.parametrize("isal", [True, False])
+def test_nii_gz_is_one_standard_gzip_member_of_nibabels_own_bytes(tmp_path, disp, monkeypatch, isal):
+    """The field file: exactly the bytes nib.save would store (header and data), in one standard gzip
+    member that Python's gzip and zlib read; ISA-L's level 1 when installed, else zlib's; mtime 0."""
+    import gzip
+    import sys
+    import zlib
+
+    import nibabel as nib
+
+    if isal:
+        pytest.importorskip("isal")
+    else:
+        monkeypatch.setitem(sys.modules, "isal", None)
+    path = io.write_disp(disp, tmp_path, "0001", "0002")[0]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(disp, 0, -1)), np.eye(4)), tmp_path / "ref.nii.gz")
+    raw = gzip.decompress((tmp_path / "ref.nii.gz").read_bytes())
+    stored = path.read_bytes()
+    assert gzip.decompress(stored) == raw
+    d = zlib.decompressobj(wbits=31)  # a single gzip member, nothing after it
+    assert d.decompress(stored) == raw and d.eof and d.unused_data == b""
+    assert stored[:4] == b"\x1f\x8b\x08\x00" and stored[4:8] == b"\x00\x00\x00\x00"  # deflate, no flags, mtime 0
+    try:
+        from isal import igzip
+    except ImportError:
+        assert stored == gzip.compress(raw, compresslevel=1, mtime=0)
+    else:
+        assert stored == igzip.compress(raw, compresslevel=1, mtime=0)

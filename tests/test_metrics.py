@@ -117,3 +117,58 @@ def test_warp_labels_identical_to_map_coordinates():
     ref = map_coordinates(seg, ident + disp, order=0)
     for slab in (1, 2, 5):
         assert np.array_equal(metrics.warp_labels(seg, disp, slab), ref)
+
+
+def official_jacobian(disp_cl):
+    """The official evaluator's jacobian_determinant (MDL-UzL/L2R evaluation/utils.py), re-typed: scipy
+    correlate of each channel with [-0.5, 0, 0.5] (zero padding), stacked, + identity, crop 2, the
+    cofactor expansion written out. Input channel last, as the evaluator holds a loaded field."""
+    disp = disp_cl[np.newaxis].transpose((0, 4, 1, 2, 3))
+    grads = []
+    for shape in ((1, 3, 1, 1), (1, 1, 3, 1), (1, 1, 1, 3)):
+        k = np.array([-0.5, 0, 0.5]).reshape(shape)
+        grads.append(np.stack([correlate(disp[:, c], k, mode="constant", cval=0.0) for c in range(3)], axis=1))
+    j = (np.concatenate(grads, 0) + np.eye(3, 3).reshape(3, 3, 1, 1, 1))[:, :, 2:-2, 2:-2, 2:-2]
+    return (j[0, 0] * (j[1, 1] * j[2, 2] - j[1, 2] * j[2, 1]) - j[1, 0] * (j[0, 1] * j[2, 2] - j[0, 2] * j[2, 1])
+            + j[2, 0] * (j[0, 1] * j[1, 2] - j[0, 2] * j[1, 1]))
+
+
+@pytest.mark.parametrize("layout", ["channel-first C", "channel-last C (npz)", "Fortran (nibabel)"])
+def test_every_memory_layout_gives_the_official_values_bit_for_bit(layout):
+    """A field read from a .nii.gz is Fortran-ordered (nibabel), one from an .npz channel-last C-ordered:
+    the slabs follow the layout, the values must not."""
+    rng = np.random.default_rng(4)
+    shape = (13, 11, 15)
+    disp_cl = rng.normal(0, 1.2, (*shape, 3))
+    disp_cl[2, 3, 4] = (0.5, -0.5, 1.5)  # exact halves: nearest-neighbour ties
+    if layout == "channel-first C":
+        disp = np.ascontiguousarray(np.moveaxis(disp_cl, -1, 0))
+    elif layout == "channel-last C (npz)":
+        disp = np.moveaxis(disp_cl, -1, 0)
+    else:
+        disp = np.moveaxis(np.asfortranarray(disp_cl), -1, 0)
+    det = official_jacobian(disp_cl)
+    jac = metrics.jacobian_determinant(disp)
+    assert np.array_equal(jac, det)
+    assert metrics.sdlogj_official(jac)[0] == np.log((det + 3).clip(0.000000001, 1000000000)).std()
+    from scipy.ndimage import map_coordinates
+
+    ident = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    seg = rng.integers(0, 6, shape).astype(np.int32)
+    ref = map_coordinates(seg, ident + disp_cl.transpose(3, 0, 1, 2), order=0)
+    for moving in (seg, np.asfortranarray(seg), seg[:, ::-1][:, ::-1]):
+        for slab in (1, 3):
+            assert np.array_equal(metrics.warp_labels(moving, disp, slab), ref)
+
+
+def test_sdlogj_of_a_fortran_field_sums_in_the_official_order():
+    """std adds in memory order: on this field the Fortran-ordered sum differs from the official C-ordered
+    one in the last bit, so the Jacobian of a field read from a .nii.gz must still give the official value."""
+    disp_cl = np.random.default_rng(2).normal(0, 1.2, (24, 20, 28, 3))
+    det = official_jacobian(disp_cl)
+    official = np.log((det + 3).clip(0.000000001, 1000000000)).std()
+    fortran = np.asfortranarray(det)
+    assert np.log((fortran + 3).clip(0.000000001, 1000000000)).std() != official  # the trap is real here
+    jac = metrics.jacobian_determinant(np.moveaxis(np.asfortranarray(disp_cl), -1, 0))
+    assert metrics.sdlogj_official(jac)[0] == official
+    assert metrics.sdlogj_official(fortran)[0] == official
