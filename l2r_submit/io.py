@@ -27,8 +27,10 @@ reaches the gzip trailer, so a flipped byte would otherwise give a silently wron
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import threading
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -85,16 +87,31 @@ def load_nifti(path: Path):
 
     if path.stat().st_size == 0:
         raise _fail(path, "cannot be read: empty file")
-    with nib.imageglobals.LoggingOutputSuppressor():  # a bad header is our one-line error, not nibabel's log
-        if not path.name.lower().endswith(".gz"):
+    if not path.name.lower().endswith(".gz"):
+        with _quiet_nibabel():
             return nib.load(str(path))
-        data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
-        try:
-            raw = gzip_decompress(data)
-        except (gzip.BadGzipFile, EOFError, zlib.error, *decompress_errors()) as exc:
-            raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
-        klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+    data = path.read_bytes()  # an OSError here (permissions, ...) is not a corrupt stream: callers wrap it
+    try:
+        raw = gzip_decompress(data)
+    except (gzip.BadGzipFile, EOFError, zlib.error, *decompress_errors()) as exc:
+        raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
+    klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+    with _quiet_nibabel():
         return klass.from_bytes(raw)
+
+
+_NIBABEL_LOG = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel's logger silenced (a bad header is our one-line error, not nibabel's log). nibabel's own
+    suppressor takes the global logger's handlers away and puts them back, which two threads (predict's
+    reader and writer) doing at once could leave removed for good: one thread at a time, under a lock."""
+    import nibabel as nib
+
+    with _NIBABEL_LOG, nib.imageglobals.LoggingOutputSuppressor():
+        yield
 
 
 def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
