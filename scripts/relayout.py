@@ -69,11 +69,10 @@ MODEL_DOCS = {
 LAYERS: dict[str, int] = {"core": 1, "evaluation": 2, "nets": 2, "training": 3, "registration": 3, "": 4}
 FOLDER_DOCS = {
     "core": "Layer 1: the tensor contract, file I/O, datasets and path safety, warping, device and threads.",
-    "evaluation": "Layer 2: the official metrics, scoring, evaluate, reference, compare and the report (uses core).",
-    "nets": "Layer 2: the networks, their blocks, inputs and checkpoints (uses core).",
-    "training": "Layer 3: the trainer, training data, augmentation, losses and logs (uses core, evaluation, nets).",
-    "registration": "Layer 3: registration at test time: predict, stages, search, instance optimisation, QC "
-                    "(uses core, evaluation, nets).",
+    "evaluation": "Layer 2: the official metrics, scoring, evaluate, reference, compare and the report.",
+    "nets": "Layer 2: the networks, their blocks, inputs and checkpoints.",
+    "training": "Layer 3: the trainer, training data, augmentation, losses and logs.",
+    "registration": "Layer 3: test-time registration: predict, stages, search, instance optimisation, QC.",
 }
 # Exact edits a move needs beyond imports: module -> (old text, new text). quick_rerun hashes the package's
 # Python files to tell whether the code changed: after the move they lie in sub-folders.
@@ -81,7 +80,8 @@ PATCHES: dict[str, tuple[tuple[str, str], ...]] = {
     "quick_rerun": (('sorted(root.glob("*.py"))', 'sorted(root.rglob("*.py"))'),
                     ("h.update(path.name.encode()", "h.update(path.relative_to(root).as_posix().encode()"),
                     ('"""sha256 of this package\'s Python files (names and contents), in name order."""',
-                     '"""sha256 of this package\'s Python files (paths in the package and contents), in path order."""')),
+                     '"""sha256 of this package\'s Python files (paths in the package and contents), '
+                     'in path order."""')),
 }
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".cfg", ".txt", ".yml", ".yaml", ".ini"}
 TEXT_NAMES = {"Dockerfile", ".dockerignore", "run"}
@@ -289,7 +289,7 @@ class Rewriter:
         self.names, self.old_pkg, self.new_pkg, self.relative = names, old_pkg, new_pkg, relative
         self.model_aliases: dict[str, str] = {}  # model part -> the name it is bound to in this file
 
-    def statement(self, node: ast.ImportFrom | ast.Import, taken: set[str]) -> str | None:
+    def statement(self, node: ast.ImportFrom | ast.Import) -> str | None:
         """The new text of an import statement, or None when it stays."""
         if isinstance(node, ast.Import):
             new = [_alias(self.names.module(a.name), a.asname) for a in node.names]
@@ -342,7 +342,8 @@ def rewrite_python(path: Path, src: str, names: Names, old_pkg: str, new_pkg: st
     rw = Rewriter(names, old_pkg, new_pkg, in_package)
     edits: list[tuple[int, int, int, int, str]] = []  # (line, col, end line, end col, text), 1-based lines
     imports_model = any(
-        isinstance(n, ast.ImportFrom) and _abs_from(old_pkg, n) == PKG and any(a.name == "model" and not a.asname for a in n.names)
+        isinstance(n, ast.ImportFrom) and _abs_from(old_pkg, n) == PKG
+        and any(a.name == "model" and not a.asname for a in n.names)
         for n in ast.walk(tree)) and bool(names.model_home)
     if imports_model:
         taken = _bindings(tree)
@@ -354,7 +355,7 @@ def rewrite_python(path: Path, src: str, names: Names, old_pkg: str, new_pkg: st
                 edits.append((n.lineno, n.col_offset, n.value.end_lineno, n.value.end_col_offset, bound))
     for n in ast.walk(tree):
         if isinstance(n, (ast.Import, ast.ImportFrom)):
-            text = rw.statement(n, set())
+            text = rw.statement(n)
             if text is None or text == ast.get_source_segment(src, n):
                 continue
             lines = src.splitlines()
@@ -363,14 +364,31 @@ def rewrite_python(path: Path, src: str, names: Names, old_pkg: str, new_pkg: st
             indent = " " * n.col_offset
             text = text.replace("\n", "\n" + indent)
             if comments and n.end_lineno != n.lineno:
-                text = text.split("\n")[0] + "  " + comments[0] + ("\n" + "\n".join(text.split("\n")[1:]) if "\n" in text else "")
+                first, *rest = text.split("\n")
+                text = "\n".join([f"{first}  {comments[0]}", *rest])
             edits.append((n.lineno, n.col_offset, n.end_lineno, n.end_col_offset, text))
     out = _apply(src, edits)
     if in_package and old_pkg != new_pkg:
         depth = new_pkg.count(".") - old_pkg.count(".")
         out = out.replace("Path(__file__).resolve().parent ", f"Path(__file__).resolve().parents[{depth}] ")
         out = out.replace("Path(__file__).resolve().parent\n", f"Path(__file__).resolve().parents[{depth}]\n")
+    if in_package:
+        out = _sort_relative(out)
     return rewrite_text(out, names)
+
+
+def _sort_relative(src: str) -> str:
+    """Each run of one-line module-level relative imports in order: ``..x`` before ``.x``, then by name."""
+    lines = src.split("\n")
+    i = 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and re.match(r"from \.+[\w.]* import [^(]*$", lines[j]) and "#" not in lines[j]:
+            j += 1
+        if j - i > 1:
+            lines[i:j] = sorted(lines[i:j], key=lambda ln: (-len(re.match(r"from (\.+)", ln).group(1)), ln))
+        i = max(j, i + 1)
+    return "\n".join(lines)
 
 
 def _apply(src: str, edits: list[tuple[int, int, int, int, str]]) -> str:
@@ -403,7 +421,7 @@ def rewrite_text(text: str, names: Names) -> str:
             node = ast.parse(m.group(2)).body[0]
         except SyntaxError:
             return m.group(0)
-        new = Rewriter(names, PKG, PKG, False).statement(node, set())
+        new = Rewriter(names, PKG, PKG, False).statement(node)
         return m.group(0) if new is None else m.group(1) + new.replace("\n", "\n" + m.group(1))
 
     text = re.sub(rf"^([ \t]*)(from {PKG} import [\w ,]+)$", from_line, text, flags=re.M)
@@ -427,13 +445,32 @@ def readme_layout(text: str, names: Names) -> str:
                 [*MODEL_SPLIT, MODEL_REST]]
         text = text[:row.start()] + "\n".join(rows) + text[row.end():]
     if "## Layout" in text and "Imports point down the layers" not in text:
-        para = ("\nImports point down the layers: a module imports only from its own folder or a lower layer "
-                "(`tests/test_layout.py` checks it; `python scripts/relayout.py --check` prints any "
-                "violation).\n\n| layer | folder |\n|---|---|\n"
+        para = ("\nImports point down the layers: a module imports only from its own folder or a lower layer\n"
+                "(`tests/test_layout.py` checks it; `.venv/bin/python scripts/relayout.py --check` prints any "
+                "violation).\n\n"
+                "| layer | folder |\n|---|---|\n"
                 + "\n".join(f"| {n} | `{PKG}/{f}/` |" if f else f"| {n} | `{PKG}/cli.py`, `container.py`, "
                             "`__main__.py` |" for f, n in sorted(LAYERS.items(), key=lambda kv: kv[1])) + "\n")
         text = text.replace("## Layout\n", "## Layout\n" + para, 1)
+    table = re.search(r"^\| module \| job \|\n\|---\|---\|\n((?:\|.*\n)+)", text, flags=re.M)
+    if table:  # rows in layer order, the top-level modules last
+        rows = table.group(1).splitlines(keepends=True)
+
+        def layer(row: str) -> int:
+            m = re.match(rf"\| `{PKG}/(\w+)/", row)
+            return LAYERS.get(m.group(1), 4) if m else 4
+        rows = sorted(rows, key=lambda r: (layer(r), [f for f in LAYERS].index(
+            (re.match(rf"\| `{PKG}/(\w+)/", r) or [None, ""])[1]) if layer(r) < 4 else 99))
+        text = text[:table.start(1)] + "".join(rows) + text[table.end(1):]
     return text
+
+
+def model_mentions(text: str, names: Names) -> str:
+    """Docs' ``model.NAME`` (the old module) -> ``<nets module>.NAME``."""
+    if not names.model_home:
+        return text
+    return re.sub(r"`model\.(\w+)", lambda m: f"`{names.model_home[m.group(1)]}.{m.group(1)}"
+                  if m.group(1) in names.model_home else m.group(0), text)
 
 
 def rewrite_all(root: Path, names: Names, moved: dict[Path, Path]) -> list[Path]:
@@ -462,6 +499,8 @@ def rewrite_all(root: Path, names: Names, moved: dict[Path, Path]) -> list[Path]
                 out = rewrite_text(src, names)
         else:
             out = rewrite_text(src, names)
+            if path.suffix == ".md":
+                out = model_mentions(out, names)
             if path.name == "README.md" and path.parent == root:
                 out = readme_layout(out, names)
         if path.suffix == ".py" and rel.parts[0] == PKG:
@@ -533,15 +572,18 @@ def tree(root: Path) -> str:
 
 def checks(root: Path) -> int:
     status = 0
-    top = sorted(p.stem for p in (root / PKG).glob("*.py") if p.stem not in ("__init__", "__main__", "cli", "container"))
+    top = sorted(p.stem for p in (root / PKG).glob("*.py")
+                 if p.stem not in ("__init__", "__main__", "cli", "container"))
     if top:
         print(f"modules left at the top (not in MOVES): {', '.join(top)}")
     leftovers = [f"{f}:{i}" for f in sh("git", "ls-files").splitlines() if Path(f).suffix in (".md", ".py")
                  and f != "scripts/relayout.py" and (root / f).is_file()
                  for i, line in enumerate((root / f).read_text(errors="replace").splitlines(), 1)
-                 if re.search(r"`model\.\w+|\bmodel\.py\b", line)]
+                 if re.search(r"`model\.[a-z_]*[A-Z_]\w*`|`model\.[a-z]\w*`|\bmodel\.py\b", line)
+                 and "model.X" not in line]
     if leftovers:
-        print(f"manual step: the old model module named in text (read, and name the nets/ module): {', '.join(leftovers)}")
+        print("manual step: the old model module named in text (read, and name the nets/ module): "
+              + ", ".join(leftovers))
     bad = layer_violations(root)
     for line in bad:
         print(f"layer violation: {line}")
@@ -550,6 +592,11 @@ def checks(root: Path) -> int:
     err = cli_without_torch(root)
     print(f"{PKG}.cli without torch: {'FAILED: ' + err if err else 'ok'}")
     status |= err is not None
+    long = [f"{p.relative_to(root)}:{i}" for p in sorted((root / PKG).rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > LINE]
+    if long:
+        print(f"lines over {LINE} characters (re-wrap by hand, most are docstrings naming a longer path): "
+              f"{len(long)}: {', '.join(long)}")
     print("tree:\n" + tree(root))
     return status
 
