@@ -35,6 +35,7 @@ MOVES: dict[str, str] = {
     # 1 core: the tensor contract, every file read and write, datasets and path safety, warping, device
     "contract": "core", "io": "core", "format2020": "core", "folders": "core", "dataset": "core",
     "integrity": "core", "spatial": "core", "runtime": "core",
+    "gzip_codec": "core",  # io's .nii.gz streams
     "versions": "core",  # the evaluator versions: io's 2020 reader asks them, so below evaluation
     # 2 evaluation: the official metrics and everything around them
     "metrics": "evaluation", "scoring": "evaluation", "evaluate": "evaluation", "reference": "evaluation",
@@ -543,7 +544,7 @@ def layer_violations(root: Path) -> list[str]:
                     targets.append(sub if is_module else mod)
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
-            for t in targets:
+            for t in dict.fromkeys(targets):
                 theirs = folder_of(t)
                 if theirs is None or mine is None or theirs == mine:
                     continue
