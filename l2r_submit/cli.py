@@ -251,7 +251,8 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
 @click.option("--no-network", is_flag=True,
               help="Drop the network stage: the next stage starts from a zero field (training-free).")
 @click.option("--stages", default=None,
-              help="Comma list among network,search,adam, run in that order [default: network,adam].")
+              help="Comma list among network,search,adam, run in that order [default: adam; network,adam with "
+                   "--checkpoint or --io-iters 0].")
 @click.option("--search-hw", type=click.IntRange(1, 12), default=None,
               help="Search range in grid steps per axis [default: 4].")
 @click.option("--search-grid", type=click.IntRange(2, 16), default=None, callback=lambda _c, _p, v: _checked(pa.check_search_grid, v),
@@ -323,7 +324,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
 
     io_cfg = pr.default_io(pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, io_field, io_reg, io_similarity)
     try:
-        names_run = pr.DEFAULT_STAGES if stages is None else parse_stages(stages)
+        names_run = None if stages is None else parse_stages(stages)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})
     except ValueError as exc:
         raise _Fail(f"--stages/--search-*: {exc}") from None

@@ -50,7 +50,8 @@ def default_io(iters: int = DEFAULT_IO_ITERS, field: str = DEFAULT_IO_FIELD, reg
                similarity: str = "mind") -> IOConfig:
     """The refinement's settings with predict's defaults; ``reg`` None: the default of the field model."""
     return IOConfig(iters, similarity=similarity, field=field, reg=DEFAULT_IO_REG[field] if reg is None else reg)
-DEFAULT_STAGES = ("network", "adam")  # search is opt-in: it did not beat the zero field on real pairs (README)
+DEFAULT_STAGES = ("adam",)  # measured best with the shipped weights; search is opt-in (README, "Predict")
+NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class PredictConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         io: instance optimisation settings (``iters=0``: no ``adam`` stage).
         network: False drops the ``network`` stage (the next stage starts from a zero field).
-        stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order).
+        stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order); None:
+            :func:`default_stages`.
         search: global search settings.
         qc_dir: write one QC picture per pair there.
         overwrite: redo pairs whose outputs exist.
@@ -91,7 +93,7 @@ class PredictConfig:
     device: str = "auto"
     io: IOConfig = field(default_factory=default_io)
     network: bool = True
-    stages: tuple[str, ...] = DEFAULT_STAGES
+    stages: tuple[str, ...] | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
     qc_dir: Path | None = None
     overwrite: bool = False
@@ -111,10 +113,18 @@ def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
             f"{pair.fixed.image} ({fmt(fixed.spacing)} mm); registering voxel grids as they are")
 
 
+def default_stages(cfg: PredictConfig) -> tuple[str, ...]:
+    """The stages when none are named: ``adam`` alone with the shipped weights (with them the network
+    measured below no registration, README "Predict"); ``network,adam`` when ``cfg.checkpoint`` names
+    weights, or when the refinement is off (``io.iters`` 0: the network alone, as before)."""
+    return NETWORK_STAGES if cfg.checkpoint is not None or cfg.io.iters <= 0 else DEFAULT_STAGES
+
+
 def active_stages(cfg: PredictConfig) -> tuple[str, ...]:
-    """The stages that run: ``cfg.stages`` without ``network`` when ``cfg.network`` is False and without
-    ``adam`` when ``cfg.io.iters`` is 0."""
-    return tuple(s for s in stg.STAGE_NAMES if s in cfg.stages and not (s == "network" and not cfg.network)
+    """The stages that run: ``cfg.stages`` (or :func:`default_stages`) without ``network`` when
+    ``cfg.network`` is False and without ``adam`` when ``cfg.io.iters`` is 0."""
+    named = default_stages(cfg) if cfg.stages is None else cfg.stages
+    return tuple(s for s in stg.STAGE_NAMES if s in named and not (s == "network" and not cfg.network)
                  and not (s == "adam" and cfg.io.iters <= 0))
 
 
@@ -204,7 +214,7 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     pairs = select_pairs(ds, cfg.split, cfg.pairs)
     if not pairs:
         raise ValueError(f"{ds.source}: no pairs to predict in split '{cfg.split or 'default'}'")
-    stg.parse_stages(",".join(cfg.stages))  # unknown or repeated names: one line, before any work
+    stg.parse_stages(",".join(cfg.stages or DEFAULT_STAGES))  # unknown or repeated names: one line, before any work
     if not active_stages(cfg):
         raise ValueError("no registration stage left to run: --stages, --no-network and --io-iters 0 remove "
                          "them all (it would write zero fields)")
