@@ -104,7 +104,7 @@ import os, sys
 from pathlib import Path
 import nibabel as nib
 import numpy as np
-from l2r_submit import dataset, io
+from l2r_submit.core import dataset, io
 ds = dataset.load(sys.argv[1])
 out, uid = Path(sys.argv[2]), int(sys.argv[3])
 for pair in ds.pairs("val"):

@@ -36,8 +36,8 @@ BODY_HU = -500.0
 def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, ...]]:
     """Per synthetic pair, in voxels: mean EPE over all voxels, the fixed image's organs, its body and
     the air, then the same four for the zero field (the size of the true displacement)."""
-    from l2r_submit import io
-    from l2r_submit.synthetic import field_from_truth
+    from l2r_submit.core import io
+    from l2r_submit.training.synthetic import field_from_truth
 
     result = {}
     for key, entry in truth.items():
@@ -70,9 +70,11 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iters: str, io_reg: float | None,
          io_similarity: str, io_field: str, coarse_fraction: float | None, no_network: bool, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
-    from l2r_submit import dataset, evaluate, predict
-    from l2r_submit.search import SearchConfig
-    from l2r_submit.stages import parse_stages
+    from l2r_submit.core import dataset
+    from l2r_submit.evaluation import evaluate
+    from l2r_submit.registration import predict
+    from l2r_submit.registration.search import SearchConfig
+    from l2r_submit.registration.stages import parse_stages
 
     ds = dataset.load(DATA)
     stage_sets = [parse_stages(s) for s in stage_lists] or [predict.DEFAULT_STAGES]

@@ -1,5 +1,5 @@
 """Seconds per random elastic deformation of an image and its label map (192x160x256, the AbdomenCTCT
-size): ours (``l2r_submit.augment``, whole volume and crops) against TorchIO's RandomElasticDeformation
+size): ours (``l2r_submit.training.augment``, whole volume and crops) against TorchIO's RandomElasticDeformation
 and MONAI's Rand3DElasticd where they are importable (they are not dependencies: install them in a
 separate folder and put it on PYTHONPATH). Best of 3 (2 for the libraries), after one warm-up.
 
@@ -31,7 +31,7 @@ def best(fn: Callable[[], object], n: int) -> float:
 @click.command()
 @click.option("--threads", default=2, show_default=True)
 def main(threads: int) -> None:
-    from l2r_submit import augment
+    from l2r_submit.training import augment
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)

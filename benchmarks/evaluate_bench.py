@@ -12,7 +12,7 @@ config are made once in ``--work`` (kept, so a second run reuses them); then ``l
 and the official computation each run as a process over that folder, wall clock from start to exit
 (start-up, imports, reading and decompressing, scoring, writing), best of ``--repeats``. The official side
 is MDL-UzL/L2R's own ``evaluation.py`` when ``--l2r-git`` names a git copy of it (run unchanged, as
-scripts/crosscheck_official.py runs it); without it, the official formula (l2r_submit.reference, files read
+scripts/crosscheck_official.py runs it); without it, the official formula (l2r_submit.evaluation.reference, files read
 with nibabel's get_fdata as the evaluator reads them) in a process of its own. Every case value of the two
 metrics.json files is compared.
 
@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from l2r_submit import dataset, io, reference, scoring  # noqa: E402
-from l2r_submit.synthetic import smooth_random_disp  # noqa: E402
+from l2r_submit.core import dataset, io
+from l2r_submit.evaluation import reference, scoring  # noqa: E402
+from l2r_submit.training.synthetic import smooth_random_disp  # noqa: E402
 
 LABELS = tuple(range(1, 14))
 
@@ -162,7 +163,7 @@ def _whole(repeats: int, n_pairs: int, l2r_git: Path | None, work: Path) -> None
         theirs = _timed([sys.executable, "evaluation.py", "-i", str(fields), "-d", str(data), "-o", str(theirs_json),
                          "-c", str(cfg)], tree, {**os.environ, "PYTHONPATH": str(tree)}, repeats)
     else:
-        label = "official formula (l2r_submit.reference)"
+        label = "official formula (l2r_submit.evaluation.reference)"
         theirs = _timed([sys.executable, str(Path(__file__).resolve()), "--plain-run", str(cfg), str(data),
                          str(fields), str(theirs_json)], ROOT, env, repeats)
     a, b = json.loads(ours_json.read_text()), json.loads(theirs_json.read_text())

@@ -31,9 +31,9 @@ import click
 import nibabel as nib
 import numpy as np
 
-from l2r_submit import io
-from l2r_submit.contract import L2R_SHAPE
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.core import io
+from l2r_submit.core.contract import L2R_SHAPE
+from l2r_submit.training.synthetic import smooth_random_disp
 
 SHARED = Path("/work/shared/data")
 

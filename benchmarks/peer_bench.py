@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from convexAdam.convex_adam_MIND import convex_adam_pt
 
-from l2r_submit import dataset, io
+from l2r_submit.core import dataset, io
 
 data, out, threads, keys = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 torch.set_num_threads(threads)
@@ -80,7 +80,7 @@ def run_convexadam(python: Path, keys: list[str], out: Path, threads: int) -> tu
 
 def score(ds, out: Path, truth: dict) -> dict:
     """Our evaluator's per-pair figures, and EPE on the synthetic pairs among them."""
-    from l2r_submit import evaluate
+    from l2r_submit.evaluation import evaluate
 
     cases = evaluate.run(evaluate.EvalConfig(ds, out, "bench", progress=False)).metrics["cases"]
     epe = end_point_errors(out, truth, ds) if truth else {}
@@ -97,7 +97,7 @@ def score(ds, out: Path, truth: dict) -> dict:
               show_default=True, help="Python of the environment made by benchmarks/setup_peer.sh.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 def main(threads: int, pairs: str | None, peer_python: Path, json_out: Path | None) -> None:
-    from l2r_submit import dataset
+    from l2r_submit.core import dataset
 
     if not peer_python.exists():
         raise SystemExit(f"{peer_python}: not found; run `bash benchmarks/setup_peer.sh` first")

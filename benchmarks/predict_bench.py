@@ -88,10 +88,10 @@ def main(threads: int, io_iters: str, n_pairs: int, paper: bool, device: str) ->
         if paper:
             import torch
 
-            from l2r_submit import checkpoint, model
+            from l2r_submit.nets import checkpoint, regnet
 
             torch.manual_seed(0)
-            net = model.build("paper")
+            net = regnet.build("paper")
             torch.nn.init.normal_(net.decoder.head.weight, 0, 1e-3)
             ckpt = checkpoint.save(Path(tmp) / "paper.pt", net)
             manifest, rss, _, _ = run_predict([*common[:4], "--io-iters", "0", "--checkpoint", str(ckpt),

@@ -3,7 +3,7 @@ or several (distributed data parallel, launched by torchrun: gloo on CPU, NCCL o
 
 Each configuration runs in its own processes (so peak memory is their own): synthetic inputs of the crop
 size, the symmetric loss with Dice (14 classes, its sums over the global batch), Adam, the module and
-step of ``l2r_submit.train`` (``TrainingForward``, ``registration_step``) under DDP when there are several
+step of ``l2r_submit.training.train`` (``TrainingForward``, ``registration_step``) under DDP when there are several
 processes; one warm-up step, then the mean of --steps. ``--batch`` is the global batch, split over the
 processes; ``--threads`` is shared among them on CPU.
 
@@ -29,9 +29,9 @@ CASES = {
 
 CHILD = r"""
 import json, os, resource, sys, time, torch
-from l2r_submit import distributed, losses, model
-from l2r_submit.train import TrainingForward, registration_step
-from l2r_submit.trainer import Share, wrap_ddp
+from l2r_submit.training import distributed, losses
+from l2r_submit.training.train import TrainingForward, registration_step
+from l2r_submit.training.trainer import Share, wrap_ddp
 spec, threads, steps = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 torch.manual_seed(0)

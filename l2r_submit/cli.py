@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from . import predict_args as pa
+from .registration import predict_args as pa
 
 
 class _Fail(click.ClickException):
@@ -26,7 +26,7 @@ class _Fail(click.ClickException):
 
 
 def _load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):
-    from . import dataset
+    from .core import dataset
 
     try:
         if pairs_csv is not None:
@@ -37,7 +37,7 @@ def _load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = N
 
 
 def _checked(check, value):
-    """``check(value)`` (a torch-free check of :mod:`l2r_submit.predict_args`), its ValueError as one line."""
+    """``check(value)`` (a torch-free check of :mod:`l2r_submit.registration.predict_args`), its ValueError as one line."""
     try:
         check(value)
     except ValueError as exc:
@@ -47,7 +47,7 @@ def _checked(check, value):
 
 def _check_folder_option(folder: Path | None, option: str) -> None:
     """An output folder option must not name an existing file, nor lie under one (checked before any work)."""
-    from .folders import check_not_a_file
+    from .core.folders import check_not_a_file
 
     if folder is not None:
         try:
@@ -74,7 +74,7 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None) -> None
     Checks every split's images, the training images and labels, and the labels of the scored splits
     (val, or eval for an evaluation config); test labels are not expected.
     """
-    from . import integrity
+    from .core import integrity
 
     ds = _load_dataset(dataset_json, data_root)
     try:
@@ -124,7 +124,7 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     DATASET_JSON is a dataset JSON (AbdomenCTCT_dataset.json) or an official evaluation config
     (task_name, evaluation_methods, expected_shape, eval_pairs).
     """
-    from . import evaluate as ev
+    from .evaluation import evaluate as ev
 
     out_json = out_json or disp_dir / "metrics.json"
     out_csv = out_csv or out_json.with_suffix(".csv")
@@ -201,7 +201,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
     """Train the seed network on DATASET_JSON's training images, validating on its val pairs."""
     _check_folder_option(out_dir, "--out")
     ds = _load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
-    from . import train as tr
+    from .training import train as tr
 
     try:
         base = tr.preset_config(preset, model_preset, init=str(init) if init else None,
@@ -288,7 +288,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
 
     if do_report and not do_eval:
         raise _Fail("--report needs --evaluate (the page is made from the run's metrics.json)")
-    from .shards import from_environment, parse_shard
+    from .registration.shards import from_environment, parse_shard
 
     try:
         rank = parse_shard(shard) if shard is not None else from_environment(os.environ)
@@ -311,16 +311,16 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     request = None
     if rank is None:
         request = pa.request_of(click.get_current_context().params, checkpoint)
-        from .quick_rerun import nothing_to_do
+        from .registration.quick_rerun import nothing_to_do
 
         kept = 0 if overwrite or do_eval else nothing_to_do(ds, out_dir, split, wanted, fmt, names, request)
         if kept:
             click.echo(f"0 pairs done, {kept} skipped, 0 failed: nothing to do, every field as {out_dir / 'run.json'} "
                        "records (checked without loading torch)")
             return
-    from . import predict as pr
-    from .search import SearchConfig
-    from .stages import parse_stages
+    from .registration import predict as pr
+    from .registration.search import SearchConfig
+    from .registration.stages import parse_stages
 
     io_cfg = pr.default_io(pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, io_field, io_reg, io_similarity)
     try:
@@ -355,7 +355,7 @@ def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, name
     """``predict --evaluate``: score exactly the pairs of this run with the evaluator version that reads
     the names written; a pair that failed or was not tried is scored as a zero field and marked (never
     an earlier run's file left in the folder). Returns the number of problems (one line each on stderr)."""
-    from . import evaluate as ev
+    from .evaluation import evaluate as ev
 
     selected = tuple(manifest["selected"])
     not_made = tuple(k for k in selected if manifest["pairs"].get(k, {}).get("status") in ("failed", "not tried"))
@@ -378,7 +378,7 @@ def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, name
 
 def _report_after_predict(out_dir: Path, qc_dir: Path | None) -> int:
     """``predict --evaluate --report``: report.html beside metrics.json; 1 (one stderr line) if it fails."""
-    from . import report as rp
+    from .evaluation import report as rp
 
     try:
         click.echo(f"wrote {rp.report_file(out_dir / 'metrics.json', out_dir / 'report.html', qc_dir)}")
@@ -403,8 +403,8 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
     """Check a metrics.json against expected results; exit 1 with a readable diff when a metric is off."""
     import json
 
-    from . import compare as cmp
-    from .io import atomic_write
+    from .evaluation import compare as cmp
+    from .core.io import atomic_write
 
     def read(path: Path) -> dict:
         try:
@@ -445,7 +445,7 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
 @click.option("--out", "out_html", type=click.Path(path_type=Path), required=True, help="The HTML page to write.")
 def report(metrics_json: Path, qc_dir: Path | None, out_html: Path) -> None:
     """One self-contained HTML page of a metrics.json: aggregates, per-organ box plots, sortable pairs, QC."""
-    from . import report as rp
+    from .evaluation import report as rp
 
     try:
         rp.report_file(metrics_json, out_html, qc_dir)
@@ -463,7 +463,7 @@ def report(metrics_json: Path, qc_dir: Path | None, out_html: Path) -> None:
                    "(3 input channels); a 1-channel file needs --source abdominal. Brain networks are refused.")
 def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, source: str) -> None:
     """Convert a checkpoint of Estienne et al. (their .pth) into an l2r_submit checkpoint."""
-    from . import checkpoint
+    from .nets import checkpoint
 
     try:
         net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision, source=source)

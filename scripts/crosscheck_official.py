@@ -29,8 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from l2r_submit import dataset, io  # noqa: E402
-from l2r_submit.synthetic import smooth_random_disp  # noqa: E402
+from l2r_submit.core import dataset, io  # noqa: E402
+from l2r_submit.training.synthetic import smooth_random_disp  # noqa: E402
 
 COMMITS = {"2025": "8847509", "2024": "28985b7", "2022": "56f96d5"}
 

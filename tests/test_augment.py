@@ -5,8 +5,9 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from l2r_submit import augment, model
-from l2r_submit.synthetic import SyntheticPairs, coarse_random_disp, upsample_coarse
+from l2r_submit.training import augment
+from l2r_submit.nets import inputs
+from l2r_submit.training.synthetic import SyntheticPairs, coarse_random_disp, upsample_coarse
 
 SHAPE = (30, 26, 34)
 
@@ -43,9 +44,9 @@ def test_a_crop_normalised_by_its_images_extremes_equals_inference_preprocessing
     hu = torch.as_tensor(rng.uniform(-1100, 1400, (1, 1, 20, 18, 22)), dtype=torch.float32)
     scale, shift = 1.05, -20.0
     aug = hu * scale + shift
-    whole = model.preprocess(aug, 3)[..., 4:14, 2:12, 5:17]
+    whole = inputs.preprocess(aug, 3)[..., 4:14, 2:12, 5:17]
     ends = augment.hu_extremes(float(hu.min()), float(hu.max()), scale, shift)
-    crop = model.preprocess(aug[..., 4:14, 2:12, 5:17], 3, range_of=ends)
+    crop = inputs.preprocess(aug[..., 4:14, 2:12, 5:17], 3, range_of=ends)
     torch.testing.assert_close(crop, whole, rtol=1e-5, atol=1e-5)
 
 
@@ -59,5 +60,5 @@ def test_synthetic_crops_use_the_inference_windows_on_images_that_do_not_span_th
     organ = item["moving_seg"][0] > 0
     assert organ.float().mean() > 0.2
     assert float(item["moving"][2][organ].mean()) > 0.8
-    whole = model.preprocess(torch.from_numpy(image)[None, None], 3)[0, 2]
+    whole = inputs.preprocess(torch.from_numpy(image)[None, None], 3)[0, 2]
     assert float(whole[labels > 0].mean()) == pytest.approx(1.0)  # what inference gives that organ

@@ -5,9 +5,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from l2r_submit import compare, io
+from l2r_submit.evaluation import compare
+from l2r_submit.core import io
 from l2r_submit.cli import main
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.training.synthetic import smooth_random_disp
 
 from conftest import TINY_SHAPE
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2r_submit import contract
+from l2r_submit.core import contract
 
 
 def test_grid_round_trip_and_identity():

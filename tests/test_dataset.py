@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from l2r_submit import dataset, integrity, io
+from l2r_submit.core import dataset, integrity, io
 
 
 def test_load_test_data(repo_root):

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2r_submit import dataset, distributed, model, train
+from l2r_submit.core import dataset
+from l2r_submit.training import distributed, train
+from l2r_submit.nets import config, regnet
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from make_trainer_reference import SETTINGS, reference_dataset  # noqa: E402
@@ -56,7 +58,7 @@ def _assert_same_network(a: dict, b: dict, atol: float = 1e-5, atol_disp: float 
     for key in a:
         if not NULL_BIASES.search(key):
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=atol, msg=key)
-    nets = [model.RegistrationNet(model.PRESETS["tiny"]).eval() for _ in range(2)]
+    nets = [regnet.RegistrationNet(config.PRESETS["tiny"]).eval() for _ in range(2)]
     for net, state in zip(nets, (a, b)):
         net.load_state_dict(state)
     x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))

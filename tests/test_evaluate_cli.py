@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from l2r_submit import dataset, evaluate, io
+from l2r_submit.core import dataset, io
+from l2r_submit.evaluation import evaluate
 from l2r_submit.cli import main
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.training.synthetic import smooth_random_disp
 
 from conftest import TINY_SHAPE
 
@@ -148,7 +149,7 @@ def test_check_command(tiny_dataset):
 
 
 def test_true_fields_on_test_data_score_near_perfect(repo_root, tmp_path):
-    from l2r_submit.synthetic import field_from_truth
+    from l2r_submit.training.synthetic import field_from_truth
 
     truth = json.loads((repo_root / "test_data" / "truth.json").read_text())
     entry = truth["0001_0000<--0004_0000"]

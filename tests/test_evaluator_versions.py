@@ -18,10 +18,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, io, metrics, model, scoring
+from l2r_submit.nets import checkpoint, regnet
+from l2r_submit.core import io
+from l2r_submit.evaluation import metrics, scoring
 from l2r_submit.cli import main
-from l2r_submit.dataset import MetricSpec
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.core.dataset import MetricSpec
+from l2r_submit.training.synthetic import smooth_random_disp
 
 from conftest import TINY_SHAPE
 
@@ -58,7 +60,7 @@ def evaluate(tiny_dataset, disp_dir, out, *extra):
 
 
 def test_file_names_each_version_finds():
-    from l2r_submit import versions
+    from l2r_submit.core import versions
 
     # 2025 (8847509): short name allowed only for 0000 -> 0001, tried first; long otherwise
     v = versions.get("2025")
@@ -178,7 +180,7 @@ def test_two_candidate_files_for_one_pair_is_an_error_naming_both(tiny_dataset, 
 
 def test_npz2020_defaults_to_the_2020_short_names(tiny_dataset, tmp_path):
     torch.manual_seed(0)
-    ckpt = checkpoint.save(tmp_path / "tiny.pt", model.build("tiny"))
+    ckpt = checkpoint.save(tmp_path / "tiny.pt", regnet.build("tiny"))
     out = tmp_path / "out"
     res = run_cli("predict", tiny_dataset, "--out", out, "--checkpoint", ckpt, "--device", "cpu", "--quiet",
                   "--format", "npz2020", "--io-iters", "0", "--pairs", "0001_0002", "--evaluate")

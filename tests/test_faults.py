@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2r_submit import io, predict
+from l2r_submit.core import io
+from l2r_submit.registration import predict
 
 from conftest import TINY_SHAPE, write_tiny_dataset
 from fault_helpers import (FIELDS, PAIRS, ckpt, error_lines, flip_byte, flip_crc, image,  # noqa: F401
@@ -104,7 +105,8 @@ def test_rerun_with_other_settings_redoes_and_run_json_tells_the_truth(tiny_data
 def test_a_setting_added_to_the_config_later_is_compared_without_a_hand_list(tiny_dataset, tmp_path):
     import dataclasses
 
-    from l2r_submit import dataset, run_record  # run_record is new: imported here so the other cases run on old code
+    from l2r_submit.core import dataset
+    from l2r_submit.registration import run_record  # run_record is new: imported here so the other cases run on old code
 
     @dataclasses.dataclass(frozen=True)
     class WithStages(predict.PredictConfig):

@@ -15,7 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from l2r_submit import io, predict
+from l2r_submit.core import io
+from l2r_submit.registration import predict
 
 from conftest import TINY_SHAPE, write_tiny_dataset
 from fault_helpers import FIELDS, PAIRS, ROOT, ckpt, error_lines, image, invoke, predict_args  # noqa: F401
@@ -42,7 +43,7 @@ def test_kill_during_a_write_then_rerun_leaves_valid_fields_and_no_temporary_fil
     out = tmp_path / "out"
     driver = f"""
 import os, signal, sys
-from l2r_submit import io
+from l2r_submit.core import io
 from l2r_submit.cli import main
 real = io.write_gzip
 calls = []

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from l2r_submit.features import SSC_PAIRS, mind_ssc
+from l2r_submit.registration.features import SSC_PAIRS, mind_ssc
 
 
 def _volume(seed: int = 0, shape=(16, 14, 18)) -> torch.Tensor:

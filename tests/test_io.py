@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from l2r_submit import io
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.core import io
+from l2r_submit.training.synthetic import smooth_random_disp
 
 SHAPE = (16, 12, 20)
 

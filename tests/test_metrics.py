@@ -5,7 +5,7 @@ import pytest
 import surface_distance as sd
 from scipy.ndimage import correlate
 
-from l2r_submit import metrics
+from l2r_submit.evaluation import metrics
 
 
 def cube(shape=(20, 20, 20), lo=5, hi=12):

@@ -5,13 +5,15 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from l2r_submit import checkpoint, losses, model, spatial
+from l2r_submit.nets import checkpoint, config, inputs, regnet
+from l2r_submit.training import losses
+from l2r_submit.core import spatial
 
 
 def test_zero_init_gives_zero_displacement_on_odd_sizes():
     torch.manual_seed(0)
     for name, shape in (("tiny", (25, 18, 21)), ("tiny", (16, 16, 16)), ("tiny", (100, 90, 70))):
-        net = model.build(name)
+        net = regnet.build(name)
         x = torch.randn(1, 1, *shape)
         out = net(x, torch.randn(1, 1, *shape))
         assert out[0].shape == (1, 3, *shape)
@@ -20,7 +22,7 @@ def test_zero_init_gives_zero_displacement_on_odd_sizes():
 
 def test_without_norm_equal_inputs_give_zero_displacement_whatever_the_weights():
     torch.manual_seed(0)
-    net = model.build("tiny", norm="none", deep_supervision=True)
+    net = regnet.build("tiny", norm="none", deep_supervision=True)
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.5)  # far from zero-init: the property must come from the architecture
@@ -28,24 +30,24 @@ def test_without_norm_equal_inputs_give_zero_displacement_whatever_the_weights()
     for disp in net(x, x.clone()):
         assert disp.abs().max().item() <= 1e-5
     assert net(x, torch.randn_like(x))[0].abs().max().item() > 1e-2  # and it is not a constant zero
-    with_norm = model.build("tiny", deep_supervision=True)
+    with_norm = regnet.build("tiny", deep_supervision=True)
     with torch.no_grad():
         for p in with_norm.parameters():
             p.normal_(0, 0.5)
     assert with_norm(x, x.clone())[0].abs().max().item() > 1e-2  # instance norm breaks it
     with pytest.raises(ValueError, match="norm: 'batch' received"):
-        model.build("tiny", norm="batch")
+        regnet.build("tiny", norm="batch")
 
 
 def test_paper_preset_parameter_count():
-    n = sum(p.numel() for p in model.build("paper").parameters())
+    n = sum(p.numel() for p in regnet.build("paper").parameters())
     assert 30.5e6 < n < 31.0e6  # the paper reports about 30.8 M
 
 
 def test_integration_by_hand():
     g = torch.full((1, 3, 4, 3, 2), 0.5)
     g[0, 0, :, 0, 0] = torch.tensor([0.5, 1.0, 0.25, 0.5])
-    disp = model.integrate(g)
+    disp = inputs.integrate(g)
     # p(i) = 2 cumsum(g) - 1 = [0, 2, 2.5, 3.5] -> disp = p - i = [0, 1, 0.5, 0.5]
     assert disp[0, 0, :, 0, 0].tolist() == [0.0, 1.0, 0.5, 0.5]
     assert disp[0, 1:].abs().max() == 0 and disp[0, 0, :, 1:].abs().max() == 0
@@ -54,7 +56,7 @@ def test_integration_by_hand():
 def test_integrated_grid_warps_like_map_coordinates():
     torch.manual_seed(1)
     g = (torch.rand(1, 3, 9, 8, 7, dtype=torch.float64) * 0.4 + 0.3)
-    disp = model.integrate(g)
+    disp = inputs.integrate(g)
     img = torch.randn(1, 1, 9, 8, 7, dtype=torch.float64)
     ident = np.meshgrid(*[np.arange(n) for n in (9, 8, 7)], indexing="ij")
     pos = ident + disp[0].numpy()
@@ -67,7 +69,7 @@ def test_integrated_grid_warps_like_map_coordinates():
 
 def test_preprocess_windows():
     hu = torch.tensor([-1000.0, -160.0, 40.0, 240.0, 1500.0]).view(1, 1, 5, 1, 1)
-    x = model.preprocess(hu, 3)
+    x = inputs.preprocess(hu, 3)
     assert x.shape == (1, 3, 5, 1, 1)
     assert x[0, 0, :, 0, 0].tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
     assert x.min() >= 0 and x.max() <= 1
@@ -77,14 +79,14 @@ def test_orientation_round_trip_and_warp_consistency():
     torch.manual_seed(2)
     img = torch.randn(1, 1, 6, 7, 8, dtype=torch.float64)
     disp = torch.randn(1, 3, 6, 7, 8, dtype=torch.float64) * 0.3
-    theirs_img = model.to_model_frame(img, "estienne2020")
+    theirs_img = inputs.to_model_frame(img, "estienne2020")
     # the displacement expressed in their frame: inverse of disp_from_model_frame
-    t = model.to_model_frame(disp, "estienne2020")
+    t = inputs.to_model_frame(disp, "estienne2020")
     theirs_disp = torch.stack([-t[:, 2], -t[:, 1], t[:, 0]], dim=1)
-    assert torch.equal(model.disp_from_model_frame(theirs_disp, "estienne2020"), disp)
+    assert torch.equal(inputs.disp_from_model_frame(theirs_disp, "estienne2020"), disp)
     warped_ours = spatial.warp_image(img, disp)
     warped_theirs = spatial.warp_image(theirs_img, theirs_disp)
-    assert torch.allclose(model.to_model_frame(warped_ours, "estienne2020"), warped_theirs, atol=1e-12)
+    assert torch.allclose(inputs.to_model_frame(warped_ours, "estienne2020"), warped_theirs, atol=1e-12)
 
 
 def test_losses_analytic():
@@ -134,7 +136,7 @@ def test_symmetric_loss_swaps_roles():
 
 
 def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
-    net = model.build("tiny")
+    net = regnet.build("tiny")
     with torch.no_grad():
         for p in net.parameters():
             p.normal_()
@@ -147,8 +149,8 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
     trunc.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="trunc.pt: not a readable checkpoint"):
         checkpoint.load(trunc)
-    torch.save({"format": checkpoint.FORMAT, "format_version": 1, "model_config": model.PRESETS["tiny"].to_dict(),
-                "state_dict": model.build("cpu-small").state_dict()}, tmp_path / "mismatch.pt")
+    torch.save({"format": checkpoint.FORMAT, "format_version": 1, "model_config": config.PRESETS["tiny"].to_dict(),
+                "state_dict": regnet.build("cpu-small").state_dict()}, tmp_path / "mismatch.pt")
     with pytest.raises(ValueError, match="mismatch.pt: weights do not match"):
         checkpoint.load(tmp_path / "mismatch.pt")
     import pickle
@@ -178,7 +180,7 @@ def test_importer_on_synthetic_original_checkpoints(tmp_path, repo_root, variant
     for k, shape in spec.items():
         if not k.startswith("deep_blocks"):
             assert torch.equal(ours[checkpoint.rename_original_key(k)], state[f"module.{k}"])
-    disp = model.register(net, torch.randn(1, 1, 16, 16, 32) * 300, torch.randn(1, 1, 16, 16, 32) * 300)
+    disp = regnet.register(net, torch.randn(1, 1, 16, 16, 32) * 300, torch.randn(1, 1, 16, 16, 32) * 300)
     assert disp.shape == (1, 3, 16, 16, 32) and torch.isfinite(disp).all()
     bad = dict(state)
     bad["module.hippocampus.head.weight"] = torch.zeros(1)
@@ -208,7 +210,7 @@ def test_import_weights_cli(tmp_path, repo_root):
 def test_deep_supervision_outputs():
     """Coarse heads keep PyTorch's default init (as the authors'); only the final head is zeroed."""
     torch.manual_seed(0)
-    net = model.build("tiny", deep_supervision=True)
+    net = regnet.build("tiny", deep_supervision=True)
     m, f = torch.rand(1, 1, 12, 10, 14), torch.rand(1, 1, 12, 10, 14)
     out = net(m, f)
     assert len(out) == 3 and all(d.shape == (1, 3, 12, 10, 14) for d in out)

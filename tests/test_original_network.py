@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from l2r_submit import checkpoint, losses, model, spatial
+from l2r_submit.nets import checkpoint, inputs
+from l2r_submit.training import losses
+from l2r_submit.core import spatial
 
 
 def _in_relu(x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +115,7 @@ def test_deep_supervision_loss_is_the_authors():
     torch.manual_seed(5)
     shape = (2, 3, 10, 9, 8)
     grads = [torch.rand(shape) * 0.6 + 0.2 for _ in range(3)]  # full first, as the network returns them
-    disps = [model.integrate(g) for g in grads]
+    disps = [inputs.integrate(g) for g in grads]
     m, f = torch.rand(2, 1, 10, 9, 8), torch.rand(2, 1, 10, 9, 8)
     ms, fs = torch.randint(0, 4, (2, 1, 10, 9, 8)), torch.randint(0, 4, (2, 1, 10, 9, 8))
     w = losses.LossWeights(n_classes=4)

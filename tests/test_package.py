@@ -10,7 +10,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from l2r_submit import predict, predict_args, stages
+from l2r_submit.registration import predict, predict_args, stages
 
 NO_TORCH = """
 import json, sys

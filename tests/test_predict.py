@@ -6,7 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, dataset, instance, model, predict
+from l2r_submit.nets import checkpoint, config, regnet
+from l2r_submit.core import dataset
+from l2r_submit.registration import instance, predict
 from l2r_submit.cli import main
 
 from conftest import TINY_SHAPE
@@ -15,7 +17,7 @@ from conftest import TINY_SHAPE
 @pytest.fixture
 def tiny_ckpt(tmp_path):
     torch.manual_seed(0)
-    net = model.build("tiny")
+    net = regnet.build("tiny")
     with torch.no_grad():
         net.decoder.head.weight.normal_(0, 0.01)  # a non-zero field, so outputs are not trivially zero
     return checkpoint.save(tmp_path / "tiny.pt", net)
@@ -118,7 +120,7 @@ def test_the_shipped_weights_match_their_manifest_and_load():
     path = predict.resolve_checkpoint(None, predict.DEFAULT_WEIGHTS_DIR)  # raises on a sha256 mismatch
     net, _ = checkpoint.load(path)
     manifest = json.loads((predict.DEFAULT_WEIGHTS_DIR / "manifest.json").read_text())
-    assert net.cfg == model.PRESETS[manifest["model_preset"]]
+    assert net.cfg == config.PRESETS[manifest["model_preset"]]
     assert path.stat().st_size < 50 * 2**20  # "tens of MB at most"
 
 
@@ -135,7 +137,7 @@ def test_instance_optimisation_recovers_a_shift(similarity):
     moving = torch.roll(fixed, 2, dims=2)
     zero = torch.zeros(1, 3, 24, 24, 24)
     refined = instance.refine(zero, moving, fixed, instance.IOConfig(iters=60, lr=0.2, reg=0.1, similarity=similarity))
-    from l2r_submit.spatial import warp_image
+    from l2r_submit.core.spatial import warp_image
 
     inner = (slice(None), slice(None), slice(4, 20), slice(4, 20), slice(4, 20))  # warp_image pads with 0 HU
     before = torch.mean((moving - fixed)[inner] ** 2).item()

@@ -13,10 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, io, model
+from l2r_submit.nets import checkpoint, regnet
+from l2r_submit.core import io
 from l2r_submit.cli import main
-from l2r_submit.contract import LABEL_NAMES
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.core.contract import LABEL_NAMES
+from l2r_submit.training.synthetic import smooth_random_disp
 
 from conftest import TINY_SHAPE
 
@@ -54,7 +55,7 @@ class Page(HTMLParser):
 @pytest.fixture
 def tiny_ckpt(tmp_path):
     torch.manual_seed(0)
-    net = model.build("tiny")
+    net = regnet.build("tiny")
     with torch.no_grad():
         net.decoder.head.weight.normal_(0, 0.01)
     return checkpoint.save(tmp_path / "tiny.pt", net)

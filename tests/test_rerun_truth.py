@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from l2r_submit import dataset, io, predict
-from l2r_submit.instance import IOConfig
+from l2r_submit.core import dataset, io
+from l2r_submit.registration import predict
+from l2r_submit.registration.instance import IOConfig
 
 from fault_helpers import FIELDS, PAIRS, ckpt, error_lines, flip_crc, image, invoke, predict_args  # noqa: F401
 

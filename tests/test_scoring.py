@@ -4,9 +4,9 @@ import warnings
 import numpy as np
 import pytest
 
-from l2r_submit import metrics, reference, scoring
-from l2r_submit.dataset import DEFAULT_METRICS, MetricSpec
-from l2r_submit.synthetic import smooth_random_disp
+from l2r_submit.evaluation import metrics, reference, scoring
+from l2r_submit.core.dataset import DEFAULT_METRICS, MetricSpec
+from l2r_submit.training.synthetic import smooth_random_disp
 
 from conftest import blob_labels
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from l2r_submit import dataset, features, instance, predict, search, stages
-from l2r_submit.spatial import compose, warp_image
+from l2r_submit.core import dataset
+from l2r_submit.registration import features, instance, predict, search, stages
+from l2r_submit.core.spatial import compose, warp_image
 
 from test_predict import invoke, tiny_ckpt  # noqa: F401  (fixture)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from l2r_submit import spatial
+from l2r_submit.core import spatial
 
 SHAPE = (7, 8, 9)
 IDENT = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")

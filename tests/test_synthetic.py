@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from l2r_submit.synthetic import SyntheticPairs, field_from_truth, smooth_random_disp, upsample_coarse
+from l2r_submit.training.synthetic import SyntheticPairs, field_from_truth, smooth_random_disp, upsample_coarse
 
 
 @pytest.fixture

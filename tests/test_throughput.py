@@ -14,7 +14,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, io, model
+from l2r_submit.nets import checkpoint, regnet
+from l2r_submit.core import io
 from l2r_submit.cli import main
 
 PAIRS = ["0001_0000<--0002_0000", "0001_0000<--0003_0000", "0002_0000<--0003_0000"]
@@ -24,7 +25,7 @@ FIELDS = ["disp_0001_0000_0002_0000.nii.gz", "disp_0001_0000_0003_0000.nii.gz", 
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    net = model.build("tiny")
+    net = regnet.build("tiny")
     with torch.no_grad():
         net.decoder.head.weight.normal_(0, 0.01)  # a non-zero field, so outputs are not trivially zero
     return checkpoint.save(tmp_path / "tiny.pt", net)
@@ -138,7 +139,7 @@ def test_a_killed_rank_s_pairs_are_redone_by_a_rerun(tiny_dataset, ckpt, tmp_pat
 
 
 def test_a_rerun_over_unchanged_fields_reads_none_of_them(tiny_dataset, ckpt, tmp_path, monkeypatch):
-    from l2r_submit import run_record
+    from l2r_submit.registration import run_record
 
     out = tmp_path / "out"
     assert invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0")).exit_code == 0
@@ -214,7 +215,7 @@ def test_the_quick_rerun_check_leaves_a_pair_of_other_settings_to_the_full_run(t
 
 
 def test_the_pipeline_keeps_one_item_read_ahead_and_one_written_at_most():
-    from l2r_submit import pipeline
+    from l2r_submit.registration import pipeline
 
     log, lock = [], threading.Lock()
 
@@ -243,7 +244,7 @@ def test_the_pipeline_keeps_one_item_read_ahead_and_one_written_at_most():
 
 
 def test_an_interrupt_finishes_and_reports_the_field_being_written_first():
-    from l2r_submit import pipeline
+    from l2r_submit.registration import pipeline
 
     written = []
 

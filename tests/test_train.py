@@ -5,7 +5,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, data, dataset, losses, model, train
+from l2r_submit.nets import checkpoint, config, regnet
+from l2r_submit.training import data, losses, train
+from l2r_submit.core import dataset
 from l2r_submit.cli import main
 
 from conftest import write_tiny_dataset
@@ -40,7 +42,7 @@ def test_a_few_steps_lower_the_loss():
     x = torch.linspace(-1, 1, 16)
     blob = torch.exp(-((x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) * 4))[None, None]
     fixed, moving = blob, torch.roll(blob, 2, dims=2)
-    net = model.build("tiny")
+    net = regnet.build("tiny")
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     w = losses.LossWeights(dice=0.0)
     first = None
@@ -110,7 +112,7 @@ def test_train_cli_end_to_end_and_finetune(ds4, tmp_path):
     assert res.exit_code == 0, res.output
     assert "DSC=" in res.output
     net, ckpt = checkpoint.load(run / "best.pt")
-    assert net.cfg == model.PRESETS["tiny"] and "DSC" in ckpt["metrics"]
+    assert net.cfg == config.PRESETS["tiny"] and "DSC" in ckpt["metrics"]
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     res = CliRunner().invoke(main, ["train", args[0], "--out", str(tmp_path / "ft"), "--preset", "finetune",
                                     "--init", str(run / "last.pt"), *args[3:]], catch_exceptions=False)

@@ -7,7 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
-from l2r_submit import checkpoint, model
+from l2r_submit.nets import checkpoint, regnet
 
 
 def _script(repo_root):
@@ -23,7 +23,7 @@ def test_manifest_agrees_with_the_run_and_keeps_the_lineage(repo_root, tmp_path,
 
     def fake_run(cfg, ds, out, resume=False, epoch_data=None, max_seconds=None):
         calls.append((cfg, max_seconds))
-        net = model.build("cpu-fast")
+        net = regnet.build("cpu-fast")
         checkpoint.save(out / "last.pt", net, epoch=1, metrics={"DSC": 0.5, "val_loss": 0.1, "epoch": 2})
         return {"epoch": 2}  # stopped by --max-minutes after 2 of the 5 epochs asked for
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2r_submit import train
+from l2r_submit.training import train
 from l2r_submit.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from l2r_submit import instance, metrics
-from l2r_submit.contract import identity_grid
-from l2r_submit.spatial import compose, warp_image
+from l2r_submit.registration import instance
+from l2r_submit.evaluation import metrics
+from l2r_submit.core.contract import identity_grid
+from l2r_submit.core.spatial import compose, warp_image
 
 
 def test_exponential_of_a_constant_velocity_is_that_translation():

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from l2r_submit import model
-from l2r_submit.synthetic import coarse_random_disp, upsample_coarse
-from l2r_submit.volume_pairs import VolumePairs, bspline_field
+from l2r_submit.nets import inputs
+from l2r_submit.training.synthetic import coarse_random_disp, upsample_coarse
+from l2r_submit.training.volume_pairs import VolumePairs, bspline_field
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_zero_deformation_keeps_labels_and_matches_inference_preprocessing(anato
     item = VolumePairs([anatomy], 1, seed=0, epoch=0, max_disp=0.0)[0]
     assert np.array_equal(item["moving_seg"][0].numpy(), labels)
     # intensity augmentation aside, the windows are model.preprocess of the whole volume
-    expected = model.preprocess(torch.from_numpy(image)[None, None], 3)[0]
+    expected = inputs.preprocess(torch.from_numpy(image)[None, None], 3)[0]
     assert float((item["moving"] - expected).abs().mean()) < 0.1
 
 
@@ -80,7 +80,8 @@ def test_bad_inputs_are_refused(anatomy):
 
 
 def test_train_run_takes_whole_volume_items(tmp_path):
-    from l2r_submit import dataset, io, train
+    from l2r_submit.core import dataset, io
+    from l2r_submit.training import train
 
     from conftest import write_tiny_dataset
 

@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import write_tiny_dataset  # noqa: E402
 
-from l2r_submit import dataset, train  # noqa: E402
+from l2r_submit.core import dataset
+from l2r_submit.training import train  # noqa: E402
 
 SETTINGS = dict(epochs=2, crop=(16, 16, 16), val_every=1, lr=1e-2, num_workers=0, device="cpu", batch_size=2, threads=1,
                 **{"loss.n_classes": 5})

@@ -1,0 +1,94 @@
+"""Output folders: can they be written, and the temporary files a killed run left in them.
+
+:func:`l2r_submit.core.io.atomic_write` names its temporary files ``.tmp-<pid>-XXXXXXXX<suffix>`` beside the
+final file; a process killed between the write and the rename leaves one behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+_TMP_NAME = re.compile(r"^\.tmp-(?:(\d+)-)?[A-Za-z0-9_]{6,}(\.nii\.gz|\.[A-Za-z0-9]+)?$")
+LEGACY_TMP_AGE_S = 3600.0  # a temporary file without a pid is taken as stale after an hour
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():  # a previous life of this pid (a restarted container): nothing written yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of :func:`atomic_write`'s naming that a killed process left in ``folder``.
+
+    A ``.tmp-<pid>-*`` file is stale when that process no longer runs (so a concurrent writer's file
+    is left alone); an older ``.tmp-*`` file without a pid when it is over an hour old. Call this at
+    the start of a run, before the run's own writes.
+
+    Returns:
+        The files removed (a missing folder: none).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if not match or not entry.is_file():
+            continue
+        pid = match.group(1)
+        try:
+            stale = (not _pid_alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > LEGACY_TMP_AGE_S
+            if stale:
+                entry.unlink()
+                removed.append(entry)
+        except OSError:  # vanished meanwhile, or not ours to remove: leave it
+            continue
+    return removed
+
+
+def check_not_a_file(folder: Path, what: str) -> None:
+    """An output folder must not be an existing file, nor lie under one (a cheap check, before any work).
+
+    Raises:
+        ValueError: naming the path, the option it came from (``what``) and the file in the way.
+    """
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                place = "" if parent == folder else f" ({parent} is a file)"
+                raise ValueError(f"{folder}: {what} names an existing file, not a folder{place}")
+            return
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Create ``folder`` if needed and prove a file can be created and removed in it.
+
+    Raises:
+        ValueError: the path (or a parent) is a file, or the folder cannot be created or written,
+            naming the path and the option it came from (``what``).
+    """
+    folder = Path(folder)
+    check_not_a_file(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{folder}: {what} is not writable ({exc.strerror or exc})") from None
+
+
+NO_FURTHER_WRITES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""errno values after which no later write to the same folder can succeed (disk full, read-only, denied)."""

@@ -1,0 +1,1 @@
+"""Layer 2: the networks, their blocks, inputs and checkpoints."""

@@ -1,0 +1,1 @@
+"""Layer 3: test-time registration: predict, stages, search, instance optimisation, QC."""

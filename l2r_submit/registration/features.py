@@ -1,0 +1,95 @@
+"""MIND-SSC: modality-independent self-similarity descriptors for the test-time refinement.
+
+Facts from Heinrich et al., "Towards realtime multimodal fusion for image-guided interventions using
+self-similarities" (MICCAI 2013): for each voxel, the patch distances between the 12 pairs of its
+six-neighbourhood that are sqrt(2) apart ("self-similarity context"), turned into descriptors by
+exp(-distance / local variance). Descriptors of two scans are compared with their squared difference;
+they ignore how the scanner or contrast agent maps tissue to intensity, which plain intensity
+differences do not (a painted or non-contrast scan against a portal-venous one).
+Our own implementation.
+
+Tensor contract: image (B, 1, I, J, K) float -> descriptors (B, 12, I, J, K) float in (0, 1].
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from ..core.contract import check_volume_batch
+
+_SIX = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+SSC_PAIRS = tuple((a, b) for a, b in itertools.combinations(_SIX, 2)
+                  if sum((x - y) ** 2 for x, y in zip(a, b)) == 2)  # the 12 sqrt(2)-apart pairs
+
+
+def _shifted(padded: torch.Tensor, offset: tuple[int, ...], pad: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``x(p + offset)`` from ``x`` padded by ``pad`` on every side."""
+    index = tuple(slice(pad + o, pad + o + n) for o, n in zip(offset, shape))
+    return padded[(slice(None), slice(None)) + index]
+
+
+def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND-SSC descriptors of an image.
+
+    Args:
+        image: (B, 1, I, J, K) intensities (any affine scaling: the result does not depend on it).
+        radius: half-width of the cubic patch of the patch distances, in voxels.
+        dilation: distance of the six neighbours from the centre voxel, in voxels.
+
+    Returns:
+        (B, 12, I, J, K) float descriptors; each voxel's largest entry is 1.
+
+    Raises:
+        ValueError: an image that breaks the contract.
+    """
+    check_volume_batch(image, "image")
+    if image.shape[1] != 1:
+        raise ValueError(f"image: {image.shape[1]} channels received, expected 1")
+    shape = tuple(image.shape[2:])
+    image = image.float()
+    padded = F.pad(image, (dilation,) * 6, mode="replicate")
+    distances = []
+    for a, b in SSC_PAIRS:
+        diff = (_shifted(padded, tuple(dilation * v for v in a), dilation, shape)
+                - _shifted(padded, tuple(dilation * v for v in b), dilation, shape)) ** 2
+        diff = F.pad(diff, (radius,) * 6, mode="replicate")
+        distances.append(F.avg_pool3d(diff, 2 * radius + 1, stride=1))
+    d = torch.cat(distances, dim=1)
+    d = d - d.amin(dim=1, keepdim=True)
+    variance = d.mean(dim=1, keepdim=True)
+    mean_var = variance.mean()
+    # bounded around its volume mean, so flat regions (air) neither divide by zero nor blow noise up
+    variance = variance.clamp(min=(mean_var * 1e-3).item() + 1e-12, max=(mean_var * 1e3).item() + 1e-12)
+    desc = torch.exp(-d / variance)
+    return desc / desc.amax(dim=1, keepdim=True)
+
+
+CT_WINDOW_HU = (-200.0, 300.0)  # fat to contrast-enhanced organs; bone and air are clipped
+ROBUST_PERCENTILES = (1.0, 99.0)
+_QUANTILE_SAMPLES = 1 << 20  # percentiles from a regular subsample: torch.quantile is limited to 2^24 values
+
+
+def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
+    """Intensities mapped to [0, 1] before descriptors are computed.
+
+    CT (``ct=True``): the soft-tissue window ``CT_WINDOW_HU`` clipped and scaled, the same for every scan, so
+    Hounsfield units keep their meaning. Any other modality (MR, or intensities already in [0, 1]): the
+    image's own 1st and 99th percentiles, clipped and scaled, so nothing assumes a unit.
+
+    Shape: (B, 1, I, J, K) -> (B, 1, I, J, K) float32 in [0, 1].
+    """
+    image = image.float()
+    if ct:
+        lo, hi = CT_WINDOW_HU
+        return (image.clamp(lo, hi) - lo) / (hi - lo)
+    out = []
+    for one in image:
+        flat = one.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
+        q = torch.quantile(sample, sample.new_tensor([p / 100.0 for p in ROBUST_PERCENTILES]))
+        lo, hi = q[0].item(), q[1].item()
+        out.append((one.clamp(lo, hi) - lo) / max(hi - lo, 1e-6))
+    return torch.stack(out)

@@ -1,0 +1,163 @@
+"""Instance optimisation: refine one pair's network displacement at test time.
+
+A residual displacement is optimised with Adam on an image dissimilarity plus a diffusion regulariser
+on the total field: first on a quarter-resolution grid (``coarse_fraction`` of the iterations), then on
+a half-resolution grid; it is then upsampled and added to the incoming full-resolution field.
+
+As a stage (:mod:`l2r_submit.registration.stages`) it consumes ``disp_in`` by initialisation: the variable is the
+total field ``disp_in + residual`` (the regulariser acts on that total), started at ``disp_in``; the
+result is again the whole field of the pair. Adding is right here because the residual is small and
+smooth (a local refinement); large moves are composed by the stages before it.
+
+Field model (``field``):
+  * ``displacement``: the variable is a displacement; the regulariser acts on the total field, so it must
+    stay strong enough to keep det J > 0;
+  * ``velocity``: the variable is a stationary velocity field v, and the update is its exponential,
+    exp(v), computed by scaling and squaring (``steps`` compositions of v / 2^steps with itself; Arsigny
+    et al., MICCAI 2006; Ashburner, NeuroImage 2007). The update is then invertible (det J > 0 up to
+    interpolation) whatever its size, so a weaker regulariser (on v) can be used; the result is
+    ``compose(disp_in, exp(v))``: warping with ``disp_in`` and then with the update.
+
+Dissimilarity (``similarity``):
+  * ``mind`` (default): mean squared difference of MIND-SSC descriptors (:mod:`l2r_submit.registration.features`)
+    of the soft-tissue window, computed at each grid's resolution; insensitive to how tissue maps to HU
+    (contrast phase, scanner), which is what inter-patient abdominal CT needs;
+  * ``mse``: mean squared difference of the network's three CT windows (CT), of the normalised image
+    otherwise.
+
+Tensor contract: disp (1, 3, I, J, K) voxels, moving/fixed (1, 1, I, J, K) HU (or any unit when not CT)
+-> (1, 3, I, J, K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..core.contract import check_disp_tensor, check_volume_batch
+from ..core.spatial import compose, warp_image
+from ..nets.inputs import preprocess
+from .features import CT_WINDOW_HU, mind_ssc, normalise_intensity
+
+SIMILARITIES = ("mind", "mse")
+FIELDS = ("displacement", "velocity")
+MIND_WINDOW_HU = CT_WINDOW_HU
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    """Settings of the refinement. iters = 0 turns it off."""
+
+    iters: int = 0
+    lr: float = 0.3
+    reg: float = 1.0
+    coarse_fraction: float = 0.8  # quarter-resolution iterations cost ~1/8 of half-resolution ones
+    similarity: str = "mind"
+    field: str = "displacement"
+    steps: int = 6  # scaling-and-squaring steps of the velocity model
+
+    def __post_init__(self) -> None:
+        if self.field not in FIELDS:
+            raise ValueError(f"field: '{self.field}' received, expected one of {', '.join(FIELDS)}")
+        if not 1 <= self.steps <= 12:
+            raise ValueError(f"steps: {self.steps} received, expected 1 to 12")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity: '{self.similarity}' received, expected one of {', '.join(SIMILARITIES)}")
+        if self.iters < 0 or not 0.0 <= self.coarse_fraction <= 1.0:
+            raise ValueError(f"iters {self.iters} and coarse_fraction {self.coarse_fraction}: expected iters >= 0 "
+                             "and 0 <= coarse_fraction <= 1")
+
+
+def diffusion(disp: torch.Tensor) -> torch.Tensor:
+    """Mean squared forward difference of a displacement along each axis. Shape: (B, 3, I, J, K) -> scalar."""
+    return sum((torch.diff(disp, dim=d) ** 2).mean() for d in (2, 3, 4)) / 3.0
+
+
+def exponential(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+    """The displacement of exp(v) by scaling and squaring: u = v / 2^steps, then ``steps`` times u = u o u.
+
+    Shape: (B, 3, I, J, K) voxels -> the same.
+    """
+    u = velocity / (2 ** steps)
+    for _ in range(steps):
+        u = compose(u, u)
+    return u
+
+
+def _resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resample a voxel displacement to another grid spanning the same volume (corners on corners),
+    rescaling each channel to the new voxel size."""
+    out = F.interpolate(disp, size=size, mode="trilinear", align_corners=True)
+    scale = [(m - 1) / max(n - 1, 1) for m, n in zip(size, disp.shape[2:])]
+    return out * out.new_tensor(scale).view(1, 3, 1, 1, 1)
+
+
+def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bool = True) -> torch.Tensor:
+    """What the dissimilarity compares, on a grid of ``size`` spanning the volume (corners on corners).
+
+    ``ct``: the image is CT in HU (a CT window); otherwise robust percentiles normalise it
+    (:func:`l2r_submit.registration.features.normalise_intensity`).
+
+    Shape: (1, 1, I, J, K) -> (1, C, *size); C = 12 (mind), 3 (mse, CT) or 1 (mse, not CT).
+    """
+    small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
+    if similarity == "mse":
+        return preprocess(small, 3) if ct else normalise_intensity(small, ct)
+    return mind_ssc(normalise_intensity(small, ct))
+
+
+def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
+           ct: bool = True) -> torch.Tensor:
+    """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
+
+    Shape: disp (1, 3, I, J, K) voxels; moving_hu, fixed_hu (1, 1, I, J, K) HU (``ct``; any unit
+    otherwise) -> (1, 3, I, J, K).
+
+    Raises:
+        ValueError: shapes that break the contract.
+    """
+    check_disp_tensor(disp)
+    for name, img in (("moving_hu", moving_hu), ("fixed_hu", fixed_hu)):
+        check_volume_batch(img, name, disp.shape[2:])
+        if img.shape[1] != 1:
+            raise ValueError(f"{name}: {img.shape[1]} channels received, expected 1 (HU)")
+    if cfg.iters <= 0:
+        return disp
+    velocity = cfg.field == "velocity"
+    full = tuple(disp.shape[2:])
+    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
+    residual = None
+    for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
+        if iters <= 0:
+            continue
+        size = tuple((n + level - 1) // level for n in full)
+        with torch.no_grad():
+            m = features(moving_hu, size, cfg.similarity, ct)
+            f = features(fixed_hu, size, cfg.similarity, ct)
+            base = _resize_disp(disp, size)
+            if velocity and base.any():  # the update acts after disp_in: warp by it once, up front
+                m = warp_image(m, base, padding_mode="border")
+            start = torch.zeros_like(base) if residual is None else _resize_disp(residual, size)
+        residual = start.clone().requires_grad_(True)
+        opt = torch.optim.Adam([residual], lr=cfg.lr * 2 / level)  # the step is in voxels of this grid
+        with torch.enable_grad():
+            for _ in range(iters):
+                if velocity:
+                    loss = (F.mse_loss(warp_image(m, exponential(residual, cfg.steps)), f)
+                            + cfg.reg * diffusion(residual))
+                else:
+                    total = base + residual
+                    loss = F.mse_loss(warp_image(m, total), f) + cfg.reg * diffusion(total)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        residual = residual.detach()
+    with torch.no_grad():
+        if residual is None:
+            return disp
+        if velocity:
+            update = exponential(_resize_disp(residual, full), cfg.steps)
+            return compose(disp, update) if disp.any() else update
+        return disp + _resize_disp(residual, full)

@@ -1,0 +1,87 @@
+"""Which pairs to predict and which files each writes: the checks made before any work.
+
+Pure functions of the dataset, the options and the volume shape (no torch): pair selection by name,
+output names per pair and their collisions, and the shapes a format or a network accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core import io
+from ..core.dataset import Dataset, Pair
+
+
+def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None) -> list[Pair]:
+    """Pairs of the split, optionally only those named (``FFFF_0000<--MMMM_0000`` or ``FFFF_MMMM``).
+
+    Raises:
+        ValueError: a named pair that is not in the split.
+    """
+    pairs = ds.pairs(split)
+    if wanted is not None and not wanted:
+        raise ValueError("--pairs: no pair names given (expected e.g. 0001_0004,0002_0004)")
+    if not wanted:
+        return list(dict.fromkeys(pairs))
+
+    def names(ps: list[Pair]) -> dict[str, Pair]:
+        return {p.key: p for p in ps} | {f"{p.fixed.id}_{p.moving.id}": p for p in ps}
+
+    by_name = names(pairs)
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        here = split or next((n for n, ps in ds.splits.items() if ps == pairs and ps), "default")
+        elsewhere = [f"{w} (in split '{n}')" for w in unknown
+                     for n, ps in ds.splits.items() if ps is not pairs and w in names(ps)]
+        hint = f"; found elsewhere: {', '.join(elsewhere)}; pass --split" if elsewhere else ""
+        raise ValueError(f"--pairs: not in split '{here}': {', '.join(unknown)}{hint}")
+    return list(dict.fromkeys(by_name[w] for w in wanted))
+
+
+def plan_outputs(out_dir: Path, pairs: list[Pair], fmt: str, names: str) -> dict[Pair, list[Path]]:
+    """Each pair's output files.
+
+    Raises:
+        ValueError: two different pairs (e.g. the same case id in two folders) map to one file name.
+    """
+    plan: dict[Pair, list[Path]] = {}
+    owner: dict[Path, Pair] = {}
+    for pair in pairs:
+        plan[pair] = expected_outputs(out_dir, pair, fmt, names)
+        for path in plan[pair]:
+            other = owner.setdefault(path, pair)
+            if other != pair:
+                raise ValueError(f"{path.name}: two pairs would write this file: {other.fixed.image} <- "
+                                 f"{other.moving.image} and {pair.fixed.image} <- {pair.moving.image} "
+                                 "(same case ids in different folders); predict them into separate --out folders")
+    return plan
+
+
+def check_format_shape(fmt: str, shape: tuple[int, ...], source: object) -> None:
+    """The 2020 half-resolution format needs even sizes (its evaluator upsamples by exactly 2).
+
+    Raises:
+        ValueError: an odd size with ``npz2020``.
+    """
+    if fmt == "npz2020" and any(n % 2 for n in shape):
+        raise ValueError(f"{source}: --format npz2020 needs even volume sizes (the 2020 evaluator upsamples the "
+                         f"half-resolution field by 2), the volumes are {tuple(shape)}; use --format nii.gz or npz")
+
+
+def check_min_shape(shape: tuple[int, ...], divisor: int, source: object) -> None:
+    """The network pads volumes to a multiple of ``divisor`` and halves them down to 1/``divisor``; its
+    instance norm needs more than one voxel there, so at least one size must exceed ``divisor``.
+
+    Raises:
+        ValueError: a smaller volume, naming the smallest size accepted.
+    """
+    if max(shape) <= divisor:
+        raise ValueError(f"{source}: volumes of {tuple(shape)} are too small for this network; at least one size "
+                         f"must be {divisor + 1} voxels or more (e.g. {(divisor + 1, *tuple(shape)[1:])})")
+
+
+def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Path]:
+    """The files one pair's field is written to, in ``out_dir``."""
+    ext = io.disp_extension(fmt)
+    return [out_dir / (stem + ext) for stem in io.disp_names(pair.fixed.id, pair.moving.id, names,
+                                                               pair.fixed.modality, pair.moving.modality)]

@@ -1,0 +1,408 @@
+"""Prediction: a dataset JSON in, one official displacement file per pair out.
+
+Python API::
+
+    from l2r_submit.core import dataset
+    from l2r_submit.registration import predict
+    cfg = predict.PredictConfig(dataset.load("test_data/AbdomenCTCT_dataset.json"), Path("out"))
+    manifest = predict.run(cfg)        # also written to out/run.json
+
+Per pair: read moving and fixed (HU), run the stages (:mod:`l2r_submit.registration.stages`: the network
+moving->fixed on the whole volume under ``torch.inference_mode``, the global search, the Adam
+refinement; each can be switched off), write the field atomically, optionally a QC picture. A pair
+that fails is recorded and skipped; the others go on. A write failure that no later pair can escape
+(disk full, read-only folder) stops the run early; the remaining pairs are recorded as not tried.
+``run.json`` is written in every case.
+
+Before any work: the pairs exist, no two pairs map to the same output file, the format suits the
+volume shape, and every output folder is a writable folder. Each pair's entry in ``run.json``
+records the settings its field was made with (:func:`output_settings`) and the size and sha256 of
+each file written; a rerun skips a pair only when both still match (no decompression needed), and
+redoes it otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..core import folders, io, runtime
+from ..nets import checkpoint, regnet
+from . import pipeline, shards
+from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
+from .run_record import file_record, output_settings, pair_inputs, redo_reason, sha256, stage_means, summary  # noqa: F401
+from ..core.dataset import Dataset, Pair
+from . import stages as stg
+from .instance import IOConfig
+from .search import SearchConfig
+from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
+
+DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
+DEFAULT_IO_FIELD = "velocity"  # invertible updates: no folds at a weaker regulariser (README, "Predict")
+DEFAULT_IO_REG = {"displacement": 1.0, "velocity": 0.25}  # diffusion weight per field model
+
+
+def default_io(iters: int = DEFAULT_IO_ITERS, field: str = DEFAULT_IO_FIELD, reg: float | None = None,
+               similarity: str = "mind") -> IOConfig:
+    """The refinement's settings with predict's defaults; ``reg`` None: the default of the field model."""
+    return IOConfig(iters, similarity=similarity, field=field, reg=DEFAULT_IO_REG[field] if reg is None else reg)
+DEFAULT_STAGES = ("adam",)  # measured best with the shipped weights; search is opt-in (README, "Predict")
+NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What to predict and how.
+
+    Attributes:
+        dataset: pairs and shape.
+        out_dir: output folder (created).
+        split: ``val``/``test``; None = val when it has pairs, else test.
+        pairs: subset, as case keys ``FFFF_0000<--MMMM_0000`` or ``FFFF_MMMM``; None = all.
+        checkpoint: weights file; None = the shipped default of ``weights_dir``.
+        weights_dir: folder with ``manifest.json`` (sha256 of each file, checked at load).
+        fmt, names: output format and file names (see :func:`l2r_submit.core.io.write_disp`).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        io: instance optimisation settings (``iters=0``: no ``adam`` stage).
+        network: False drops the ``network`` stage (the next stage starts from a zero field).
+        stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order); None:
+            :func:`default_stages`.
+        search: global search settings.
+        qc_dir: write one QC picture per pair there.
+        overwrite: redo pairs whose outputs exist.
+        threads: CPU threads (None: all available; with ``shard`` on CPU, the cores shared out).
+        progress: progress bar on stderr.
+        pipeline: overlap reading and writing with computing (False: one step after the other).
+        shard: ``(K, N)``: only every N-th pair from the K-th (0-based), one of N ranks.
+        request: what the command was asked (:func:`l2r_submit.registration.quick_rerun.request_key`), recorded in
+            run.json so that the same request can later be found to have nothing to do without torch.
+    """
+
+    dataset: Dataset
+    out_dir: Path
+    split: str | None = None
+    pairs: tuple[str, ...] | None = None
+    checkpoint: Path | None = None
+    weights_dir: Path = DEFAULT_WEIGHTS_DIR
+    fmt: str = "nii.gz"
+    names: str = "long"
+    device: str = "auto"
+    io: IOConfig = field(default_factory=default_io)
+    network: bool = True
+    stages: tuple[str, ...] | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    qc_dir: Path | None = None
+    overwrite: bool = False
+    threads: int | None = None
+    progress: bool = True
+    pipeline: bool = True
+    shard: tuple[int, int] | None = None
+    request: dict | None = None
+
+
+def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
+    """A note when the two images' voxel spacing or axis directions differ (the field ignores world geometry)."""
+    if np.allclose(moving.affine[:3, :3], fixed.affine[:3, :3], rtol=1e-3, atol=1e-4):
+        return None
+    fmt = lambda v: "x".join(f"{x:.3g}" for x in v)  # noqa: E731
+    return (f"{pair.moving.image}: spacing {fmt(moving.spacing)} mm or orientation differs from its fixed image "
+            f"{pair.fixed.image} ({fmt(fixed.spacing)} mm); registering voxel grids as they are")
+
+
+def default_stages(cfg: PredictConfig) -> tuple[str, ...]:
+    """The stages when none are named: ``adam`` alone with the shipped weights (with them the network
+    measured below no registration, README "Predict"); ``network,adam`` when ``cfg.checkpoint`` names
+    weights, or when the refinement is off (``io.iters`` 0: the network alone, as before)."""
+    return NETWORK_STAGES if cfg.checkpoint is not None or cfg.io.iters <= 0 else DEFAULT_STAGES
+
+
+def active_stages(cfg: PredictConfig) -> tuple[str, ...]:
+    """The stages that run: ``cfg.stages`` (or :func:`default_stages`) without ``network`` when
+    ``cfg.network`` is False and without ``adam`` when ``cfg.io.iters`` is 0."""
+    named = default_stages(cfg) if cfg.stages is None else cfg.stages
+    return tuple(s for s in stg.STAGE_NAMES if s in named and not (s == "network" and not cfg.network)
+                 and not (s == "adam" and cfg.io.iters <= 0))
+
+
+def predict_pair(net: regnet.RegistrationNet | None, pair: Pair, device: torch.device, io_cfg: IOConfig,
+                 shape: tuple[int, ...], search: SearchConfig | None = None, ct: bool = True,
+                 note: Callable[[str], None] | None = None) -> np.ndarray:
+    """One pair's displacement, (3, I, J, K) float32 voxels on the fixed grid: the network (``net`` None:
+    none), then the search (``search`` None: none), then the refinement (``io_cfg.iters`` 0: none).
+    ``note`` receives a warning when the grids' geometry differs.
+
+    Raises:
+        ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
+    """
+    names = tuple(n for n, on in (("network", net is not None), ("search", search is not None),
+                                  ("adam", io_cfg.iters > 0)) if on)
+    built = stg.build(names, net, search or SearchConfig(), io_cfg, ct)
+    return register_pair(built, pair, device, shape, note)[0]
+
+
+def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Read and check one pair's images (no torch: this runs in the reader thread of the pipelined path).
+
+    Returns:
+        moving and fixed, (I, J, K) float32 (HU for CT), and a note when the grids' geometry differs.
+
+    Raises:
+        ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
+    """
+    moving_vol = io.read_volume(pair.moving.image, np.float32)
+    fixed_vol = io.read_volume(pair.fixed.image, np.float32)
+    message = grid_note(pair, moving_vol, fixed_vol)
+    for case, arr in ((pair.moving, moving_vol.array), (pair.fixed, fixed_vol.array)):
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{case.image}: shape {arr.shape} received, the dataset declares {tuple(shape)}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{case.image}: image holds NaN or inf values")
+    return moving_vol.array, fixed_vol.array, message
+
+
+def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
+                  note: Callable[[str], None] | None = None,
+                  images: tuple[np.ndarray, np.ndarray, str | None] | None = None
+                  ) -> tuple[np.ndarray, dict[str, float]]:
+    """Run the stages on one pair: its displacement, (3, I, J, K) float32 voxels on the fixed grid, and
+    the seconds of each stage. ``images``: what :func:`read_pair` returned (None: read them here).
+    ``note`` receives a warning when the grids' geometry differs.
+
+    Raises:
+        ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
+    """
+    moving_np, fixed_np, message = images if images is not None else read_pair(pair, shape)
+    del images
+    if message and note is not None:
+        note(message)
+    moving = torch.from_numpy(moving_np)[None, None].to(device)
+    fixed = torch.from_numpy(fixed_np)[None, None].to(device)
+    del moving_np, fixed_np
+    disp, seconds = stg.run(stages, moving, fixed)
+    return disp[0].float().cpu().numpy(), seconds
+
+
+def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str) -> dict:
+    """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
+    settings (:func:`l2r_submit.registration.run_record.output_settings`, so a field added later counts too), but only
+    those of the stages that run (``names``), the weights only when the network runs, the dataset's
+    modality and the package version (a new version may compute other fields from the same settings)."""
+    out = output_settings(cfg, checkpoint_sha256)
+    out["stages"] = list(names)
+    del out["network"]  # said by "stages"
+    for stage, keys in (("network", ("checkpoint_sha256",)), ("search", ("search",)), ("adam", ("io",))):
+        if stage not in names:
+            for key in keys:
+                out.pop(key, None)
+    return {**out, "modality": modality, "package_version": __version__}
+
+
+def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[Path]]]:
+    """Everything that can be known wrong before loading weights: pairs, images, names, format, folders.
+
+    Returns:
+        The pairs to predict and each pair's output files.
+
+    Raises:
+        ValueError: one line naming the first problem found.
+    """
+    ds = cfg.dataset
+    pairs = select_pairs(ds, cfg.split, cfg.pairs)
+    if not pairs:
+        raise ValueError(f"{ds.source}: no pairs to predict in split '{cfg.split or 'default'}'")
+    stg.parse_stages(",".join(cfg.stages or DEFAULT_STAGES))  # unknown or repeated names: one line, before any work
+    if not active_stages(cfg):
+        raise ValueError("no registration stage left to run: --stages, --no-network and --io-iters 0 remove "
+                         "them all (it would write zero fields)")
+    if cfg.fmt == "npz2020" and cfg.names == "long":
+        raise ValueError("format npz2020 with long names: the 2020 evaluator reads only disp_FFFF_MMMM.npz; "
+                         "use names short or both")
+    check_format_shape(cfg.fmt, ds.shape, ds.source)
+    plan = plan_outputs(cfg.out_dir, pairs, cfg.fmt, cfg.names)
+    missing = ds.missing_files(pairs, images=True, labels=False)
+    if missing:
+        raise ValueError("missing image files: " + ", ".join(map(str, missing)))
+    folders.check_writable(cfg.out_dir, "--out")
+    if cfg.qc_dir is not None:
+        folders.check_writable(cfg.qc_dir, "--qc")
+    return pairs, plan
+
+
+def run(cfg: PredictConfig) -> dict:
+    """Predict every selected pair (of this shard); returns the run manifest (also written to
+    ``out_dir/run.json``, or to this shard's record, merged into run.json: :mod:`l2r_submit.registration.shards`).
+
+    A pair that fails (unreadable image, a write error) is recorded with a one-line error and the
+    others go on; after a write error no later pair can escape (disk full, read-only), the rest are
+    recorded as ``not tried``. Entries of pairs this run does not select are kept from the earlier run.json.
+    With ``cfg.pipeline`` the next pair is read and the previous field written while a pair is computed
+    (:mod:`l2r_submit.registration.pipeline`); the fields are the same either way.
+
+    Raises:
+        ValueError: bad input found before any work (missing images, unknown pairs, name collisions,
+            an unwritable output folder, bad weights).
+    """
+    ds = cfg.dataset
+    pairs, plan = check_before_work(cfg)
+    if cfg.shard is not None:
+        pairs = shards.shard_pairs(pairs, *cfg.shard)
+    ckpt_path = resolve_checkpoint(cfg.checkpoint, cfg.weights_dir)
+    device = runtime.resolve_device(cfg.device)
+    runtime.configure_threads(shards.threads_per_rank(cfg.threads, cfg.shard, device.type))
+    if cfg.shard is not None and device.type == "cuda":
+        device = torch.device("cuda", cfg.shard[0] % torch.cuda.device_count())  # one GPU per rank
+    net, _ = checkpoint.load(ckpt_path, map_location=device)
+    names = active_stages(cfg)
+    if "network" in names:
+        check_min_shape(ds.shape, net.cfg.divisor, ds.source)
+    stages = stg.build(names, net, cfg.search, cfg.io, ds.is_ct)
+    for folder in (cfg.out_dir, cfg.qc_dir):
+        if folder is not None:
+            folders.clean_stale_tmp(folder)
+    ckpt_sha = sha256(ckpt_path)
+    settings = run_settings(cfg, names, ckpt_sha, ds.modality)
+    earlier = shards.previous_pairs(cfg.out_dir)
+    manifest = {
+        "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
+        "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
+        "pipelined": cfg.pipeline,
+        "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
+                     "network": cfg.network, "overwrite": cfg.overwrite,
+                     "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
+        "selected": [p.key for p in pairs],
+        "request": cfg.request, "field_settings": settings,
+        # replaced pair by pair: a stopped run still describes every file in the folder (a shard: its own pairs)
+        "pairs": dict(earlier) if cfg.shard is None else {},
+    }
+    if cfg.shard is not None:
+        manifest["shard"] = shards.shard_name(cfg.shard)
+    record = cfg.out_dir / shards.record_name(cfg.shard)
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        if not notes:  # once per run
+            print(f"note: {message} (not repeated for further pairs)", file=sys.stderr)
+        notes.append(message)
+
+    entries: dict[Pair, dict] = {}
+    todo: list[Pair] = []
+    for pair in pairs:
+        outputs = plan[pair]
+        entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
+        reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, settings)
+        if reason is None:
+            manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": settings,
+                                           "files": earlier[pair.key]["files"]}
+            continue
+        if any(p.exists() for p in outputs):
+            entry["redone"] = reason
+        entries[pair] = entry
+        todo.append(pair)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress)
+    stopped: str | None = None
+
+    def write(pair: Pair, disp: np.ndarray) -> dict:
+        outputs = plan[pair]
+        written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names,
+                                pair.fixed.modality, pair.moving.modality)
+        if sorted(written) != sorted(outputs):  # the names planned (and checked for collisions) are the names written
+            raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
+        files = file_record(written)
+        if cfg.qc_dir is not None:
+            from .qc import write_qc
+
+            write_qc(cfg.qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png", pair, disp)
+        return files
+
+    def done(pair: Pair, outcome: pipeline.Outcome) -> bool:
+        nonlocal stopped
+        entry = entries[pair]
+        io_steps = ("read", "write")
+        entry["stage_seconds"] = {k: v for k, v in outcome.seconds.items() if k not in io_steps}
+        entry["io_seconds"] = {k: outcome.seconds[k] for k in io_steps if k in outcome.seconds}
+        entry["seconds"] = round(sum(outcome.seconds.values()), 3)
+        if outcome.error is None:
+            entry.update(settings=settings, files=outcome.value, status="done")
+        else:
+            exc = outcome.error
+            message = _one_line(exc)
+            entry.update(status="failed", error=message)
+            stale = [p.name for p in plan[pair] if p.exists()]
+            if stale:  # an earlier run's files, not made with this run's settings: say so, keep them
+                entry["stale_outputs"] = stale
+            bar.write(f"error: {pair.key}: {message}", file=sys.stderr)
+            if isinstance(exc, OSError) and exc.errno in folders.NO_FURTHER_WRITES:
+                stopped = f"stopped after {message}"
+        manifest["pairs"][pair.key] = entry
+        _save_manifest(record, manifest)
+        bar.update()
+        return stopped is not None
+
+    t0 = time.perf_counter()
+    try:
+        left = pipeline.run_items(
+            todo, lambda pair: read_pair(pair, ds.shape),
+            lambda pair, images: register_pair(stages, pair, device, ds.shape, note, images),
+            write, done, overlap=cfg.pipeline)
+    except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
+        current = next((p for p in todo if manifest["pairs"].get(p.key) is not entries[p]), None)
+        if current is not None:  # the pair being computed (the one being written was recorded first)
+            manifest["pairs"][current.key] = {**entries[current], "status": "failed", "error": "interrupted"}
+        _save_manifest(record, manifest)
+        raise
+    finally:
+        bar.close()
+    for pair in left:
+        manifest["pairs"][pair.key] = {**entries[pair], "status": "not tried", "error": stopped}
+    manifest["run_seconds"] = round(time.perf_counter() - t0, 3)
+    manifest["seconds_per_pair"] = stage_means([manifest["pairs"][p.key] for p in todo])
+    this_run = [manifest["pairs"][p.key] for p in pairs]
+    redone = [e["redone"] for e in this_run if e["status"] == "done" and e.get("redone", "").startswith("made with")]
+    if redone:
+        print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
+    if stopped:
+        print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
+    _save_manifest(record, manifest)
+    if cfg.shard is not None:
+        merged = shards.merge(cfg.out_dir, cfg.shard[1])
+        if "manifest_error" not in manifest and merged is not None:
+            manifest["merged"] = merged
+    return manifest
+
+
+def _one_line(exc: BaseException) -> str:
+    """A pair's error in one line: the file and the problem for OS errors, the type for unexpected ones."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: cannot be written or read ({exc.strerror or exc})"
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    if not isinstance(exc, (ValueError, RuntimeError, MemoryError, OSError)):
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return (line or type(exc).__name__)[:500]
+
+
+def _save_manifest(path: Path, manifest: dict) -> None:
+    """Write run.json (``path``); a failure is recorded in ``manifest['manifest_error']`` (printed once), not raised."""
+    try:
+        _write_manifest(path, manifest)
+        manifest.pop("manifest_error", None)
+    except OSError as exc:
+        if "manifest_error" not in manifest:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        manifest["manifest_error"] = _one_line(exc)
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2) + "\n"
+    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,50 @@
+"""``l2r predict``'s arguments before torch is imported: the checks that need no torch, so a mistake
+is reported at once, and what a run was asked (its request key), so that a rerun with nothing to do
+(:mod:`l2r_submit.registration.quick_rerun`) never imports torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGE_NAMES = ("network", "search", "adam")
+""":data:`l2r_submit.registration.stages.STAGE_NAMES`, repeated here because ``l2r_submit.registration.stages`` imports torch (a
+test keeps the two equal; the stages module parses the names again)."""
+
+
+def check_stages(text: str | None) -> None:
+    """``--stages``: a comma list of distinct known names.
+
+    Raises:
+        ValueError: an unknown or repeated name, or none.
+    """
+    if text is None:
+        return
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names or len(set(names)) != len(names) or any(n not in STAGE_NAMES for n in names):
+        raise ValueError(f"--stages/--search-*: stages: '{text}' received, expected a comma list of distinct names "
+                         f"among {', '.join(STAGE_NAMES)}")
+
+
+def check_search_grid(value: int | None) -> None:
+    """``--search-grid``: even (the search descriptors are at half resolution).
+
+    Raises:
+        ValueError: an odd spacing.
+    """
+    if value is not None and value % 2:
+        raise ValueError(f"--stages/--search-*: search grid: {value} received, expected an even number >= 2")
+
+
+def request_of(params: dict, checkpoint: Path | None) -> dict | None:
+    """What this ``l2r predict`` was asked (:func:`l2r_submit.registration.quick_rerun.request_key`): every option in
+    ``params`` but ``quiet`` and ``do_eval`` (they change no field), paths made absolute; None when the
+    weights are not usable (the full run then says why)."""
+    from . import quick_rerun
+
+    try:
+        ckpt = quick_rerun.resolve_checkpoint(checkpoint, quick_rerun.DEFAULT_WEIGHTS_DIR)
+    except (ValueError, OSError):
+        return None
+    options = {k: str(v.absolute()) if isinstance(v, Path) else v for k, v in params.items()
+               if k not in ("quiet", "do_eval")}
+    return quick_rerun.request_key(options, ckpt)

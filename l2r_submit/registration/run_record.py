@@ -1,0 +1,187 @@
+"""What run.json records per pair, and the rerun check that reads it.
+
+Each finished pair's entry holds the images it was made from, the settings its field depends on
+(:func:`output_settings`: derived from the config, so a setting added later is compared too) and the
+size, sha256, inode, mtime and ctime of each file written. :func:`redo_reason` keeps a pair only when
+all of these still match; a file whose status is unchanged is not read at all (:func:`unchanged`), one
+whose status changed (a copy, a touch) is hashed: hashing a compressed field is over ten times faster
+than decompressing and validating it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ..core.dataset import Pair
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+RUN_ONLY_FIELDS = frozenset({"dataset", "out_dir", "split", "pairs", "checkpoint", "weights_dir", "device",
+                             "qc_dir", "overwrite", "threads", "progress", "pipeline", "shard", "request"})
+"""PredictConfig (:mod:`l2r_submit.registration.predict`) fields that do not change what a pair's field holds (where
+to read and write, which pairs, how fast). Every other field, including any added later, is part of
+:func:`output_settings` and so of the rerun check."""
+
+
+def _plain(value: object) -> object:
+    """A config value as run.json stores it (dataclasses as dicts, tuples as lists, paths as strings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.loads(json.dumps(value, default=str))  # tuples -> lists, Paths -> str: what run.json holds
+
+
+def output_settings(cfg: object, checkpoint_sha256: str) -> dict:
+    """The settings a pair's field depends on: every config field not in :data:`RUN_ONLY_FIELDS`, plus
+    the weights' sha256 (which file they came from does not matter). JSON-plain, to compare with run.json."""
+    out = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_ONLY_FIELDS}
+    out["checkpoint_sha256"] = checkpoint_sha256
+    return out
+
+
+STAT_KEYS = ("inode", "mtime_ns", "ctime_ns")
+"""What :func:`file_record` keeps of a file's status besides its size, to skip hashing it on a rerun."""
+
+
+def _stat_record(st: os.stat_result) -> dict[str, int]:
+    return {"inode": st.st_ino, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def file_record(paths: list[Path]) -> dict[str, dict]:
+    """Size, sha256, inode, modification and status-change times (ns) of each file, keyed by name
+    (recorded at write time, checked at rerun: :func:`redo_reason`)."""
+    out = {}
+    for path in paths:
+        digest = sha256(path)
+        st = path.stat()  # after hashing: a write during the hash shows as another mtime/ctime at rerun
+        out[path.name] = {"size": st.st_size, "sha256": digest, **_stat_record(st)}
+    return out
+
+
+def unchanged(path: Path, want: dict) -> bool:
+    """The file still holds what ``want`` (its :func:`file_record` entry) describes.
+
+    Without reading it when its size, inode, mtime and ctime are all as recorded: any write to a file
+    moves its mtime and ctime, ``utime`` can put the mtime back but moves the ctime, which no call can
+    set, and a file put in its place (rename, copy) has another inode. Otherwise (or for a record
+    without them) the file is hashed and compared with the recorded sha256, so a copied folder is kept.
+
+    Raises:
+        OSError: the file is missing or unreadable.
+    """
+    st = path.stat()
+    if st.st_size != want.get("size"):
+        return False
+    if all(k in want for k in STAT_KEYS) and _stat_record(st) == {k: want[k] for k in STAT_KEYS}:
+        return True
+    return sha256(path) == want.get("sha256")
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted names (``io.iters``)."""
+    out: dict = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def settings_diff(old: object, new: dict) -> str:
+    """``io.iters 0 -> 100, ...``: the settings that differ, as dotted names."""
+    if not isinstance(old, dict):
+        return "no settings recorded"
+    a, b = _flat(old), _flat(new)
+    return ", ".join(f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k))
+
+
+def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) -> str | None:
+    """Why a pair must be redone, or None when its recorded outputs can be kept.
+
+    Kept only when run.json's entry says the pair was made from the same images with the same settings
+    and every output file still holds what was recorded (:func:`unchanged`: its status, or else its
+    sha256; never decompressed).
+    """
+    if not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)"):
+        return "no finished record"
+    if entry.get("settings") != settings:
+        return f"made with other settings: {settings_diff(entry.get('settings'), settings)}"
+    if entry.get("inputs") != pair_inputs(pair):
+        return "made from other images (or the images changed since)"
+    files = entry.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted(p.name for p in outputs):
+        return "no file record"
+    for path in outputs:
+        want = files[path.name]
+        try:
+            if not isinstance(want, dict) or not unchanged(path, want):
+                return f"{path.name} changed since it was written"
+        except OSError:
+            return f"{path.name} missing or unreadable"
+    return None
+
+
+def pair_inputs(pair: Pair) -> dict[str, dict]:
+    """The pair's images: absolute paths (so a rerun from another working folder still matches), size and
+    modification time in ns (so an image replaced at the same path is noticed without reading it)."""
+    out: dict[str, dict] = {}
+    for role, case in (("fixed", pair.fixed), ("moving", pair.moving)):
+        path = Path(case.image).absolute()
+        try:
+            st = path.stat()
+            out[role] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:
+            out[role] = {"path": str(path)}
+    return out
+
+
+def previous_pairs(out_dir: Path) -> dict:
+    """The per-pair entries of an earlier ``run.json`` in ``out_dir`` ({} when absent or unreadable)."""
+    try:
+        pairs = json.loads((out_dir / "run.json").read_text()).get("pairs", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return pairs if isinstance(pairs, dict) else {}
+
+
+def stage_means(entries: list[dict]) -> dict[str, float]:
+    """Mean seconds per pair of each step (read, network, search, adam, write) over the pairs done."""
+    steps = [{"read": e.get("io_seconds", {}).get("read", 0.0), **e.get("stage_seconds", {}),
+              "write": e.get("io_seconds", {}).get("write", 0.0)} for e in entries if e.get("status") == "done"]
+    names = dict.fromkeys(n for s in steps for n in s)
+    return {n: round(sum(s.get(n, 0.0) for s in steps) / len(steps), 3) for n in names}
+
+
+def summary(manifest: dict) -> tuple[str, int]:
+    """A one-line summary of a predict run and the number of failed pairs: the pairs' states, this run's
+    wall seconds per pair tried and each step's mean seconds per pair done (steps overlap when pipelined)."""
+    run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"]) if k in manifest["pairs"]]
+    states = [p["status"] for p in run_pairs]
+    done = [p["seconds"] for p in run_pairs if p["status"] == "done"]
+    failed = states.count("failed")
+    not_tried = states.count("not tried")
+    skipped = sum(s.startswith("skipped") for s in states)
+    rate = ""
+    if done and "run_seconds" in manifest:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in manifest.get("seconds_per_pair", {}).items())
+        how = "pipelined" if manifest.get("pipelined") else "sequential"
+        rate = f", {manifest['run_seconds'] / (len(done) + failed):.2f} s per pair ({steps} s; {how})"
+    elif done:
+        rate = f", {sum(done) / len(done):.1f} s per pair"
+    extra = f", {not_tried} not tried" if not_tried else ""
+    bad = failed + not_tried + ("manifest_error" in manifest)
+    return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{extra}{rate} ({manifest['device']})", bad

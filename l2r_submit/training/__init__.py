@@ -1,0 +1,1 @@
+"""Layer 3: the trainer, training data, augmentation, losses and logs."""

@@ -1,0 +1,401 @@
+"""Training: the paper's recipe as presets, validation through the evaluator, resumable checkpoints.
+
+Python API::
+
+    cfg = train.preset_config("symmetric", model="tiny", epochs=2, crop=(32, 32, 32))
+    train.run(cfg, dataset.load("test_data/AbdomenCTCT_dataset.json"), Path("runs/a"))
+
+A run folder holds ``config.json``, ``last.pt`` (every epoch, with optimizer and RNG state), ``best.pt``
+(best validation Dice, or lowest validation loss without labels; with ``exclude_val_subjects=False``, the
+final-submission mode, the last epoch: a validation score on subjects it trained on selects nothing),
+``log.jsonl`` and ``log.csv`` (one row per epoch) and ``curves.png``. The loop itself is
+:func:`l2r_submit.training.trainer.fit`, shared with the other networks; started by ``torchrun`` the run is
+distributed data parallel (:mod:`l2r_submit.training.distributed`), and ``world_size`` is recorded in
+``config.json``, the checkpoints and every log row.
+
+Determinism: on CPU a resumed run equals an uninterrupted one bit for bit (weights, optimizer, the Python,
+NumPy and torch RNG states; items derive from (seed, epoch, index)). On CUDA every RNG state (all
+devices) and the float16 loss scaler are restored too and cuDNN runs deterministic with autotuning off,
+but the backward pass of ``grid_sample`` accumulates with atomic adds, so CUDA runs (resumed or not) are
+close, not bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..core import io, runtime, spatial
+from ..core.dataset import Dataset
+from ..evaluation import scoring
+from ..nets import checkpoint, config, inputs, regnet
+from . import data, distributed, losses, trainer
+from .distributed import Dist
+from .trainer import Share, StepFn
+
+TorchDataset = torch.utils.data.Dataset
+
+TRAIN_PRESETS = {
+    "baseline": dict(symmetric=False),
+    "symmetric": dict(symmetric=True),
+    "pretrain-unsupervised": dict(symmetric=True, labels="none"),
+    "pretrain-noisy": dict(symmetric=True, labels="folder"),
+    "finetune": dict(symmetric=True, needs_init=True),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved to config.json and into every checkpoint.
+
+    Attributes:
+        preset: training preset name (informative).
+        model: network config.
+        loss: loss weights.
+        symmetric: train both directions from one encoder pass.
+        labels: ``dataset`` (true labels), ``folder`` (``labels_dir``, e.g. pseudo-labels) or ``none``.
+        labels_dir: folder of label maps named like the images, for ``labels="folder"``.
+        init: checkpoint to start from (fine-tuning).
+        epochs, lr, batch_size: the paper: 300, 1e-4, 2.
+        crop: random crop size (the paper: 128^3); None = whole volumes.
+        val_every: validate every N epochs (and after the last).
+        num_workers: DataLoader workers.
+        seed: the run's seed.
+        exclude_val_subjects: leave the subjects of the validation pairs out of training (the paper's
+            protocol, the default). False is the final-submission mode: train on all, and ``best.pt`` is
+            the last epoch (no validation score on trained subjects selects it).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads (None: all).
+        grad_clip: clip the gradients' global norm to this (None: no clipping, the paper).
+        accumulate: batches per optimizer step (gradient accumulation; 1: none, the paper).
+    """
+
+    preset: str = "symmetric"
+    model: config.ModelConfig = field(default_factory=lambda: config.PRESETS["paper"])
+    loss: losses.LossWeights = field(default_factory=losses.LossWeights)
+    symmetric: bool = True
+    labels: str = "dataset"
+    labels_dir: str | None = None
+    init: str | None = None
+    epochs: int = 300
+    lr: float = 1e-4
+    batch_size: int = 2
+    crop: tuple[int, int, int] | None = (128, 128, 128)
+    val_every: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    exclude_val_subjects: bool = True
+    device: str = "auto"
+    threads: int | None = None
+    grad_clip: float | None = None
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip: {self.grad_clip} received, expected a positive norm (or none)")
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate: {self.accumulate} received, expected 1 or more batches per step")
+        if self.crop is not None:
+            crop = tuple(self.crop)
+            if len(crop) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in crop):
+                raise ValueError(f"crop: {','.join(map(str, crop))} received, expected three positive sizes "
+                                 "like 128,128,128 (or none for whole volumes)")
+
+    @property
+    def selects_on_val(self) -> bool:
+        """Whether ``best.pt`` is chosen by the validation score (not in the final-submission mode)."""
+        return self.exclude_val_subjects
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preset_config(name: str, model_preset: str = "paper", **overrides) -> TrainConfig:
+    """A config from a training preset and a model preset, with overrides of any field.
+
+    Overrides use ``model.X`` / ``loss.X`` for the nested configs, plain names for the rest.
+
+    Raises:
+        ValueError: unknown preset or field, or a fine-tuning preset without ``init``.
+    """
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"preset '{name}' unknown; presets: {', '.join(TRAIN_PRESETS)}")
+    if model_preset not in config.PRESETS:
+        raise ValueError(f"model preset '{model_preset}' unknown; presets: {', '.join(config.PRESETS)}")
+    spec = dict(TRAIN_PRESETS[name])
+    needs_init = spec.pop("needs_init", False)
+    cfg = TrainConfig(preset=name, model=config.PRESETS[model_preset], **spec)
+    top = {f.name for f in fields(TrainConfig)}
+    nested: dict[str, dict] = {"model": {}, "loss": {}}
+    plain = {}
+    for key, value in overrides.items():
+        section, _, sub = key.partition(".")
+        if sub and section in nested:
+            nested[section][sub] = value
+        elif key in top:
+            plain[key] = value
+        else:
+            raise ValueError(f"unknown training setting '{key}'")
+    try:
+        cfg = replace(cfg, model=replace(cfg.model, **nested["model"]), loss=replace(cfg.loss, **nested["loss"]), **plain)
+    except TypeError as exc:
+        raise ValueError(f"unknown setting: {exc}") from None
+    if cfg.labels == "none":
+        cfg = replace(cfg, loss=replace(cfg.loss, dice=0.0))
+    if needs_init and not cfg.init:
+        raise ValueError(f"preset '{name}' fine-tunes a checkpoint: give --init CHECKPOINT")
+    if cfg.labels == "folder" and not cfg.labels_dir:
+        raise ValueError(f"preset '{name}' trains on labels from a folder: give --labels-dir DIR")
+    return cfg
+
+
+def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
+    """Parse ``--set key=text`` against the type of the current value of ``key``.
+
+    Booleans accept true/false/1/0 (never a truthy string); tuples are comma lists; ``none`` clears
+    optional fields.
+
+    Raises:
+        ValueError: unknown key or a value that does not parse as the field's type.
+    """
+    section, _, sub = key.partition(".")
+    if sub and section not in ("model", "loss"):
+        raise ValueError(f"unknown training setting '{key}' (dotted keys start with model. or loss.)")
+    obj = getattr(cfg, section) if sub else cfg
+    name = sub or key
+    if not hasattr(obj, name) or name.startswith("_") or callable(getattr(obj, name)):
+        known = sorted(f.name for f in fields(obj))
+        raise ValueError(f"unknown training setting '{key}'; known: {', '.join(known)}")
+    current = getattr(obj, name)
+    low = text.strip().lower()
+    try:
+        if low == "none" and name in ("crop", "labels_dir", "init", "threads", "grad_clip"):
+            return None
+        if name == "grad_clip":
+            return float(text)
+        if isinstance(current, bool):
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple) or name == "crop":
+            kind = type(current[0]) if current else int
+            return tuple(kind(v) for v in text.split(","))
+        if name == "threads":
+            return int(text)
+        return text
+    except ValueError:
+        raise ValueError(f"setting '{key}': cannot read '{text}' as {type(current).__name__}") from None
+
+
+def _label_source(cfg: TrainConfig) -> data.LabelSource:
+    if cfg.labels == "none":
+        return data.no_labels
+    if cfg.labels == "folder":
+        return data.folder_labels(cfg.labels_dir or "")
+    return data.dataset_labels
+
+
+def training_cases(ds: Dataset, exclude_val_subjects: bool) -> list:
+    cases = list(ds.training)
+    if exclude_val_subjects:
+        val = {c.id for p in ds.pairs("val") for c in (p.fixed, p.moving)}
+        cases = [c for c in cases if c.id not in val]
+    return cases
+
+
+@torch.no_grad()
+def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: losses.LossWeights,
+             dist: Dist = Dist()) -> dict:
+    """Whole-volume moving->fixed registration of the val pairs, scored by the evaluator.
+
+    Distributed: rank r registers pairs r, r + world_size, ...; the per-pair results are gathered and
+    aggregated in the pairs' order on every rank, so the numbers equal a single process's.
+
+    Returns:
+        ``{"val_loss", "DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"}`` means (metrics only with labels).
+    """
+    net.eval()
+    pairs = list(ds.pairs("val"))
+    mine = []
+    for index in range(dist.rank, len(pairs), dist.world_size):
+        pair = pairs[index]
+        moving = torch.from_numpy(io.read_volume(pair.moving.image, np.float32).array)[None, None].to(device)
+        fixed = torch.from_numpy(io.read_volume(pair.fixed.image, np.float32).array)[None, None].to(device)
+        disp = regnet.register(net, moving, fixed)
+        n = net.cfg.in_channels
+        sim = losses.mse(spatial.warp_image(inputs.preprocess(moving, n), disp), inputs.preprocess(fixed, n))
+        case = None
+        if pair.fixed.label.exists() and pair.moving.label.exists():
+            case = scoring.score_case(io.read_labels(pair.fixed.label), io.read_labels(pair.moving.label),
+                                      disp[0].cpu().numpy(), ds.metrics)
+        mine.append((index, pair.key, float(sim + w.reg * losses.gradient_l1(disp)), case))
+    results = sorted((r for part in dist.gather(mine) for r in part), key=lambda r: r[0])
+    cases = {key: case for _, key, _, case in results if case is not None}
+    out = {"val_loss": float(np.mean([loss for _, _, loss, _ in results]))}
+    agg = scoring.aggregate(cases, ds.metrics)
+    for name in ("DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"):
+        if name in agg:
+            out[name] = agg[name]["mean"]
+    net.train()
+    return out
+
+
+class TrainingForward(torch.nn.Module):
+    """The module the trainer calls (and wraps in DDP): both directions from one encoder pass
+    (``symmetric``), or moving -> fixed only (then the second output is None)."""
+
+    def __init__(self, net: regnet.RegistrationNet, symmetric: bool) -> None:
+        super().__init__()
+        self.net, self.symmetric = net, symmetric
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        if self.symmetric:
+            return self.net.forward_symmetric(moving, fixed)
+        return self.net(moving, fixed), None
+
+
+def registration_step(w: losses.LossWeights, use_amp: bool, device_type: str) -> StepFn:
+    """The batch -> loss step of registration training (:data:`l2r_submit.training.trainer.StepFn`).
+
+    Distributed, the Dice term's sums run over the global batch and the mean terms are weighted by the
+    rank's share, so that DDP's gradient average is the gradient of the single-process loss.
+    """
+
+    def step(module: torch.nn.Module, batch: dict, share: Share) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=use_amp):
+            fwd, bwd = module(batch["moving"], batch["fixed"])
+        reduce = share.dist.sum_with_grad if share.dist.distributed else None
+        terms = losses.registration_loss(fwd, batch["moving"].float(), batch["fixed"].float(),
+                                         batch.get("moving_seg"), batch.get("fixed_seg"), w, bwd, reduce)
+        objective = terms["total"]
+        if share.mean_scale != 1.0:
+            objective = share.mean_scale * (w.sim * terms["sim"] + w.reg * terms["reg"])
+            if "dice" in terms:
+                objective = objective + w.dice * terms["dice"]
+        return objective, terms
+
+    return step
+
+
+def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, progress: bool = True,
+        max_steps: int | None = None, epoch_data: "Callable[[int], TorchDataset] | None" = None,
+        max_seconds: float | None = None) -> dict:
+    """Train; returns the last epoch's log row.
+
+    ``max_steps`` stops within an epoch; ``max_seconds`` stops at the end of the first epoch that ends after
+    that much wall time (so every run ends on a validated, checkpointed epoch).
+
+    ``epoch_data(epoch)`` replaces the dataset's training pairs with another source of training items
+    (the keys of :class:`l2r_submit.training.data.PairDataset`), e.g. synthetic pairs; ``ds`` still validates.
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), the run is distributed data parallel
+    (:mod:`l2r_submit.training.distributed`): ``cfg.batch_size`` is the global batch, the learning rate is used as
+    given, rank 0 writes, and ``world_size`` is recorded in ``config.json``, the checkpoints and each log row.
+
+    Raises:
+        ValueError: too few training images, a config that does not match a resumed run, bad checkpoints,
+            an inconsistent launch environment or a batch that does not split over the processes.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.configure_threads(cfg.threads)
+    dist, device = distributed.start(runtime.resolve_device(cfg.device))
+    try:
+        return _run(cfg, ds, out_dir, resume, progress, max_steps, epoch_data, max_seconds, dist, device)
+    finally:
+        distributed.stop(dist)
+
+
+def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: bool, max_steps: int | None,
+         epoch_data: "Callable[[int], TorchDataset] | None", max_seconds: float | None, dist: Dist,
+         device: torch.device) -> dict:
+    distributed.check_batch(cfg.batch_size, dist.world_size)
+    cases = training_cases(ds, cfg.exclude_val_subjects)
+    if len(cases) < 2 and epoch_data is None:
+        where = " outside the val pairs' subjects (--final-submission trains on all)" if cfg.exclude_val_subjects else ""
+        raise ValueError(f"{ds.source}: {len(cases)} training images{where}; at least 2 are needed")
+    if cfg.crop is not None and any(c > n for c, n in zip(cfg.crop, ds.shape)):
+        raise ValueError(f"crop {','.join(map(str, cfg.crop))} is larger than the volumes "
+                         f"({','.join(map(str, ds.shape))}); give a crop within them, or none for whole volumes")
+    runtime.seed_everything(cfg.seed)
+    net = regnet.RegistrationNet(cfg.model)
+    if cfg.init:
+        init_net, _ = checkpoint.load(cfg.init)
+        if init_net.cfg != cfg.model:
+            raise ValueError(f"{cfg.init}: model config {init_net.cfg} differs from the run's {cfg.model}")
+        net.load_state_dict(init_net.state_dict())
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    state = None
+    last_path = out_dir / "last.pt"
+    if resume:
+        if not last_path.exists():
+            raise ValueError(f"{last_path}: nothing to resume")
+        _, state = checkpoint.load(last_path)
+        if not isinstance(state.get("train_config"), dict):
+            raise ValueError(f"{last_path}: no recorded training settings; it cannot be resumed")
+        changed = _differences(_without_epochs(_with_defaults(state["train_config"])) or {},
+                               _without_epochs(_jsonable(cfg.to_dict())) or {})
+        if changed:
+            raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
+                             "resume with the same ones (only --epochs may change)")
+        net.load_state_dict(state["state_dict"])
+    labels = _label_source(cfg)
+    train_config = _jsonable(cfg.to_dict())
+
+    def epoch_items(epoch: int) -> TorchDataset:
+        if epoch_data is not None:
+            return epoch_data(epoch)
+        pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
+        return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
+
+    def save(path: Path, **extra) -> None:
+        checkpoint.save(path, net, train_config=train_config, world_size=dist.world_size, **extra)
+
+    task = trainer.Task(
+        model=TrainingForward(net, cfg.symmetric), optimizer=opt, epoch_items=epoch_items,
+        step=registration_step(cfg.loss, device.type == "cuda", device.type),
+        validate=lambda d: validate(net, ds, device, cfg.loss, d),
+        score=lambda row, epoch: row.get("DSC", -row["val_loss"]) if cfg.selects_on_val else float(epoch),
+        save=save, config=train_config)
+    loop = trainer.Loop(epochs=cfg.epochs, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        val_every=cfg.val_every, grad_clip=cfg.grad_clip, accumulate=cfg.accumulate,
+                        max_steps=max_steps, max_seconds=max_seconds, progress=progress)
+    return trainer.fit(task, loop, out_dir, device, dist, resume=state)
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A saved config with the settings added since it was written filled in with their defaults."""
+    return {**{k: v for k, v in _jsonable(TrainConfig().to_dict()).items() if k not in saved}, **saved}
+
+
+def _without_epochs(cfg: dict | None) -> dict | None:
+    """A run's settings less ``epochs``: no learning-rate schedule depends on it, and items are derived
+    from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it."""
+    return None if cfg is None else {k: v for k, v in cfg.items() if k != "epochs"}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts (nested keys dotted)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d))

@@ -1,0 +1,209 @@
+"""The training loop, written once for every network this package trains.
+
+What differs per network comes in a :class:`Task`: the module to train, its optimizer, the items of an
+epoch, the batch -> loss step, the validation, the score that picks ``best.pt`` and how a checkpoint is
+written. :func:`fit` does the rest: epochs and steps, AMP on CUDA, optional gradient clipping and
+accumulation, validation every N epochs, ``last.pt``/``best.pt``, ``log.jsonl``/``log.csv``/``curves.png``,
+resume, a step limit and a time budget, and distributed data parallel when the process was started by
+``torchrun`` (:mod:`l2r_submit.training.distributed`): each rank trains on its piece of every global batch, the
+gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel`, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..core import runtime
+from .distributed import Dist, rank_batches
+from .train_logs import plot_curves, write_logs
+
+
+@dataclass(frozen=True)
+class Share:
+    """This rank's part of the current global batch, for losses whose terms are not plain means.
+
+    ``weight`` = local items / global items; a per-item mean computed on the local items, multiplied by
+    ``weight * world_size``, gets under DDP's gradient average the gradient of the global mean.
+    """
+
+    n_local: int
+    n_global: int
+    dist: Dist
+
+    @property
+    def weight(self) -> float:
+        return self.n_local / self.n_global
+
+    @property
+    def mean_scale(self) -> float:
+        return self.weight * self.dist.world_size
+
+
+StepFn = Callable[[torch.nn.Module, dict, Share], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+"""``(module, batch on the device, share) -> (objective to backpropagate, terms to log)``; the terms are
+this rank's values, logged as their weighted mean over the ranks (``Share.weight``)."""
+
+
+@dataclass
+class Task:
+    """What one network's training supplies to :func:`fit`.
+
+    Attributes:
+        model: the module the step calls (wrapped in DDP when distributed); its parameters are trained.
+        optimizer: over ``model``'s parameters.
+        epoch_items: ``epoch -> torch Dataset`` of that epoch's items (derived from seed, epoch, index).
+        step: the batch -> loss function (:data:`StepFn`).
+        validate: ``dist -> metrics dict`` (every rank calls it; it may shard and gather).
+        score: ``(row, epoch) -> float``, higher is better; the best epoch is written to ``best.pt``.
+        save: ``(path, **extra) -> None`` writes a checkpoint of the trained network with ``extra``.
+        config: the run's settings (JSON), written to ``config.json`` with ``world_size``.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch_items: Callable[[int], torch.utils.data.Dataset]
+    step: StepFn
+    validate: Callable[[Dist], dict]
+    score: Callable[[dict, int], float]
+    save: Callable[..., Any]
+    config: dict
+
+
+@dataclass(frozen=True)
+class Loop:
+    """Settings of the loop itself.
+
+    Attributes:
+        epochs: epochs to reach (a resumed run continues up to it).
+        batch_size: the GLOBAL batch (split over the ranks).
+        num_workers: DataLoader workers per rank.
+        val_every: validate every N epochs (and after the last).
+        grad_clip: clip the gradients' global norm to this (None: no clipping).
+        accumulate: batches per optimizer step (1: none).
+        max_steps: stop after this many batches (within an epoch).
+        max_seconds: stop at the end of the first epoch that ends after this much wall time.
+        progress: a progress bar and a line per epoch on stderr (rank 0).
+    """
+
+    epochs: int
+    batch_size: int
+    num_workers: int = 0
+    val_every: int = 1
+    grad_clip: float | None = None
+    accumulate: int = 1
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    progress: bool = True
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
+    """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` when distributed, else itself."""
+    if not dist.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist = Dist(),
+        resume: dict | None = None) -> dict:
+    """Train ``task`` from its current state, or continue the checkpoint dict ``resume`` (``last.pt`` of an
+    earlier run of any world size: optimizer, loss scaler, RNG states, epoch, best score, history; the
+    caller has loaded its weights into the model). Returns the last epoch's log row.
+
+    Raises:
+        ValueError: a resumed run that already reached ``loop.epochs``, an epoch that cannot be split
+            over the ranks.
+    """
+    use_amp = device.type == "cuda"
+    if use_amp:
+        runtime.deterministic_cudnn()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, best, history = 0, -math.inf, []
+    if resume is not None:
+        task.optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler") and use_amp:
+            scaler.load_state_dict(resume["scaler"])
+        runtime.set_rng_state(resume["rng"])
+        start_epoch, best, history = resume["epoch"] + 1, resume["best"], json.loads(resume["history"])
+        if start_epoch > loop.epochs:
+            raise ValueError(f"{out_dir / 'last.pt'}: the run already trained {start_epoch} epochs, more than "
+                             f"--epochs {loop.epochs}; a run can be extended or finished, not shortened after the fact")
+    if dist.is_main:
+        (out_dir / "config.json").write_text(json.dumps({**task.config, "world_size": dist.world_size}, indent=2) + "\n")
+    module = wrap_ddp(task.model, device, dist)
+    row: dict = {}
+    steps = 0
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, loop.epochs):
+        t0 = time.perf_counter()
+        items = task.epoch_items(epoch)
+        batches = rank_batches(len(items), loop.batch_size, dist.rank, dist.world_size)
+        loader = torch.utils.data.DataLoader(items, batch_sampler=[idx for idx, _ in batches],
+                                             num_workers=loop.num_workers)
+        sums: dict[str, float] = {}
+        n_batches = 0
+        from tqdm import tqdm
+
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{loop.epochs}", file=sys.stderr,
+                   disable=not (loop.progress and dist.is_main), leave=False)
+        for i, batch in enumerate(bar):
+            share = Share(len(batches[i][0]), batches[i][1], dist)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            boundary = (i + 1) % loop.accumulate == 0 or i + 1 == len(batches)
+            sync = module.no_sync() if dist.distributed and not boundary else contextlib.nullcontext()
+            with sync:
+                objective, terms = task.step(module, batch, share)
+                if i % loop.accumulate == 0:
+                    task.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(objective / loop.accumulate if loop.accumulate > 1 else objective).backward()
+            if boundary:
+                if loop.grad_clip is not None:
+                    scaler.unscale_(task.optimizer)
+                    torch.nn.utils.clip_grad_norm_(task.model.parameters(), loop.grad_clip)
+                scaler.step(task.optimizer)
+                scaler.update()
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in dist.weighted_mean(values, share.weight).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_batches += 1
+            steps += 1
+            if loop.max_steps is not None and steps >= loop.max_steps:
+                break
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
+        out_of_time = dist.main_says(loop.max_seconds is not None and time.perf_counter() - t_start >= loop.max_seconds)
+        final = epoch + 1 == loop.epochs or out_of_time or (loop.max_steps is not None and steps >= loop.max_steps)
+        if (epoch + 1) % loop.val_every == 0 or final:
+            row.update(task.validate(dist))
+            score = task.score(row, epoch)
+            if score > best:
+                best = score
+                if dist.is_main:
+                    task.save(out_dir / "best.pt", epoch=epoch, metrics=row)
+        row["seconds"] = time.perf_counter() - t0
+        row["world_size"] = dist.world_size
+        history.append(row)
+        if dist.is_main:
+            task.save(out_dir / "last.pt", epoch=epoch, optimizer=task.optimizer.state_dict(),
+                      rng=runtime.rng_state(), scaler=scaler.state_dict(), best=best, history=json.dumps(history),
+                      metrics=row)
+            write_logs(out_dir, history)
+            if loop.progress:
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                      file=sys.stderr)
+        dist.barrier()
+        if (loop.max_steps is not None and steps >= loop.max_steps) or out_of_time:
+            break
+    if dist.is_main:
+        plot_curves(history, out_dir / "curves.png")
+    dist.barrier()
+    return row or (history[-1] if history else {})
