@@ -57,3 +57,27 @@ def tiny_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A checkpoint of the ``tiny`` preset whose head is non-zero, so its fields are not trivially zero."""
+    import torch
+
+    from l2r_submit.nets import checkpoint, regnet
+
+    torch.manual_seed(0)
+    net = regnet.build("tiny")
+    with torch.no_grad():
+        net.decoder.head.weight.normal_(0, 0.01)
+    return checkpoint.save(tmp_path / "tiny.pt", net)
+
+
+def invoke(*args):
+    """The ``l2r`` command line in this process, exceptions not caught."""
+    from click.testing import CliRunner
+
+    from l2r_submit.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+

@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from l2r_submit.nets import checkpoint, regnet
 from l2r_submit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,12 +16,8 @@ FIELDS = [f"disp_{k[:9]}_{k[12:]}.nii.gz" for k in PAIRS]
 
 
 @pytest.fixture
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    net = regnet.build("tiny")
-    with torch.no_grad():
-        net.decoder.head.weight.normal_(0, 0.01)
-    return checkpoint.save(tmp_path / "tiny.pt", net)
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 def invoke(*args):

@@ -4,27 +4,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from l2r_submit.nets import checkpoint, config, regnet
+from l2r_submit.nets import checkpoint, config
 from l2r_submit.core import dataset
 from l2r_submit.registration import instance, predict
-from l2r_submit.cli import main
 
-from conftest import TINY_SHAPE
-
-
-@pytest.fixture
-def tiny_ckpt(tmp_path):
-    torch.manual_seed(0)
-    net = regnet.build("tiny")
-    with torch.no_grad():
-        net.decoder.head.weight.normal_(0, 0.01)  # a non-zero field, so outputs are not trivially zero
-    return checkpoint.save(tmp_path / "tiny.pt", net)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from conftest import TINY_SHAPE, invoke
 
 
 def test_predict_then_evaluate_end_to_end(tiny_dataset, tiny_ckpt, tmp_path):

@@ -10,10 +10,8 @@ from html.parser import HTMLParser
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from l2r_submit.nets import checkpoint, regnet
 from l2r_submit.core import io
 from l2r_submit.cli import main
 from l2r_submit.core.contract import LABEL_NAMES
@@ -50,15 +48,6 @@ class Page(HTMLParser):
 
     def handle_data(self, data):
         self.text.append(data)
-
-
-@pytest.fixture
-def tiny_ckpt(tmp_path):
-    torch.manual_seed(0)
-    net = regnet.build("tiny")
-    with torch.no_grad():
-        net.decoder.head.weight.normal_(0, 0.01)
-    return checkpoint.save(tmp_path / "tiny.pt", net)
 
 
 def test_predict_evaluate_report_from_a_tiny_run(tiny_dataset, tiny_ckpt, tmp_path):

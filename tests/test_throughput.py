@@ -11,28 +11,18 @@ import threading
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-from l2r_submit.nets import checkpoint, regnet
 from l2r_submit.core import io
-from l2r_submit.cli import main
+
+from conftest import invoke
 
 PAIRS = ["0001_0000<--0002_0000", "0001_0000<--0003_0000", "0002_0000<--0003_0000"]
 FIELDS = ["disp_0001_0000_0002_0000.nii.gz", "disp_0001_0000_0003_0000.nii.gz", "disp_0002_0000_0003_0000.nii.gz"]
 
 
 @pytest.fixture
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    net = regnet.build("tiny")
-    with torch.no_grad():
-        net.decoder.head.weight.normal_(0, 0.01)  # a non-zero field, so outputs are not trivially zero
-    return checkpoint.save(tmp_path / "tiny.pt", net)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 def args(dataset, out, ckpt, *extra):
