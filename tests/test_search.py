@@ -11,7 +11,7 @@ from l2r_submit.core import dataset
 from l2r_submit.registration import features, instance, predict, search, stages
 from l2r_submit.core.spatial import compose, warp_image
 
-from test_predict import invoke, tiny_ckpt  # noqa: F401  (fixture)
+from conftest import invoke
 
 
 def smooth_volume(shape, seed=0, scale=150.0):
