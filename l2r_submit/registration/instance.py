@@ -108,6 +108,25 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bo
     return mind_ssc(normalise_intensity(small, ct))
 
 
+def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig, ct: bool):
+    """The refinement's levels, coarse first: quarter resolution for ``coarse_fraction`` of the iterations,
+    then half. Yields (level, iterations, moving features, fixed features, ``disp`` resized), each computed
+    without gradients on that level's grid; levels with no iteration are skipped.
+
+    Shape: disp (1, 3, I, J, K) -> features (1, C, *size), disp (1, 3, *size) in voxels of that grid.
+    """
+    full = tuple(disp.shape[2:])
+    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
+    for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
+        if iters <= 0:
+            continue
+        size = tuple((n + level - 1) // level for n in full)
+        with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
+            m, f = features(moving_hu, size, cfg.similarity, ct), features(fixed_hu, size, cfg.similarity, ct)
+            base = _resize_disp(disp, size)
+        yield level, iters, m, f, base
+
+
 def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
            ct: bool = True) -> torch.Tensor:
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
@@ -128,17 +147,9 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     if cfg.field == "velocity":
         return _refine_velocity(disp, moving_hu, fixed_hu, cfg, ct)
     full = tuple(disp.shape[2:])
-    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
     residual = None
-    for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
-        if iters <= 0:
-            continue
-        size = tuple((n + level - 1) // level for n in full)
-        with torch.no_grad():
-            m = features(moving_hu, size, cfg.similarity, ct)
-            f = features(fixed_hu, size, cfg.similarity, ct)
-            base = _resize_disp(disp, size)
-            start = torch.zeros_like(base) if residual is None else _resize_disp(residual, size)
+    for level, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct):
+        start = torch.zeros_like(base) if residual is None else _resize_disp(residual, base.shape[2:])
         residual = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([residual], lr=cfg.lr * 2 / level)  # the step is in voxels of this grid
         with torch.enable_grad():
@@ -165,16 +176,10 @@ def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torc
     grid = tuple((n + 3) // 4 for n in full)
     velocity = torch.zeros((1, 3, *grid), device=disp.device, requires_grad=True)
     opt = torch.optim.Adam([velocity], lr=cfg.lr / 2)  # the step is in voxels of the quarter grid
-    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
-    for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
-        if iters <= 0:
-            continue
-        size = tuple((n + level - 1) // level for n in full)
-        with torch.no_grad():
-            m = features(moving_hu, size, cfg.similarity, ct)
-            f = features(fixed_hu, size, cfg.similarity, ct)
-            base = _resize_disp(disp, size)
-            if base.any():
+    for _, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct):
+        size = tuple(base.shape[2:])
+        if base.any():
+            with torch.no_grad():
                 m = warp_image(m, base, padding_mode="border")
         with torch.enable_grad():
             for _ in range(iters):
