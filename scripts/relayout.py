@@ -67,13 +67,16 @@ MODEL_DOCS = {
 }
 
 # Layers, lowest first: a module imports only from its own folder or a folder of a lower layer ("" = top).
-LAYERS: dict[str, int] = {"core": 1, "evaluation": 2, "nets": 2, "training": 3, "registration": 3, "": 4}
+LAYERS: dict[str, int] = {"core": 1, "evaluation": 2, "nets": 2, "training": 3, "registration": 3, "recipe": 4,
+                          "commands": 5, "": 6}
 FOLDER_DOCS = {
     "core": "Layer 1: the tensor contract, file I/O, datasets and path safety, warping, device and threads.",
     "evaluation": "Layer 2: the official metrics, scoring, evaluate, reference, compare and the report.",
     "nets": "Layer 2: the networks, their blocks, inputs and checkpoints.",
     "training": "Layer 3: the trainer, training data, augmentation, losses and logs.",
     "registration": "Layer 3: test-time registration: predict, stages, search, instance optimisation, QC.",
+    "recipe": "Layer 4: the paper's recipe: external cohorts, pseudo-labels, the plan of its steps.",
+    "commands": "Layer 5: command groups of the CLI beyond cli.py's own (each imports lower layers lazily).",
 }
 # Exact edits a move needs beyond imports: module -> (old text, new text). quick_rerun hashes the package's
 # Python files to tell whether the code changed: after the move they lie in sub-folders.
