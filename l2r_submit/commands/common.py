@@ -1,0 +1,71 @@
+"""What every command module shares: the one-line error, and the torch-free checks of dataset and folders.
+
+Torch-free (only click at module level), so that ``l2r --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+class Fail(click.ClickException):
+    """A one-line error on stderr with exit code 2 (bad input)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: D102 - one line, no usage block
+        click.echo(f"error: {self.message}", err=True)
+
+
+def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):
+    """The dataset of a JSON (or a 2020 pairs CSV); a bad one is a one-line error."""
+    from ..core import dataset
+
+    try:
+        if pairs_csv is not None:
+            return dataset.load_2020(data_root or path, pairs_csv)
+        return dataset.load(path, data_root)
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+
+
+def checked(check, value):
+    """``check(value)`` (a torch-free check of :mod:`l2r_submit.registration.predict_args`), its ValueError as one line."""
+    try:
+        check(value)
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+    return value
+
+
+def check_folder_option(folder: Path | None, option: str) -> None:
+    """An output folder option must not name an existing file, nor lie under one (checked before any work)."""
+    from ..core.folders import check_not_a_file
+
+    if folder is not None:
+        try:
+            check_not_a_file(folder, option)
+        except ValueError as exc:
+            raise Fail(str(exc)) from None
+
+
+
+def write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
+    """Write the outputs, print the table, then the notes and failures on stderr."""
+    try:
+        ev.write_outputs(result, out_json, out_csv)
+    except OSError as exc:
+        raise Fail(f"{out_json}: cannot be written ({exc.strerror or exc})") from None
+    click.echo(ev.summary_table(result.metrics))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    for key in result.zero_filled:
+        click.echo(f"note: {key}: field missing, scored as a zero field", err=True)
+    for key, err in result.failed.items():
+        click.echo(f"error: {key}: {err}", err=True)
+    line = ev.partial_line(result)
+    if line:
+        click.echo(line, err=True)
+

@@ -1,0 +1,180 @@
+"""``l2r predict``: options parsed and checked here (before torch is imported), the work done by
+:mod:`l2r_submit.registration.predict`; ``--evaluate`` and ``--report`` afterwards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..registration import predict_args as pa
+from .common import Fail, check_folder_option, checked, load_dataset, write_eval
+
+
+@click.command()
+@click.argument("dataset_json", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder for the fields.")
+@click.option("--split", type=click.Choice(["val", "test"]), default=None,
+              help="[default: val when it has pairs, else test]")
+@click.option("--pairs", default=None, help="Comma-separated subset, e.g. 0001_0004,0002_0004.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Weights file [default: the shipped weights, l2r_submit/weights/].")
+@click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz", show_default=True,
+              help="npz2020: the 2020 half-resolution float16 form.")
+@click.option("--names", type=click.Choice(["long", "short", "both"]), default=None,
+              help="long: disp_FFFF_0000_MMMM_0000 (evaluator since 2025); short: disp_FFFF_MMMM (2022-2024 "
+                   "and 2020 evaluators) [default: long; short with --format npz2020].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--io-iters", type=click.IntRange(min=0), default=None,
+              help="Instance-optimisation iterations (0 = network only) [default: 100].")
+@click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
+              help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
+@click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
+              help="The refinement's update: exp of a stationary velocity field (invertible), or a displacement.")
+@click.option("--io-reg", type=click.FloatRange(min=0), default=None,
+              help="Diffusion weight of the refinement [default: 0.25 for velocity, 1.0 for displacement].")
+@click.option("--no-network", is_flag=True,
+              help="Drop the network stage: the next stage starts from a zero field (training-free).")
+@click.option("--stages", default=None,
+              help="Comma list among network,search,adam, run in that order [default: adam; network,adam with "
+                   "--checkpoint or --io-iters 0].")
+@click.option("--search-hw", type=click.IntRange(1, 12), default=None,
+              help="Search range in grid steps per axis [default: 4].")
+@click.option("--search-grid", type=click.IntRange(2, 16), default=None, callback=lambda _c, _p, v: checked(pa.check_search_grid, v),
+              help="Search control-grid spacing in voxels, even [default: 6].")
+@click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
+@click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads [default: all; with several ranks on CPU, the cores shared out].")
+@click.option("--sequential", is_flag=True,
+              help="Read, register and write one pair after the other [default: the next pair is read and the "
+                   "previous field written while a pair is registered].")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Predict only rank K's share of N (0 <= K < N; every N-th pair from the K-th); each rank "
+                   "records run.shardKofN.json and merges them into run.json [default: under torchrun, "
+                   "its RANK/WORLD_SIZE; else all pairs].")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
+@click.option("--report", "do_report", is_flag=True,
+              help="With --evaluate: also write report.html in --out (l2r report, with the --qc pictures).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
+            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, io_field: str,
+            io_reg: float | None, no_network: bool,
+            stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
+            threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
+            do_report: bool, quiet: bool) -> None:
+    """Register every pair of DATASET_JSON and write official displacement fields to --out.
+
+    Several processes: ``torchrun --nproc_per_node N -m l2r_submit predict ...`` or one process per
+    ``--shard K/N`` (each on its own GPU when there are several); a rerun redoes a killed rank's pairs.
+    """
+    import os
+
+    if do_report and not do_eval:
+        raise Fail("--report needs --evaluate (the page is made from the run's metrics.json)")
+    from ..registration.shards import from_environment, parse_shard
+
+    try:
+        rank = parse_shard(shard) if shard is not None else from_environment(os.environ)
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+    if rank is not None and do_eval:
+        raise Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
+    checked(pa.check_stages, stages)
+    wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
+    if wanted == ():
+        raise Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
+    if names is None:
+        names = "short" if fmt == "npz2020" else "long"
+    elif fmt == "npz2020" and names == "long":
+        raise Fail("--format npz2020 --names long: the 2020 evaluator reads only disp_FFFF_MMMM.npz; "
+                    "use --names short or both")
+    check_folder_option(out_dir, "--out")
+    check_folder_option(qc_dir, "--qc")
+    ds = load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
+    request = None
+    if rank is None:
+        request = pa.request_of(click.get_current_context().params, checkpoint)
+        from ..registration.quick_rerun import nothing_to_do
+
+        kept = 0 if overwrite or do_eval else nothing_to_do(ds, out_dir, split, wanted, fmt, names, request)
+        if kept:
+            click.echo(f"0 pairs done, {kept} skipped, 0 failed: nothing to do, every field as {out_dir / 'run.json'} "
+                       "records (checked without loading torch)")
+            return
+    from ..registration import predict as pr
+    from ..registration.search import SearchConfig
+    from ..registration.stages import parse_stages
+
+    io_cfg = pr.default_io(pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, io_field, io_reg, io_similarity)
+    try:
+        names_run = None if stages is None else parse_stages(stages)
+        search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})
+    except ValueError as exc:
+        raise Fail(f"--stages/--search-*: {exc}") from None
+    cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
+                           network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
+                           overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
+                           shard=rank, request=request)
+    try:
+        manifest = pr.run(cfg)
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+    line, failed = pr.summary(manifest)
+    if rank is None:
+        click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
+    else:
+        merged = ", ".join(manifest.get("merged", [])) or "none"
+        click.echo(f"rank {rank[0]}/{rank[1]}: {line}; wrote {out_dir}; run.json merged from ranks {merged}")
+    if do_eval:
+        failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
+        if do_report and (out_dir / "metrics.json").is_file():
+            failed += _report_after_predict(out_dir, qc_dir)
+    if failed:
+        sys.exit(1)
+
+
+def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,
+                            quiet: bool) -> int:
+    """``predict --evaluate``: score exactly the pairs of this run with the evaluator version that reads
+    the names written; a pair that failed or was not tried is scored as a zero field and marked (never
+    an earlier run's file left in the folder). Returns the number of problems (one line each on stderr)."""
+    from ..evaluation import evaluate as ev
+
+    selected = tuple(manifest["selected"])
+    not_made = tuple(k for k in selected if manifest["pairs"].get(k, {}).get("status") in ("failed", "not tried"))
+    protocol = "2020" if fmt == "npz2020" else names_protocol(names)
+    ecfg = ev.EvalConfig(ds, out_dir, split, protocol, "zero", progress=not quiet, only=selected, zero=not_made)
+    try:
+        result = ev.run(ecfg)
+    except ValueError as exc:
+        click.echo(f"error: evaluation: {exc}", err=True)
+        return 1
+    try:
+        write_eval(ev, result, out_dir / "metrics.json", out_dir / "metrics.csv")
+    except Fail as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        return 1
+    click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
+               f"wrote {out_dir / 'metrics.json'}")
+    return len(result.failed)
+
+
+def _report_after_predict(out_dir: Path, qc_dir: Path | None) -> int:
+    """``predict --evaluate --report``: report.html beside metrics.json; 1 (one stderr line) if it fails."""
+    from ..evaluation import report as rp
+
+    try:
+        click.echo(f"wrote {rp.report_file(out_dir / 'metrics.json', out_dir / 'report.html', qc_dir)}")
+    except ValueError as exc:
+        click.echo(f"error: report: {exc}", err=True)
+        return 1
+    return 0
+
+
+def names_protocol(names: str) -> str:
+    """The evaluator version that reads fields written with ``--names``: short names are the 2024 one's."""
+    return "2024" if names == "short" else "2025"
+
