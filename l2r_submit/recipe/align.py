@@ -5,8 +5,10 @@ The paper registered each external scan to one challenge training image by a tra
 a local optimum: the normalised cross-correlation is computed for EVERY integer shift at once with FFTs,
 counting only the voxels where both fields of view overlap (the masked NCC of Padfield, "Masked object
 registration in the Fourier domain", IEEE TIP 2012). Scans of other cohorts cover other lengths of the
-body (liver-only, chest to pelvis...), and that overlap term is what keeps a short scan from being scored
-on padding. Steps:
+body (liver-only, chest to pelvis...), and the challenge's volumes are padded with air beyond a scan's
+ends: a field of view (:func:`field_of_view`: axial slices that are not air alone) keeps padding out of
+the score. Without it a neck-to-abdomen scan was put 22 cm too low on test_data's 0004, its thorax over
+0004's abdomen (tests/test_cohorts.py, the vertebra test). Steps:
 
 1. both images clipped to a CT window (-250..350 HU: fat, soft tissue, contrast, bone edges) and averaged
    into 4 mm blocks;
@@ -26,6 +28,7 @@ import numpy as np
 
 WINDOW_HU = (-250.0, 350.0)
 BODY_HU = -500.0
+PADDING_HU = -1000.0
 
 
 @dataclass(frozen=True)
@@ -45,35 +48,57 @@ class AlignConfig:
     axial_axis: int = 2
 
 
-def _prepare(image: np.ndarray, factor: int) -> np.ndarray:
-    """Clipped to the window, averaged over ``factor`` blocks. Shape: (I, J, K) -> (I//f, J//f, K//f) float64."""
-    x = np.clip(image.astype(np.float32), *WINDOW_HU)
+def _blocks(x: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor``-cubed blocks. Shape: (I, J, K) -> (I//f, J//f, K//f) float64."""
+    x = x.astype(np.float64)
     if factor > 1:
         shape = [n // factor for n in x.shape]
         x = x[:shape[0] * factor, :shape[1] * factor, :shape[2] * factor]
         x = x.reshape(shape[0], factor, shape[1], factor, shape[2], factor).mean(axis=(1, 3, 5))
-    return x.astype(np.float64)
+    return x
 
 
-def masked_ncc(reference: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NCC and overlap size of every integer shift, both fields of view taken as the whole arrays.
+def field_of_view(image: np.ndarray, axial_axis: int) -> np.ndarray:
+    """Where the scan holds data: every axial slice but those that are air alone (<= -1000 HU), which is
+    what padding beyond a scan's ends looks like (a real slice always crosses the body).
+
+    Shape: (I, J, K) -> (I, J, K) bool.
+    """
+    other = tuple(a for a in range(3) if a != axial_axis)
+    keep = (image > PADDING_HU).any(axis=other)
+    view = [None, None, None]
+    view[axial_axis] = slice(None)
+    return np.broadcast_to(keep[tuple(view)], image.shape)
+
+
+def _prepare(image: np.ndarray, factor: int, axial_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed image and field of view, ``factor``-block averaged (the mask: blocks wholly inside)."""
+    x = _blocks(np.clip(image.astype(np.float32), *WINDOW_HU), factor)
+    mask = _blocks(field_of_view(image, axial_axis), factor) > 0.999
+    return x, mask
+
+
+def masked_ncc(reference: np.ndarray, source: np.ndarray, reference_mask: np.ndarray,
+               source_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NCC and overlap size of every integer shift, over the voxels inside both masks (fields of view).
 
     Entry t (taken modulo the FFT size per axis, so negative shifts sit at the end) compares
-    ``reference[p]`` with ``source[p + t]`` over the voxels p where both exist.
+    ``reference[p]`` with ``source[p + t]`` over the voxels p where both masks are set.
 
-    Shape: (I, J, K) and (I', J', K') -> two arrays of shape (I + I' - 1, J + J' - 1, K + K' - 1) (rounded
-    up to fast FFT sizes).
+    Shape: (I, J, K) and (I', J', K'), masks the same -> two arrays of shape (I + I' - 1, J + J' - 1,
+    K + K' - 1) (rounded up to fast FFT sizes).
     """
     from scipy import fft
 
     size = [fft.next_fast_len(a + b - 1, real=True) for a, b in zip(reference.shape, source.shape)]
-    ones_r, ones_s = np.ones(reference.shape), np.ones(source.shape)
+    mask_r, mask_s = reference_mask.astype(np.float64), source_mask.astype(np.float64)
+    reference, source = reference * mask_r, source * mask_s
 
     def spec(x: np.ndarray) -> np.ndarray:
         return fft.rfftn(x, size, workers=-1)
 
-    r1, r2, rm = np.conj(spec(reference)), np.conj(spec(reference ** 2)), np.conj(spec(ones_r))
-    s1, s2, sm = spec(source), spec(source ** 2), spec(ones_s)
+    r1, r2, rm = np.conj(spec(reference)), np.conj(spec(reference ** 2)), np.conj(spec(mask_r))
+    s1, s2, sm = spec(source), spec(source ** 2), spec(mask_s)
 
     def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return fft.irfftn(a * b, size, workers=-1)
@@ -112,9 +137,11 @@ def find_shift(reference: np.ndarray, source: np.ndarray, cfg: AlignConfig = Ali
         ValueError: no shift reaches the least overlap (the volumes are too small).
     """
     f = cfg.factor
-    ref_c, src_c = _prepare(reference, f), _prepare(source, f)
-    ncc, n = masked_ncc(ref_c, src_c)
-    least = cfg.min_overlap * min(ref_c.size, src_c.size)
+    (ref_c, ref_m), (src_c, src_m) = _prepare(reference, f, cfg.axial_axis), _prepare(source, f, cfg.axial_axis)
+    if not ref_m.any() or not src_m.any():
+        raise ValueError("an image is air alone (no slice above -1000 HU)")
+    ncc, n = masked_ncc(ref_c, src_c, ref_m, src_m)
+    least = cfg.min_overlap * min(ref_m.sum(), src_m.sum())
     score = np.where(n >= least, ncc, -np.inf)
     expected = (body_centre(source) - body_centre(reference)) / f  # shift that puts the bodies' centres together
     limit = cfg.inplane_mm / (2.0 * f)
@@ -129,39 +156,44 @@ def find_shift(reference: np.ndarray, source: np.ndarray, cfg: AlignConfig = Ali
         raise ValueError("no translation overlaps the reference enough (volumes too small or empty)")
     best = np.unravel_index(int(np.argmax(score)), score.shape)
     coarse = np.array([values[i] for values, i in zip(_shifts(score.shape, src_c.shape), best)]) * f
-    return refine(reference, source, coarse)
+    return refine(reference, source, coarse, cfg.axial_axis)
 
 
-def _window_ncc(reference: np.ndarray, source: np.ndarray, shift: np.ndarray, stride: int = 2) -> tuple[float, int]:
+def _window_ncc(reference: np.ndarray, source: np.ndarray, ref_mask: np.ndarray, src_mask: np.ndarray,
+                shift: np.ndarray, stride: int = 2) -> float:
     """Masked NCC of one shift by direct sums over the overlap (every ``stride``-th voxel along each axis)."""
     ref_sl, src_sl = [], []
     for n_r, n_s, t in zip(reference.shape, source.shape, shift):
         lo, hi = max(0, -t), min(n_r, n_s - t)
         if hi <= lo:
-            return -np.inf, 0
-        ref_sl.append(slice(lo, hi))
-        src_sl.append(slice(lo + t, hi + t))
-    step = (slice(None, None, stride),) * 3
-    a = reference[tuple(ref_sl)][step].astype(np.float64).ravel()
-    b = source[tuple(src_sl)][step].astype(np.float64).ravel()
+            return -np.inf
+        ref_sl.append(slice(lo, hi, stride))
+        src_sl.append(slice(lo + t, hi + t, stride))
+    both = ref_mask[tuple(ref_sl)] & src_mask[tuple(src_sl)]
+    a = reference[tuple(ref_sl)][both].astype(np.float64)
+    b = source[tuple(src_sl)][both].astype(np.float64)
+    if not a.size:
+        return -np.inf
     a -= a.mean()
     b -= b.mean()
     denom = np.sqrt((a @ a) * (b @ b))
-    return (float(a @ b / denom) if denom > 0 else -np.inf), a.size
+    return float(a @ b / denom) if denom > 0 else -np.inf
 
 
-def refine(reference: np.ndarray, source: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float]:
-    """The best of ``start`` and its 26 neighbours at full resolution (windowed images; each shift scored on
-    every other voxel of the overlap along each axis, which still tells one-voxel shifts apart).
+def refine(reference: np.ndarray, source: np.ndarray, start: np.ndarray, axial_axis: int) -> tuple[np.ndarray, float]:
+    """The best of ``start`` and its 26 neighbours at full resolution (windowed images inside their fields of
+    view; each shift scored on every other voxel of the overlap along each axis, which still tells one-voxel
+    shifts apart).
 
     Shape: (I, J, K), (I', J', K'), (3,) -> (3,) int, float.
     """
     ref_w = np.clip(reference.astype(np.float32), *WINDOW_HU)
     src_w = np.clip(source.astype(np.float32), *WINDOW_HU)
+    ref_m, src_m = field_of_view(reference, axial_axis), field_of_view(source, axial_axis)
     best, best_score = np.asarray(start, int), -np.inf
     for offset in np.ndindex(3, 3, 3):
         shift = np.asarray(start, int) + np.array(offset) - 1
-        score, _ = _window_ncc(ref_w, src_w, shift)
+        score = _window_ncc(ref_w, src_w, ref_m, src_m, shift)
         if score > best_score:
             best, best_score = shift, score
     return best, float(best_score)
