@@ -318,3 +318,36 @@ def test_a_second_patient_lands_where_its_vertebra_puts_it(repo_root, tmp_path):
     centre = lambda m: np.array(np.nonzero(m)).mean(1)  # noqa: E731
     for organ in (1, 2, 3, 6, 11):  # spleen, kidneys, liver, pancreas: in view in both placements
         assert np.abs(centre(ours == organ) - centre(placed == organ)).max() <= 4.0, organ
+
+
+def test_tcia_dicom_series_is_read_with_its_geometry(patient, reference, truth, tmp_path):
+    """TCIA Pancreas-CT as downloaded: a DICOM series (written here with SimpleITK, one file per slice, LPS
+    positions) read through SimpleITK lands where the NIfTI of the same scan does."""
+    import SimpleITK as sitk
+
+    image, labels, aff = patient["image"], patient["labels"], patient["affine"]
+    truth_img, truth_lab = truth
+    itk = sitk.GetImageFromArray(image.transpose(2, 1, 0))  # ITK arrays are (z, y, x)
+    itk.SetSpacing((3.0, 3.0, 3.0))
+    itk.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS axes seen in ITK's LPS world
+    itk.SetOrigin((-aff[0, 3], -aff[1, 3], aff[2, 3]))
+    series = tmp_path / "tcia" / "images" / "PANCREAS_0002" / "1.2.826.0.1" / "1.2.826.0.1.2"
+    series.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(itk.GetDepth()):
+        sl = itk[:, :, z]
+        for tag, value in (("0020|0032", "\\".join(map(str, itk.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "-1\\0\\0\\0\\-1\\0"), ("0020|0013", str(z)), ("0008|0060", "CT"),
+                           ("0020|000e", "1.2.826.0.1.2"), ("0028|1052", "0"), ("0028|1053", "1")):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"{z:03d}.dcm"))
+        writer.Execute(sl)
+    _save(tmp_path / "tcia" / "labels" / "label0002.nii.gz", (labels == 7).astype(np.uint8), aff)
+    out = tmp_path / "out"
+    code, output = _prepare("tcia_pancreas", tmp_path / "tcia", "--out", out, "--reference", reference)
+    assert code == 0, output
+    img, lab = _outputs(out, "tcia_pancreas_0002")
+    np.testing.assert_array_equal(img, truth_img)
+    np.testing.assert_array_equal(lab == 11, truth_lab == 11)
+    assert set(np.unique(lab)) == {0, 11}
