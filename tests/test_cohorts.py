@@ -279,6 +279,10 @@ def test_bad_arguments_are_one_line_with_exit_2(reference, tmp_path):
         result = invoke("cohort", "prepare", *args, "--out", tmp_path / "out", "--reference", reference)
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and words in result.output
+    (tmp_path / "a_file").write_text("")
+    result = invoke("cohort", "prepare", "nifti", tmp_path / "src", "--label-map", "1=1", "--out",
+                    tmp_path / "a_file" / "out", "--reference", reference)
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "--out" in result.output
     meta = tmp_path / "liver" / "dataset.json"
     (tmp_path / "liver" / "imagesTr").mkdir(parents=True)
     meta.write_text(json.dumps({"labels": {"0": "background", "1": "spleen"}, "training": []}))

@@ -69,6 +69,12 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
         raise _Fail(f"{src}: SRC folder not found")
     if not reference.is_file():
         raise _Fail(f"{reference}: --reference file not found")
+    from ..core.folders import check_writable
+
+    try:
+        check_writable(out_dir, "--out")
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
     prefix = name or (layout if layout != "nifti" else src.resolve().name.lower())
 
     def log(line: str) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from ..core.contract import L2R_SHAPE, LABEL_NAMES
 from ..core.folders import NO_FURTHER_WRITES, clean_stale_tmp
 from ..core.frame import SPACING_MM, place, remap, reorient_like, resample_to_2mm, resampled_affine, world_axis
-from ..core.io import Volume, atomic_write, read_labels, read_volume
+from ..core.io import Volume, atomic_write, read_labels, read_volume, write_volume
 from .align import BODY_HU, AlignConfig, find_shift
 from .cohorts import Layout, SourceCase, find_cases
 
@@ -169,12 +169,6 @@ def prepare_case(case: SourceCase, layout: Layout, ref: Reference,
     return place(image, centre, HU_RANGE[0], shape), place(labels, centre, 0, shape), record
 
 
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    atomic_write(path, lambda tmp: nib.save(nib.Nifti1Image(array, affine), tmp))
-
-
 def _write_text_if_changed(path: Path, text: str) -> bool:
     if path.is_file() and path.read_text() == text:
         return False
@@ -238,8 +232,8 @@ def run(cfg: PrepareConfig) -> int:
         start = time.perf_counter()
         try:
             image, labels, rec = prepare_case(case, cfg.layout, ref, cfg.align)
-            _write_nifti(lab_path, labels, ref.affine)
-            _write_nifti(img_path, image, ref.affine)
+            write_volume(lab_path, labels, ref.affine)
+            write_volume(img_path, image, ref.affine)
         except OSError as exc:
             records[name] = {"status": "failed", "source_name": case.source_name, "reason": f"{exc}"}
             failed += 1
