@@ -241,8 +241,13 @@ def test_corrupt_file_is_skipped_with_a_reason_and_a_second_run_writes_nothing(p
     bad = src / "imagesTr" / "spleen_2.nii.gz"
     bad.write_bytes(bad.read_bytes()[:-200])  # truncated: the gzip trailer and some data are gone
     out = tmp_path / "out"
+    code, output = _prepare("msd_spleen", src, "--out", out, "--reference", reference, "--limit", 1)
+    assert code == 0, output
+    assert len(json.loads((out / "dataset.json").read_text())["training"]) == 1
+    first = (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").stat()
     result = invoke("cohort", "prepare", "msd_spleen", src, "--out", out, "--reference", reference, "--quiet")
     assert result.exit_code == 1
+    assert (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").stat().st_mtime_ns == first.st_mtime_ns  # resumed
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "Traceback" not in result.output
     assert (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").is_file()

@@ -258,8 +258,13 @@ def run(cfg: PrepareConfig) -> int:
     done = {n: r for n, r in records.items() if r["status"] == "ok"}
     skipped = sum(r["status"] == "skipped" for r in records.values())
     if failed and not cfg.skip_failed:
+        stale = out / "dataset.json"
+        note = ""
+        if stale.exists():  # its presence would say the cohort is complete: it is not (the cases stay)
+            stale.unlink()
+            note = " (an earlier run's dataset.json removed)"
         say(f"{cfg.cohort}: {len(done)} written, {skipped} skipped, {failed} failed (integrity.json has the "
-            f"reasons); dataset.json not written: fix or remove those files, or pass --skip-failed")
+            f"reasons); dataset.json not written{note}: fix or remove those files, or pass --skip-failed")
         return 1
     _write_text_if_changed(out / "dataset.json",
                            json.dumps(dataset_json(cfg.cohort, done, ref.array.shape), indent=2) + "\n")
