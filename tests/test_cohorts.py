@@ -360,3 +360,13 @@ def test_tcia_dicom_series_is_read_with_its_geometry(patient, reference, truth, 
     np.testing.assert_array_equal(img, truth_img)
     np.testing.assert_array_equal(lab == 11, truth_lab == 11)
     assert set(np.unique(lab)) == {0, 11}
+
+
+def test_refinement_tells_one_voxel_apart_at_a_step_edge():
+    """A box and a slab whose edges fall on odd voxels: scored on every other voxel, the shift by one voxel
+    along the body axis scored 1.0 too and won; every voxel of the overlap must count."""
+    ref = np.full((40, 40, 40), -1024.0)
+    ref[10:30, 10:30, :] = 40.0
+    ref[:, :, 5:9] = 300.0
+    shift, score = find_shift(ref, ref)
+    assert tuple(shift) == (0, 0, 0) and score == pytest.approx(1.0)

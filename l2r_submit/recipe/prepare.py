@@ -160,7 +160,10 @@ def prepare_case(case: SourceCase, layout: Layout, ref: Reference,
         labels, notes = split_kidneys(labels, image, affine)
         record["notes"] += notes
     cfg = AlignConfig(align.factor, align.min_overlap, align.inplane_mm, world_axis(ref.affine, 2))
-    shift, score = find_shift(ref.array, image, cfg)
+    try:
+        shift, score = find_shift(ref.array, image, cfg)
+    except ValueError as exc:
+        raise ValueError(f"{case.image}: cannot be aligned to {ref.path.name}: {exc}") from None
     shape = ref.array.shape
     centre = np.asarray(shift) + np.array(shape) // 2
     image = np.clip(np.round(image), *HU_RANGE).astype(np.int16)
