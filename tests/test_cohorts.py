@@ -240,6 +240,7 @@ def test_corrupt_file_is_skipped_with_a_reason_and_a_second_run_writes_nothing(p
         _save(src / "labelsTr" / f"{case}.nii.gz", (labels == 1).astype(np.uint8), aff)
     bad = src / "imagesTr" / "spleen_2.nii.gz"
     bad.write_bytes(bad.read_bytes()[:-200])  # truncated: the gzip trailer and some data are gone
+    (src / "imagesTr" / "._spleen_1.nii.gz").write_bytes(b"\x00\x05\x16\x07")  # macOS fork, no dataset.json
     out = tmp_path / "out"
     code, output = _prepare("msd_spleen", src, "--out", out, "--reference", reference, "--limit", 1)
     assert code == 0, output
