@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .commands import cohort as cohort_cmd
 from .commands import predict as predict_cmd
 from .commands import train as train_cmd
 from .commands.common import Fail, load_dataset, write_eval
@@ -192,6 +193,7 @@ def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, 
 
 main.add_command(train_cmd.train)
 main.add_command(predict_cmd.predict)
+main.add_command(cohort_cmd.cohort)
 
 
 if __name__ == "__main__":  # pragma: no cover
