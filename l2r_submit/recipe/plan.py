@@ -1,0 +1,403 @@
+"""The paper's recipe as an ordered plan of ``l2r`` commands, with a done-marker per step.
+
+Estienne et al. 2020 (Learn2Reg 2020, Task 3; the authors' repository TheoEst/abdominal_registration):
+external CT cohorts brought into the challenge's frame, a segmentation network trained on them with a
+partial-label loss, its predictions (noisy labels) for every scan, two pretrainings of the registration
+network on all scans (unsupervised; with the noisy labels), each fine-tuned on the challenge's true labels.
+Both pretrainings start from scratch and run 300 epochs (the authors' README: ``--zeros-init``, no
+``--model-abspath``); each fine-tuning starts from its pretraining (``--model-abspath``) and runs 300 epochs.
+
+Every step is an ``l2r`` argument list (what ``--dry-run`` prints is what runs). A step is done when its
+marker ``OUT/steps/<step>.done.json`` exists (written atomically after its outputs) and records the same
+command (less the options that do not change results: :data:`NO_EFFECT`) and the same finish times of
+the steps it reads from. Nothing here imports torch or numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COHORT_LAYOUTS = ("msd_liver", "msd_pancreas", "msd_hepatic_vessel", "msd_spleen", "msd_colon", "kits19",
+                  "tcia_pancreas")
+"""Layouts ``l2r cohort prepare`` reads that the recipe can name (``nifti`` needs a label map: prepare it
+by hand and it is not a recipe cohort)."""
+SEGMENTER_LAYOUTS = frozenset({"msd_liver", "msd_pancreas", "msd_spleen", "kits19", "tcia_pancreas"})
+"""Cohorts the segmenter trains on (with the challenge's scans), as the authors' ``main_seg`` command: MSD
+hepatic vessel and colon annotate no challenge organ; they get pseudo-labels and join the pretraining."""
+ROWS = {"symmetric": "0.40", "pretrain": "0.52", "noisy": "0.63"}
+"""``--rows`` name -> the paper's validation Dice of that row (authors' README: 0.400, 0.522, 0.625)."""
+DEFAULT_ROWS = ("pretrain", "noisy")
+PAPER_EPOCHS = {"segment-train": 400, "registration": 300}
+NO_EFFECT = {"--quiet": 0, "--resume": 0, "--threads": 1, "--device": 1, "--workers": 1}
+"""Options (and how many values follow them) left out when a step's command is compared with its marker."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the recipe.
+
+    Attributes:
+        name: the step's name (``--epochs NAME=N``, ``--redo NAME``, the marker's file name).
+        argv: the ``l2r`` arguments (without ``l2r`` itself and without ``--resume``).
+        outputs: files or folders that must exist once the step is done.
+        needs: names of the earlier steps whose outputs it reads.
+        all_ranks: a training step, run by every process under ``torchrun`` (the others: rank 0 alone).
+        epochs: the epochs it trains (None: not a training step).
+        run_dir: the training run's folder (``--resume`` is added when it holds ``last.pt``).
+        folder: the folder the step writes, moved aside by ``--redo`` (None: its outputs are moved).
+        about: what the step makes, and the paper's row it reproduces.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    outputs: tuple[Path, ...]
+    needs: tuple[str, ...] = ()
+    all_ranks: bool = False
+    epochs: int | None = None
+    run_dir: Path | None = None
+    folder: Path | None = None
+    about: str = ""
+
+    def command(self, resume: bool = False) -> tuple[str, ...]:
+        """The argument list that runs: ``argv``, plus ``--resume`` to continue a stopped training run."""
+        return self.argv + (("--resume",) if resume else ())
+
+    def can_resume(self) -> bool:
+        """Whether a stopped run of this step left ``last.pt`` to continue."""
+        return self.run_dir is not None and (self.run_dir / "last.pt").is_file()
+
+    def written(self) -> tuple[Path, ...]:
+        """What ``--redo`` moves aside: the step's folder, or its outputs."""
+        return (self.folder,) if self.folder is not None else self.outputs
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``l2r recipe paper`` was asked.
+
+    Attributes:
+        challenge_json: the challenge's dataset JSON.
+        cohorts: (layout, source folder) per external cohort, in the order given.
+        out: the recipe's folder.
+        model: ``paper`` or ``tiny`` (both networks).
+        epochs: step name (or ``all``) -> epochs, over the paper's (:data:`PAPER_EPOCHS`).
+        crop: step name (or ``all``) -> crop text (``144,144,144`` or ``none``) for training steps.
+        batch_size: step name (or ``all``) -> global batch for training steps.
+        rows: the paper's rows to reproduce (:data:`ROWS`).
+        device, threads, workers, quiet: passed to the steps that take them.
+    """
+
+    challenge_json: Path
+    cohorts: tuple[tuple[str, Path], ...]
+    out: Path
+    model: str = "paper"
+    epochs: dict[str, int] = field(default_factory=dict)
+    crop: dict[str, str] = field(default_factory=dict)
+    batch_size: dict[str, int] = field(default_factory=dict)
+    rows: tuple[str, ...] = DEFAULT_ROWS
+    device: str = "auto"
+    threads: int | None = None
+    workers: int | None = None
+    quiet: bool = False
+
+
+def parse_cohort(text: str) -> tuple[str, Path]:
+    """``LAYOUT=PATH`` -> (layout, path). Raises ValueError (one line) for another form or layout."""
+    layout, sep, path = text.partition("=")
+    if not sep or not path:
+        raise ValueError(f"--cohort {text}: expected LAYOUT=PATH, e.g. msd_liver=data/Task03_Liver")
+    if layout not in COHORT_LAYOUTS:
+        hint = " (nifti needs --label-map: prepare it with l2r cohort prepare)" if layout == "nifti" else ""
+        raise ValueError(f"--cohort {text}: layout '{layout}' unknown{hint}; layouts: {', '.join(COHORT_LAYOUTS)}")
+    return layout, Path(path)
+
+
+def parse_step_values(items: tuple[str, ...], option: str, names: list[str], kind: type) -> dict:
+    """``STEP=VALUE`` items of a per-step option -> {step: value}; STEP is a step name or ``all``.
+
+    Raises:
+        ValueError: a malformed item, an unknown step or a value that is not of ``kind`` (positive int).
+    """
+    out: dict = {}
+    for item in items:
+        step, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ValueError(f"{option} {item}: expected STEP=VALUE, e.g. {option} {names[0]}=2")
+        if step != "all" and step not in names:
+            raise ValueError(f"{option} {item}: no step '{step}'; steps: all, {', '.join(names)}")
+        if kind is int:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{option} {item}: '{value}' is not a positive integer")
+            out[step] = int(value)
+        else:
+            out[step] = value
+    return out
+
+
+def challenge_json_of(data: Path) -> Path:
+    """The challenge's dataset JSON: ``data`` itself, or the one ``*_dataset.json`` in the folder ``data``.
+
+    Raises:
+        ValueError: no such file, or a folder without exactly one ``*_dataset.json``.
+    """
+    if data.is_file():
+        return data
+    if not data.is_dir():
+        raise ValueError(f"--data {data}: no such file or folder")
+    found = sorted(data.glob("*_dataset.json"))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise ValueError(f"--data {data}: {what} *_dataset.json in this folder; give the JSON itself")
+    return found[0]
+
+
+def reference_image(challenge_json: Path) -> Path:
+    """The challenge scan the cohorts are aligned to: its first training image (the authors used
+    ``img0001``, i.e. ``AbdomenCTCT_0001_0000``). Raises ValueError when the JSON lists none."""
+    from ..core import dataset
+
+    ds = dataset.load(challenge_json)
+    if not ds.training:
+        raise ValueError(f"{challenge_json}: no training images; the cohorts need a reference scan")
+    return ds.training[0].image
+
+
+def step_names(opts: Options) -> list[str]:
+    """The plan's step names in order (no file is read)."""
+    names = [f"prepare-{layout}" for layout, _ in opts.cohorts] + ["merge", "segment-train", "pseudo-labels"]
+    if "symmetric" in opts.rows:
+        names.append("symmetric")
+    if "pretrain" in opts.rows:
+        names += ["pretrain-unsupervised", "finetune-unsupervised"]
+    if "noisy" in opts.rows:
+        names += ["pretrain-noisy", "finetune-noisy"]
+    if not ({"pretrain", "noisy"} & set(opts.rows)):  # cohorts and pseudo-labels serve the pretrainings only
+        names = [n for n in names if n == "symmetric"]
+    return names
+
+
+def build(opts: Options, reference: Path) -> list[Step]:
+    """The ordered steps of ``opts`` (``reference``: the challenge scan the cohorts are aligned to).
+
+    Layout of ``opts.out``: ``data/cohorts/<layout>/`` (prepared cohorts), ``data/pretrain_dataset.json``
+    (challenge + cohorts, hard links of the challenge's files under ``data/challenge/``), ``segmenter/``,
+    ``pseudo_labels/``, one folder per training step (its name with ``_`` for ``-``), ``steps/`` (markers).
+    """
+    out, cj = opts.out, opts.challenge_json
+    data = out / "data"
+    merged = data / "pretrain_dataset.json"
+    cohort_json = {layout: data / "cohorts" / layout / "dataset.json" for layout, _ in opts.cohorts}
+    tail = (("--quiet",) if opts.quiet else ())
+    dev = ("--device", opts.device) + (("--threads", str(opts.threads)) if opts.threads else ())
+    names = step_names(opts)
+    steps: list[Step] = []
+
+    def training(name: str) -> tuple[int, tuple[str, ...]]:
+        default = PAPER_EPOCHS["segment-train" if name == "segment-train" else "registration"]
+        epochs = opts.epochs.get(name, opts.epochs.get("all", default))
+        extra: tuple[str, ...] = ("--epochs", str(epochs))
+        for option, values in (("--crop", opts.crop), ("--batch-size", opts.batch_size)):
+            value = values.get(name, values.get("all"))
+            if value is not None:
+                extra += (option, str(value))
+        return epochs, extra
+
+    for layout, src in opts.cohorts:
+        name = f"prepare-{layout}"
+        if name in names:
+            steps.append(Step(name, ("cohort", "prepare", layout, str(src), "--out", str(cohort_json[layout].parent),
+                                     "--reference", str(reference)) + tail,
+                              (cohort_json[layout],), folder=cohort_json[layout].parent,
+                              about=f"{layout} resampled, aligned and cropped to the challenge's frame"))
+    if "merge" in names:
+        steps.append(Step("merge", ("recipe", "merge", str(cj), *map(str, cohort_json.values()), "--out", str(merged)),
+                          (merged,), needs=tuple(f"prepare-{la}" for la, _ in opts.cohorts),
+                          about="the pretraining dataset: the challenge's training scans and every cohort's, "
+                                "validated on the challenge's val pairs"))
+    if "segment-train" in names:
+        seg_dir = out / "segmenter"
+        epochs, extra = training("segment-train")
+        seg_jsons = [str(cohort_json[la]) for la, _ in opts.cohorts if la in SEGMENTER_LAYOUTS]
+        steps.append(Step("segment-train", ("segment", "train", str(cj), *seg_jsons, "--out", str(seg_dir),
+                                            "--model", opts.model) + extra + dev + tail,
+                          tuple(seg_dir / f for f in ("best.pt", "last.pt", "config.json", "log.jsonl")),
+                          needs=tuple(f"prepare-{la}" for la, _ in opts.cohorts if la in SEGMENTER_LAYOUTS),
+                          all_ranks=True, epochs=epochs, run_dir=seg_dir, folder=seg_dir,
+                          about="the segmenter, partial-label Dice (each organ only where annotated)"))
+    if "pseudo-labels" in names:
+        steps.append(Step("pseudo-labels", ("segment", "predict", str(out / "segmenter" / "best.pt"), str(merged),
+                                            "--out", str(out / "pseudo_labels")) + dev + tail,
+                          (out / "pseudo_labels",), needs=("segment-train", "merge"), folder=out / "pseudo_labels",
+                          about="noisy labels: one label map per scan of the pretraining dataset"))
+    reg = ("--model", opts.model) + (("--workers", str(opts.workers)) if opts.workers is not None else ())
+
+    def registration(name: str, dataset: Path, preset: str, more: tuple[str, ...], needs: tuple[str, ...],
+                     about: str) -> None:
+        run_dir = out / name.replace("-", "_")
+        epochs, extra = training(name)
+        steps.append(Step(name, ("train", str(dataset), "--out", str(run_dir), "--preset", preset) + more + reg
+                          + extra + dev + tail,
+                          tuple(run_dir / f for f in ("best.pt", "last.pt", "config.json", "log.jsonl")),
+                          needs=needs, all_ranks=True, epochs=epochs, run_dir=run_dir, folder=run_dir,
+                          about=about))
+
+    for name in names:
+        if name == "symmetric":
+            registration(name, cj, "symmetric", (), (), "the paper's 0.40 row: symmetric, challenge data only")
+        elif name == "pretrain-unsupervised":
+            registration(name, merged, "pretrain-unsupervised", (), ("merge",),
+                         "unsupervised pretraining on all scans, from scratch")
+        elif name == "pretrain-noisy":
+            registration(name, merged, "pretrain-noisy", ("--labels-dir", str(out / "pseudo_labels")),
+                         ("merge", "pseudo-labels"), "pretraining with the noisy labels on all scans, from scratch")
+        elif name.startswith("finetune-"):
+            source = name.replace("finetune", "pretrain")
+            row = "0.52" if source.endswith("unsupervised") else "0.63"
+            registration(name, cj, "finetune", ("--init", str(out / source.replace("-", "_") / "best.pt")),
+                         (source,), f"the paper's {row} row: {source}'s best.pt fine-tuned on the true labels")
+    return steps
+
+
+# ------------------------------------------------------------------------------------------ markers
+
+
+def marker_path(out: Path, name: str) -> Path:
+    return out / "steps" / f"{name}.done.json"
+
+
+def effective(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """``argv`` less the options that do not change a step's results (:data:`NO_EFFECT`)."""
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg in NO_EFFECT:
+            skip = NO_EFFECT[arg]
+        else:
+            kept.append(arg)
+    return kept
+
+
+def read_marker(path: Path) -> dict | None:
+    """A done-marker, or None when absent. Raises ValueError (one line) for an unreadable one."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable done-marker ({type(exc).__name__}); delete it to redo the step") from None
+    if not isinstance(data, dict) or not isinstance(data.get("command"), list):
+        raise ValueError(f"{path}: not a done-marker of l2r recipe; delete it to redo the step")
+    return data
+
+
+def write_marker(out: Path, step: Step, command: tuple[str, ...], seconds: float, inputs: dict[str, str]) -> Path:
+    """Write ``step``'s marker atomically (temporary file, then rename); returns its path."""
+    path = marker_path(out, step.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"step": step.name, "command": list(step.argv), "ran": ["l2r", *command],
+              "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "finished_ns": time.time_ns(), "inputs": inputs, "outputs": [str(p) for p in step.outputs]}
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where a step stands. ``state``: ``done``, ``run``, ``resume`` or ``changed`` (done with another
+    command or from other inputs: refused without ``--redo``); ``why`` says why (``redo`` for a step asked
+    to run again)."""
+
+    state: str
+    why: str = ""
+
+
+def redo_closure(steps: list[Step], redo: set[str] | frozenset[str]) -> set[str]:
+    """The steps to run again for ``--redo``: those named, and every later step that reads from one."""
+    again = set(redo)
+    for step in steps:
+        if any(n in again for n in step.needs):
+            again.add(step.name)
+    return again
+
+
+def statuses(steps: list[Step], out: Path, redo: set[str] | frozenset[str] = frozenset()) -> dict[str, Status]:
+    """Each step's status from the markers in ``out``; ``redo``: steps asked to run again (see
+    :func:`redo_closure`).
+
+    Raises:
+        ValueError: an unreadable marker.
+    """
+    again = redo_closure(steps, redo)
+    result: dict[str, Status] = {}
+    stamps: dict[str, str | None] = {}
+    for step in steps:
+        stamps[step.name] = None
+        if step.name in again:
+            result[step.name] = Status("run", "redo")
+            continue
+        marker = read_marker(marker_path(out, step.name))
+        if marker is None:
+            result[step.name] = Status("resume" if step.can_resume() else "run")
+            continue
+        stamps[step.name] = str(marker.get("finished_ns"))
+        pending = [n for n in step.needs if result.get(n, Status("done")).state != "done"]
+        recorded = marker.get("inputs", {})
+        if effective(marker["command"]) != effective(step.argv):
+            was = shlex.join(["l2r", *marker["command"]])
+            result[step.name] = Status("changed", f"its command changed; it was {was}")
+        elif pending:
+            result[step.name] = Status("changed", f"it reads from {', '.join(pending)}, which will run first")
+        elif any(recorded.get(n) != stamps.get(n) for n in step.needs):
+            result[step.name] = Status("changed", "it was made from earlier outputs of " + ", ".join(
+                n for n in step.needs if recorded.get(n) != stamps.get(n)))
+        else:
+            result[step.name] = Status("done")
+    return result
+
+
+def input_stamps(step: Step, out: Path) -> dict[str, str | None]:
+    """The finish stamps of the markers of the steps ``step`` reads from (recorded in its own marker)."""
+    stamps: dict[str, str | None] = {}
+    for name in step.needs:
+        marker = read_marker(marker_path(out, name))
+        stamps[name] = None if marker is None else str(marker.get("finished_ns"))
+    return stamps
+
+
+def epochs_done(step: Step) -> int:
+    """Epochs a stopped or finished run of ``step`` has logged (``log.jsonl`` rows; 0 without one)."""
+    if step.run_dir is None:
+        return 0
+    log = step.run_dir / "log.jsonl"
+    try:
+        return sum(1 for line in log.read_text(encoding="utf-8").splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def describe(steps: list[Step], status: dict[str, Status]) -> list[str]:
+    """The plan as ``--dry-run`` prints it: per step its state, the epochs it trains and the exact command."""
+    lines = []
+    for n, step in enumerate(steps, 1):
+        st = status[step.name]
+        where = {"done": "done (skipped)", "run": "to run", "resume": "to resume",
+                 "changed": "CHANGED: refused without --redo " + step.name}[st.state]
+        if st.why and st.state != "changed":
+            where += f" ({st.why})"
+        epochs = ""
+        if step.epochs is not None:
+            done = epochs_done(step) if st.state == "resume" else 0
+            epochs = f", {step.epochs} epochs" + (f" ({done} done)" if done else "")
+        lines.append(f"[{n}/{len(steps)}] {step.name}: {where}{epochs}. {step.about}")
+        if st.state == "changed":
+            lines.append(f"    {st.why}")
+        lines.append("    " + shlex.join(["l2r", *step.command(st.state == "resume")]))
+    return lines
