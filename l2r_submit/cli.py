@@ -475,6 +475,7 @@ def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, 
                f"orientation {cfg.orientation}, deep supervision {cfg.deep_supervision}")
 
 
+from .commands import cohort as _cohort_cmd; main.add_command(_cohort_cmd.cohort)  # noqa: E402,E702
 from .commands import recipe as _recipe_cmd; main.add_command(_recipe_cmd.recipe)  # noqa: E402,E702
 
 

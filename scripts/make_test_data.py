@@ -26,51 +26,18 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from l2r_submit.core.contract import L2R_SHAPE
+from l2r_submit.core.frame import SPACING_MM, centroid, place, remap, resample_to_2mm
 from l2r_submit.core.io import read_volume, write_disp
 from l2r_submit.training.synthetic import coarse_random_disp, field_from_truth, paint_from_labels, upsample_coarse
 
 TOTALSEG_TO_L2R = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}
 AMOS_TO_L2R = {**{i: i for i in range(1, 10)}, 10: 11, 11: 12, 12: 13}
-SPACING_MM = 2.0
 DEFORMED = {"0001": (11, 8.0), "0002": (12, 6.0), "0003": (13, 7.0)}  # id: (seed, max displacement)
 BASE, PAINTED, CHEST = "0004", "0005", "0006"
 L1_TOTALSEG = 31  # vertebrae_L1 in TotalSegmentator's v2 `total` map (both real scans use it)
 AIR_BELOW_HU = -800  # everything darker is set to -1024 (air), which keeps the files small
 QUANT_HU = 4  # intensities are stored as multiples of 4 HU (error std 1.2 HU, far below CT noise)
 GRID = (4, 4, 5)
-
-
-def remap(labels: np.ndarray, table: dict[int, int]) -> np.ndarray:
-    lut = np.zeros(int(labels.max()) + 1, np.uint8)
-    for src, dst in table.items():
-        if src < lut.size:
-            lut[src] = dst
-    return lut[labels]
-
-
-def resample_to_2mm(array: np.ndarray, spacing: tuple[float, ...], order: int, cval: float) -> np.ndarray:
-    """Resample onto a 2 mm grid sharing the first voxel centre."""
-    axes = [np.arange(0.0, (n - 1) * s + 1e-6, SPACING_MM) / s for n, s in zip(array.shape, spacing)]
-    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
-    return map_coordinates(array.astype(np.float32), coords, order=order, cval=cval)
-
-
-def place(array: np.ndarray, centre: np.ndarray, fill: float) -> np.ndarray:
-    """Put ``centre`` of ``array`` at the centre of an L2R-shaped volume, padding with ``fill``."""
-    out = np.full(L2R_SHAPE, fill, array.dtype)
-    src, dst = [], []
-    for n, c, m in zip(array.shape, centre, L2R_SHAPE):
-        start = int(round(c)) - m // 2  # source index that lands on output index 0
-        lo, hi = max(start, 0), min(start + m, n)
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - start, hi - start))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
-
-
-def centroid(mask: np.ndarray) -> np.ndarray:
-    """Mean voxel index of a mask, per axis."""
-    return np.array([np.mean(ix) for ix in np.nonzero(mask)])
 
 
 def to_stored_hu(image: np.ndarray) -> np.ndarray:

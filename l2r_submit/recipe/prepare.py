@@ -1,0 +1,293 @@
+"""Cohort preparation: an external CT cohort brought into the challenge's frame (``l2r cohort prepare``).
+
+Per case: read the image and its label map with their affine; map the labels to challenge ids
+(:mod:`l2r_submit.recipe.cohorts`); permute/flip the array axes to the reference's orientation; resample
+to 2 mm (linear image, nearest labels; :mod:`l2r_submit.core.frame`); split kidneys into right and left by
+the patient's side (KiTS); find the translation onto the reference image
+(:mod:`l2r_submit.recipe.align`); crop or pad to the reference's shape (-1024 HU and label 0 outside);
+write both on the reference's grid (its affine), int16 HU and uint8 labels.
+
+Output folder: ``imagesTr/<cohort>_<case>_0000.nii.gz``, ``labelsTr/`` the same names, ``integrity.json``
+(every case: ok with its source files, shift and NCC; skipped or failed with the reason; rewritten after
+each case) and last ``dataset.json`` (the challenge's format, each entry with ``annotated``). Every file is
+written atomically; a case whose two files and record exist is not redone; a file that changed nothing is
+not rewritten, so a second run writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..core.contract import L2R_SHAPE, LABEL_NAMES
+from ..core.folders import NO_FURTHER_WRITES, clean_stale_tmp
+from ..core.frame import SPACING_MM, place, remap, reorient_like, resample_to_2mm, resampled_affine, world_axis
+from ..core.io import Volume, atomic_write, read_labels, read_volume
+from .align import BODY_HU, AlignConfig, find_shift
+from .cohorts import Layout, SourceCase, find_cases
+
+HU_RANGE = (-1024, 3071)
+
+
+@dataclass
+class PrepareConfig:
+    """What ``l2r cohort prepare`` was asked.
+
+    Attributes:
+        layout: the cohort layout (label map, exclusions).
+        src: the cohort's folder.
+        out: the output folder.
+        reference: a challenge image (2 mm) that every case is translated onto.
+        cohort: prefix of the written names (the layout's name for the fixed layouts).
+        limit: prepare at most this many usable cases (None: all).
+        skip_failed: write dataset.json without the cases that failed (they stay recorded as failed).
+        log: where progress lines go (None: nowhere).
+    """
+
+    layout: Layout
+    src: Path
+    out: Path
+    reference: Path
+    cohort: str
+    limit: int | None = None
+    skip_failed: bool = False
+    log: Callable[[str], None] | None = None
+    align: AlignConfig = field(default_factory=AlignConfig)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The challenge image every case goes onto. ``array`` (I, J, K) HU, ``affine`` its header's."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+
+
+def load_reference(path: Path) -> Reference:
+    """Read the reference image and check it is on a 2 mm grid.
+
+    Raises:
+        ValueError: unreadable, or not 2 mm (one line naming the file).
+    """
+    vol = read_volume(path, dtype=np.float32)
+    if not np.allclose(vol.spacing, SPACING_MM, atol=0.01):
+        raise ValueError(f"{path}: --reference must be a challenge image on the 2 mm grid, its voxels are "
+                         f"{tuple(round(s, 3) for s in vol.spacing)} mm")
+    return Reference(vol.array, vol.affine, path)
+
+
+def split_kidneys(labels: np.ndarray, image: np.ndarray, affine: np.ndarray, kidney: int = 2,
+                  right: int = 2, left: int = 3) -> tuple[np.ndarray, list[str]]:
+    """Kidney voxels relabelled right or left by the patient's side, decided in world (RAS) coordinates.
+
+    The midline is the world x of the body's centre (HU > -500); each connected kidney component goes to
+    the side of its centre (RAS: x grows towards the patient's right). A component with more than a quarter
+    of its voxels on each side (a horseshoe kidney) is cut at the midline voxel by voxel.
+
+    Shape: labels and image (I, J, K), affine (4, 4) -> labels (I, J, K) uint8 and notes.
+    """
+    from scipy import ndimage
+
+    mask = labels == kidney
+    if not mask.any():
+        return labels, ["no kidney voxels"]
+    world_x = lambda idx: affine[0, :3] @ idx + affine[0, 3]  # noqa: E731 - index (3, n) -> world x (n,)
+    body = np.array(np.nonzero(image > BODY_HU))
+    midline = float(world_x(body).mean()) if body.size else float(world_x(np.array(image.shape)[:, None] / 2)[0])
+    comps, count = ndimage.label(mask)
+    out = labels.copy()
+    notes = []
+    for c in range(1, count + 1):
+        idx = np.nonzero(comps == c)
+        x = world_x(np.array(idx))
+        on_right = x > midline
+        frac = float(on_right.mean())
+        if 0.25 < frac < 0.75:
+            out[idx] = np.where(on_right, right, left)
+            notes.append(f"kidney component of {x.size} voxels across the midline: cut there")
+        else:
+            out[idx] = right if frac >= 0.5 else left
+    return out, notes
+
+
+def prepare_case(case: SourceCase, layout: Layout, ref: Reference,
+                 align: AlignConfig = AlignConfig()) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One case in the reference's frame.
+
+    Shape: -> image (reference shape) int16 HU, labels (reference shape) uint8 challenge ids, and the record.
+
+    Raises:
+        ValueError: an unreadable file or a label map that does not fit its image (one line, naming it).
+    """
+    assert case.image is not None
+    vol = read_volume(case.image, dtype=np.float32)
+    record: dict = {"source_name": case.source_name, "image": str(case.image), "notes": []}
+    annotated: tuple[int, ...] = ()
+    mapped = np.zeros(vol.array.shape, np.uint8)
+    if case.label is not None:
+        record["label"] = str(case.label)
+        seg = read_labels(case.label)
+        if seg.shape != vol.array.shape:
+            raise ValueError(f"{case.label}: label map of shape {seg.shape}, its image {case.image} is "
+                             f"{vol.array.shape}")
+        if seg.size and seg.min() < 0:
+            raise ValueError(f"{case.label}: negative label values")
+        present = sorted(int(v) for v in np.unique(seg) if v)
+        unknown = [v for v in present if v not in layout.label_map]
+        if unknown and layout.label_map:
+            record["notes"].append(f"source label ids {unknown} not in the map: set to 0")
+        mapped = remap(seg, layout.label_map) if layout.label_map else mapped
+        annotated = layout.annotated
+    else:
+        record["notes"].append("no label map: image only")
+    record["annotated"] = list(annotated)
+    record["source_shape"] = list(vol.array.shape)
+    record["source_spacing_mm"] = [round(s, 4) for s in vol.spacing]
+    image, affine = reorient_like(vol.array, vol.affine, ref.affine)
+    labels, _ = reorient_like(mapped, vol.affine, ref.affine)
+    spacing = Volume(image, affine).spacing
+    image = resample_to_2mm(image, spacing, order=1, cval=float(HU_RANGE[0]))
+    labels = resample_to_2mm(labels, spacing, order=0, cval=0.0).astype(np.uint8)
+    affine = resampled_affine(affine, spacing)
+    if layout.split_kidneys and annotated:
+        labels, notes = split_kidneys(labels, image, affine)
+        record["notes"] += notes
+    cfg = AlignConfig(align.factor, align.min_overlap, align.inplane_mm, world_axis(ref.affine, 2))
+    shift, score = find_shift(ref.array, image, cfg)
+    shape = ref.array.shape
+    centre = np.asarray(shift) + np.array(shape) // 2
+    image = np.clip(np.round(image), *HU_RANGE).astype(np.int16)
+    record["shift_vox"] = [int(v) for v in shift]
+    record["ncc"] = round(score, 4)
+    return place(image, centre, HU_RANGE[0], shape), place(labels, centre, 0, shape), record
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    atomic_write(path, lambda tmp: nib.save(nib.Nifti1Image(array, affine), tmp))
+
+
+def _write_text_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return True
+
+
+def dataset_json(cohort: str, records: dict[str, dict], shape: tuple[int, ...]) -> dict:
+    """The challenge-format dataset of the written cases (``records``: name -> ok record)."""
+    training = [{"image": f"./imagesTr/{name}_0000.nii.gz", "label": f"./labelsTr/{name}_0000.nii.gz",
+                 "annotated": list(rec["annotated"])} for name, rec in sorted(records.items())]
+    return {
+        "name": cohort, "description": f"{cohort} prepared by l2r cohort prepare: 2 mm, translated onto a "
+                                       "challenge image; 'annotated' lists the organs each label map holds",
+        "tensorImageShape": {"0": list(shape)}, "modality": {"0": "CT"},
+        "labels": {"0": {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}}},
+        "numTraining": len(training), "training": training, "numTest": 0, "test": [],
+        "numRegistration_val": 0, "registration_val": [], "numRegistration_test": 0, "registration_test": [],
+    }
+
+
+def run(cfg: PrepareConfig) -> int:
+    """Prepare every case of the cohort; returns the exit code (0 all usable cases written, 1 some failed).
+
+    Raises:
+        ValueError: bad source folder or reference (before any case is read).
+    """
+    say = cfg.log or (lambda _line: None)
+    cases = find_cases(cfg.layout, cfg.src)
+    ref = load_reference(cfg.reference)
+    if tuple(ref.array.shape) != L2R_SHAPE:
+        say(f"note: the reference is {ref.array.shape}, not the challenge's {L2R_SHAPE}: outputs take its shape")
+    out = cfg.out
+    for sub in (out, out / "imagesTr", out / "labelsTr"):
+        sub.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(sub)
+    integrity_path = out / "integrity.json"
+    old = _read_json(integrity_path).get("cases", {})
+    records: dict[str, dict] = {}
+    usable = [c for c in cases if c.skip is None]
+    if cfg.limit is not None:
+        usable = usable[:cfg.limit]
+    for case in cases:
+        if case.skip is not None:
+            records[f"{cfg.cohort}_{case.case_id}"] = {"status": "skipped", "source_name": case.source_name,
+                                                       "reason": case.skip}
+    failed = 0
+    stop = None
+    for k, case in enumerate(usable, 1):
+        name = f"{cfg.cohort}_{case.case_id}"
+        img_path, lab_path = out / "imagesTr" / f"{name}_0000.nii.gz", out / "labelsTr" / f"{name}_0000.nii.gz"
+        prev = old.get(name, {})
+        if stop is not None:
+            records[name] = {"status": "failed", "source_name": case.source_name, "reason": f"not tried: {stop}"}
+            failed += 1
+            continue
+        if prev.get("status") == "ok" and img_path.is_file() and lab_path.is_file():
+            records[name] = prev
+            say(f"[{k}/{len(usable)}] {name}: done already")
+            continue
+        start = time.perf_counter()
+        try:
+            image, labels, rec = prepare_case(case, cfg.layout, ref, cfg.align)
+            _write_nifti(lab_path, labels, ref.affine)
+            _write_nifti(img_path, image, ref.affine)
+        except OSError as exc:
+            records[name] = {"status": "failed", "source_name": case.source_name, "reason": f"{exc}"}
+            failed += 1
+            say(f"error: {name}: {exc}")
+            if exc.errno in NO_FURTHER_WRITES:
+                stop = f"{exc.filename}: {exc.strerror}"
+            continue
+        except Exception as exc:  # one bad case must not stop the others
+            text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            records[name] = {"status": "failed", "source_name": case.source_name, "reason": text}
+            failed += 1
+            say(f"error: {name}: {text}")
+            _write_text_if_changed(integrity_path, _integrity_text(cfg, records, old))
+            continue
+        rec["status"] = "ok"
+        rec["seconds"] = round(time.perf_counter() - start, 2)
+        records[name] = rec
+        _write_text_if_changed(integrity_path, _integrity_text(cfg, records, old))
+        say(f"[{k}/{len(usable)}] {name}: written, shift {rec['shift_vox']} voxels, NCC {rec['ncc']}, "
+            f"annotated {rec['annotated']}, {rec['seconds']} s")
+    _write_text_if_changed(integrity_path, _integrity_text(cfg, records, old))
+    done = {n: r for n, r in records.items() if r["status"] == "ok"}
+    skipped = sum(r["status"] == "skipped" for r in records.values())
+    if failed and not cfg.skip_failed:
+        say(f"{cfg.cohort}: {len(done)} written, {skipped} skipped, {failed} failed (integrity.json has the "
+            f"reasons); dataset.json not written: fix or remove those files, or pass --skip-failed")
+        return 1
+    _write_text_if_changed(out / "dataset.json",
+                           json.dumps(dataset_json(cfg.cohort, done, ref.array.shape), indent=2) + "\n")
+    say(f"{cfg.cohort}: {len(done)} cases in {out / 'dataset.json'}, {skipped} skipped, {failed} failed")
+    return 0
+
+
+def _integrity_text(cfg: PrepareConfig, records: dict[str, dict], old: dict[str, dict]) -> str:
+    cases = {**{n: r for n, r in old.items() if r.get("status") == "ok" and n not in records}, **records}
+    body = {"layout": cfg.layout.name, "cohort": cfg.cohort, "source": str(cfg.src),
+            "reference": str(cfg.reference), "cases": dict(sorted(cases.items()))}
+    return json.dumps(body, indent=2) + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def stderr_log(line: str) -> None:
+    """Progress and error lines on stderr."""
+    print(line, file=sys.stderr, flush=True)
