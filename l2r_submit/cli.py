@@ -477,6 +477,7 @@ def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, 
 
 from .commands import cohort as _cohort_cmd; main.add_command(_cohort_cmd.cohort)  # noqa: E402,E702
 from .commands import recipe as _recipe_cmd; main.add_command(_recipe_cmd.recipe)  # noqa: E402,E702
+from .commands import segment as _segment_cmd; main.add_command(_segment_cmd.segment)  # noqa: E402,E702
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,3 +128,39 @@ def test_test_data_real_inter_patient_pairs(repo_root):
         assert centre(lab, [12, 13])[2] > centre(lab, [2, 3])[2]  # adrenals above kidneys
     both = (labels["0004"] > 0) & (labels["0006"] > 0)
     assert 0 < both.sum() < min((labels["0004"] > 0).sum(), (labels["0006"] > 0).sum())
+
+
+def _with_training_entry(tiny_dataset, **extra):
+    data = json.loads(tiny_dataset.read_text())
+    data["training"][1].update(extra)
+    tiny_dataset.write_text(json.dumps(data))
+    return tiny_dataset
+
+
+def test_annotated_list_is_read_and_none_means_every_label(tiny_dataset):
+    ds = dataset.load(_with_training_entry(tiny_dataset, annotated=[6, 1]))
+    assert ds.training[0].annotated is None
+    assert ds.training[1].annotated == (1, 6)
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("6", "annotated: expected a list"),
+    ([6, 14], "annotated[1]: 14 is not a label id"),
+    ([6, "1"], "annotated[1]: '1' is not a label id"),
+    ([0], "annotated[0]: 0 is not a label id"),
+    ([6, 6], "repeated"),
+])
+def test_bad_annotated_list_is_refused_in_one_line(tiny_dataset, value, problem):
+    with pytest.raises(ValueError) as err:
+        dataset.load(_with_training_entry(tiny_dataset, annotated=value))
+    message = str(err.value)
+    assert problem in message and str(tiny_dataset) in message and "training[1]" in message
+    assert "\n" not in message
+
+
+def test_test_list_images_are_read(tiny_dataset):
+    data = json.loads(tiny_dataset.read_text())
+    data["test"] = [{"image": "./imagesTs/AbdomenCTCT_0031_0000.nii.gz"}]
+    tiny_dataset.write_text(json.dumps(data))
+    ds = dataset.load(tiny_dataset)
+    assert [c.id for c in ds.test_images] == ["0031"]

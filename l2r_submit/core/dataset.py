@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .contract import L2R_LABELS, L2R_SHAPE
@@ -27,12 +27,18 @@ SPLITS = ("val", "test")
 
 @dataclass(frozen=True)
 class Case:
-    """One image of a pair. ``id`` and ``modality`` are four-digit strings."""
+    """One image of a pair. ``id`` and ``modality`` are four-digit strings.
+
+    ``annotated``: the label ids the case's label map annotates (a training entry's ``annotated`` list,
+    e.g. ``[6]`` for a cohort that labels only the liver); voxels of other organs are unknown, not
+    background. None: every label of the dataset (the challenge's own cases).
+    """
 
     id: str
     modality: str
     image: Path
     label: Path
+    annotated: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class Dataset:
         splits: split name -> pairs (``val``/``test`` for a dataset JSON, ``eval`` for an eval config).
         metrics: the evaluation methods.
         training: training cases (image and label) listed by a dataset JSON.
+        test_images: the cases of a dataset JSON's ``test`` list (images without labels; the label path
+            is where one would be).
         unknown_keys: top-level keys this tool does not know (reported, not fatal).
         source: the JSON or CSV the dataset came from.
         masked: an evaluation config's ``masked_evaluation`` (SDlogJ over the fixed image's mask).
@@ -88,6 +96,7 @@ class Dataset:
     splits: dict[str, list[Pair]]
     metrics: tuple[MetricSpec, ...] = DEFAULT_METRICS
     training: list[Case] = field(default_factory=list)
+    test_images: list[Case] = field(default_factory=list)
     unknown_keys: tuple[str, ...] = ()
     source: Path | None = None
     masked: bool = False
@@ -240,14 +249,39 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
         case = case_from_path(root_path, entry["image"], here)
         if "label" in entry:
             case = Case(case.id, case.modality, case.image, inside_root(root_path, entry["label"], here))
+        if "annotated" in entry:
+            case = replace(case, annotated=_annotated(entry["annotated"], labels, here))
         training.append(case)
+    test_images = []
+    if not isinstance(data.get("test") or [], list):
+        raise ValueError(f"{path}: test: expected a list of {{'image'}} objects, got {type(data['test']).__name__}")
+    for n, entry in enumerate(data.get("test") or []):
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        test_images.append(case_from_path(root_path, image, f"{path}: test[{n}]"))
     splits = {s: _pairs(root_path, data[f"registration_{s}"], f"{path}: registration_{s}") for s in SPLITS}
     return Dataset(
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
-        splits=splits, metrics=_default_metrics(labels), training=training,
+        splits=splits, metrics=_default_metrics(labels), training=training, test_images=test_images,
         unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes,
         modality=_modality(data.get("modality")),
     )
+
+
+def _annotated(value: object, labels: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """A training entry's ``annotated`` list: distinct label ids of the dataset's ``labels``, sorted.
+
+    Raises:
+        ValueError: not a list, an entry that is not an integer label of the dataset, or a repeated one.
+    """
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: annotated: expected a list of label ids like [6], got {value!r}")
+    for n, v in enumerate(value):
+        if type(v) is not int or v not in labels:
+            raise ValueError(f"{where}: annotated[{n}]: {v!r} is not a label id of this dataset "
+                             f"(expected one of {', '.join(map(str, labels))})")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where}: annotated: repeated label ids in {value}")
+    return tuple(sorted(value))
 
 
 def _default_metrics(labels: tuple[int, ...]) -> tuple[MetricSpec, ...]:

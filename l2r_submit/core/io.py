@@ -199,6 +199,25 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32 if fits else np.int64)
 
 
+def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 label map as NIfTI with ``affine`` (the image's), atomically.
+
+    Shape: (I, J, K) integers in 0..255.
+
+    Raises:
+        ValueError: not 3-D or values outside 0..255. OSError: the write failed (nothing left behind).
+    """
+    import nibabel as nib
+
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or (labels.size and (labels.min() < 0 or labels.max() > 255)):
+        raise _fail(path, f"label map of shape {labels.shape}, values {labels.min()}..{labels.max()}: "
+                          "expected (I, J, K) in 0..255")
+    img = nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, dtype=np.float64))
+    img.set_data_dtype(np.uint8)
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
+
+
 # ------------------------------------------------------------------------------------------- names
 
 

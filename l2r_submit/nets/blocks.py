@@ -6,20 +6,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, SegConfig
+
+ACTIVATIONS = ("relu", "leaky")
+"""``relu`` (the registration network) or ``leaky`` (LeakyReLU, slope 0.01: the authors' segmenter)."""
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module named ``name`` (in place)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation: '{name}' received, expected one of {', '.join(ACTIVATIONS)}")
+    return nn.ReLU(inplace=True) if name == "relu" else nn.LeakyReLU(0.01, inplace=True)
 
 
 class ConvNormAct(nn.Sequential):
-    """conv (k^3) + InstanceNorm3d (no affine; or nothing with ``norm="none"``) + ReLU."""
+    """conv (k^3) + InstanceNorm3d (no affine; or nothing with ``norm="none"``) + ReLU (or ``act``)."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, transposed: bool = False,
-                 norm: str = "instance", bias: bool = True) -> None:
+                 norm: str = "instance", bias: bool = True, act: str = "relu") -> None:
         conv_cls = nn.ConvTranspose3d if transposed else nn.Conv3d
         pad = 0 if kernel == 2 else kernel // 2
         super().__init__()
         self.conv = conv_cls(cin, cout, kernel, stride=stride, padding=pad, bias=bias)
         self.norm = nn.InstanceNorm3d(cout, affine=False, eps=1e-5) if norm == "instance" else nn.Identity()
-        self.act = nn.ReLU(inplace=True)
+        self.act = activation(act)
 
 
 class Stem(nn.Module):
@@ -31,30 +41,34 @@ class Stem(nn.Module):
     Shape: (B, cin, I, J, K) -> (B, cout, I, J, K).
     """
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, act: str = "relu") -> None:
         super().__init__()
         self.conv_in = nn.Conv3d(cin, cout, 3, padding=1)
         self.conv_res = nn.Conv3d(cout, cout, 3, padding=1)
+        activation(act)  # checks the name
+        self.act_name = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.conv_in(x))
-        return F.relu(self.conv_res(h)) + h
+        f = F.relu if self.act_name == "relu" else F.leaky_relu  # leaky: slope 0.01, as nn.LeakyReLU
+        h = f(self.conv_in(x))
+        return f(self.conv_res(h)) + h
 
 
 class DownLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance") -> None:
+    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance", act: str = "relu") -> None:
         super().__init__()
-        self.down = ConvNormAct(cin, cout, kernel=2, stride=2, norm=norm)
-        self.convs = nn.Sequential(*[ConvNormAct(cout, cout, norm=norm) for _ in range(n_convs)])
+        self.down = ConvNormAct(cin, cout, kernel=2, stride=2, norm=norm, act=act)
+        self.convs = nn.Sequential(*[ConvNormAct(cout, cout, norm=norm, act=act) for _ in range(n_convs)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(self.down(x))
 
 
 class UpLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance", bias: bool = True) -> None:
+    def __init__(self, cin: int, cout: int, n_convs: int, norm: str = "instance", bias: bool = True,
+                 act: str = "relu") -> None:
         super().__init__()
-        opts = dict(norm=norm, bias=bias)
+        opts = dict(norm=norm, bias=bias, act=act)
         self.up = ConvNormAct(cin, cout, kernel=2, stride=2, transposed=True, **opts)
         self.convs = nn.Sequential(ConvNormAct(2 * cout, cout, **opts),
                                    *[ConvNormAct(cout, cout, **opts) for _ in range(n_convs - 1)])
@@ -64,11 +78,17 @@ class UpLevel(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """The stem and the down levels (the registration network's, or the segmenter's with its activation).
+
+    Shape: (B, in_channels, I, J, K) -> one feature map per level, full resolution first.
+    """
+
+    def __init__(self, cfg: ModelConfig | SegConfig) -> None:
         super().__init__()
         ch = cfg.channels
-        self.stem = Stem(cfg.in_channels, ch[0])
-        self.levels = nn.ModuleList(DownLevel(ch[i], ch[i + 1], n, cfg.norm) for i, n in enumerate(cfg.encoder_convs))
+        act = getattr(cfg, "activation", "relu")
+        self.stem = Stem(cfg.in_channels, ch[0], act)
+        self.levels = nn.ModuleList(DownLevel(ch[i], ch[i + 1], n, cfg.norm, act) for i, n in enumerate(cfg.encoder_convs))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self.stem(x)]

@@ -78,3 +78,69 @@ PRESETS: dict[str, ModelConfig] = {
     "cpu-fast": ModelConfig(in_channels=3, channel_multiplier=1, encoder_convs=(1, 1, 1, 1)),
     "tiny": ModelConfig(in_channels=1, base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
 }
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    """Every size of the segmentation network (the authors' pseudo-label segmenter: same blocks as the
+    registration network's encoder and decoder, one encoder pass, no merge). ``SEG_PRESETS`` holds the
+    paper's setting and a tiny one for tests.
+
+    Attributes:
+        in_channels: 1 (window W400/L40, as the authors' segmenter).
+        base_channels, channel_multiplier: channels per level (the paper: 4..64 times 4 = 16..256).
+        encoder_convs: 3x3x3 convs after each down-sampling (the paper: 1, 2, 3, 2; reversed in the decoder).
+        n_classes: background + organs (the paper: 12 = background + challenge labels 1..11, adrenals dropped).
+        activation: ``leaky`` (LeakyReLU, slope 0.01: the paper) or ``relu``.
+        norm: ``instance`` (InstanceNorm3d, no affine, after every conv but the stem's: the paper) or ``none``.
+        orientation: ``l2r`` (our axes) or ``estienne2020`` (imported weights: the authors' input frame).
+    """
+
+    in_channels: int = 1
+    base_channels: tuple[int, ...] = (4, 8, 16, 32, 64)
+    channel_multiplier: int = 4
+    encoder_convs: tuple[int, ...] = (1, 2, 3, 2)
+    n_classes: int = 12
+    activation: str = "leaky"
+    norm: str = "instance"
+    orientation: str = "l2r"
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels: {self.in_channels} received, expected 1 or 3")
+        if len(self.base_channels) != len(self.encoder_convs) + 1:
+            raise ValueError(f"base_channels has {len(self.base_channels)} levels, encoder_convs "
+                             f"{len(self.encoder_convs)}: expected one more channel entry than conv entries")
+        if not 2 <= self.n_classes <= 14:
+            raise ValueError(f"n_classes: {self.n_classes} received, expected 2..14 (background + organs)")
+        if self.activation not in ("leaky", "relu"):
+            raise ValueError(f"activation: '{self.activation}' received, expected leaky or relu")
+        if self.norm not in ("instance", "none"):
+            raise ValueError(f"norm: '{self.norm}' received, expected instance or none")
+        if self.orientation not in ("l2r", "estienne2020"):
+            raise ValueError(f"orientation: '{self.orientation}' received, expected l2r or estienne2020")
+
+    @property
+    def channels(self) -> list[int]:
+        return [c * self.channel_multiplier for c in self.base_channels]
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes are padded internally to a multiple of this."""
+        return 2 ** len(self.encoder_convs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"segmenter config: unknown keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+SEG_PRESETS: dict[str, SegConfig] = {
+    "paper": SegConfig(),  # 7.69 M parameters, as the authors' SegNet (channel_multiplication=4, classic vnet)
+    "tiny": SegConfig(base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
+}

@@ -54,6 +54,14 @@ def to_model_frame(x: torch.Tensor, orientation: str) -> torch.Tensor:
     return x.permute(0, 1, 4, 3, 2).flip(2, 3)
 
 
+def from_model_frame(x: torch.Tensor, orientation: str) -> torch.Tensor:
+    """A volume (e.g. class scores) in the network's frame back on our axes: the inverse of
+    :func:`to_model_frame` (channels unchanged). Shape: (B, C, ...) -> (B, C, I, J, K)."""
+    if orientation == "l2r":
+        return x
+    return x.flip(2, 3).permute(0, 1, 4, 3, 2)
+
+
 def disp_from_model_frame(disp: torch.Tensor, orientation: str) -> torch.Tensor:
     """A displacement predicted in the network's frame, back in our contract (axes, channel order, signs)."""
     if orientation == "l2r":

@@ -113,3 +113,37 @@ def hu_extremes(hu_min: float, hu_max: float, scale: float = 1.0, shift: float =
     ``range_of`` of :func:`l2r_submit.nets.inputs.preprocess` it normalises a crop as the whole image would be
     (noise aside). Shape: -> (1, 1, 2, 1, 1) float32."""
     return (torch.tensor([hu_min, hu_max], dtype=torch.float32) * scale + shift).reshape(1, 1, 2, 1, 1)
+
+
+FlipRot = tuple[tuple[int, ...], int, tuple[int, int]]
+"""One draw of the segmenter's spatial augmentation: (flipped axes, quarter turns, rotation plane)."""
+
+
+def random_flip_rot(rng: np.random.Generator, shape: Sequence[int]) -> FlipRot:
+    """The authors' segmentation augmentation (their ``AxialFlip`` and ``RandomRotation90``): each axis
+    flipped with probability 1/2, then 1 to 4 quarter turns (4 = none) in a random plane of two axes.
+    A quarter turn swaps the plane's sizes, so on a volume that is not a cube only the planes whose two
+    sizes are equal are drawn from (none: no rotation), and every item of a batch keeps its shape.
+
+    Shape: ``shape`` (I, J, K) -> parameters for :func:`flip_rot`.
+    """
+    flips = tuple(int(a) for a in range(3) if rng.integers(2))
+    turns = int(rng.integers(1, 5))
+    planes = [(a, b) for a in range(3) for b in range(a + 1, 3) if shape[a] == shape[b]]
+    if not planes:
+        return flips, 0, (0, 1)
+    return flips, turns % 4, planes[int(rng.integers(len(planes)))]
+
+
+def flip_rot(volume: torch.Tensor, params: FlipRot) -> torch.Tensor:
+    """``volume``'s last three axes flipped and rotated as ``params`` say (images and labels alike).
+
+    Shape: (..., I, J, K) -> (..., I', J', K') (sizes of the rotation plane swapped for odd turns).
+    """
+    flips, turns, (a, b) = params
+    offset = volume.ndim - 3
+    if flips:
+        volume = torch.flip(volume, [offset + f for f in flips])
+    if turns:
+        volume = torch.rot90(volume, turns, [offset + a, offset + b])
+    return volume.contiguous()

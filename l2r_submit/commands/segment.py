@@ -1,0 +1,124 @@
+"""``l2r segment``: train the segmenter, write pseudo-labels, import the authors' segmenter weights.
+
+Only click is imported here; torch and numpy are imported inside the commands (``l2r --help`` stays fast).
+Exit codes: 0 done; 1 some cases failed (the others were written); 2 bad input, nothing done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+class _Fail(click.ClickException):
+    """A one-line error on stderr with exit code 2 (bad input)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: D102 - one line, no usage block
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _load_all(paths: tuple[Path, ...]) -> list:
+    from ..core import dataset
+
+    try:
+        return [dataset.load(p) for p in paths]
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+
+
+@click.group()
+def segment() -> None:
+    """The segmenter of the paper's noisy-label recipe: train it, predict pseudo-labels, import weights."""
+
+
+@segment.command()
+@click.argument("dataset_jsons", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--model", type=click.Choice(["paper", "tiny"]), default="paper", show_default=True,
+              help="paper: the authors' 16-256 channel, 12-class segmenter (7.69 M parameters); tiny: for tests.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 400, the paper]")
+@click.option("--crop", default=None, help="Random crop, e.g. 144,144,144 (the paper, default), or none.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch [default: 3].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 1e-4]")
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="Validate every N epochs [default: 10].")
+@click.option("--no-augment", is_flag=True, help="No flips or quarter turns.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers per process [default: 2].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out (only --epochs may change).")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: int | None, crop: str | None,
+          batch_size: int | None, lr: float | None, val_every: int | None, no_augment: bool, workers: int | None,
+          seed: int, device: str, threads: int | None, resume: bool, quiet: bool) -> None:
+    """Train the segmenter on every training case of DATASET_JSONs with the partial-label Dice.
+
+    The FIRST json is the challenge's: the subjects of its val pairs validate (Dice per organ) and do
+    not train. A training entry with an "annotated" list teaches only those organs.
+    """
+    from ..core.folders import check_not_a_file
+
+    try:
+        check_not_a_file(out_dir, "--out")
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    datasets = _load_all(dataset_jsons)
+    from ..training import segment as seg
+
+    try:
+        cfg = seg.config_from_options(model, crop, epochs=epochs, batch_size=batch_size, lr=lr, val_every=val_every,
+                                      augment=False if no_augment else None, num_workers=workers, seed=seed,
+                                      device=device, threads=threads,
+                                      datasets=tuple(str(p) for p in dataset_jsons))
+        row = seg.run(cfg, datasets, out_dir, resume=resume, progress=not quiet)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    click.echo(f"checkpoints: {out_dir / 'last.pt'}, {out_dir / 'best.pt'}; log: {out_dir / 'log.csv'}")
+
+
+@segment.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("dataset_jsons", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder of the label maps (one per case, named like its image).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, device: str, threads: int | None,
+            quiet: bool) -> None:
+    """Write the segmenter's label map (pseudo-labels) of every training and test case of DATASET_JSONs.
+
+    Whole volumes, one uint8 NIfTI per case in --out, named like its image; existing files are skipped.
+    """
+    datasets = _load_all(dataset_jsons)
+    from ..recipe import pseudo_labels
+
+    try:
+        summary = pseudo_labels.predict(checkpoint, datasets, out_dir, device=device, threads=threads,
+                                        progress=not quiet)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    click.echo(f"pseudo-labels in {out_dir}: {len(summary.written)} written, {len(summary.skipped)} already there, "
+               f"{len(summary.failed)} failed")
+    if summary.exit_code:
+        raise SystemExit(summary.exit_code)
+
+
+@segment.command("import")
+@click.argument("original", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")
+def import_(original: Path, out_path: Path) -> None:
+    """Convert the authors' segmenter checkpoint (their SegNet .pth.tar) into an l2r_submit one."""
+    from ..nets import seg_checkpoint
+
+    try:
+        net = seg_checkpoint.import_original(original)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    seg_checkpoint.save(out_path, net, imported_from=str(original))
+    cfg = net.cfg
+    click.echo(f"wrote {out_path}: {cfg.n_classes} classes, channels {cfg.channels}, orientation {cfg.orientation}")

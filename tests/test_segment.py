@@ -1,0 +1,155 @@
+"""Segmentation training on the shared trainer, pseudo-label prediction, and the segment commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import invoke, write_tiny_dataset
+from l2r_submit.core import dataset
+from l2r_submit.training import augment, segment
+
+
+def challenge_and_cohort(root: Path) -> tuple[Path, Path]:
+    """A tiny challenge JSON (val pair 0001/0002, so 0003 trains) and a cohort JSON annotating only label 1."""
+    challenge = write_tiny_dataset(root / "challenge")
+    data = json.loads(challenge.read_text())
+    data["registration_val"] = data["registration_val"][:1]
+    challenge.write_text(json.dumps(data))
+    cohort = root / "cohort"
+    (cohort / "imagesTr").mkdir(parents=True)
+    (cohort / "labelsTr").mkdir()
+    entries = []
+    for n, src in enumerate(["0001", "0003"], start=7):
+        name = f"cohorta_{n:04d}_0000.nii.gz"
+        shutil.copy(root / "challenge" / "imagesTr" / f"AbdomenCTCT_{src}_0000.nii.gz", cohort / "imagesTr" / name)
+        seg = np.asarray(nib.load(root / "challenge" / "labelsTr" / f"AbdomenCTCT_{src}_0000.nii.gz").dataobj)
+        nib.save(nib.Nifti1Image(np.where(seg == 1, 1, 0).astype(np.uint8), np.diag([2.0, 2, 2, 1])),
+                 cohort / "labelsTr" / name)
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}", "annotated": [1]})
+    (cohort / "dataset.json").write_text(json.dumps({
+        "name": "cohorta", "tensorImageShape": {"0": [24, 20, 28]}, "training": entries, "numTraining": 2,
+        "registration_val": [], "registration_test": [], "test": []}))
+    return challenge, cohort / "dataset.json"
+
+
+def test_flip_rot_turns_images_and_labels_alike_and_keeps_a_crop_shape():
+    rng = np.random.default_rng(0)
+    vol = torch.arange(4 * 4 * 6).reshape(1, 4, 4, 6)
+    seen = set()
+    for _ in range(40):
+        params = augment.random_flip_rot(rng, (4, 4, 6))
+        flips, turns, plane = params
+        seen.add((flips, turns))
+        assert plane == (0, 1) and flip_ok(vol, params)
+    assert len(seen) > 8
+    assert augment.random_flip_rot(rng, (3, 4, 5))[1] == 0  # no square plane: no rotation
+
+
+def flip_ok(vol: torch.Tensor, params) -> bool:
+    """numpy's flip and rot90 (the authors' calls) give the same array."""
+    flips, turns, (a, b) = params
+    arr = vol.numpy()
+    for f in flips:
+        arr = np.flip(arr, 1 + f)
+    arr = np.rot90(arr, turns, (1 + a, 1 + b))
+    return np.array_equal(augment.flip_rot(vol, params).numpy(), arr)
+
+
+def test_split_cases_and_annotated_vectors(tmp_path):
+    challenge, cohort = challenge_and_cohort(tmp_path)
+    datasets = [dataset.load(challenge), dataset.load(cohort)]
+    train, val = segment.split_cases(datasets)
+    assert [c.image.name for c in train] == ["AbdomenCTCT_0003_0000.nii.gz", "cohorta_0007_0000.nii.gz",
+                                             "cohorta_0008_0000.nii.gz"]
+    assert [c.id for c in val] == ["0001", "0002"]
+    assert segment.annotated_vector(train[0], 12).tolist() == [0.0] + [1.0] * 11
+    assert segment.annotated_vector(train[1], 12).tolist() == [0.0, 1.0] + [0.0] * 10
+
+
+def test_train_then_resume_then_predict(tmp_path):
+    challenge, cohort = challenge_and_cohort(tmp_path)
+    run = tmp_path / "run"
+    args = ["segment", "train", str(challenge), str(cohort), "--out", str(run), "--model", "tiny", "--crop",
+            "16,16,16", "--batch-size", "3", "--val-every", "1", "--workers", "0", "--device", "cpu", "--quiet"]
+    result = invoke(*args, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    for name in ("last.pt", "best.pt", "config.json", "log.jsonl", "log.csv"):
+        assert (run / name).exists()
+    row = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert {"train_dice_loss", "val_dice", "val_dice_label_1"} <= set(row)
+    assert 0.0 <= row["val_dice"] <= 1.0
+    again = invoke(*args, "--epochs", "2", "--resume")
+    assert again.exit_code == 0, again.output
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    other = invoke(*args, "--epochs", "3", "--resume", "--seed", "5")
+    assert other.exit_code == 2 and "seed" in other.output
+
+    out = tmp_path / "pseudo"
+    pred = invoke("segment", "predict", str(run / "best.pt"), str(challenge), str(cohort), "--out", str(out),
+                  "--device", "cpu", "--quiet")
+    assert pred.exit_code == 0, pred.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"AbdomenCTCT_000{i}_0000.nii.gz" for i in (1, 2, 3)] +
+                           ["cohorta_0007_0000.nii.gz", "cohorta_0008_0000.nii.gz"])
+    img = nib.load(out / names[0])
+    src = nib.load(tmp_path / "challenge" / "imagesTr" / names[0])
+    assert img.get_data_dtype() == np.uint8 and img.shape == src.shape
+    assert np.allclose(img.affine, src.affine)
+    assert np.asarray(img.dataobj).max() <= 11
+    before = (out / names[0]).stat().st_mtime_ns
+    again = invoke("segment", "predict", str(run / "best.pt"), str(challenge), "--out", str(out), "--device", "cpu",
+                   "--quiet")
+    assert again.exit_code == 0 and "0 written, 3 already there" in again.output
+    assert (out / names[0]).stat().st_mtime_ns == before
+
+
+def test_predict_goes_on_after_a_failing_case_and_exit_code_says_so(tmp_path):
+    from l2r_submit.nets import seg_checkpoint, segnet
+
+    challenge, _ = challenge_and_cohort(tmp_path)
+    ckpt = seg_checkpoint.save(tmp_path / "seg.pt", segnet.build("tiny"))
+    (tmp_path / "challenge" / "imagesTr" / "AbdomenCTCT_0002_0000.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "pseudo"
+    result = invoke("segment", "predict", str(ckpt), str(challenge), "--out", str(out), "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    assert "error: AbdomenCTCT_0002_0000.nii.gz:" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["AbdomenCTCT_0001_0000.nii.gz", "AbdomenCTCT_0003_0000.nii.gz"]
+
+
+def test_predict_refuses_a_registration_checkpoint_in_one_line(tmp_path, tiny_ckpt):
+    challenge, _ = challenge_and_cohort(tmp_path)
+    result = invoke("segment", "predict", str(tiny_ckpt), str(challenge), "--out", str(tmp_path / "p"),
+                    "--device", "cpu")
+    assert result.exit_code == 2 and "not an l2r_submit segmenter checkpoint" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+
+
+def test_segment_import_command(tmp_path):
+    from test_segnet import authors_keys, fake_original
+
+    src = tmp_path / "Train_seg.pth.tar"
+    torch.save(fake_original(authors_keys()), src)
+    result = invoke("segment", "import", str(src), "--out", str(tmp_path / "ours.pt"))
+    assert result.exit_code == 0, result.output
+    assert "12 classes, channels [16, 32, 64, 128, 256], orientation estienne2020" in result.output
+    bad = dict(authors_keys())
+    bad.pop("encoder.input.conv.bias")
+    torch.save(fake_original(bad), src)
+    result = invoke("segment", "import", str(src), "--out", str(tmp_path / "bad.pt"))
+    assert result.exit_code == 2 and "missing key" in result.output and not (tmp_path / "bad.pt").exists()
+
+
+def test_bad_annotated_entry_is_refused_before_training(tmp_path):
+    challenge, cohort = challenge_and_cohort(tmp_path)
+    data = json.loads(cohort.read_text())
+    data["training"][0]["annotated"] = ["liver"]
+    cohort.write_text(json.dumps(data))
+    result = invoke("segment", "train", str(challenge), str(cohort), "--out", str(tmp_path / "run"), "--model", "tiny")
+    assert result.exit_code == 2 and "annotated[0]: 'liver'" in result.output and str(cohort) in result.output
