@@ -203,7 +203,8 @@ def test_a_changed_command_is_refused_in_one_line_and_redo_moves_work_aside(tmp_
     with pytest.raises(ValueError, match="pretrain-noisy .*give --redo STEP"):
         execute.run(longer, opts.out, _fake_invoke(longer, []), lambda line: None, "cpu")
     # options that change no result are not part of the comparison
-    quiet = plan.build(_opts(tmp_path, epochs={"all": 1}, quiet=True, threads=3, device="cuda"), tmp_path / "ref.nii.gz")
+    quiet = plan.build(_opts(tmp_path, epochs={"all": 1}, quiet=True, threads=3, device="cuda"),
+                       tmp_path / "ref.nii.gz")
     assert {s.state for s in plan.statuses(quiet, opts.out).values()} == {"done"}
     # --redo: the step and the one reading from it run again; their earlier folders are kept aside
     calls: list = []
@@ -289,8 +290,12 @@ def test_merged_dataset_lists_every_case_and_keeps_the_challenge_val_pairs(tmp_p
     out_json = data / "pretrain_dataset.json"
     summary = merge.merge(challenge, [spleen, kits], out_json)
     assert summary["cases"] == {"challenge": 3, "msd_spleen": 2, "kits19": 1}
-    assert summary["cohort_ids_of_val_subjects"] == 1  # msd_spleen_0002 shares the id of val subject 0002
     ds = dataset.load(out_json)
+    # msd_spleen_0002 has the id of the val subject 0002: it still trains, the challenge's 0001-0003 do not
+    from l2r_submit.training.train import training_cases
+
+    assert [c.image.name for c in training_cases(ds, exclude_val_subjects=True)] == [
+        "msd_spleen_0007_0000.nii.gz", "msd_spleen_0002_0000.nii.gz", "kits19_0010_0000.nii.gz"]
     ch = dataset.load(challenge)
     assert [c.image.name for c in ds.training] == [c.image.name for c in ch.training] + [
         "msd_spleen_0007_0000.nii.gz", "msd_spleen_0002_0000.nii.gz", "kits19_0010_0000.nii.gz"]

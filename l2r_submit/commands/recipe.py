@@ -66,7 +66,7 @@ def _invoker(ctx: click.Context):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader workers of the registration steps [default: l2r train's].")
+              help="DataLoader workers of the training steps [default: theirs].")
 @click.option("--quiet", is_flag=True, help="No progress bars in the steps.")
 @click.pass_context
 def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Path, dry_run: bool, model: str,
@@ -148,6 +148,3 @@ def merge(challenge_json: Path, cohort_jsons: tuple[Path, ...], out_json: Path) 
     cases = ", ".join(f"{k} {v}" for k, v in summary["cases"].items())
     files = ", ".join(f"{v} {k}" for k, v in summary["files"].items())
     click.echo(f"wrote {out_json}: {cases} cases; challenge files: {files}")
-    if summary["cohort_ids_of_val_subjects"]:
-        click.echo(f"note: {summary['cohort_ids_of_val_subjects']} cohort cases have the 4-digit id of a val "
-                   "subject; l2r train leaves them out of training as it leaves out the val subjects")

@@ -54,8 +54,8 @@ def _raw(path: Path) -> dict:
 
 
 def merge(challenge_json: Path, cohort_jsons: list[Path], out_json: Path) -> dict:
-    """Write the pretraining dataset JSON ``out_json``; returns counts (cases per source, files linked,
-    copied and kept, and the cohort cases whose 4-digit id is a val subject's).
+    """Write the pretraining dataset JSON ``out_json``; returns counts (cases per source; challenge files
+    linked, copied and kept).
 
     Training list: every training entry of the challenge (files linked into ``challenge/``), then every
     cohort case (its ``annotated`` list kept). ``registration_val``: the challenge's val pairs (so
@@ -92,9 +92,7 @@ def merge(challenge_json: Path, cohort_jsons: list[Path], out_json: Path) -> dic
             if case.label.is_file():
                 bring(case.label)
         val.append({"fixed": bring(pair.fixed.image), "moving": bring(pair.moving.image)})
-    val_ids = {c.id for p in challenge.splits.get("val", []) for c in (p.fixed, p.moving)}
     per_source = {"challenge": len(training)}
-    shared_ids = 0
     for path in cohort_jsons:
         if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
             raise ValueError(f"{path}: a cohort's dataset JSON must lie under {root} (its paths must resolve there)")
@@ -108,7 +106,6 @@ def merge(challenge_json: Path, cohort_jsons: list[Path], out_json: Path) -> dic
             if "annotated" in entry:
                 item["annotated"] = entry["annotated"]
             training.append(item)
-            shared_ids += case.id in val_ids
         per_source[path.parent.name] = len(cohort.training)
     names = [Path(e["image"]).name for e in training]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -135,4 +132,4 @@ def merge(challenge_json: Path, cohort_jsons: list[Path], out_json: Path) -> dic
         dataset.load(tmp, root)  # every path resolves inside the folder before the file takes its name
 
     io.atomic_write(out_json, write)
-    return {"cases": per_source, "files": counts, "cohort_ids_of_val_subjects": shared_ids}
+    return {"cases": per_source, "files": counts}

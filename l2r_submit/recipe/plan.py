@@ -194,6 +194,7 @@ def build(opts: Options, reference: Path) -> list[Step]:
     cohort_json = {layout: data / "cohorts" / layout / "dataset.json" for layout, _ in opts.cohorts}
     tail = (("--quiet",) if opts.quiet else ())
     dev = ("--device", opts.device) + (("--threads", str(opts.threads)) if opts.threads else ())
+    workers = ("--workers", str(opts.workers)) if opts.workers is not None else ()
     names = step_names(opts)
     steps: list[Step] = []
 
@@ -224,7 +225,7 @@ def build(opts: Options, reference: Path) -> list[Step]:
         epochs, extra = training("segment-train")
         seg_jsons = [str(cohort_json[la]) for la, _ in opts.cohorts if la in SEGMENTER_LAYOUTS]
         steps.append(Step("segment-train", ("segment", "train", str(cj), *seg_jsons, "--out", str(seg_dir),
-                                            "--model", opts.model) + extra + dev + tail,
+                                            "--model", opts.model) + extra + workers + dev + tail,
                           tuple(seg_dir / f for f in ("best.pt", "last.pt", "config.json", "log.jsonl")),
                           needs=tuple(f"prepare-{la}" for la, _ in opts.cohorts if la in SEGMENTER_LAYOUTS),
                           all_ranks=True, epochs=epochs, run_dir=seg_dir, folder=seg_dir,
@@ -234,7 +235,7 @@ def build(opts: Options, reference: Path) -> list[Step]:
                                             "--out", str(out / "pseudo_labels")) + dev + tail,
                           (out / "pseudo_labels",), needs=("segment-train", "merge"), folder=out / "pseudo_labels",
                           about="noisy labels: one label map per scan of the pretraining dataset"))
-    reg = ("--model", opts.model) + (("--workers", str(opts.workers)) if opts.workers is not None else ())
+    reg = ("--model", opts.model) + workers
 
     def registration(name: str, dataset: Path, preset: str, more: tuple[str, ...], needs: tuple[str, ...],
                      about: str) -> None:
