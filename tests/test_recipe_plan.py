@@ -98,7 +98,8 @@ def test_every_registration_command_parses_with_the_real_cli(tmp_path):
     segment groups are checked where this checkout has them."""
     from l2r_submit.cli import main
 
-    opts = _opts(tmp_path, threads=1, workers=0, quiet=True, crop={"all": "none"})
+    opts = _opts(tmp_path, threads=1, workers=0, quiet=True, crop={"all": "none"}, skip_failed=True,
+                 batch_size={"all": 2}, rows=("symmetric", "pretrain", "noisy"))
     checked = set()
     for step in plan.build(opts, tmp_path / "ref.nii.gz"):
         cmd, args = main, list(step.command(resume=step.epochs is not None))
@@ -109,7 +110,7 @@ def test_every_registration_command_parses_with_the_real_cli(tmp_path):
         else:
             cmd.make_context(step.name, args)  # raises on an unknown option or a bad value
             checked.add(step.argv[0])
-    assert {"train", "recipe"} <= checked
+    assert {"train", "recipe", "cohort", "segment"} <= checked
 
 
 @pytest.mark.parametrize("args, message", [

@@ -63,6 +63,8 @@ def _invoker(ctx: click.Context):
 @click.option("--batch-size", multiple=True, metavar="STEP=N", help="Global batch of a training step (or all).")
 @click.option("--redo", multiple=True, metavar="STEP",
               help="Run a done step again, and every step that reads from it (earlier outputs are moved aside).")
+@click.option("--skip-failed", is_flag=True,
+              help="Cohort cases that fail to prepare are left out (listed in integrity.json) instead of stopping.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -71,7 +73,8 @@ def _invoker(ctx: click.Context):
 @click.pass_context
 def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Path, dry_run: bool, model: str,
           rows: str, epochs: tuple[str, ...], crop: tuple[str, ...], batch_size: tuple[str, ...],
-          redo: tuple[str, ...], device: str, threads: int | None, workers: int | None, quiet: bool) -> None:
+          redo: tuple[str, ...], skip_failed: bool, device: str, threads: int | None, workers: int | None,
+          quiet: bool) -> None:
     """Run the paper's recipe: prepare each --cohort, merge them with the challenge's scans, train the
     segmenter, predict noisy labels, pretrain (unsupervised; with noisy labels) and fine-tune on the true
     labels. Each step is an l2r command (--dry-run prints them), skipped when done, resumable; under
@@ -80,8 +83,8 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
     from ..recipe import plan
 
     try:
-        opts = _options(plan, data, cohorts, out_dir, model, rows, epochs, crop, batch_size, device, threads,
-                        workers, quiet)
+        opts = _options(plan, data, cohorts, out_dir, model, rows, epochs, crop, batch_size, skip_failed, device,
+                        threads, workers, quiet)
         steps = plan.build(opts, plan.reference_image(opts.challenge_json))
         names = [s.name for s in steps]
         unknown = [r for r in redo if r not in names]
@@ -100,8 +103,8 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
 
 
 def _options(plan, data: Path, cohorts: tuple[str, ...], out_dir: Path, model: str, rows: str,
-             epochs: tuple[str, ...], crop: tuple[str, ...], batch_size: tuple[str, ...], device: str,
-             threads: int | None, workers: int | None, quiet: bool):
+             epochs: tuple[str, ...], crop: tuple[str, ...], batch_size: tuple[str, ...], skip_failed: bool,
+             device: str, threads: int | None, workers: int | None, quiet: bool):
     """The command's options as a :class:`~l2r_submit.recipe.plan.Options`, paths made absolute (the
     printed commands work from any folder). Raises ValueError (one line) for a bad option."""
     wanted = tuple(r.strip() for r in rows.split(",") if r.strip())
@@ -120,7 +123,8 @@ def _options(plan, data: Path, cohorts: tuple[str, ...], out_dir: Path, model: s
         raise ValueError("no --cohort: the pretrainings need external cohorts (or give --rows symmetric)")
     base = plan.Options(challenge_json=plan.challenge_json_of(data).absolute(),
                         cohorts=tuple((la, src.absolute()) for la, src in parsed), out=out_dir.absolute(),
-                        model=model, rows=wanted, device=device, threads=threads, workers=workers, quiet=quiet)
+                        model=model, rows=wanted, skip_failed=skip_failed, device=device, threads=threads,
+                        workers=workers, quiet=quiet)
     trained = [n for n in plan.step_names(base) if n == "segment-train" or n == "symmetric"
                or n.startswith(("pretrain-", "finetune-"))]
     return plan.Options(**{**base.__dict__,

@@ -89,6 +89,7 @@ class Options:
         crop: step name (or ``all``) -> crop text (``144,144,144`` or ``none``) for training steps.
         batch_size: step name (or ``all``) -> global batch for training steps.
         rows: the paper's rows to reproduce (:data:`ROWS`).
+        skip_failed: cohort cases that fail to prepare are left out (listed in their integrity.json).
         device, threads, workers, quiet: passed to the steps that take them.
     """
 
@@ -100,6 +101,7 @@ class Options:
     crop: dict[str, str] = field(default_factory=dict)
     batch_size: dict[str, int] = field(default_factory=dict)
     rows: tuple[str, ...] = DEFAULT_ROWS
+    skip_failed: bool = False
     device: str = "auto"
     threads: int | None = None
     workers: int | None = None
@@ -212,7 +214,8 @@ def build(opts: Options, reference: Path) -> list[Step]:
         name = f"prepare-{layout}"
         if name in names:
             steps.append(Step(name, ("cohort", "prepare", layout, str(src), "--out", str(cohort_json[layout].parent),
-                                     "--reference", str(reference)) + tail,
+                                     "--reference", str(reference))
+                              + (("--skip-failed",) if opts.skip_failed else ()) + tail,
                               (cohort_json[layout],), folder=cohort_json[layout].parent,
                               about=f"{layout} resampled, aligned and cropped to the challenge's frame"))
     if "merge" in names:
