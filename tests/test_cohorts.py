@@ -241,8 +241,13 @@ def test_corrupt_file_is_skipped_with_a_reason_and_a_second_run_writes_nothing(p
     bad = src / "imagesTr" / "spleen_2.nii.gz"
     bad.write_bytes(bad.read_bytes()[:-200])  # truncated: the gzip trailer and some data are gone
     out = tmp_path / "out"
+    code, output = _prepare("msd_spleen", src, "--out", out, "--reference", reference, "--limit", 1)
+    assert code == 0, output
+    assert len(json.loads((out / "dataset.json").read_text())["training"]) == 1
+    first = (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").stat()
     result = invoke("cohort", "prepare", "msd_spleen", src, "--out", out, "--reference", reference, "--quiet")
     assert result.exit_code == 1
+    assert (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").stat().st_mtime_ns == first.st_mtime_ns  # resumed
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "Traceback" not in result.output
     assert (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").is_file()
@@ -279,6 +284,10 @@ def test_bad_arguments_are_one_line_with_exit_2(reference, tmp_path):
         result = invoke("cohort", "prepare", *args, "--out", tmp_path / "out", "--reference", reference)
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and words in result.output
+    (tmp_path / "a_file").write_text("")
+    result = invoke("cohort", "prepare", "nifti", tmp_path / "src", "--label-map", "1=1", "--out",
+                    tmp_path / "a_file" / "out", "--reference", reference)
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "--out" in result.output
     meta = tmp_path / "liver" / "dataset.json"
     (tmp_path / "liver" / "imagesTr").mkdir(parents=True)
     meta.write_text(json.dumps({"labels": {"0": "background", "1": "spleen"}, "training": []}))
@@ -318,3 +327,46 @@ def test_a_second_patient_lands_where_its_vertebra_puts_it(repo_root, tmp_path):
     centre = lambda m: np.array(np.nonzero(m)).mean(1)  # noqa: E731
     for organ in (1, 2, 3, 6, 11):  # spleen, kidneys, liver, pancreas: in view in both placements
         assert np.abs(centre(ours == organ) - centre(placed == organ)).max() <= 4.0, organ
+
+
+def test_tcia_dicom_series_is_read_with_its_geometry(patient, reference, truth, tmp_path):
+    """TCIA Pancreas-CT as downloaded: a DICOM series (written here with SimpleITK, one file per slice, LPS
+    positions) read through SimpleITK lands where the NIfTI of the same scan does."""
+    import SimpleITK as sitk
+
+    image, labels, aff = patient["image"], patient["labels"], patient["affine"]
+    truth_img, truth_lab = truth
+    itk = sitk.GetImageFromArray(image.transpose(2, 1, 0))  # ITK arrays are (z, y, x)
+    itk.SetSpacing((3.0, 3.0, 3.0))
+    itk.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS axes seen in ITK's LPS world
+    itk.SetOrigin((-aff[0, 3], -aff[1, 3], aff[2, 3]))
+    series = tmp_path / "tcia" / "images" / "PANCREAS_0002" / "1.2.826.0.1" / "1.2.826.0.1.2"
+    series.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(itk.GetDepth()):
+        sl = itk[:, :, z]
+        for tag, value in (("0020|0032", "\\".join(map(str, itk.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "-1\\0\\0\\0\\-1\\0"), ("0020|0013", str(z)), ("0008|0060", "CT"),
+                           ("0020|000e", "1.2.826.0.1.2"), ("0028|1052", "0"), ("0028|1053", "1")):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"{z:03d}.dcm"))
+        writer.Execute(sl)
+    _save(tmp_path / "tcia" / "labels" / "label0002.nii.gz", (labels == 7).astype(np.uint8), aff)
+    out = tmp_path / "out"
+    code, output = _prepare("tcia_pancreas", tmp_path / "tcia", "--out", out, "--reference", reference)
+    assert code == 0, output
+    img, lab = _outputs(out, "tcia_pancreas_0002")
+    np.testing.assert_array_equal(img, truth_img)
+    np.testing.assert_array_equal(lab == 11, truth_lab == 11)
+    assert set(np.unique(lab)) == {0, 11}
+
+
+def test_refinement_tells_one_voxel_apart_at_a_step_edge():
+    """A box and a slab whose edges fall on odd voxels: scored on every other voxel, the shift by one voxel
+    along the body axis scored 1.0 too and won; every voxel of the overlap must count."""
+    ref = np.full((40, 40, 40), -1024.0)
+    ref[10:30, 10:30, :] = 40.0
+    ref[:, :, 5:9] = 300.0
+    shift, score = find_shift(ref, ref)
+    assert tuple(shift) == (0, 0, 0) and score == pytest.approx(1.0)

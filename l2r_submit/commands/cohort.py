@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def cohort() -> None:
                    "onto it and written on its grid.")
 @click.option("--label-map", default=None, metavar="SRC=DST,...",
               help="nifti layout only: source label id -> challenge id (1..13), e.g. 1=6,2=6; other ids become 0.")
-@click.option("--name", default=None, help="Prefix of the written names [default: the layout; nifti: SRC's folder name].")
+@click.option("--name", default=None,
+              help="Prefix of the written names [default: the layout; nifti: SRC's folder name].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Prepare at most N usable cases.")
 @click.option("--skip-failed", is_flag=True,
               help="Write dataset.json without the cases that failed (they stay in integrity.json) and exit 0.")
@@ -69,7 +71,15 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
         raise _Fail(f"{src}: SRC folder not found")
     if not reference.is_file():
         raise _Fail(f"{reference}: --reference file not found")
+    from ..core.folders import check_writable
+
+    try:
+        check_writable(out_dir, "--out")
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
     prefix = name or (layout if layout != "nifti" else src.resolve().name.lower())
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix):
+        raise _Fail(f"--name '{prefix}': use letters, digits, '_' and '-' (it starts every written file name)")
 
     def log(line: str) -> None:
         if not (quiet and line.startswith("[")):

@@ -332,6 +332,20 @@ def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, movi
     return written
 
 
+def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a 3-D volume as NIfTI (``.nii.gz`` compressed) with ``affine``, atomically, in ``array``'s dtype.
+
+    Shape: (I, J, K) array, (4, 4) voxel-to-RAS affine (mm).
+
+    Raises:
+        OSError: the write failed (nothing is left under ``path``).
+    """
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    return atomic_write(path, lambda tmp: nib.save(image, tmp))
+
+
 # ------------------------------------------------------------------------------------------- read
 
 

@@ -15,7 +15,7 @@ the score. Without it a neck-to-abdomen scan was put 22 cm too low on test_data'
 2. masked NCC of every shift by FFT; shifts whose overlap is under ``min_overlap`` of the smaller field of
    view are ignored, and so are shifts that move the body's in-plane centre more than ``inplane_mm`` from
    where the two bodies' centres coincide (the body, HU > -500, is centred in every axial slice of a CT);
-3. the best 4 mm shift refined at 2 mm over its 27 neighbours (direct masked NCC).
+3. the best 4 mm shift refined at 2 mm over its 27 neighbours (NCC over every voxel where both have data).
 
 Shifts are in voxels of the 2 mm grid: output voxel p of the reference grid takes source voxel p + shift.
 """
@@ -58,14 +58,22 @@ def _blocks(x: np.ndarray, factor: int) -> np.ndarray:
     return x
 
 
+def _slab(image: np.ndarray, axial_axis: int) -> tuple[int, int]:
+    """First and one-past-last axial slice that is not air alone (<= -1000 HU); (0, 0) if there is none."""
+    other = tuple(a for a in range(3) if a != axial_axis)
+    keep = np.nonzero((image > PADDING_HU).any(axis=other))[0]
+    return (int(keep[0]), int(keep[-1]) + 1) if keep.size else (0, 0)
+
+
 def field_of_view(image: np.ndarray, axial_axis: int) -> np.ndarray:
-    """Where the scan holds data: every axial slice but those that are air alone (<= -1000 HU), which is
-    what padding beyond a scan's ends looks like (a real slice always crosses the body).
+    """Where the scan holds data: the axial slices from the first to the last that is not air alone
+    (<= -1000 HU). Padding beyond a scan's ends looks like that; a real slice always crosses the body.
 
     Shape: (I, J, K) -> (I, J, K) bool.
     """
-    other = tuple(a for a in range(3) if a != axial_axis)
-    keep = (image > PADDING_HU).any(axis=other)
+    lo, hi = _slab(image, axial_axis)
+    keep = np.zeros(image.shape[axial_axis], bool)
+    keep[lo:hi] = True
     view = [None, None, None]
     view[axial_axis] = slice(None)
     return np.broadcast_to(keep[tuple(view)], image.shape)
@@ -159,21 +167,19 @@ def find_shift(reference: np.ndarray, source: np.ndarray, cfg: AlignConfig = Ali
     return refine(reference, source, coarse, cfg.axial_axis)
 
 
-def _window_ncc(reference: np.ndarray, source: np.ndarray, ref_mask: np.ndarray, src_mask: np.ndarray,
-                shift: np.ndarray, stride: int = 2) -> float:
-    """Masked NCC of one shift by direct sums over the overlap (every ``stride``-th voxel along each axis)."""
+def _box_ncc(reference: np.ndarray, source: np.ndarray, shift: np.ndarray) -> float:
+    """NCC of ``reference[p]`` and ``source[p + shift]`` over every voxel where both exist. (Every other voxel
+    would be 8 times faster but misses a step edge that falls between two sampled voxels: a one-voxel shift
+    can then score 1.0.)"""
     ref_sl, src_sl = [], []
     for n_r, n_s, t in zip(reference.shape, source.shape, shift):
         lo, hi = max(0, -t), min(n_r, n_s - t)
         if hi <= lo:
             return -np.inf
-        ref_sl.append(slice(lo, hi, stride))
-        src_sl.append(slice(lo + t, hi + t, stride))
-    both = ref_mask[tuple(ref_sl)] & src_mask[tuple(src_sl)]
-    a = reference[tuple(ref_sl)][both].astype(np.float64)
-    b = source[tuple(src_sl)][both].astype(np.float64)
-    if not a.size:
-        return -np.inf
+        ref_sl.append(slice(lo, hi))
+        src_sl.append(slice(lo + t, hi + t))
+    a = reference[tuple(ref_sl)].astype(np.float64).ravel()
+    b = source[tuple(src_sl)].astype(np.float64).ravel()
     a -= a.mean()
     b -= b.mean()
     denom = np.sqrt((a @ a) * (b @ b))
@@ -181,19 +187,21 @@ def _window_ncc(reference: np.ndarray, source: np.ndarray, ref_mask: np.ndarray,
 
 
 def refine(reference: np.ndarray, source: np.ndarray, start: np.ndarray, axial_axis: int) -> tuple[np.ndarray, float]:
-    """The best of ``start`` and its 26 neighbours at full resolution (windowed images inside their fields of
-    view; each shift scored on every other voxel of the overlap along each axis, which still tells one-voxel
-    shifts apart).
+    """The best of ``start`` and its 26 neighbours at full resolution (windowed images, each cut to its field
+    of view along the body axis).
 
     Shape: (I, J, K), (I', J', K'), (3,) -> (3,) int, float.
     """
-    ref_w = np.clip(reference.astype(np.float32), *WINDOW_HU)
-    src_w = np.clip(source.astype(np.float32), *WINDOW_HU)
-    ref_m, src_m = field_of_view(reference, axial_axis), field_of_view(source, axial_axis)
+    (r0, r1), (s0, s1) = _slab(reference, axial_axis), _slab(source, axial_axis)
+    cut = lambda lo, hi: tuple(slice(lo, hi) if a == axial_axis else slice(None) for a in range(3))  # noqa: E731
+    ref_w = np.clip(reference[cut(r0, r1)].astype(np.float32), *WINDOW_HU)
+    src_w = np.clip(source[cut(s0, s1)].astype(np.float32), *WINDOW_HU)
+    offset = np.zeros(3, int)
+    offset[axial_axis] = r0 - s0  # shift between the cut arrays = shift between the whole ones + r0 - s0
     best, best_score = np.asarray(start, int), -np.inf
-    for offset in np.ndindex(3, 3, 3):
-        shift = np.asarray(start, int) + np.array(offset) - 1
-        score = _window_ncc(ref_w, src_w, ref_m, src_m, shift)
+    for step in np.ndindex(3, 3, 3):
+        shift = np.asarray(start, int) + np.array(step) - 1
+        score = _box_ncc(ref_w, src_w, shift + offset)
         if score > best_score:
             best, best_score = shift, score
     return best, float(best_score)

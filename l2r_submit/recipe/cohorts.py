@@ -4,24 +4,24 @@ Data and file listing only; reading, resampling and writing are :mod:`l2r_submit
 
 Label ids of each source (from each cohort's own ``dataset.json`` or documentation):
 
-================  ==========================================  ===========================================
-layout            source labels                               challenge ids written (``annotated``)
-================  ==========================================  ===========================================
-msd_liver         1 liver, 2 cancer                           liver 6 = 1 or 2 ([6])
-msd_pancreas      1 pancreas, 2 cancer                        pancreas 11 = 1 or 2 ([11])
-msd_hepatic_vessel 1 vessel, 2 tumour                         none: image only ([])
-msd_spleen        1 spleen                                    spleen 1 ([1])
-msd_colon         1 colon cancer primaries                    none: image only ([])
-kits19            1 kidney, 2 tumour                          right kidney 2, left kidney 3 by the
-                                                              patient's side; tumour 0, as the paper's
-                                                              authors did ([2, 3])
-tcia_pancreas     1 pancreas (NIH labels ``labelNNNN``)       pancreas 11 ([11])
-nifti             ``--label-map SRC=DST,...``                 the DSTs of the map
-================  ==========================================  ===========================================
+==================  =====================================  =============================================
+layout              source labels                          challenge ids written (``annotated``)
+==================  =====================================  =============================================
+msd_liver           1 liver, 2 cancer                      liver 6 = 1 or 2 ([6])
+msd_pancreas        1 pancreas, 2 cancer                   pancreas 11 = 1 or 2 ([11])
+msd_hepatic_vessel  1 vessel, 2 tumour                     none: image only ([])
+msd_spleen          1 spleen                               spleen 1 ([1])
+msd_colon           1 colon cancer primaries               none: image only ([])
+kits19              1 kidney, 2 tumour                     right kidney 2, left kidney 3 by the patient's
+                                                           side; tumour 0, as the authors did ([2, 3]);
+                                                           a case without segmentation: image only ([])
+tcia_pancreas       1 pancreas (NIH labels ``labelNNNN``)  pancreas 11 ([11])
+nifti               ``--label-map SRC=DST,...``            the DSTs of the map
+==================  =====================================  =============================================
 
 A tumour inside the liver or pancreas is part of the organ (it lies within its outline); KiTS tumours are
 often exophytic masses beside the kidney, and the authors set them to background (their ``convert_kits``).
-Cases the authors excluded after looking at their data (``datasets/wrong_patients.txt`` of
+Cases the authors excluded (``datasets/wrong_patients.txt`` of
 TheoEst/abdominal_registration, matched on the lower-case source name exactly as their loader did) are
 skipped with that reason; so are the cases each cohort's publisher lists as unusable.
 """

@@ -28,7 +28,7 @@ import numpy as np
 from ..core.contract import L2R_SHAPE, LABEL_NAMES
 from ..core.folders import NO_FURTHER_WRITES, clean_stale_tmp
 from ..core.frame import SPACING_MM, place, remap, reorient_like, resample_to_2mm, resampled_affine, world_axis
-from ..core.io import Volume, atomic_write, read_labels, read_volume
+from ..core.io import Volume, atomic_write, read_labels, read_volume, write_volume
 from .align import BODY_HU, AlignConfig, find_shift
 from .cohorts import Layout, SourceCase, find_cases
 
@@ -160,19 +160,16 @@ def prepare_case(case: SourceCase, layout: Layout, ref: Reference,
         labels, notes = split_kidneys(labels, image, affine)
         record["notes"] += notes
     cfg = AlignConfig(align.factor, align.min_overlap, align.inplane_mm, world_axis(ref.affine, 2))
-    shift, score = find_shift(ref.array, image, cfg)
+    try:
+        shift, score = find_shift(ref.array, image, cfg)
+    except ValueError as exc:
+        raise ValueError(f"{case.image}: cannot be aligned to {ref.path.name}: {exc}") from None
     shape = ref.array.shape
     centre = np.asarray(shift) + np.array(shape) // 2
     image = np.clip(np.round(image), *HU_RANGE).astype(np.int16)
     record["shift_vox"] = [int(v) for v in shift]
     record["ncc"] = round(score, 4)
     return place(image, centre, HU_RANGE[0], shape), place(labels, centre, 0, shape), record
-
-
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    atomic_write(path, lambda tmp: nib.save(nib.Nifti1Image(array, affine), tmp))
 
 
 def _write_text_if_changed(path: Path, text: str) -> bool:
@@ -238,8 +235,8 @@ def run(cfg: PrepareConfig) -> int:
         start = time.perf_counter()
         try:
             image, labels, rec = prepare_case(case, cfg.layout, ref, cfg.align)
-            _write_nifti(lab_path, labels, ref.affine)
-            _write_nifti(img_path, image, ref.affine)
+            write_volume(lab_path, labels, ref.affine)
+            write_volume(img_path, image, ref.affine)
         except OSError as exc:
             records[name] = {"status": "failed", "source_name": case.source_name, "reason": f"{exc}"}
             failed += 1
@@ -264,8 +261,13 @@ def run(cfg: PrepareConfig) -> int:
     done = {n: r for n, r in records.items() if r["status"] == "ok"}
     skipped = sum(r["status"] == "skipped" for r in records.values())
     if failed and not cfg.skip_failed:
+        stale = out / "dataset.json"
+        note = ""
+        if stale.exists():  # its presence would say the cohort is complete: it is not (the cases stay)
+            stale.unlink()
+            note = " (an earlier run's dataset.json removed)"
         say(f"{cfg.cohort}: {len(done)} written, {skipped} skipped, {failed} failed (integrity.json has the "
-            f"reasons); dataset.json not written: fix or remove those files, or pass --skip-failed")
+            f"reasons); dataset.json not written{note}: fix or remove those files, or pass --skip-failed")
         return 1
     _write_text_if_changed(out / "dataset.json",
                            json.dumps(dataset_json(cfg.cohort, done, ref.array.shape), indent=2) + "\n")
