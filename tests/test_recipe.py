@@ -123,7 +123,9 @@ def test_recipe_end_to_end_then_a_second_run_skips_every_step(tmp_path):
 
     # a second run does nothing: every step skipped, no marker nor checkpoint rewritten
     stamps = {p: p.stat().st_mtime_ns for p in [*markers.values(), *out.glob("*/best.pt")]}
+    t0 = time.perf_counter()
     again = invoke(*args)
+    print(f"second run: {time.perf_counter() - t0:.1f} s")
     assert again.exit_code == 0, again.output[-4000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert [line.split("] ")[1] for line in again.output.splitlines() if line.endswith(": done, skipped")] == [
