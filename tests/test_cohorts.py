@@ -240,6 +240,7 @@ def test_corrupt_file_is_skipped_with_a_reason_and_a_second_run_writes_nothing(p
         _save(src / "labelsTr" / f"{case}.nii.gz", (labels == 1).astype(np.uint8), aff)
     bad = src / "imagesTr" / "spleen_2.nii.gz"
     bad.write_bytes(bad.read_bytes()[:-200])  # truncated: the gzip trailer and some data are gone
+    (src / "imagesTr" / "._spleen_1.nii.gz").write_bytes(b"\x00\x05\x16\x07")  # macOS fork, no dataset.json
     out = tmp_path / "out"
     code, output = _prepare("msd_spleen", src, "--out", out, "--reference", reference, "--limit", 1)
     assert code == 0, output
@@ -370,3 +371,21 @@ def test_refinement_tells_one_voxel_apart_at_a_step_edge():
     ref[:, :, 5:9] = 300.0
     shift, score = find_shift(ref, ref)
     assert tuple(shift) == (0, 0, 0) and score == pytest.approx(1.0)
+
+
+def test_a_reference_header_without_2mm_voxels_is_taken_as_2mm(patient, reference, truth, tmp_path):
+    """Only the reference's axis directions matter (its voxels are the challenge's 2 mm); a 1 mm identity
+    header gives a note and the same arrays, written with that header."""
+    ref = nib.load(reference)
+    plain = tmp_path / "ref_1mm.nii.gz"
+    _save(plain, np.asarray(ref.dataobj), np.eye(4))
+    src = tmp_path / "src"
+    _save(src / "imagesTr" / "a_0001_0000.nii.gz", patient["image"], patient["affine"])
+    _save(src / "labelsTr" / "a_0001.nii.gz", patient["labels"], patient["affine"])
+    result = invoke("cohort", "prepare", "nifti", src, "--out", tmp_path / "out", "--reference", plain,
+                    "--label-map", TOTALSEG_MAP, "--quiet")
+    assert result.exit_code == 0 and "taken as the challenge's 2 mm" in result.output
+    img, lab = _outputs(tmp_path / "out", "src_0001")
+    np.testing.assert_array_equal(img, truth[0])
+    np.testing.assert_array_equal(lab, truth[1])
+    np.testing.assert_array_equal(nib.load(tmp_path / "out" / "labelsTr" / "src_0001_0000.nii.gz").affine, np.eye(4))

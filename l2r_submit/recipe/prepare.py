@@ -63,24 +63,30 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class Reference:
-    """The challenge image every case goes onto. ``array`` (I, J, K) HU, ``affine`` its header's."""
+    """The challenge image every case goes onto. ``array`` (I, J, K) HU, ``affine`` its header's.
+
+    Its voxels are taken as 2 mm (the challenge's volumes are); only the axis directions of its affine are
+    used, and the affine is written unchanged into every output. ``note``: a header that disagrees.
+    """
 
     array: np.ndarray
     affine: np.ndarray
     path: Path
+    note: str | None = None
 
 
 def load_reference(path: Path) -> Reference:
-    """Read the reference image and check it is on a 2 mm grid.
+    """Read the reference image (a header whose voxels are not 2 mm gives a note, not an error).
 
     Raises:
-        ValueError: unreadable, or not 2 mm (one line naming the file).
+        ValueError: unreadable (one line naming the file).
     """
     vol = read_volume(path, dtype=np.float32)
+    note = None
     if not np.allclose(vol.spacing, SPACING_MM, atol=0.01):
-        raise ValueError(f"{path}: --reference must be a challenge image on the 2 mm grid, its voxels are "
-                         f"{tuple(round(s, 3) for s in vol.spacing)} mm")
-    return Reference(vol.array, vol.affine, path)
+        note = (f"note: {path}: its header gives {tuple(round(s, 3) for s in vol.spacing)} mm voxels; taken as "
+                f"the challenge's 2 mm (only its axis directions are used)")
+    return Reference(vol.array, vol.affine, path, note)
 
 
 def split_kidneys(labels: np.ndarray, image: np.ndarray, affine: np.ndarray, kidney: int = 2,
@@ -202,6 +208,8 @@ def run(cfg: PrepareConfig) -> int:
     say = cfg.log or (lambda _line: None)
     cases = find_cases(cfg.layout, cfg.src)
     ref = load_reference(cfg.reference)
+    if ref.note:
+        say(ref.note)
     if tuple(ref.array.shape) != L2R_SHAPE:
         say(f"note: the reference is {ref.array.shape}, not the challenge's {L2R_SHAPE}: outputs take its shape")
     out = cfg.out
