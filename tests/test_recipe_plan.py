@@ -23,7 +23,7 @@ import pytest
 
 from conftest import invoke, write_tiny_dataset
 from l2r_submit.core import dataset
-from l2r_submit.recipe import execute, merge, plan
+from l2r_submit.recipe import execute, markers, merge, plan
 
 REPO = Path(__file__).resolve().parents[1]
 # The authors' cohorts of the segmenter's training (main_seg --cohorts) in our layout names, and of its
@@ -172,18 +172,18 @@ def test_what_runs_is_what_dry_run_prints_and_a_second_run_skips_all(tmp_path):
     calls: list = []
     assert execute.run(steps, opts.out, _fake_invoke(steps, calls), lambda line: None, "cpu") == 0
     assert [["l2r", *c] for c in calls] == commands
-    markers = sorted((opts.out / "steps").glob("*.done.json"))
-    assert len(markers) == 9
-    record = json.loads(plan.marker_path(opts.out, "finetune-noisy").read_text())
+    done = sorted((opts.out / "steps").glob("*.done.json"))
+    assert len(done) == 9
+    record = json.loads(markers.marker_path(opts.out, "finetune-noisy").read_text())
     assert record["ran"] == commands[-1] and record["inputs"] == {
-        "pretrain-noisy": str(json.loads(plan.marker_path(opts.out, "pretrain-noisy").read_text())["finished_ns"])}
-    mtimes = {m: m.stat().st_mtime_ns for m in markers}
+        "pretrain-noisy": str(json.loads(markers.marker_path(opts.out, "pretrain-noisy").read_text())["finished_ns"])}
+    mtimes = {m: m.stat().st_mtime_ns for m in done}
 
     again = invoke(*args, "--dry-run")
     assert again.output.count("done (skipped)") == 9
     calls.clear()
     assert execute.run(steps, opts.out, _fake_invoke(steps, calls), lambda line: None, "cpu") == 0
-    assert calls == [] and {m: m.stat().st_mtime_ns for m in markers} == mtimes
+    assert calls == [] and {m: m.stat().st_mtime_ns for m in done} == mtimes
     log = (opts.out / "recipe.log").read_text().splitlines()
     assert sum("done, skipped" in line for line in log) == 9
 
@@ -198,7 +198,7 @@ def _run_all(tmp_path: Path, **kw) -> tuple[plan.Options, list[plan.Step]]:
 def test_a_changed_command_is_refused_in_one_line_and_redo_moves_work_aside(tmp_path):
     opts, steps = _run_all(tmp_path, epochs={"all": 1})
     longer = plan.build(_opts(tmp_path, epochs={"all": 1, "pretrain-noisy": 5}), tmp_path / "ref.nii.gz")
-    status = plan.statuses(longer, opts.out)
+    status = markers.statuses(longer, opts.out)
     assert status["pretrain-noisy"].state == "changed" and "--epochs 1" in status["pretrain-noisy"].why
     assert all(status[s.name].state == "done" for s in longer if s.name not in ("pretrain-noisy", "finetune-noisy"))
     with pytest.raises(ValueError, match="pretrain-noisy .*give --redo STEP"):
@@ -206,7 +206,7 @@ def test_a_changed_command_is_refused_in_one_line_and_redo_moves_work_aside(tmp_
     # options that change no result are not part of the comparison
     quiet = plan.build(_opts(tmp_path, epochs={"all": 1}, quiet=True, threads=3, device="cuda"),
                        tmp_path / "ref.nii.gz")
-    assert {s.state for s in plan.statuses(quiet, opts.out).values()} == {"done"}
+    assert {s.state for s in markers.statuses(quiet, opts.out).values()} == {"done"}
     # --redo: the step and the one reading from it run again; their earlier folders are kept aside
     calls: list = []
     (opts.out / "pretrain_noisy" / "best.pt").write_text("old")
@@ -216,7 +216,7 @@ def test_a_changed_command_is_refused_in_one_line_and_redo_moves_work_aside(tmp_
                                                                                                  "finetune_noisy"]
     kept = list(opts.out.glob("pretrain_noisy.replaced-*"))
     assert len(kept) == 1 and (kept[0] / "best.pt").read_text() == "old"
-    assert {s.state for s in plan.statuses(longer, opts.out).values()} == {"done"}
+    assert {s.state for s in markers.statuses(longer, opts.out).values()} == {"done"}
 
 
 def test_a_stopped_training_step_resumes_and_a_missing_output_fails(tmp_path):
@@ -226,9 +226,9 @@ def test_a_stopped_training_step_resumes_and_a_missing_output_fails(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_text("x")
     (run_dir / "log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
-    status = plan.statuses(steps, opts.out)
+    status = markers.statuses(steps, opts.out)
     assert status["pretrain-noisy"].state == "resume"
-    text = "\n".join(plan.describe(steps, status))
+    text = "\n".join(markers.describe(steps, status))
     assert "pretrain-noisy: to resume, 300 epochs (2 done)" in text and "--epochs 300 --device auto --resume" in text
 
     def no_outputs(argv):
@@ -256,10 +256,10 @@ def test_a_failing_step_stops_the_recipe_and_keeps_finished_steps(tmp_path):
 def test_unreadable_marker_is_one_line(tmp_path):
     opts = _opts(tmp_path)
     steps = plan.build(opts, tmp_path / "ref.nii.gz")
-    plan.marker_path(opts.out, "merge").parent.mkdir(parents=True)
-    plan.marker_path(opts.out, "merge").write_text("{not json")
+    markers.marker_path(opts.out, "merge").parent.mkdir(parents=True)
+    markers.marker_path(opts.out, "merge").write_text("{not json")
     with pytest.raises(ValueError, match=r"merge\.done\.json: unreadable done-marker"):
-        plan.statuses(steps, opts.out)
+        markers.statuses(steps, opts.out)
 
 
 # ------------------------------------------------------------------------------------------ merged dataset

@@ -80,7 +80,7 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
     labels. Each step is an l2r command (--dry-run prints them), skipped when done, resumable; under
     torchrun the training steps run on every process, the others on rank 0 while the rest wait.
     """
-    from ..recipe import plan
+    from ..recipe import markers, plan
 
     try:
         opts = _options(plan, data, cohorts, out_dir, model, rows, epochs, crop, batch_size, skip_failed, device,
@@ -91,8 +91,8 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
         if unknown:
             raise ValueError(f"--redo {unknown[0]}: no such step; steps: {', '.join(names)}")
         if dry_run:
-            status = plan.statuses(steps, opts.out, frozenset(redo))
-            click.echo("\n".join(plan.describe(steps, status)))
+            status = markers.statuses(steps, opts.out, frozenset(redo))
+            click.echo("\n".join(markers.describe(steps, status)))
             return
         from ..recipe import execute
 

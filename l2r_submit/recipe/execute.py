@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from ..core import runtime
 from ..training import distributed
-from . import plan
+from . import markers, plan
 
 WAIT = datetime.timedelta(days=7)
 """How long a rank may wait in one collective (another rank's preparation of a cohort takes hours)."""
@@ -96,7 +96,7 @@ def _run(steps: list[plan.Step], out: Path, invoke: Invoke, say: Callable[[str],
     found: dict | str = {}
     if dist.is_main:
         try:
-            found = plan.statuses(steps, out, redo)
+            found = markers.statuses(steps, out, redo)
         except ValueError as exc:
             found = str(exc)
     found = dist.gather(found)[0]  # rank 0's view, on every rank
@@ -113,7 +113,7 @@ def _run(steps: list[plan.Step], out: Path, invoke: Invoke, say: Callable[[str],
             log(f"[{n}/{len(steps)}] {step.name}: done, skipped")
             continue
         if dist.is_main and status.why == "redo":
-            plan.marker_path(out, step.name).unlink(missing_ok=True)
+            markers.marker_path(out, step.name).unlink(missing_ok=True)
             for path in move_aside(step.written()):
                 log(f"[{n}/{len(steps)}] {step.name}: earlier outputs moved to {path}")
         command = step.command(status.state == "resume")
@@ -137,7 +137,7 @@ def _run(steps: list[plan.Step], out: Path, invoke: Invoke, say: Callable[[str],
                 log(f"[{n}/{len(steps)}] {step.name}: error: it ended without writing {', '.join(missing)}")
                 code = 1
             else:
-                plan.write_marker(out, step, command, seconds, plan.input_stamps(step, out))
+                markers.write_marker(out, step, command, seconds, markers.input_stamps(step, out))
         code = dist.gather(code)[0]
         if code:
             log(f"[{n}/{len(steps)}] {step.name}: failed (exit {code}) after {seconds:.1f} s; "
