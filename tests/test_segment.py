@@ -189,3 +189,10 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     assert rows[1]["train_dice_loss"] == pytest.approx(rows[0]["train_dice_loss"], rel=1e-5)
     for key in ("val_dice", "val_dice_label_1"):  # argmax of outputs equal within 1e-3: a few voxels may flip
         assert rows[1][key] == pytest.approx(rows[0][key], abs=1e-3), key
+
+
+def test_a_challenge_json_whose_subjects_all_validate_has_nothing_to_train(tiny_dataset, tmp_path):
+    result = invoke("segment", "train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--model", "tiny",
+                    "--device", "cpu")
+    assert result.exit_code == 2
+    assert "no training case outside the val pairs' subjects" in result.output and str(tiny_dataset) in result.output
