@@ -93,9 +93,9 @@ def test_epochs_crop_rows_and_model_options(tmp_path):
     assert [s.name for s in only] == ["symmetric"]
 
 
-def test_every_registration_command_parses_with_the_real_cli(tmp_path):
-    """Each planned ``l2r`` command is accepted by the command it names (parsed, not run). The cohort and
-    segment groups are checked where this checkout has them."""
+def test_every_planned_command_parses_with_the_real_cli(tmp_path):
+    """Each planned ``l2r`` command (cohort, recipe, segment, train) is accepted by the command it names
+    (parsed, not run)."""
     from l2r_submit.cli import main
 
     opts = _opts(tmp_path, threads=1, workers=0, quiet=True, crop={"all": "none"}, skip_failed=True,
