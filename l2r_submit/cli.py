@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .commands import cohort as cohort_cmd
 from .commands import predict as predict_cmd
+from .commands import recipe as recipe_cmd
 from .commands import segment as segment_cmd
 from .commands import train as train_cmd
 from .commands.common import Fail, load_dataset, write_eval
@@ -196,6 +197,7 @@ main.add_command(train_cmd.train)
 main.add_command(predict_cmd.predict)
 main.add_command(cohort_cmd.cohort)
 main.add_command(segment_cmd.segment)
+main.add_command(recipe_cmd.recipe)
 
 
 if __name__ == "__main__":  # pragma: no cover

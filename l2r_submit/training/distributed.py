@@ -13,6 +13,7 @@ ranks of each batch is exactly the single-process batch.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,18 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the run. ``world_size == 1``: a single process, no collectives."""
+    """This process's place in the run. ``world_size == 1``: a single process, no collectives.
+
+    ``owns_group``: :func:`start` joined the process group for this caller, so :func:`stop` leaves it; a group
+    an outer caller had already joined (e.g. ``l2r recipe`` running several training steps in one process)
+    is left to that caller.
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -131,9 +138,12 @@ def read_env(env: dict[str, str] | None = None) -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local)
 
 
-def start(device: torch.device, env: dict[str, str] | None = None) -> tuple[Dist, torch.device]:
+def start(device: torch.device, env: dict[str, str] | None = None,
+          timeout: datetime.timedelta | None = None) -> tuple[Dist, torch.device]:
     """Join the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on CPU) and pick this rank's
     device (``cuda:LOCAL_RANK``). A single process returns ``(Dist(), device)`` and starts nothing.
+    A group already joined (by an outer caller) is used as it is and not owned (:func:`stop` leaves it).
+    ``timeout``: of the group's collectives when this call joins it (None: torch's default).
 
     Raises:
         ValueError: an inconsistent launch environment, or fewer GPUs on this machine than local ranks.
@@ -150,18 +160,21 @@ def start(device: torch.device, env: dict[str, str] | None = None) -> tuple[Dist
         device, backend = torch.device("cuda", dist.local_rank), "nccl"
     else:
         backend = "gloo"
-    if not tdist.is_initialized():
+    owns = not tdist.is_initialized()
+    if owns:
+        extra = {} if timeout is None else {"timeout": timeout}
         try:
-            tdist.init_process_group(backend=backend, rank=dist.rank, world_size=dist.world_size)
+            tdist.init_process_group(backend=backend, rank=dist.rank, world_size=dist.world_size, **extra)
         except (RuntimeError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"distributed launch: cannot join the process group ({backend}): {first[:200]}") from None
-    return Dist(dist.rank, dist.world_size, dist.local_rank, backend), device
+    return Dist(dist.rank, dist.world_size, dist.local_rank, backend, owns_group=owns), device
 
 
 def stop(dist: Dist) -> None:
-    """Leave the process group :func:`start` joined (a no-op in a single process)."""
-    if dist.distributed and tdist.is_initialized():
+    """Leave the process group :func:`start` joined for ``dist`` (a no-op in a single process, and for a group
+    an outer caller joined: joining a group again after leaving it is not reliable with gloo)."""
+    if dist.distributed and dist.owns_group and tdist.is_initialized():
         tdist.destroy_process_group()
 
 

@@ -207,10 +207,14 @@ def _label_source(cfg: TrainConfig) -> data.LabelSource:
 
 
 def training_cases(ds: Dataset, exclude_val_subjects: bool) -> list:
+    """The training images, less (``exclude_val_subjects``) the subjects of the val pairs: a case whose id is
+    a val subject's and whose image lies in the same folder as that val image (every modality of a subject
+    goes; a case of another cohort merged into the dataset, in its own folder, that has the same 4-digit
+    id stays)."""
     cases = list(ds.training)
     if exclude_val_subjects:
-        val = {c.id for p in ds.pairs("val") for c in (p.fixed, p.moving)}
-        cases = [c for c in cases if c.id not in val]
+        val = {(c.image.parent, c.id) for p in ds.pairs("val") for c in (p.fixed, p.moving)}
+        cases = [c for c in cases if (c.image.parent, c.id) not in val]
     return cases
 
 

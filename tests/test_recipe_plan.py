@@ -1,0 +1,412 @@
+"""``l2r recipe paper``'s plan, dry-run, done-markers, skipping, ``--redo``, the merged pretraining dataset and
+the torchrun logic, without the cohort and segmentation steps' own code (their commands are faked where run).
+
+The plan is checked against the authors' published commands (TheoEst/abdominal_registration README): the
+pretrainings (``Pretrain_unsupervised``, ``Pretrain_supervised``) start from scratch (``--zeros-init``, no
+``--model-abspath``) with ``--epochs=300``; each fine-tuning loads one of them (``--model-abspath``) for
+``--epochs=300``; the segmenter (``main_seg``) trains ``--epochs=400`` on learn2reg_task3, liver, pancreas,
+spleen, tcia_pancreas and kits; its predictions cover those and hepatic and colon too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from conftest import invoke, write_tiny_dataset
+from l2r_submit.core import dataset
+from l2r_submit.recipe import execute, markers, merge, plan
+
+REPO = Path(__file__).resolve().parents[1]
+# The authors' cohorts of the segmenter's training (main_seg --cohorts) in our layout names, and of its
+# predictions (predict_seg --cohorts).
+AUTHORS_SEGMENTER_COHORTS = {"msd_liver", "msd_pancreas", "msd_spleen", "tcia_pancreas", "kits19"}
+AUTHORS_PREDICTED_COHORTS = AUTHORS_SEGMENTER_COHORTS | {"msd_hepatic_vessel", "msd_colon"}
+
+
+def _opts(tmp_path: Path, **kw) -> plan.Options:
+    cohorts = kw.pop("cohorts", (("msd_spleen", tmp_path / "spleen"), ("msd_colon", tmp_path / "colon")))
+    return plan.Options(challenge_json=tmp_path / "ch" / "AbdomenCTCT_dataset.json", cohorts=cohorts,
+                        out=tmp_path / "out", **kw)
+
+
+def _option(argv: tuple[str, ...], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_plan_follows_the_authors_commands(tmp_path):
+    opts = _opts(tmp_path, cohorts=tuple((la, tmp_path / la) for la in plan.COHORT_LAYOUTS))
+    ref = tmp_path / "ch" / "imagesTr" / "AbdomenCTCT_0001_0000.nii.gz"
+    steps = {s.name: s for s in plan.build(opts, ref)}
+    out = opts.out
+    # every cohort prepared against the reference scan, into the recipe's data folder
+    for la in plan.COHORT_LAYOUTS:
+        argv = steps[f"prepare-{la}"].argv
+        assert argv[:4] == ("cohort", "prepare", la, str(tmp_path / la))
+        assert _option(argv, "--reference") == str(ref) and _option(argv, "--out") == str(out / "data/cohorts" / la)
+    # the segmenter: the challenge's JSON first, then the authors' segmentation cohorts only, 400 epochs
+    seg = steps["segment-train"].argv
+    jsons = seg[2:seg.index("--out")]
+    assert jsons[0] == str(opts.challenge_json)
+    assert {Path(j).parent.name for j in jsons[1:]} == AUTHORS_SEGMENTER_COHORTS
+    assert _option(seg, "--epochs") == "400"
+    # pseudo-labels of every case of the merged dataset, which lists every cohort
+    pred = steps["pseudo-labels"].argv
+    assert pred[:4] == ("segment", "predict", str(out / "segmenter/best.pt"), str(out / "data/pretrain_dataset.json"))
+    merged_inputs = {Path(a).parent.name for a in steps["merge"].argv[3:steps["merge"].argv.index("--out")]}
+    assert merged_inputs == AUTHORS_PREDICTED_COHORTS
+    # pretrainings from scratch on the merged dataset, 300 epochs; fine-tunings from them on the challenge's
+    for name, preset in (("pretrain-unsupervised", "pretrain-unsupervised"), ("pretrain-noisy", "pretrain-noisy")):
+        argv = steps[name].argv
+        assert argv[:2] == ("train", str(out / "data/pretrain_dataset.json"))
+        assert _option(argv, "--preset") == preset and _option(argv, "--init") is None
+        assert _option(argv, "--epochs") == "300"
+    assert _option(steps["pretrain-noisy"].argv, "--labels-dir") == str(out / "pseudo_labels")
+    for name, source in (("finetune-unsupervised", "pretrain_unsupervised"), ("finetune-noisy", "pretrain_noisy")):
+        argv = steps[name].argv
+        assert argv[:2] == ("train", str(opts.challenge_json)) and _option(argv, "--preset") == "finetune"
+        assert _option(argv, "--init") == str(out / source / "best.pt") and _option(argv, "--epochs") == "300"
+        assert _option(argv, "--labels-dir") is None  # the true labels
+    assert "symmetric" not in steps
+
+
+def test_epochs_crop_rows_and_model_options(tmp_path):
+    opts = _opts(tmp_path, model="tiny", epochs={"all": 2, "segment-train": 3}, crop={"all": "32,32,32"},
+                 batch_size={"finetune-noisy": 4}, rows=("symmetric", "noisy"))
+    steps = {s.name: s for s in plan.build(opts, tmp_path / "ref.nii.gz")}
+    assert list(steps) == ["prepare-msd_spleen", "prepare-msd_colon", "merge", "segment-train", "pseudo-labels",
+                           "symmetric", "pretrain-noisy", "finetune-noisy"]
+    assert steps["segment-train"].epochs == 3 and steps["symmetric"].epochs == 2
+    assert all(_option(s.argv, "--crop") == "32,32,32" and _option(s.argv, "--model") == "tiny"
+               for s in steps.values() if s.epochs)
+    assert _option(steps["finetune-noisy"].argv, "--batch-size") == "4"
+    assert _option(steps["pretrain-noisy"].argv, "--batch-size") is None
+    only = plan.build(_opts(tmp_path, rows=("symmetric",)), tmp_path / "ref.nii.gz")
+    assert [s.name for s in only] == ["symmetric"]
+
+
+def test_every_planned_command_parses_with_the_real_cli(tmp_path):
+    """Each planned ``l2r`` command (cohort, recipe, segment, train) is accepted by the command it names
+    (parsed, not run)."""
+    from l2r_submit.cli import main
+
+    opts = _opts(tmp_path, threads=1, workers=0, quiet=True, crop={"all": "none"}, skip_failed=True,
+                 batch_size={"all": 2}, rows=("symmetric", "pretrain", "noisy"))
+    checked = set()
+    for step in plan.build(opts, tmp_path / "ref.nii.gz"):
+        cmd, args = main, list(step.command(resume=step.epochs is not None))
+        while isinstance(cmd, click.Group):
+            if args[0] not in cmd.commands:
+                break
+            cmd, args = cmd.commands[args[0]], args[1:]
+        else:
+            cmd.make_context(step.name, args)  # raises on an unknown option or a bad value
+            checked.add(step.argv[0])
+    assert {"train", "recipe", "cohort", "segment"} <= checked
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cohort", "nifti=."], "nifti needs --label-map"),
+    (["--cohort", "msd_liver"], "expected LAYOUT=PATH"),
+    (["--cohort", "msd_liver=/no/such/folder"], "no such folder"),
+    (["--cohort", "msd_liver=.", "--cohort", "msd_liver=."], "given twice"),
+    (["--cohort", "msd_liver=.", "--epochs", "pseudo-labels=3"], "no step 'pseudo-labels'"),
+    (["--cohort", "msd_liver=.", "--epochs", "all=0"], "not a positive integer"),
+    (["--cohort", "msd_liver=.", "--rows", "best"], "--rows best"),
+    (["--cohort", "msd_liver=.", "--redo", "finetune"], "--redo finetune: no such step"),
+    ([], "no --cohort"),
+])
+def test_bad_options_are_one_line(tmp_path, args, message):
+    result = invoke("recipe", "paper", "--data", REPO / "test_data", "--out", tmp_path / "out", "--dry-run", *args)
+    assert result.exit_code == 2
+    assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def _dry_run_commands(output: str) -> list[list[str]]:
+    return [shlex.split(line.strip()) for line in output.splitlines() if line.startswith("    l2r ")]
+
+
+def _fake_invoke(steps: list[plan.Step], calls: list):
+    """Stands for the real commands: records the argv and writes the step's outputs."""
+    by_argv = {s.argv: s for s in steps}
+
+    def fake(argv: tuple[str, ...]) -> int:
+        calls.append(argv)
+        step = by_argv[argv[:-1] if argv[-1] == "--resume" else argv]
+        for path in step.outputs:
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("x")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+        return 0
+
+    return fake
+
+
+def test_what_runs_is_what_dry_run_prints_and_a_second_run_skips_all(tmp_path):
+    for name in ("spleen", "colon"):
+        (tmp_path / name).mkdir()
+    args = ["recipe", "paper", "--data", REPO / "test_data", "--cohort", f"msd_spleen={tmp_path / 'spleen'}",
+            "--cohort", f"msd_colon={tmp_path / 'colon'}", "--out", tmp_path / "out", "--model", "tiny",
+            "--epochs", "all=1", "--device", "cpu", "--quiet"]
+    printed = invoke(*args, "--dry-run")
+    assert printed.exit_code == 0, printed.output
+    commands = _dry_run_commands(printed.output)
+    assert len(commands) == 9 and all(c[0] == "l2r" for c in commands)
+    assert printed.output.count(": to run") == 9 and "1 epochs" in printed.output
+
+    opts = plan.Options(challenge_json=(REPO / "test_data/AbdomenCTCT_dataset.json").absolute(),
+                        cohorts=(("msd_spleen", tmp_path / "spleen"), ("msd_colon", tmp_path / "colon")),
+                        out=(tmp_path / "out"), model="tiny", epochs={"all": 1}, device="cpu", quiet=True)
+    steps = plan.build(opts, plan.reference_image(opts.challenge_json))
+    calls: list = []
+    assert execute.run(steps, opts.out, _fake_invoke(steps, calls), lambda line: None, "cpu") == 0
+    assert [["l2r", *c] for c in calls] == commands
+    done = sorted((opts.out / "steps").glob("*.done.json"))
+    assert len(done) == 9
+    record = json.loads(markers.marker_path(opts.out, "finetune-noisy").read_text())
+    assert record["ran"] == commands[-1] and record["inputs"] == {
+        "pretrain-noisy": str(json.loads(markers.marker_path(opts.out, "pretrain-noisy").read_text())["finished_ns"])}
+    mtimes = {m: m.stat().st_mtime_ns for m in done}
+
+    again = invoke(*args, "--dry-run")
+    assert again.output.count("done (skipped)") == 9
+    calls.clear()
+    assert execute.run(steps, opts.out, _fake_invoke(steps, calls), lambda line: None, "cpu") == 0
+    assert calls == [] and {m: m.stat().st_mtime_ns for m in done} == mtimes
+    log = (opts.out / "recipe.log").read_text().splitlines()
+    assert sum("done, skipped" in line for line in log) == 9
+
+
+def _run_all(tmp_path: Path, **kw) -> tuple[plan.Options, list[plan.Step]]:
+    opts = _opts(tmp_path, **kw)
+    steps = plan.build(opts, tmp_path / "ref.nii.gz")
+    assert execute.run(steps, opts.out, _fake_invoke(steps, []), lambda line: None, "cpu") == 0
+    return opts, steps
+
+
+def test_a_changed_command_is_refused_in_one_line_and_redo_moves_work_aside(tmp_path):
+    opts, steps = _run_all(tmp_path, epochs={"all": 1})
+    longer = plan.build(_opts(tmp_path, epochs={"all": 1, "pretrain-noisy": 5}), tmp_path / "ref.nii.gz")
+    status = markers.statuses(longer, opts.out)
+    assert status["pretrain-noisy"].state == "changed" and "--epochs 1" in status["pretrain-noisy"].why
+    assert all(status[s.name].state == "done" for s in longer if s.name not in ("pretrain-noisy", "finetune-noisy"))
+    with pytest.raises(ValueError, match="pretrain-noisy .*give --redo STEP"):
+        execute.run(longer, opts.out, _fake_invoke(longer, []), lambda line: None, "cpu")
+    # options that change no result are not part of the comparison
+    quiet = plan.build(_opts(tmp_path, epochs={"all": 1}, quiet=True, threads=3, device="cuda"),
+                       tmp_path / "ref.nii.gz")
+    assert {s.state for s in markers.statuses(quiet, opts.out).values()} == {"done"}
+    # --redo: the step and the one reading from it run again; their earlier folders are kept aside
+    calls: list = []
+    (opts.out / "pretrain_noisy" / "best.pt").write_text("old")
+    assert execute.run(longer, opts.out, _fake_invoke(longer, calls), lambda line: None, "cpu",
+                       frozenset({"pretrain-noisy"})) == 0
+    assert [c[2] for c in calls] == ["--out", "--out"] and [Path(c[3]).name for c in calls] == ["pretrain_noisy",
+                                                                                                 "finetune_noisy"]
+    kept = list(opts.out.glob("pretrain_noisy.replaced-*"))
+    assert len(kept) == 1 and (kept[0] / "best.pt").read_text() == "old"
+    assert {s.state for s in markers.statuses(longer, opts.out).values()} == {"done"}
+
+
+def test_a_stopped_training_step_resumes_and_a_missing_output_fails(tmp_path):
+    opts = _opts(tmp_path)
+    steps = plan.build(opts, tmp_path / "ref.nii.gz")
+    run_dir = opts.out / "pretrain_noisy"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_text("x")
+    (run_dir / "log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    status = markers.statuses(steps, opts.out)
+    assert status["pretrain-noisy"].state == "resume"
+    text = "\n".join(markers.describe(steps, status))
+    assert "pretrain-noisy: to resume, 300 epochs (2 done)" in text and "--epochs 300 --device auto --resume" in text
+
+    def no_outputs(argv):
+        return 0
+
+    lines: list[str] = []
+    assert execute.run(steps, opts.out, no_outputs, lines.append, "cpu") == 1
+    assert any("ended without writing" in line for line in lines)
+    assert not (opts.out / "steps").exists()  # no marker for a step whose outputs are missing
+
+
+def test_a_failing_step_stops_the_recipe_and_keeps_finished_steps(tmp_path):
+    opts = _opts(tmp_path)
+    steps = plan.build(opts, tmp_path / "ref.nii.gz")
+    fake = _fake_invoke(steps, [])
+
+    def fail_at_segmenter(argv):
+        return 2 if argv[:2] == ("segment", "train") else fake(argv)
+
+    assert execute.run(steps, opts.out, fail_at_segmenter, lambda line: None, "cpu") == 2
+    done = sorted(p.name for p in (opts.out / "steps").iterdir())
+    assert done == ["merge.done.json", "prepare-msd_colon.done.json", "prepare-msd_spleen.done.json"]
+
+
+def test_unreadable_marker_is_one_line(tmp_path):
+    opts = _opts(tmp_path)
+    steps = plan.build(opts, tmp_path / "ref.nii.gz")
+    markers.marker_path(opts.out, "merge").parent.mkdir(parents=True)
+    markers.marker_path(opts.out, "merge").write_text("{not json")
+    with pytest.raises(ValueError, match=r"merge\.done\.json: unreadable done-marker"):
+        markers.statuses(steps, opts.out)
+
+
+# ------------------------------------------------------------------------------------------ merged dataset
+
+
+def _fake_cohort(root: Path, layout: str, ids: list[str], annotated: list[int]) -> Path:
+    """A prepared cohort as ``l2r cohort prepare`` writes it (the interface's JSON), tiny volumes."""
+    ch = write_tiny_dataset(root.parent / f".src-{layout}-{root.name}", n_subjects=max(2, len(ids)))
+    src = dataset.load(ch)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    entries = []
+    for case, cid in zip(src.training, ids):
+        name = f"{layout}_{cid}_0000.nii.gz"
+        os.replace(case.image, root / "imagesTr" / name)
+        os.replace(case.label, root / "labelsTr" / name)
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}", "annotated": annotated})
+    data = json.loads(ch.read_text())
+    data.update(training=entries, registration_val=[], registration_test=[], numTraining=len(entries))
+    (root / "dataset.json").write_text(json.dumps(data))
+    return root / "dataset.json"
+
+
+def test_merged_dataset_lists_every_case_and_keeps_the_challenge_val_pairs(tmp_path):
+    challenge = write_tiny_dataset(tmp_path / "challenge_src", n_subjects=3)
+    data = tmp_path / "out" / "data"
+    spleen = _fake_cohort(data / "cohorts" / "msd_spleen", "msd_spleen", ["0007", "0002"], [1])
+    kits = _fake_cohort(data / "cohorts" / "kits19", "kits19", ["0010"], [2, 3])
+    out_json = data / "pretrain_dataset.json"
+    summary = merge.merge(challenge, [spleen, kits], out_json)
+    assert summary["cases"] == {"challenge": 3, "msd_spleen": 2, "kits19": 1}
+    ds = dataset.load(out_json)
+    # msd_spleen_0002 has the id of the val subject 0002: it still trains, the challenge's 0001-0003 do not
+    from l2r_submit.training.train import training_cases
+
+    assert [c.image.name for c in training_cases(ds, exclude_val_subjects=True)] == [
+        "msd_spleen_0007_0000.nii.gz", "msd_spleen_0002_0000.nii.gz", "kits19_0010_0000.nii.gz"]
+    ch = dataset.load(challenge)
+    assert [c.image.name for c in ds.training] == [c.image.name for c in ch.training] + [
+        "msd_spleen_0007_0000.nii.gz", "msd_spleen_0002_0000.nii.gz", "kits19_0010_0000.nii.gz"]
+    assert [(p.fixed.image.name, p.moving.image.name) for p in ds.pairs("val")] == [
+        (p.fixed.image.name, p.moving.image.name) for p in ch.pairs("val")]
+    assert ds.pairs("test") == []
+    raw = json.loads(out_json.read_text())
+    assert [e.get("annotated") for e in raw["training"]] == [None, None, None, [1], [1], [2, 3]]
+    # the challenge's files are hard links (same inode) inside the merged dataset's folder
+    for a, b in zip(ds.training[:3], ch.training):
+        assert os.path.samefile(a.image, b.image) and os.path.samefile(a.label, b.label)
+        assert a.image.resolve().is_relative_to(data.resolve())
+    # a rerun keeps the links; the merged dataset does not depend on the challenge's folder staying
+    assert merge.merge(challenge, [spleen, kits], out_json)["files"] == {"kept": 6, "linked": 0, "copied": 0}
+    for path in (tmp_path / "challenge_src").rglob("*.nii.gz"):
+        path.unlink()
+    assert dataset.load(out_json).missing_files() == []
+
+
+def test_merge_refusals_are_one_line(tmp_path):
+    challenge = write_tiny_dataset(tmp_path / "challenge_src", n_subjects=3)
+    outside = _fake_cohort(tmp_path / "elsewhere", "msd_liver", ["0001"], [6])
+    result = invoke("recipe", "merge", challenge, outside, "--out", tmp_path / "out" / "data" / "pretrain_dataset.json")
+    assert result.exit_code == 2 and "must lie under" in result.output and result.output.count("\n") == 1
+    inside = _fake_cohort(tmp_path / "out" / "data" / "cohorts" / "a", "msd_liver", ["0001"], [6])
+    twin = _fake_cohort(tmp_path / "out" / "data" / "cohorts" / "b", "msd_liver", ["0001"], [6])
+    result = invoke("recipe", "merge", challenge, inside, twin, "--out", tmp_path / "out" / "data" / "m.json")
+    assert result.exit_code == 2 and "msd_liver_0001_0000.nii.gz appears twice" in result.output
+    assert not (tmp_path / "out" / "data" / "m.json").exists()
+
+
+def test_merge_falls_back_to_a_copy_when_a_link_fails(tmp_path, monkeypatch):
+    src = tmp_path / "a.nii.gz"
+    src.write_bytes(b"abc")
+
+    def no_link(a, b):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    assert merge.link_or_copy(src, tmp_path / "d" / "a.nii.gz") == "copied"
+    assert (tmp_path / "d" / "a.nii.gz").read_bytes() == b"abc"
+
+
+# ------------------------------------------------------------------------------------------ torchrun
+
+RANK_SCRIPT = '''
+import json, os, sys
+from pathlib import Path
+import click
+import torch.distributed as tdist
+from l2r_submit.cli import main
+from l2r_submit.commands.recipe import _invoker
+from l2r_submit.recipe import execute, plan
+
+out, challenge = Path(sys.argv[1]), Path(sys.argv[2])
+merged = out / "data" / "pretrain_dataset.json"
+common = ("--model", "tiny", "--epochs", "1", "--crop", "none", "--workers", "0", "--device", "cpu",
+          "--threads", "1", "--quiet", "--final-submission")
+steps = [
+    plan.Step("merge", ("recipe", "merge", str(challenge), "--out", str(merged)), (merged,)),
+    plan.Step("pretrain", ("train", str(merged), "--out", str(out / "a"), "--preset", "symmetric") + common,
+              (out / "a" / "best.pt",), needs=("merge",), all_ranks=True, epochs=1, run_dir=out / "a"),
+    plan.Step("finetune", ("train", str(challenge), "--out", str(out / "b"), "--preset", "finetune", "--init",
+                           str(out / "a" / "best.pt")) + common,
+              (out / "b" / "best.pt",), needs=("pretrain",), all_ranks=True, epochs=1, run_dir=out / "b"),
+]
+seen = []
+real = _invoker(click.Context(main))
+
+def recording(argv):
+    seen.append({"step": argv[0], "RANK": os.environ.get("RANK"), "group": tdist.is_initialized()})
+    return real(argv)
+
+code = execute.run(steps, out, recording, print, "cpu")
+rank = os.environ["RANK"]
+(out / f"seen-{rank}-{sys.argv[3]}.json").write_text(json.dumps(seen))
+sys.exit(code)
+'''
+
+
+def _torchrun_script(script: Path, args: list[str], timeout: float = 150.0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_under_torchrun_training_steps_run_on_every_rank_and_the_others_on_rank_0(tmp_path):
+    """Two processes: the merge runs on rank 0 alone and sees a single process; both training steps run on
+    both ranks in the one process group the recipe keeps (a training step must not leave it)."""
+    challenge = write_tiny_dataset(tmp_path / "ch", n_subjects=4)
+    data = json.loads(challenge.read_text())
+    challenge.write_text(json.dumps({**data, "registration_val": data["registration_val"][:1]}))  # fast validation
+    script = tmp_path / "rank_script.py"
+    script.write_text(RANK_SCRIPT)
+    out = tmp_path / "out"
+    first = _torchrun_script(script, [str(out), str(challenge), "1"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    seen0 = json.loads((out / "seen-0-1.json").read_text())
+    seen1 = json.loads((out / "seen-1-1.json").read_text())
+    assert seen0 == [{"step": "recipe", "RANK": None, "group": True}, {"step": "train", "RANK": "0", "group": True},
+                     {"step": "train", "RANK": "0", "group": True}]
+    assert seen1 == [{"step": "train", "RANK": "1", "group": True}, {"step": "train", "RANK": "1", "group": True}]
+    assert json.loads((out / "b" / "config.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (out / "steps").iterdir()) == ["finetune.done.json", "merge.done.json",
+                                                                 "pretrain.done.json"]
