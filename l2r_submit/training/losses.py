@@ -82,20 +82,18 @@ def _dice_from_sums(inter: torch.Tensor, denom: torch.Tensor, smooth: float,
 
 def soft_dice_loss_labels(warped_foreground: torch.Tensor, fixed_seg: torch.Tensor, smooth: float = 1.0,
                           reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """:func:`soft_dice_loss` against the fixed LABEL MAP instead of its one-hot: the same value, without
-    the fixed one-hot and its products (with a one-hot f, ``sum w f`` is the sum of w over the class's
-    voxels and ``sum f f`` is the class's voxel count).
+    """:func:`soft_dice_loss` of a warped foreground one-hot against the fixed LABEL MAP: the same value,
+    with the fixed one-hot made for the foreground classes only and ``sum f f`` read as ``sum f`` (f is 0
+    or 1), one product fewer over the whole batch.
 
-    Shape: warped_foreground (B, L - 1, I, J, K), the warped one-hot of classes 1 .. L - 1 (no background);
-    fixed_seg (B, 1, I, J, K) integer labels (outside [0, L) count as the nearest class, as
-    :func:`one_hot`) -> scalar.
+    Shape: warped_foreground (B, L - 1, I, J, K), the warped one-hot of classes 1 .. L - 1 (no background,
+    :func:`one_hot` with ``background=False``); fixed_seg (B, 1, I, J, K) integer labels (outside [0, L):
+    the nearest class, as :func:`one_hot`) -> scalar.
     """
-    n_fg = warped_foreground.shape[1]
-    classes = torch.arange(1, n_fg + 1, device=fixed_seg.device).view(1, n_fg, 1, 1, 1)
-    mask = fixed_seg.long().clamp(0, n_fg) == classes  # (B, L - 1, I, J, K) bool: the fixed one-hot, 1 byte a voxel
     dims = (0, 2, 3, 4)
-    inter = (warped_foreground * mask).sum(dims)
-    denom = (warped_foreground * warped_foreground).sum(dims) + mask.sum(dims).to(warped_foreground.dtype)
+    f = one_hot(fixed_seg, warped_foreground.shape[1] + 1, background=False)
+    inter = (warped_foreground * f).sum(dims)
+    denom = (warped_foreground * warped_foreground).sum(dims) + f.sum(dims)
     return _dice_from_sums(inter, denom, smooth, reduce_sums)
 
 
@@ -163,7 +161,7 @@ def direction_terms(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tenso
     :func:`soft_dice_loss`."""
     terms = {"sim": similarity_term(disp, moving, fixed, w), "reg": gradient_l1(disp)}
     if moving_seg is not None and fixed_seg is not None and w.dice > 0:
-        # the Dice leaves the background out: warp classes 1 .. n - 1 only, and compare with the fixed labels
+        # the Dice leaves the background out: warp classes 1 .. n - 1 only (the step's largest label cost)
         warped_fg = warp_image(one_hot(moving_seg, w.n_classes, background=False), disp)
         terms["dice"] = soft_dice_loss_labels(warped_fg, fixed_seg, reduce_sums=reduce_sums)
     return terms
