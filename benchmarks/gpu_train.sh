@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14 item 5's GPU numbers in one command, on a machine with a CUDA GPU (a few minutes on an H200;
-# each of its 5 runs is cut at 90 s, so that the whole script stays under 8 minutes): benchmarks/train_bench.py --device cuda, AMP
-# (float16 autocast and the loss scaler, as the trainer), symmetric loss with Dice, global batch 2:
+# each of its 5 runs is cut at 90 s, so that the whole script stays under 8 minutes):
+# benchmarks/train_bench.py --device cuda, AMP (float16 autocast and the loss scaler, as the trainer),
+# symmetric loss with Dice, global batch 2:
 #   1. cpu-fast and paper at the paper's 128^3 crops, steps/s and peak GPU memory, cuDNN as the trainer
 #      sets it (deterministic, no autotuning) and autotuned (--cudnn benchmark: is determinism worth it?
 #      grid_sample's backward is not deterministic on CUDA anyway);
