@@ -40,9 +40,24 @@ def local_ncc(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9, eps: f
     return 1.0 - ncc.mean()
 
 
-def one_hot(seg: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Shape: (B, 1, I, J, K) integer labels -> (B, n_classes, I, J, K) float (class 0 = background)."""
-    return F.one_hot(seg[:, 0].long().clamp(0, n_classes - 1), n_classes).permute(0, 4, 1, 2, 3).float()
+def one_hot(seg: torch.Tensor, n_classes: int, background: bool = True) -> torch.Tensor:
+    """Shape: (B, 1, I, J, K) integer labels -> (B, n_classes, I, J, K) float32 (class 0 = background), or
+    with ``background=False`` (B, n_classes - 1, I, J, K): classes 1 .. n_classes - 1 only. Labels
+    outside [0, n_classes) count as the nearest class.
+
+    Written straight into float32 (``F.one_hot`` makes an int64 (B, I, J, K, n_classes) tensor first, then
+    a float copy: 3x the memory traffic of this result, on every training step), laid out channels last
+    as that copy was (memory (B, I, J, K, classes)): ``grid_sample`` then reads a voxel's classes side by
+    side; on separate class planes its warp of the one-hot was 2-3x slower (CPU, 128^3).
+    """
+    index = seg[:, 0, ..., None].long().clamp(0, n_classes - 1)
+    first = 0 if background else 1
+    out = torch.zeros((*index.shape[:-1], n_classes - first), dtype=torch.float32, device=seg.device)
+    if background:
+        out.scatter_(-1, index, 1.0)
+    else:
+        out.scatter_(-1, (index - 1).clamp_(min=0), (index > 0).to(out.dtype))  # background voxels: all 0
+    return out.permute(0, 4, 1, 2, 3)
 
 
 def soft_dice_loss(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, smooth: float = 1.0,
@@ -57,11 +72,33 @@ def soft_dice_loss(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, smoo
     """
     dims = (0, 2, 3, 4)
     w, f = warped_onehot[:, 1:], fixed_onehot[:, 1:]
-    inter = (w * f).sum(dims)
-    denom = (w * w).sum(dims) + (f * f).sum(dims)
+    return _dice_from_sums((w * f).sum(dims), (w * w).sum(dims) + (f * f).sum(dims), smooth, reduce_sums)
+
+
+def _dice_from_sums(inter: torch.Tensor, denom: torch.Tensor, smooth: float,
+                    reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """1 - mean over classes of (2 inter + smooth) / (denom + smooth); the sums made global first by
+    ``reduce_sums``. Shape: (L,) twice -> scalar."""
     if reduce_sums is not None:
         inter, denom = reduce_sums(inter), reduce_sums(denom)
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def soft_dice_loss_labels(warped_foreground: torch.Tensor, fixed_seg: torch.Tensor, smooth: float = 1.0,
+                          reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """:func:`soft_dice_loss` of a warped foreground one-hot against the fixed LABEL MAP: the same value,
+    with the fixed one-hot made for the foreground classes only and ``sum f f`` read as ``sum f`` (f is 0
+    or 1), one product fewer over the whole batch.
+
+    Shape: warped_foreground (B, L - 1, I, J, K), the warped one-hot of classes 1 .. L - 1 (no background,
+    :func:`one_hot` with ``background=False``); fixed_seg (B, 1, I, J, K) integer labels (outside [0, L):
+    the nearest class, as :func:`one_hot`) -> scalar.
+    """
+    dims = (0, 2, 3, 4)
+    f = one_hot(fixed_seg, warped_foreground.shape[1] + 1, background=False)
+    inter = (warped_foreground * f).sum(dims)
+    denom = (warped_foreground * warped_foreground).sum(dims) + f.sum(dims)
+    return _dice_from_sums(inter, denom, smooth, reduce_sums)
 
 
 def spatial_gradients(disp: torch.Tensor) -> torch.Tensor:
@@ -128,8 +165,9 @@ def direction_terms(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tenso
     :func:`soft_dice_loss`."""
     terms = {"sim": similarity_term(disp, moving, fixed, w), "reg": gradient_l1(disp)}
     if moving_seg is not None and fixed_seg is not None and w.dice > 0:
-        warped_seg = warp_image(one_hot(moving_seg, w.n_classes), disp)
-        terms["dice"] = soft_dice_loss(warped_seg, one_hot(fixed_seg, w.n_classes), reduce_sums=reduce_sums)
+        # the Dice leaves the background out: warp classes 1 .. n - 1 only (the step's largest label cost)
+        warped_fg = warp_image(one_hot(moving_seg, w.n_classes, background=False), disp)
+        terms["dice"] = soft_dice_loss_labels(warped_fg, fixed_seg, reduce_sums=reduce_sums)
     return terms
 
 
