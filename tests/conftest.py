@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -81,3 +85,20 @@ def invoke(*args):
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
+
+
+def torchrun_two(target: list[str], timeout: float = 150.0) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 TARGET...`` (a script or ``-m module`` and its arguments), on
+    this checkout, one thread per process; the whole process group is killed after ``timeout`` (a failed test,
+    never a hung CI)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -2,15 +2,15 @@
 trains with the same global batch, and a two-process checkpoint resumes in one process."""
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import torchrun_two
 
 from l2r_submit.core import dataset
 from l2r_submit.training import distributed, train
@@ -24,19 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _torchrun(args: list[str], timeout: float = 150.0) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 -m l2r_submit ...``, killed (whole group) after ``timeout``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "l2r_submit", *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """``torchrun --standalone --nproc_per_node 2 -m l2r_submit ARGS``, killed (whole group) after ``timeout``."""
+    return torchrun_two(["-m", "l2r_submit", *args], timeout)
 
 
 def _cli_args(dataset_json: Path, out: Path, epochs: int) -> list[str]:

@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
 
-from conftest import invoke, write_tiny_dataset
+from conftest import invoke, torchrun_two, write_tiny_dataset
 from l2r_submit.core import dataset
 from l2r_submit.recipe import execute, markers, merge, plan
 
@@ -378,17 +376,7 @@ sys.exit(code)
 
 
 def _torchrun_script(script: Path, args: list[str], timeout: float = 150.0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return torchrun_two([str(script), *args], timeout)
 
 
 def test_under_torchrun_training_steps_run_on_every_rank_and_the_others_on_rank_0(tmp_path):

@@ -8,8 +8,41 @@ from dataclasses import asdict, dataclass
 CT_WINDOWS = ((400.0, 40.0), (800.0, 100.0), (1000.0, 400.0))  # (width, level) in HU
 
 
+class _Levels:
+    """What the registration and the segmentation configs share: channels per level, the size divisor,
+    their dict form (fields: in_channels, base_channels, channel_multiplier, encoder_convs, norm,
+    orientation)."""
+
+    @property
+    def channels(self) -> list[int]:
+        return [c * self.channel_multiplier for c in self.base_channels]
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes are padded internally to a multiple of this."""
+        return 2 ** len(self.encoder_convs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_levels(cfg) -> None:
+    if cfg.in_channels not in (1, 3):
+        raise ValueError(f"in_channels: {cfg.in_channels} received, expected 1 or 3")
+    if len(cfg.base_channels) != len(cfg.encoder_convs) + 1:
+        raise ValueError(f"base_channels has {len(cfg.base_channels)} levels, encoder_convs "
+                         f"{len(cfg.encoder_convs)}: expected one more channel entry than conv entries")
+
+
+def _check_frame(cfg) -> None:
+    if cfg.norm not in ("instance", "none"):
+        raise ValueError(f"norm: '{cfg.norm}' received, expected instance or none")
+    if cfg.orientation not in ("l2r", "estienne2020"):
+        raise ValueError(f"orientation: '{cfg.orientation}' received, expected l2r or estienne2020")
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Levels):
     """Every size of the network. ``PRESETS`` holds the paper's setting and small CPU settings.
 
     Attributes:
@@ -35,32 +68,15 @@ class ModelConfig:
     norm: str = "instance"
 
     def __post_init__(self) -> None:
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels: {self.in_channels} received, expected 1 or 3")
-        if len(self.base_channels) != len(self.encoder_convs) + 1:
-            raise ValueError(f"base_channels has {len(self.base_channels)} levels, encoder_convs "
-                             f"{len(self.encoder_convs)}: expected one more channel entry than conv entries")
-        if self.norm not in ("instance", "none"):
-            raise ValueError(f"norm: '{self.norm}' received, expected instance or none")
-        if self.orientation not in ("l2r", "estienne2020"):
-            raise ValueError(f"orientation: '{self.orientation}' received, expected l2r or estienne2020")
+        _check_levels(self)
+        _check_frame(self)
 
-    @property
-    def channels(self) -> list[int]:
-        return [c * self.channel_multiplier for c in self.base_channels]
 
     @property
     def decoder_bias(self) -> bool:
         """Whether decoder convs and heads have biases: not without norm (equal inputs -> zero field)."""
         return self.norm != "none"
 
-    @property
-    def divisor(self) -> int:
-        """Spatial sizes are padded internally to a multiple of this."""
-        return 2 ** len(self.encoder_convs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -81,7 +97,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 @dataclass(frozen=True)
-class SegConfig:
+class SegConfig(_Levels):
     """Every size of the segmentation network (the authors' pseudo-label segmenter: same blocks as the
     registration network's encoder and decoder, one encoder pass, no merge). ``SEG_PRESETS`` holds the
     paper's setting and a tiny one for tests.
@@ -106,31 +122,14 @@ class SegConfig:
     orientation: str = "l2r"
 
     def __post_init__(self) -> None:
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels: {self.in_channels} received, expected 1 or 3")
-        if len(self.base_channels) != len(self.encoder_convs) + 1:
-            raise ValueError(f"base_channels has {len(self.base_channels)} levels, encoder_convs "
-                             f"{len(self.encoder_convs)}: expected one more channel entry than conv entries")
+        _check_levels(self)
         if not 2 <= self.n_classes <= 14:
             raise ValueError(f"n_classes: {self.n_classes} received, expected 2..14 (background + organs)")
         if self.activation not in ("leaky", "relu"):
             raise ValueError(f"activation: '{self.activation}' received, expected leaky or relu")
-        if self.norm not in ("instance", "none"):
-            raise ValueError(f"norm: '{self.norm}' received, expected instance or none")
-        if self.orientation not in ("l2r", "estienne2020"):
-            raise ValueError(f"orientation: '{self.orientation}' received, expected l2r or estienne2020")
+        _check_frame(self)
 
-    @property
-    def channels(self) -> list[int]:
-        return [c * self.channel_multiplier for c in self.base_channels]
 
-    @property
-    def divisor(self) -> int:
-        """Spatial sizes are padded internally to a multiple of this."""
-        return 2 ** len(self.encoder_convs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SegConfig":
