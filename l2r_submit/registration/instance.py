@@ -18,6 +18,9 @@ Field model (``field``):
     interpolation) whatever its size, so a weaker regulariser (on v) can be used; the result is
     ``compose(disp_in, exp(v))``: warping with ``disp_in`` and then with the update.
 
+The half-resolution level compares MIND descriptors of the full-resolution images pooled onto its grid
+(``half_features="pooled"``); the quarter level, those of the images resampled to its grid.
+
 Dissimilarity (``similarity``):
   * ``mind`` (default): mean squared difference of MIND-SSC descriptors (:mod:`l2r_submit.registration.features`)
     of the soft-tissue window, computed at each grid's resolution; insensitive to how tissue maps to HU
@@ -43,6 +46,11 @@ from .features import CT_WINDOW_HU, mind_ssc, normalise_intensity
 
 SIMILARITIES = ("mind", "mse")
 FIELDS = ("displacement", "velocity")
+# How the half-resolution level's MIND descriptors are made: ``pooled``, computed on the full-resolution
+# image and box-averaged onto the level's grid (fine structure kept: on test_data's synthetic pairs the
+# end-point error halves); ``resampled``, computed on the image resampled to that grid (as the quarter level
+# always is: coarse descriptors, which the inter-patient pairs need to be found at all).
+HALF_FEATURES = ("pooled", "resampled")
 MIND_WINDOW_HU = CT_WINDOW_HU
 
 
@@ -57,8 +65,12 @@ class IOConfig:
     similarity: str = "mind"
     field: str = "displacement"
     steps: int = 4  # scaling-and-squaring steps of the velocity model
+    half_features: str = "pooled"  # MIND of the half-resolution level: see HALF_FEATURES
 
     def __post_init__(self) -> None:
+        if self.half_features not in HALF_FEATURES:
+            raise ValueError(f"half_features: '{self.half_features}' received, expected one of "
+                             f"{', '.join(HALF_FEATURES)}")
         if self.field not in FIELDS:
             raise ValueError(f"field: '{self.field}' received, expected one of {', '.join(FIELDS)}")
         if not 1 <= self.steps <= 12:
@@ -94,14 +106,24 @@ def _resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return out * out.new_tensor(scale).view(1, 3, 1, 1, 1)
 
 
-def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bool = True) -> torch.Tensor:
+def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bool = True,
+             pooled: bool = False) -> torch.Tensor:
     """What the dissimilarity compares, on a grid of ``size`` spanning the volume (corners on corners).
 
     ``ct``: the image is CT in HU (a CT window); otherwise robust percentiles normalise it
-    (:func:`l2r_submit.registration.features.normalise_intensity`).
+    (:func:`l2r_submit.registration.features.normalise_intensity`). ``pooled`` (mind only): the
+    descriptors of the full-resolution image, averaged over a box about one grid step wide and sampled on
+    the grid, instead of the descriptors of the image resampled to the grid.
 
     Shape: (1, 1, I, J, K) -> (1, C, *size); C = 12 (mind), 3 (mse, CT) or 1 (mse, not CT).
     """
+    if pooled and similarity == "mind":
+        full = mind_ssc(normalise_intensity(image.float(), ct))
+        step = max(1, round(image.shape[2] / size[0]))
+        k = step + 1 if step % 2 == 0 else step  # odd, so the box is centred on each voxel
+        if k > 1:
+            full = F.avg_pool3d(F.pad(full, (k // 2,) * 6, mode="replicate"), k, stride=1)
+        return F.interpolate(full, size=size, mode="trilinear", align_corners=True)
     small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
         return preprocess(small, 3) if ct else normalise_intensity(small, ct)
@@ -122,7 +144,9 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
             continue
         size = tuple((n + level - 1) // level for n in full)
         with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
-            m, f = features(moving_hu, size, cfg.similarity, ct), features(fixed_hu, size, cfg.similarity, ct)
+            pooled = level == 2 and cfg.half_features == "pooled"
+            m = features(moving_hu, size, cfg.similarity, ct, pooled)
+            f = features(fixed_hu, size, cfg.similarity, ct, pooled)
             base = _resize_disp(disp, size)
         yield level, iters, m, f, base
 
