@@ -207,15 +207,11 @@ def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | os.PathL
     Raises:
         ValueError: not 3-D or values outside 0..255. OSError: the write failed (nothing left behind).
     """
-    import nibabel as nib
-
     labels = np.asarray(labels)
     if labels.ndim != 3 or (labels.size and (labels.min() < 0 or labels.max() > 255)):
         raise _fail(path, f"label map of shape {labels.shape}, values {labels.min()}..{labels.max()}: "
                           "expected (I, J, K) in 0..255")
-    img = nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, dtype=np.float64))
-    img.set_data_dtype(np.uint8)
-    return atomic_write(path, lambda tmp: nib.save(img, tmp))
+    return write_volume(path, labels.astype(np.uint8), affine)
 
 
 # ------------------------------------------------------------------------------------------- names
