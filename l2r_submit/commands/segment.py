@@ -10,16 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail
-
-
-def _load_all(paths: tuple[Path, ...]) -> list:
-    from ..core import dataset
-
-    try:
-        return [dataset.load(p) for p in paths]
-    except ValueError as exc:
-        raise Fail(str(exc)) from None
+from .common import Fail, load_dataset
 
 
 @click.group()
@@ -58,7 +49,7 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
         check_not_a_file(out_dir, "--out")
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    datasets = _load_all(dataset_jsons)
+    datasets = [load_dataset(p, None) for p in dataset_jsons]
     from ..training import segment as seg
 
     try:
@@ -87,7 +78,7 @@ def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, de
 
     Whole volumes, one uint8 NIfTI per case in --out, named like its image; existing files are skipped.
     """
-    datasets = _load_all(dataset_jsons)
+    datasets = [load_dataset(p, None) for p in dataset_jsons]
     from ..recipe import pseudo_labels
 
     try:
