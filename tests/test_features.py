@@ -49,3 +49,12 @@ def test_refuses_multichannel_input():
 def test_flat_image_gives_finite_descriptors():
     d = mind_ssc(torch.full((1, 1, 8, 9, 10), -1024.0))  # all air: no structure, zero variance
     assert torch.isfinite(d).all() and torch.equal(d, torch.ones_like(d))
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_box_mean_equals_avg_pool3d_with_replicated_edges(radius):
+    from l2r_submit.registration.features import box_mean
+    x = torch.rand(2, 3, 7, 6, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(radius))
+    ref = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(x, (radius,) * 6, mode="replicate"),
+                                         2 * radius + 1, stride=1)
+    assert torch.allclose(box_mean(x, radius), ref, atol=1e-12)

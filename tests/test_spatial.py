@@ -77,3 +77,32 @@ def test_shape_errors_quote_shapes():
         spatial.warp_image(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 5, 5, 5))
     with pytest.raises(ValueError, match="expected \\(B, 3, I, J, K\\)"):
         spatial.warp_labels(torch.zeros(1, 1, 4, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, 4, 3))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_threaded_grid_sample_equals_torch_values_and_gradients(threads, padding_mode):
+    """The slab-parallel sampler against F.grid_sample itself (float64): outputs, the grid's gradient and the
+    source's gradient, on a first axis that does not divide by the thread count, with points outside."""
+    from l2r_submit.core.spatial import grid_sample
+    gen = torch.Generator().manual_seed(3)
+    src = torch.rand(1, 3, 9, 8, 7, dtype=torch.float64, generator=gen)
+    grid = (torch.rand(1, 11, 6, 5, 3, dtype=torch.float64, generator=gen) * 2.4 - 1.2)
+    weights = torch.rand(1, 3, 11, 6, 5, dtype=torch.float64, generator=gen)
+    results = []
+    old = torch.get_num_threads()
+    for fn, t in ((lambda a, g: torch.nn.functional.grid_sample(a, g, mode="bilinear", padding_mode=padding_mode,
+                                                                 align_corners=True), old),
+                  (lambda a, g: grid_sample(a, g, padding_mode), threads)):
+        a = src.clone().requires_grad_(True)
+        g = grid.clone().requires_grad_(True)
+        torch.set_num_threads(t)
+        try:
+            out = fn(a, g)
+            (out * weights).sum().backward()
+        finally:
+            torch.set_num_threads(old)
+        results.append((out.detach(), g.grad, a.grad))
+    for mine, ref in zip(results[1], results[0]):
+        assert mine.shape == ref.shape
+        assert torch.allclose(mine, ref, atol=1e-12)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import CT_WINDOW_HU, mind_ssc, normalise_intensity
+from .features import CT_WINDOW_HU, box_mean, mind_ssc, normalise_intensity
 
 SIMILARITIES = ("mind", "mse")
 FIELDS = ("displacement", "velocity")
@@ -121,9 +121,9 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bo
         full = mind_ssc(normalise_intensity(image.float(), ct))
         step = max(1, round(image.shape[2] / size[0]))
         k = step + 1 if step % 2 == 0 else step  # odd, so the box is centred on each voxel
-        if k > 1:
-            full = F.avg_pool3d(F.pad(full, (k // 2,) * 6, mode="replicate"), k, stride=1)
-        return F.interpolate(full, size=size, mode="trilinear", align_corners=True)
+        # one channel at a time: the box mean of all 12 full-resolution channels at once would double the peak
+        return torch.cat([F.interpolate(box_mean(full[:, c:c + 1], k // 2), size=size, mode="trilinear",
+                                        align_corners=True) for c in range(full.shape[1])], dim=1)
     small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
         return preprocess(small, 3) if ct else normalise_intensity(small, ct)

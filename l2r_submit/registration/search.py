@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
-from .features import mind_ssc, normalise_intensity
+from .features import box_mean, mind_ssc, normalise_intensity
 
 
 TIE_BREAK = 1e-4  # weight of |l|^2 in the first label choice, relative to the mean cost
@@ -120,8 +120,7 @@ def cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, hw: int, ch
     per_chunk = chunk_size(n_nodes, side ** 3, chunk_mb)
     for start in range(0, side ** 3, per_chunk):  # box filter, in place, a chunk of labels at a time
         block = cost[start:start + per_chunk].view(-1, 1, a, b, d)
-        cost[start:start + per_chunk] = F.avg_pool3d(F.pad(block, (1,) * 6, mode="replicate"), 3,
-                                                     stride=1).reshape(-1, n_nodes)
+        cost[start:start + per_chunk] = box_mean(block, 1).reshape(-1, n_nodes)
     return cost
 
 
@@ -148,7 +147,7 @@ def coupled_argmin(cost: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, al
 def _smooth(field: torch.Tensor, passes: int) -> torch.Tensor:
     """``passes`` 3^3 box filters with replicated borders. Shape: (1, 3, A, B, D) -> same."""
     for _ in range(passes):
-        field = F.avg_pool3d(F.pad(field, (1,) * 6, mode="replicate"), 3, stride=1)
+        field = box_mean(field, 1)
     return field
 
 
