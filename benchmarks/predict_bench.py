@@ -75,12 +75,13 @@ def main(threads: int, io_iters: str, n_pairs: int, paper: bool, device: str) ->
     common = ["--threads", str(threads), "--device", device, "--pairs", ",".join(key(p) for p in data)]
     with tempfile.TemporaryDirectory() as tmp:
         for iters in [int(v) for v in io_iters.split(",")]:
-            label = "network only" if iters == 0 else f"network + {iters} instance-optimisation iterations"
             for how in ("sequential", "pipelined"):
                 out = Path(tmp) / f"io{iters}-{how}"
                 flag = ["--sequential"] if how == "sequential" else []
                 manifest, rss, _, _ = run_predict([*common, "--io-iters", str(iters), *flag], out)
                 line, wall, compute = describe(manifest)
+                stages = "+".join(k for k in manifest["seconds_per_pair"] if k not in ("read", "write"))
+                label = f"stages {stages}" + (f" ({iters} Adam iterations)" if iters else "")
                 print(f"shipped weights, {label}, {how}: {line}; wall / compute {wall / compute:.2f}, "
                       f"peak RSS {rss:.2f} GiB ({device}, {threads} threads)", flush=True)
             _, _, wall, last = run_predict([*common, "--io-iters", str(iters)], out)  # the pipelined run's request
