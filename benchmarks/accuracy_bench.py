@@ -36,14 +36,14 @@ BODY_HU = -500.0
 def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, ...]]:
     """Per synthetic pair, in voxels: mean EPE over all voxels, the fixed image's organs, its body and
     the air, then the same four for the zero field (the size of the true displacement)."""
-    from l2r_submit.core import io
+    from l2r_submit.core import disp_files, io
     from l2r_submit.training.synthetic import field_from_truth
 
     result = {}
     for key, entry in truth.items():
         pair = next(p for p in ds.pairs("val") if p.key == key)
-        stem = io.disp_names(entry["fixed"], entry["moving"], "long")[0]
-        disp = io.read_disp(out_dir / f"{stem}.nii.gz", ds.shape)  # (3, I, J, K), as written
+        stem = disp_files.disp_names(entry["fixed"], entry["moving"], "long")[0]
+        disp = disp_files.read_disp(out_dir / f"{stem}.nii.gz", ds.shape)  # (3, I, J, K), as written
         true = field_from_truth(entry)
         err = np.linalg.norm(disp - true, axis=0)
         zero = np.linalg.norm(true, axis=0)

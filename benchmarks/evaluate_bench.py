@@ -7,7 +7,7 @@ not timed. Prints the per-pair times, the speed-up, and whether every per-label 
 are identical.
 
 ``--whole``: the whole command as a process, as organisers feel it. A folder of ``--pairs`` fields
-(``.nii.gz`` written by io.write_disp, pairs i < j of test_data's subjects) and an official evaluation
+(``.nii.gz`` written by disp_files.write_disp, pairs i < j of test_data's subjects) and an official evaluation
 config are made once in ``--work`` (kept, so a second run reuses them); then ``l2r evaluate --workers 1``
 and the official computation each run as a process over that folder, wall clock from start to exit
 (start-up, imports, reading and decompressing, scoring, writing), best of ``--repeats``. The official side
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from l2r_submit.core import dataset, io
+from l2r_submit.core import dataset, disp_files, io
 from l2r_submit.evaluation import reference, scoring  # noqa: E402
 from l2r_submit.training.synthetic import smooth_random_disp  # noqa: E402
 
@@ -126,7 +126,7 @@ def _prepare(work: Path, n_pairs: int) -> tuple[Path, Path, Path]:
     for n, (a, b) in enumerate(pairs):
         if not (fields / f"disp_{a}_0000_{b}_0000.nii.gz").is_file():
             print(f"writing field {n + 1}/{len(pairs)}", flush=True)
-            io.write_disp(smooth_random_disp(n, src.shape, 6.0), fields, a, b)
+            disp_files.write_disp(smooth_random_disp(n, src.shape, 6.0), fields, a, b)
     return data, cfg_path, fields
 
 

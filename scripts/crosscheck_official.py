@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from l2r_submit.core import dataset, io  # noqa: E402
+from l2r_submit.core import dataset, disp_files  # noqa: E402
 from l2r_submit.training.synthetic import smooth_random_disp  # noqa: E402
 
 COMMITS = {"2025": "8847509", "2024": "28985b7", "2022": "56f96d5"}
@@ -123,7 +123,7 @@ def main() -> int:
             fields = work / f"fields-{names}"
             if not fields.exists():
                 for n, p in enumerate(ds.pairs("val")):
-                    io.write_disp(smooth_random_disp(n, ds.shape, args.max_disp), fields, p.fixed.id, p.moving.id,
+                    disp_files.write_disp(smooth_random_disp(n, ds.shape, args.max_disp), fields, p.fixed.id, p.moving.id,
                                   "nii.gz", names)
             for masked in (False, True):
                 cfg_path = work / f"cfg-{version}-{masked}.json"

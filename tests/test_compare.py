@@ -6,7 +6,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from l2r_submit.evaluation import compare
-from l2r_submit.core import io
+from l2r_submit.core import disp_files
 from l2r_submit.cli import main
 from l2r_submit.training.synthetic import smooth_random_disp
 
@@ -31,7 +31,7 @@ def test_compare_tolerance_and_inf():
 def test_evaluate_sh_with_expected_results(tiny_dataset, tmp_path, repo_root):
     disp = tmp_path / "disp"
     for f, m in (("0001", "0002"), ("0001", "0003"), ("0002", "0003")):
-        io.write_disp(smooth_random_disp(1, TINY_SHAPE, 2.0), disp, f, m)
+        disp_files.write_disp(smooth_random_disp(1, TINY_SHAPE, 2.0), disp, f, m)
     bindir = Path(sys.executable).parent
     env = {"PATH": f"{bindir}:/usr/bin:/bin"}
     run = subprocess.run(["bash", str(repo_root / "evaluate.sh"), str(tiny_dataset), str(disp), "--quiet"],

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from l2r_submit.core import dataset, io
+from l2r_submit.core import dataset, disp_files, io
 from l2r_submit.evaluation import evaluate
 from l2r_submit.cli import main
 from l2r_submit.training.synthetic import smooth_random_disp
@@ -19,7 +19,7 @@ VAL = [("0001", "0002"), ("0001", "0003"), ("0002", "0003")]
 
 def write_fields(out, fmt="nii.gz", names="long", seed=0):
     for n, (f, m) in enumerate(VAL):
-        io.write_disp(smooth_random_disp(seed + n, TINY_SHAPE, 2.5), out, f, m, fmt, names)
+        disp_files.write_disp(smooth_random_disp(seed + n, TINY_SHAPE, 2.5), out, f, m, fmt, names)
 
 
 def invoke(*args):
@@ -153,7 +153,7 @@ def test_true_fields_on_test_data_score_near_perfect(repo_root, tmp_path):
 
     truth = json.loads((repo_root / "test_data" / "truth.json").read_text())
     entry = truth["0001_0000<--0004_0000"]
-    io.write_disp(field_from_truth(entry), tmp_path, entry["fixed"], entry["moving"])
+    disp_files.write_disp(field_from_truth(entry), tmp_path, entry["fixed"], entry["moving"])
     ds = dataset.load(repo_root / "test_data" / "AbdomenCTCT_dataset.json")
     ds.splits["one"] = ds.pairs("val")[:1]
     m = evaluate.run(evaluate.EvalConfig(ds, tmp_path, split="one", progress=False)).metrics

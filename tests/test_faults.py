@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2r_submit.core import io
+from l2r_submit.core import disp_files, io
 from l2r_submit.registration import predict
 
 from conftest import TINY_SHAPE, write_tiny_dataset
@@ -29,17 +29,17 @@ from fault_helpers import (FIELDS, PAIRS, ckpt, error_lines, flip_byte, flip_crc
 
 def test_a_flipped_byte_in_a_gzip_field_is_an_error_not_a_number(tmp_path):
     disp = np.random.default_rng(0).normal(size=(3, *TINY_SHAPE)).astype(np.float32)
-    path = io.write_disp(disp, tmp_path, "0001", "0002")[0]
+    path = disp_files.write_disp(disp, tmp_path, "0001", "0002")[0]
     assert gzip.decompress(path.read_bytes())  # intact stream
     flip_byte(path)
     with pytest.raises(gzip.BadGzipFile):  # the independent check: Python's gzip module
         gzip.decompress(path.read_bytes())
     with pytest.raises(ValueError, match=f"{path}: cannot be read: corrupt gzip stream"):
-        io.read_disp(path, TINY_SHAPE)
-    trailer = io.write_disp(disp, tmp_path, "0001", "0003")[0]
+        disp_files.read_disp(path, TINY_SHAPE)
+    trailer = disp_files.write_disp(disp, tmp_path, "0001", "0003")[0]
     flip_crc(trailer)
     with pytest.raises(ValueError, match="CRC check failed"):
-        io.read_disp(trailer, TINY_SHAPE)
+        disp_files.read_disp(trailer, TINY_SHAPE)
 
 
 def test_evaluate_fails_the_corrupt_field_only(tiny_dataset, ckpt, tmp_path):
@@ -79,12 +79,12 @@ def test_npy_bytes_and_a_damaged_npz_are_redone_not_a_crash(tiny_dataset, ckpt, 
     flip_byte(npz[1])
     for path, problem in ((npz[0], "not an .npz archive"), (npz[1], "cannot be read")):
         with pytest.raises(ValueError, match=f"{path}: {problem}"):
-            io.read_disp(path, TINY_SHAPE)
+            disp_files.read_disp(path, TINY_SHAPE)
     res = invoke(*args)
     assert res.exit_code == 0 and error_lines(res) == []
     assert "2 pairs done, 1 skipped, 0 failed" in res.output
     for path in npz:
-        assert io.read_disp(path, TINY_SHAPE).shape == (3, *TINY_SHAPE)
+        assert disp_files.read_disp(path, TINY_SHAPE).shape == (3, *TINY_SHAPE)
 
 
 def test_rerun_with_other_settings_redoes_and_run_json_tells_the_truth(tiny_dataset, ckpt, tmp_path):
@@ -125,13 +125,13 @@ def test_skip_check_reads_no_field_and_redoes_a_changed_file(tiny_dataset, ckpt,
     out = tmp_path / "out"
     assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
     disp = np.zeros((3, *TINY_SHAPE), np.float32)  # a valid field of the right shape, but not ours
-    io.write_disp(disp, tmp_path / "other", "0001", "0003")
+    disp_files.write_disp(disp, tmp_path / "other", "0001", "0003")
     (out / FIELDS[1]).write_bytes((tmp_path / "other" / FIELDS[1]).read_bytes())
 
     def no_read(*_a, **_k):
         raise AssertionError("the skip check decompressed a field")
 
-    monkeypatch.setattr(io, "read_disp", no_read)
+    monkeypatch.setattr(disp_files, "read_disp", no_read)
     monkeypatch.setattr(io, "load_nifti", no_read)
     monkeypatch.setattr(predict, "read_pair", lambda *a, **k: None)  # images are read apart from the stages
     monkeypatch.setattr(predict, "register_pair", lambda *a, **k: (disp, {}))

@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from l2r_submit.core import io
+from l2r_submit.core import disp_files
 from l2r_submit.registration import predict
 
 from conftest import TINY_SHAPE, write_tiny_dataset
@@ -43,9 +43,9 @@ def test_kill_during_a_write_then_rerun_leaves_valid_fields_and_no_temporary_fil
     out = tmp_path / "out"
     driver = f"""
 import os, signal, sys
-from l2r_submit.core import io
+from l2r_submit.core import gzip_codec
 from l2r_submit.cli import main
-real = io.write_gzip
+real = gzip_codec.write_gzip
 calls = []
 def write_gzip(path, raw):
     calls.append(path)
@@ -54,7 +54,7 @@ def write_gzip(path, raw):
             fh.write(b"partial")
         os.kill(os.getpid(), signal.SIGKILL)
     real(path, raw)
-io.write_gzip = write_gzip
+gzip_codec.write_gzip = write_gzip
 main({[str(a) for a in predict_args(tiny_dataset, out, ckpt)]}, prog_name="l2r")
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -65,7 +65,7 @@ main({[str(a) for a in predict_args(tiny_dataset, out, ckpt)]}, prog_name="l2r")
     assert res.exit_code == 0 and "2 pairs done, 1 skipped" in res.output
     assert not list(out.glob(".tmp-*"))
     for name in FIELDS:
-        assert io.read_disp(out / name, TINY_SHAPE).shape == (3, *TINY_SHAPE)
+        assert disp_files.read_disp(out / name, TINY_SHAPE).shape == (3, *TINY_SHAPE)
 
 
 def test_an_image_beyond_float32_says_it_overflows(tiny_dataset, ckpt, tmp_path):

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from l2r_submit.core import io
+from l2r_submit.core import disp_files, io
 from l2r_submit.training.synthetic import smooth_random_disp
 
 SHAPE = (16, 12, 20)
@@ -18,15 +18,15 @@ def disp():
 
 
 def test_names():
-    assert io.disp_names("0001", "0004", "long") == ["disp_0001_0000_0004_0000"]
-    assert io.disp_names("0001", "0004", "short") == ["disp_0001_0004"]
-    assert io.disp_names("0001", "0004", "both") == ["disp_0001_0000_0004_0000", "disp_0001_0004"]
+    assert disp_files.disp_names("0001", "0004", "long") == ["disp_0001_0000_0004_0000"]
+    assert disp_files.disp_names("0001", "0004", "short") == ["disp_0001_0004"]
+    assert disp_files.disp_names("0001", "0004", "both") == ["disp_0001_0000_0004_0000", "disp_0001_0004"]
     with pytest.raises(ValueError, match="four digits"):
-        io.disp_names("1", "0004")
+        disp_files.disp_names("1", "0004")
 
 
 def test_nii_layout_is_official(tmp_path, disp):
-    (path,) = io.write_disp(disp, tmp_path, "0001", "0004", "nii.gz")
+    (path,) = disp_files.write_disp(disp, tmp_path, "0001", "0004", "nii.gz")
     img = nib.load(path)
     assert path.name == "disp_0001_0000_0004_0000.nii.gz"
     assert img.shape == (*SHAPE, 3) and img.get_data_dtype() == np.float32
@@ -35,7 +35,7 @@ def test_nii_layout_is_official(tmp_path, disp):
 
 
 def test_npz_layout_is_official(tmp_path, disp):
-    (path,) = io.write_disp(disp, tmp_path, "0001", "0004", "npz", "short")
+    (path,) = disp_files.write_disp(disp, tmp_path, "0001", "0004", "npz", "short")
     with np.load(path) as f:
         assert list(f.keys()) == ["arr_0"]
         assert f["arr_0"].shape == (*SHAPE, 3) and f["arr_0"].dtype == np.float32
@@ -44,11 +44,11 @@ def test_npz_layout_is_official(tmp_path, disp):
 def test_2020_layout_and_round_trip(tmp_path):
     shape = (64, 48, 80)
     disp = smooth_random_disp(3, shape, max_disp=4.0, grid=(3, 3, 3))
-    (path,) = io.write_disp(disp, tmp_path, "0001", "0004", "npz2020")
+    (path,) = disp_files.write_disp(disp, tmp_path, "0001", "0004", "npz2020")
     with np.load(path) as f:
         arr = f["arr_0"]
     assert arr.dtype == np.float16 and arr.shape == (3, 32, 24, 40)
-    back = io.read_disp(path, shape, protocol="2020")
+    back = disp_files.read_disp(path, shape, protocol="2020")
     assert back.shape == (3, *shape)
     # a smooth field survives half resolution + float16 inside the volume: error under a tenth of a voxel.
     # The last planes are not kept: zoom's default mode='constant' zeroes them (so does the 2020 evaluator).
@@ -58,14 +58,14 @@ def test_2020_layout_and_round_trip(tmp_path):
 
 
 def test_all_formats_read_back_the_same(tmp_path, disp):
-    a = io.read_disp(io.write_disp(disp, tmp_path, "0001", "0004", "nii.gz")[0], SHAPE)
-    b = io.read_disp(io.write_disp(disp, tmp_path, "0001", "0004", "npz")[0], SHAPE)
+    a = disp_files.read_disp(disp_files.write_disp(disp, tmp_path, "0001", "0004", "nii.gz")[0], SHAPE)
+    b = disp_files.read_disp(disp_files.write_disp(disp, tmp_path, "0001", "0004", "npz")[0], SHAPE)
     assert a.dtype == np.float64 and b.dtype == np.float32  # the dtypes the official loader gives
     assert np.array_equal(a, b) and np.array_equal(b, disp)
 
 
 def test_both_names_are_identical_files(tmp_path, disp):
-    paths = io.write_disp(disp, tmp_path, "0001", "0004", "nii.gz", "both")
+    paths = disp_files.write_disp(disp, tmp_path, "0001", "0004", "nii.gz", "both")
     assert [p.name for p in paths] == ["disp_0001_0000_0004_0000.nii.gz", "disp_0001_0004.nii.gz"]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
@@ -84,16 +84,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_atomic_write_gives_ordinary_permissions(tmp_path, disp):
     old = os.umask(0o022)
     try:
-        path = io.write_disp(disp, tmp_path, "0001", "0004", "npz")[0]
+        path = disp_files.write_disp(disp, tmp_path, "0001", "0004", "npz")[0]
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by the organisers' scoring user
 
 
 def test_rewrite_replaces_atomically(tmp_path, disp):
-    io.write_disp(disp, tmp_path, "0001", "0004", "npz")
-    io.write_disp(disp * 0, tmp_path, "0001", "0004", "npz")
-    assert not io.read_disp(tmp_path / "disp_0001_0000_0004_0000.npz", SHAPE).any()
+    disp_files.write_disp(disp, tmp_path, "0001", "0004", "npz")
+    disp_files.write_disp(disp * 0, tmp_path, "0001", "0004", "npz")
+    assert not disp_files.read_disp(tmp_path / "disp_0001_0000_0004_0000.npz", SHAPE).any()
 
 
 @pytest.mark.parametrize("arr, fmt, msg", [
@@ -109,10 +109,10 @@ def test_read_disp_rejects_bad_fields(tmp_path, arr, fmt, msg):
     else:
         nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
     if msg is None:
-        assert io.read_disp(path, SHAPE).shape == (3, *SHAPE)
+        assert disp_files.read_disp(path, SHAPE).shape == (3, *SHAPE)
     else:
         with pytest.raises(ValueError, match=msg) as exc:
-            io.read_disp(path, SHAPE)
+            disp_files.read_disp(path, SHAPE)
         assert str(path) in str(exc.value)
 
 
@@ -120,10 +120,10 @@ def test_read_disp_2020_rejects_wrong_dtype_and_shape(tmp_path):
     path = tmp_path / "d.npz"
     np.savez_compressed(path, np.zeros((3, 8, 6, 10), np.float32))
     with pytest.raises(ValueError, match="float16"):
-        io.read_disp(path, SHAPE, protocol="2020")
+        disp_files.read_disp(path, SHAPE, protocol="2020")
     np.savez_compressed(path, np.zeros((3, 16, 12, 20), np.float16))
     with pytest.raises(ValueError, match="2020 format expects"):
-        io.read_disp(path, SHAPE, protocol="2020")
+        disp_files.read_disp(path, SHAPE, protocol="2020")
 
 
 def test_npz_key_rules_per_evaluator_version(tmp_path):
@@ -132,25 +132,25 @@ def test_npz_key_rules_per_evaluator_version(tmp_path):
     np.savez(path, disp=np.zeros((*SHAPE, 3), np.float32))
     for protocol in ("2024", "2022"):
         with pytest.raises(ValueError, match="arr_0"):
-            io.read_disp(path, SHAPE, protocol)
-    assert io.read_disp(path, SHAPE, "2025").shape == (3, *SHAPE)
+            disp_files.read_disp(path, SHAPE, protocol)
+    assert disp_files.read_disp(path, SHAPE, "2025").shape == (3, *SHAPE)
     np.savez(path, a=np.zeros((*SHAPE, 3), np.float32), b=np.zeros(1))
     with pytest.raises(ValueError, match="exactly one array"):
-        io.read_disp(path, SHAPE, "2025")
+        disp_files.read_disp(path, SHAPE, "2025")
 
 
 def test_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "disp_0001_0004.nii.gz"
     bad.write_bytes(b"\x1f\x8bnot really gzip")
     with pytest.raises(ValueError, match="cannot be read"):
-        io.read_disp(bad, SHAPE)
+        disp_files.read_disp(bad, SHAPE)
     trunc = tmp_path / "t.npz"
     np.savez_compressed(trunc, np.zeros((*SHAPE, 3), np.float32))
     trunc.write_bytes(trunc.read_bytes()[:50])
     with pytest.raises(ValueError, match="cannot be read"):
-        io.read_disp(trunc, SHAPE)
+        disp_files.read_disp(trunc, SHAPE)
     with pytest.raises(ValueError, match="not found"):
-        io.read_disp(tmp_path / "nope.npz", SHAPE)
+        disp_files.read_disp(tmp_path / "nope.npz", SHAPE)
     with pytest.raises(ValueError, match="not found"):
         io.read_volume(tmp_path / "nope.nii.gz")
 
@@ -207,14 +207,14 @@ def test_gzip_reads_with_and_without_isal_check_the_crc(tmp_path, monkeypatch, i
     else:
         monkeypatch.setitem(sys.modules, "isal", None)  # import isal now raises ImportError
     disp = np.random.default_rng(0).normal(0, 2, (3, *SHAPE)).astype(np.float32)
-    path = io.write_disp(disp, tmp_path, "0001", "0002")[0]
-    assert np.array_equal(io.read_disp(path, SHAPE), disp)
+    path = disp_files.write_disp(disp, tmp_path, "0001", "0002")[0]
+    assert np.array_equal(disp_files.read_disp(path, SHAPE), disp)
     data = bytearray(path.read_bytes())
     data[-6] ^= 0xFF  # inside the CRC-32 of the trailer
     bad = tmp_path / "disp_0001_0000_0003_0000.nii.gz"
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt gzip stream"):
-        io.read_disp(bad, SHAPE)
+        disp_files.read_disp(bad, SHAPE)
 
 
 @pytest.mark.parametrize("isal", [True, False])
@@ -231,7 +231,7 @@ def test_nii_gz_is_one_standard_gzip_member_of_nibabels_own_bytes(tmp_path, disp
         pytest.importorskip("isal")
     else:
         monkeypatch.setitem(sys.modules, "isal", None)
-    path = io.write_disp(disp, tmp_path, "0001", "0002")[0]
+    path = disp_files.write_disp(disp, tmp_path, "0001", "0002")[0]
     nib.save(nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(disp, 0, -1)), np.eye(4)), tmp_path / "ref.nii.gz")
     raw = gzip.decompress((tmp_path / "ref.nii.gz").read_bytes())
     stored = path.read_bytes()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from l2r_submit.core import io
+from l2r_submit.core import disp_files
 from l2r_submit.cli import main
 from l2r_submit.core.contract import LABEL_NAMES
 from l2r_submit.training.synthetic import smooth_random_disp
@@ -90,7 +90,7 @@ def test_predict_evaluate_report_from_a_tiny_run(tiny_dataset, tiny_ckpt, tmp_pa
 def test_report_flags_a_failed_pair_and_opens_with_no_qc(tiny_dataset, tmp_path):
     disp_dir = tmp_path / "disp"
     for n, (f, m) in enumerate([("0001", "0002"), ("0001", "0003"), ("0002", "0003")]):
-        io.write_disp(smooth_random_disp(n, TINY_SHAPE, 2.0), disp_dir, f, m)
+        disp_files.write_disp(smooth_random_disp(n, TINY_SHAPE, 2.0), disp_dir, f, m)
     (disp_dir / "disp_0002_0000_0003_0000.nii.gz").write_bytes(b"\x1f\x8b broken")
     assert invoke("evaluate", tiny_dataset, disp_dir, "--out", tmp_path / "m.json", "--quiet").exit_code == 1
     res = invoke("report", tmp_path / "m.json", "--out", tmp_path / "r.html")
@@ -130,7 +130,7 @@ def test_report_needs_evaluate():
 def test_report_renders_in_headless_chromium(tiny_dataset, tmp_path, repo_root):
     disp_dir = tmp_path / "disp"
     for n, (f, m) in enumerate([("0001", "0002"), ("0001", "0003"), ("0002", "0003")]):
-        io.write_disp(smooth_random_disp(n, TINY_SHAPE, 2.0), disp_dir, f, m)
+        disp_files.write_disp(smooth_random_disp(n, TINY_SHAPE, 2.0), disp_dir, f, m)
     assert invoke("evaluate", tiny_dataset, disp_dir, "--out", tmp_path / "m.json", "--quiet").exit_code == 0
     assert invoke("report", tmp_path / "m.json", "--out", tmp_path / "r.html").exit_code == 0
     shot = tmp_path / "shot.png"

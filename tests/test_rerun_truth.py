@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from l2r_submit.core import dataset, io
+from l2r_submit.core import dataset, disp_files
 from l2r_submit.registration import predict
 from l2r_submit.registration.instance import IOConfig
 
@@ -59,7 +59,7 @@ def test_a_write_failure_keeps_the_records_of_pairs_already_done(tiny_dataset, c
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / FIELDS[0]))
 
-    monkeypatch.setattr(io, "write_disp", full)
+    monkeypatch.setattr(disp_files, "write_disp", full)
     second = predict.run(cfg)
     assert second["pairs"][PAIRS[0]]["status"] == "failed"
     assert [second["pairs"][k]["status"] for k in PAIRS[1:]] == ["skipped (outputs exist)"] * 2  # not "not tried"

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from l2r_submit.core import io
+from l2r_submit.core import disp_files, io
 
 from conftest import invoke
 
@@ -78,7 +78,7 @@ def test_a_reader_thread_failure_fails_that_pair_only(tiny_dataset, ckpt, tmp_pa
 
 
 def test_a_writer_thread_failure_fails_that_pair_only(tiny_dataset, ckpt, tmp_path, monkeypatch):
-    real = io.write_disp
+    real = disp_files.write_disp
     threads = set()
 
     def flaky(disp, out_dir, fixed_id, moving_id, *a, **k):
@@ -87,7 +87,7 @@ def test_a_writer_thread_failure_fails_that_pair_only(tiny_dataset, ckpt, tmp_pa
             raise OSError(errno.EIO, os.strerror(errno.EIO), str(out_dir / FIELDS[1]))
         return real(disp, out_dir, fixed_id, moving_id, *a, **k)
 
-    monkeypatch.setattr(io, "write_disp", flaky)
+    monkeypatch.setattr(disp_files, "write_disp", flaky)
     out = tmp_path / "out"
     res = invoke(*args(tiny_dataset, out, ckpt, "--io-iters", "0"))
     assert res.exit_code == 1 and "2 pairs done, 0 skipped, 1 failed" in res.output

@@ -1,20 +1,10 @@
-"""All file I/O of l2r_submit: volumes in, displacement fields out and back in.
+"""All file I/O of l2r_submit: volumes and label maps in and out, and the atomic write every file goes through.
 
 Nothing else in the package touches nibabel or SimpleITK. Arrays come back in the axis order
 ``nibabel.load(f).get_fdata()`` gives (see :mod:`l2r_submit.core.contract`); files read with SimpleITK
 (z, y, x arrays) are transposed to that order.
 
-Displacement files (one per pair, fixed grid, voxel units, pull map):
-
-========  ===============================  ===========================================================
-format    on disk                          notes
-========  ===============================  ===========================================================
-nii.gz    (I, J, K, 3) float32             identity affine, channel last (2022+ evaluator)
-npz       (I, J, K, 3) float32, ``arr_0``  exactly one array; read: any key (2025 evaluator) or
-                                           ``arr_0`` (2022-2024), non-float32 cast to float32
-npz2020   (3, I/2, J/2, K/2) float16       ``arr_0``, channel first, half resolution, values still in
-                                           full-resolution voxels (2020/2021 evaluator)
-========  ===============================  ===========================================================
+Displacement-field files (names, formats, the evaluators' read rules): :mod:`l2r_submit.core.disp_files`.
 
 Every write goes to a temporary file in the destination folder and is renamed into place, so a
 killed run never leaves a truncated file under a final name. Temporary files are named
@@ -35,16 +25,12 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from .contract import check_disp_array
-from .format2020 import downsample_2020, upsample_2020
-from .gzip_codec import decompress_errors, gzip_compress, gzip_decompress, write_gzip  # noqa: F401
+from .gzip_codec import decompress_errors, gzip_decompress
 
-FORMATS = ("nii.gz", "npz", "npz2020")
-NAME_STYLES = ("long", "short", "both")
 _ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 
@@ -66,7 +52,7 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
-def _fail(path: Path | str, problem: str) -> ValueError:
+def file_error(path: Path | str, problem: str) -> ValueError:
     return ValueError(f"{path}: {problem}")
 
 
@@ -86,7 +72,7 @@ def load_nifti(path: Path):
     import nibabel as nib
 
     if path.stat().st_size == 0:
-        raise _fail(path, "cannot be read: empty file")
+        raise file_error(path, "cannot be read: empty file")
     if not path.name.lower().endswith(".gz"):
         with _quiet_nibabel():
             return nib.load(str(path))
@@ -94,7 +80,7 @@ def load_nifti(path: Path):
     try:
         raw = gzip_decompress(data)
     except (gzip.BadGzipFile, EOFError, zlib.error, *decompress_errors()) as exc:
-        raise _fail(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
+        raise file_error(path, f"cannot be read: corrupt gzip stream ({type(exc).__name__}: {exc})") from None
     klass = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
     with _quiet_nibabel():
         return klass.from_bytes(raw)
@@ -122,7 +108,7 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     """
     path = Path(path)
     if not path.exists():
-        raise _fail(path, "file not found")
+        raise file_error(path, "file not found")
     name = path.name.lower()
     try:
         if path.is_dir():
@@ -134,21 +120,21 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
         elif name.endswith(_ITK_SUFFIXES):
             array, affine = _read_itk(path, dicom=False)
         else:
-            raise _fail(path, "unknown volume format (expected .nii.gz, .nii, .mha, .nrrd or a DICOM folder)")
+            raise file_error(path, "unknown volume format (expected .nii.gz, .nii, .mha, .nrrd or a DICOM folder)")
     except ValueError:
         raise
     except Exception as exc:  # nibabel/SimpleITK/zlib raise many types for corrupt files
-        raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+        raise file_error(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
-        raise _fail(path, f"expected a 3-D volume, got shape {tuple(array.shape)}")
+        raise file_error(path, f"expected a 3-D volume, got shape {tuple(array.shape)}")
     if dtype is not None:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not warned
             cast = array.astype(dtype)
         if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all() and np.isfinite(array).all():
             peak = float(np.abs(array).max())
-            raise _fail(path, f"values overflow {np.dtype(dtype).name} (largest magnitude {peak:.3g})")
+            raise file_error(path, f"values overflow {np.dtype(dtype).name} (largest magnitude {peak:.3g})")
         array = cast
     return Volume(np.asarray(array), affine)
 
@@ -160,13 +146,13 @@ def _read_itk(path: Path, dicom: bool) -> tuple[np.ndarray, np.ndarray]:
         reader = sitk.ImageSeriesReader()
         files = reader.GetGDCMSeriesFileNames(str(path))
         if not files:
-            raise _fail(path, "folder holds no DICOM series")
+            raise file_error(path, "folder holds no DICOM series")
         reader.SetFileNames(files)
         img = reader.Execute()
     else:
         img = sitk.ReadImage(str(path))
     if img.GetDimension() != 3:
-        raise _fail(path, f"expected a 3-D volume, got {img.GetDimension()}-D")
+        raise file_error(path, f"expected a 3-D volume, got {img.GetDimension()}-D")
     array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
     direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)
@@ -187,15 +173,15 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     arr = vol.array
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise _fail(path, "label map holds non-integer or non-finite values")
+            raise file_error(path, "label map holds non-integer or non-finite values")
         if arr.size and (arr.min() < -2.0**63 or arr.max() >= 2.0**63):
-            raise _fail(path, "label map holds values beyond 64-bit integers")
+            raise file_error(path, "label map holds values beyond 64-bit integers")
     elif not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
-        raise _fail(path, f"label map of dtype {arr.dtype}: expected integers")
+        raise file_error(path, f"label map of dtype {arr.dtype}: expected integers")
     info = np.iinfo(np.int32)
     fits = arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)
     if not fits and np.issubdtype(arr.dtype, np.unsignedinteger) and arr.max() > np.iinfo(np.int64).max:
-        raise _fail(path, "label map holds values beyond 64-bit integers")
+        raise file_error(path, "label map holds values beyond 64-bit integers")
     return np.ascontiguousarray(arr, dtype=np.int32 if fits else np.int64)
 
 
@@ -209,36 +195,9 @@ def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | os.PathL
     """
     labels = np.asarray(labels)
     if labels.ndim != 3 or (labels.size and (labels.min() < 0 or labels.max() > 255)):
-        raise _fail(path, f"label map of shape {labels.shape}, values {labels.min()}..{labels.max()}: "
+        raise file_error(path, f"label map of shape {labels.shape}, values {labels.min()}..{labels.max()}: "
                           "expected (I, J, K) in 0..255")
     return write_volume(path, labels.astype(np.uint8), affine)
-
-
-# ------------------------------------------------------------------------------------------- names
-
-
-def disp_names(fixed_id: str, moving_id: str, names: str = "long",
-               fixed_modality: str = "0000", moving_modality: str = "0000") -> list[str]:
-    """File stems for one pair: ``disp_FFFF_0000_MMMM_0000`` (long), ``disp_FFFF_MMMM`` (short) or both.
-
-    Raises:
-        ValueError: unknown name style, or ids that are not four digits.
-    """
-    if names not in NAME_STYLES:
-        raise ValueError(f"names: '{names}' received, expected one of {', '.join(NAME_STYLES)}")
-    for value in (fixed_id, moving_id, fixed_modality, moving_modality):
-        if len(value) != 4 or not value.isdigit():
-            raise ValueError(f"case id or modality '{value}' is not four digits")
-    long = f"disp_{fixed_id}_{fixed_modality}_{moving_id}_{moving_modality}"
-    short = f"disp_{fixed_id}_{moving_id}"
-    return {"long": [long], "short": [short], "both": [long, short]}[names]
-
-
-def disp_extension(fmt: str) -> str:
-    """File extension for a format name (``npz2020`` is an ``.npz`` file too)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format: '{fmt}' received, expected one of {', '.join(FORMATS)}")
-    return ".nii.gz" if fmt == "nii.gz" else ".npz"
 
 
 # ------------------------------------------------------------------------------------------ write
@@ -276,58 +235,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-def write_disp(disp: np.ndarray, out_dir: str | os.PathLike, fixed_id: str, moving_id: str,
-               fmt: str = "nii.gz", names: str = "long", fixed_modality: str = "0000",
-               moving_modality: str = "0000") -> list[Path]:
-    """Write one pair's field in an official format, atomically, under each requested name.
-
-    Args:
-        disp: (3, I, J, K) float32, voxels, pull map on the fixed grid.
-        out_dir: destination folder (created if needed).
-        fixed_id, moving_id: four-digit case ids.
-        fmt: ``nii.gz``, ``npz`` or ``npz2020``.
-        names: ``long``, ``short`` or ``both``.
-        fixed_modality, moving_modality: the cases' modality indices (``0000``, ``0001``...), part of the names.
-
-    Returns:
-        The paths written.
-
-    Raises:
-        ValueError: a field that breaks the contract, or an unknown format or name style.
-    """
-    check_disp_array(disp)
-    ext = disp_extension(fmt)
-    stems = disp_names(fixed_id, moving_id, names, fixed_modality, moving_modality)
-    if fmt == "nii.gz":
-        import nibabel as nib
-
-        data = np.ascontiguousarray(np.moveaxis(disp.astype(np.float32), 0, -1))
-
-        def write(tmp: str) -> None:  # the bytes nib.save writes, compressed faster (gzip_compress)
-            write_gzip(tmp, nib.Nifti1Image(data, np.eye(4)).to_bytes())
-    else:
-        data = downsample_2020(disp) if fmt == "npz2020" else np.moveaxis(disp.astype(np.float32), 0, -1)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, arr_0=data)
-
-    out = Path(out_dir)
-    first = atomic_write(out / (stems[0] + ext), write)
-    written = [first]
-    for stem in stems[1:]:  # further names: a hard link (or copy), renamed into place
-        def link(tmp: str) -> None:
-            os.unlink(tmp)
-            try:
-                os.link(first, tmp)
-            except OSError:
-                import shutil
-
-                shutil.copyfile(first, tmp)
-        written.append(atomic_write(out / (stem + ext), link))
-    return written
-
-
 def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
     """Write a 3-D volume as NIfTI (``.nii.gz`` compressed) with ``affine``, atomically, in ``array``'s dtype.
 
@@ -340,106 +247,3 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray)
 
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     return atomic_write(path, lambda tmp: nib.save(image, tmp))
-
-
-# ------------------------------------------------------------------------------------------- read
-
-
-def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: str = "2025") -> np.ndarray:
-    """Read one displacement file as the official evaluator version ``protocol`` would.
-
-    2022+ versions (see :mod:`l2r_submit.core.versions`): ``.nii.gz`` through ``get_fdata()`` (float64), or
-    ``.npz`` holding one full-resolution array (any key for ``2025``, the key ``arr_0`` for ``2024``
-    and ``2022``) cast to float32 as the official loader does (complex values are refused: a cast
-    would drop the imaginary part). ``2020``: an ``.npz`` with a float16 (3, I/2, J/2, K/2) array
-    under ``arr_0``, upsampled by :func:`upsample_2020`.
-
-    Shape: file (I, J, K, 3) (2020: (3, I/2, J/2, K/2)) -> (3, I, J, K).
-
-    Returns:
-        (3, I, J, K) field (a channel-first view of the file's channel-last data for 2022+).
-
-    Raises:
-        ValueError: missing or corrupt file, wrong format for the protocol, wrong shape or dtype, NaNs.
-    """
-    from .versions import get as get_version
-
-    version = get_version(protocol)
-    path = Path(path)
-    full = tuple(int(n) for n in spatial_shape)
-    if not path.is_file():
-        raise _fail(path, "displacement file not found")
-    name = path.name.lower()
-    if version.half_resolution:
-        arr = _read_npz(path, any_key=False)
-        half = tuple(n // 2 for n in full)
-        if arr.dtype != np.float16:
-            raise _fail(path, f"dtype {arr.dtype} received, the 2020 format expects float16")
-        if arr.shape != (3, *half):
-            raise _fail(path, f"shape {arr.shape} received, the 2020 format expects {(3, *half)}")
-        if not np.isfinite(arr).all():
-            raise _fail(path, "field holds NaN or inf values")
-        return upsample_2020(arr)
-    if name.endswith(".nii.gz"):
-        try:
-            arr = load_nifti(path).get_fdata()
-        except ValueError as exc:
-            if str(exc).startswith(str(path)):
-                raise
-            raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
-        except Exception as exc:
-            raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
-    elif name.endswith(".npz"):
-        arr = _read_npz(path, any_key=version.npz_any_key)
-        if np.iscomplexobj(arr):
-            raise _fail(path, f"dtype {arr.dtype} received: a displacement field must hold real numbers")
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise _fail(path, f"dtype {arr.dtype} received: a displacement field must hold numbers")
-        if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)  # as the official loader (utils.load_disp) does
-    else:
-        raise _fail(path, "a displacement field must be a .nii.gz or .npz file")
-    if arr.shape != (*full, 3):
-        hint = ""
-        if arr.shape == (3, *full):
-            hint = " (channel-first; the official format is channel-last (I, J, K, 3))"
-        elif arr.ndim == 4 and arr.shape[0] == 3:
-            hint = (" (channel-first at another size; a half-resolution 2020 field is read only with "
-                    "--protocol 2020)")
-        raise _fail(path, f"shape {arr.shape} received, expected {(*full, 3)}{hint}")
-    disp = np.moveaxis(arr, -1, 0)
-    try:
-        check_disp_array(disp, full, name=str(path))
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    return disp
-
-
-def _read_npz(path: Path, any_key: bool) -> np.ndarray:
-    """The field array of an .npz file.
-
-    ``any_key``: the single array under whatever key (evaluator 2025-02-10, 8847509: more than one
-    array is an error). Otherwise the array ``arr_0`` (evaluators 2023-06-28 to 2025-02-10 read
-    ``np.load(f)['arr_0']``; other arrays beside it are ignored, as there).
-    """
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise _fail(path, "not an .npz archive (it holds a bare .npy array or text); "
-                              "write it with numpy.savez_compressed")
-        with loaded as npz:
-            keys = list(npz.keys())
-            if any_key:
-                if len(keys) != 1:
-                    raise _fail(path, f"an .npz field must hold exactly one array, found {len(keys)}: {keys}")
-                return npz[keys[0]]
-            if "arr_0" not in keys:
-                raise _fail(path, f"this evaluator version reads the array 'arr_0', found {keys} "
-                                  f"(the 2025 evaluator, --protocol 2025, takes any single key)")
-            return npz["arr_0"]
-    except ValueError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # zipfile, zlib, OSError, EOFError... on damaged files
-        raise _fail(path, f"cannot be read ({type(exc).__name__}: {exc})") from None

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..core import io, versions
+from ..core import disp_files, io, versions
 from ..core.dataset import Dataset, Pair
 from . import scoring
 
@@ -167,7 +167,7 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
     if disp_path is None:
         disp = np.zeros((3, *shape), np.float32)
     else:
-        disp = io.read_disp(disp_path, shape, protocol)
+        disp = disp_files.read_disp(disp_path, shape, protocol)
     evaluated = {lab for s in specs for lab in s.labels}
     read = labels.get if labels is not None else read_labels
     fixed_seg, fixed_present = read(pair.fixed.label)

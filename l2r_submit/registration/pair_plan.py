@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core import io
+from ..core import disp_files
 from ..core.dataset import Dataset, Pair
 
 
@@ -82,6 +82,6 @@ def check_min_shape(shape: tuple[int, ...], divisor: int, source: object) -> Non
 
 def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Path]:
     """The files one pair's field is written to, in ``out_dir``."""
-    ext = io.disp_extension(fmt)
-    return [out_dir / (stem + ext) for stem in io.disp_names(pair.fixed.id, pair.moving.id, names,
+    ext = disp_files.disp_extension(fmt)
+    return [out_dir / (stem + ext) for stem in disp_files.disp_names(pair.fixed.id, pair.moving.id, names,
                                                                pair.fixed.modality, pair.moving.modality)]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..core import folders, io, runtime
+from ..core import disp_files, folders, io, runtime
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
@@ -69,7 +69,7 @@ class PredictConfig:
         pairs: subset, as case keys ``FFFF_0000<--MMMM_0000`` or ``FFFF_MMMM``; None = all.
         checkpoint: weights file; None = the shipped default of ``weights_dir``.
         weights_dir: folder with ``manifest.json`` (sha256 of each file, checked at load).
-        fmt, names: output format and file names (see :func:`l2r_submit.core.io.write_disp`).
+        fmt, names: output format and file names (see :func:`l2r_submit.core.disp_files.write_disp`).
         device: ``auto``, ``cpu`` or ``cuda``.
         io: instance optimisation settings (``iters=0``: no ``adam`` stage).
         network: False drops the ``network`` stage (the next stage starts from a zero field).
@@ -314,7 +314,7 @@ def run(cfg: PredictConfig) -> dict:
 
     def write(pair: Pair, disp: np.ndarray) -> dict:
         outputs = plan[pair]
-        written = io.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names,
+        written = disp_files.write_disp(disp, cfg.out_dir, pair.fixed.id, pair.moving.id, cfg.fmt, cfg.names,
                                 pair.fixed.modality, pair.moving.modality)
         if sorted(written) != sorted(outputs):  # the names planned (and checked for collisions) are the names written
             raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
