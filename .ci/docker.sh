@@ -104,11 +104,11 @@ import os, sys
 from pathlib import Path
 import nibabel as nib
 import numpy as np
-from l2r_submit.core import dataset, io
+from l2r_submit.core import dataset, disp_files
 ds = dataset.load(sys.argv[1])
 out, uid = Path(sys.argv[2]), int(sys.argv[3])
 for pair in ds.pairs("val"):
-    path = out / (io.disp_names(pair.fixed.id, pair.moving.id, "long")[0] + ".nii.gz")
+    path = out / (disp_files.disp_names(pair.fixed.id, pair.moving.id, "long")[0] + ".nii.gz")
     img = nib.load(path)
     assert img.shape == (*ds.shape, 3), (path, img.shape)
     assert img.get_data_dtype() == np.float32, (path, img.get_data_dtype())
