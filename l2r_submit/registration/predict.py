@@ -23,7 +23,6 @@ redoes it otherwise.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,8 @@ from ..core import disp_files, folders, io, runtime
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
-from .run_record import file_record, output_settings, pair_inputs, redo_reason, sha256, stage_means, summary  # noqa: F401
+from .run_record import (error_line, file_record, output_settings, pair_inputs, redo_reason,  # noqa: F401
+                         save_manifest, sha256, stage_means, summary)
 from ..core.dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
@@ -336,7 +336,7 @@ def run(cfg: PredictConfig) -> dict:
             entry.update(settings=settings, files=outcome.value, status="done")
         else:
             exc = outcome.error
-            message = _one_line(exc)
+            message = error_line(exc)
             entry.update(status="failed", error=message)
             stale = [p.name for p in plan[pair] if p.exists()]
             if stale:  # an earlier run's files, not made with this run's settings: say so, keep them
@@ -345,7 +345,7 @@ def run(cfg: PredictConfig) -> dict:
             if isinstance(exc, OSError) and exc.errno in folders.NO_FURTHER_WRITES:
                 stopped = f"stopped after {message}"
         manifest["pairs"][pair.key] = entry
-        _save_manifest(record, manifest)
+        save_manifest(record, manifest)
         bar.update()
         return stopped is not None
 
@@ -359,7 +359,7 @@ def run(cfg: PredictConfig) -> dict:
         current = next((p for p in todo if manifest["pairs"].get(p.key) is not entries[p]), None)
         if current is not None:  # the pair being computed (the one being written was recorded first)
             manifest["pairs"][current.key] = {**entries[current], "status": "failed", "error": "interrupted"}
-        _save_manifest(record, manifest)
+        save_manifest(record, manifest)
         raise
     finally:
         bar.close()
@@ -373,36 +373,9 @@ def run(cfg: PredictConfig) -> dict:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
     if stopped:
         print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
-    _save_manifest(record, manifest)
+    save_manifest(record, manifest)
     if cfg.shard is not None:
         merged = shards.merge(cfg.out_dir, cfg.shard[1])
         if "manifest_error" not in manifest and merged is not None:
             manifest["merged"] = merged
     return manifest
-
-
-def _one_line(exc: BaseException) -> str:
-    """A pair's error in one line: the file and the problem for OS errors, the type for unexpected ones."""
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: cannot be written or read ({exc.strerror or exc})"
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else ""
-    if not isinstance(exc, (ValueError, RuntimeError, MemoryError, OSError)):
-        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-    return (line or type(exc).__name__)[:500]
-
-
-def _save_manifest(path: Path, manifest: dict) -> None:
-    """Write run.json (``path``); a failure is recorded in ``manifest['manifest_error']`` (printed once), not raised."""
-    try:
-        _write_manifest(path, manifest)
-        manifest.pop("manifest_error", None)
-    except OSError as exc:
-        if "manifest_error" not in manifest:
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
-        manifest["manifest_error"] = _one_line(exc)
-
-
-def _write_manifest(path: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=2) + "\n"
-    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,4 +1,4 @@
-"""What run.json records per pair, and the rerun check that reads it.
+"""What run.json records per pair, writing it, and the rerun check that reads it.
 
 Each finished pair's entry holds the images it was made from, the settings its field depends on
 (:func:`output_settings`: derived from the config, so a setting added later is compared too) and the
@@ -14,9 +14,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ..core import io
 from ..core.dataset import Pair
 
 
@@ -185,3 +187,30 @@ def summary(manifest: dict) -> tuple[str, int]:
     extra = f", {not_tried} not tried" if not_tried else ""
     bad = failed + not_tried + ("manifest_error" in manifest)
     return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{extra}{rate} ({manifest['device']})", bad
+
+
+def error_line(exc: BaseException) -> str:
+    """A pair's error in one line: the file and the problem for OS errors, the type for unexpected ones."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: cannot be written or read ({exc.strerror or exc})"
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    if not isinstance(exc, (ValueError, RuntimeError, MemoryError, OSError)):
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return (line or type(exc).__name__)[:500]
+
+
+def save_manifest(path: Path, manifest: dict) -> None:
+    """Write run.json (``path``); a failure is recorded in ``manifest['manifest_error']`` (printed once), not raised."""
+    try:
+        _write_manifest(path, manifest)
+        manifest.pop("manifest_error", None)
+    except OSError as exc:
+        if "manifest_error" not in manifest:
+            print(f"error: {error_line(exc)}", file=sys.stderr)
+        manifest["manifest_error"] = error_line(exc)
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2) + "\n"
+    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
