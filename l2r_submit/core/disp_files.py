@@ -58,7 +58,6 @@ def disp_extension(fmt: str) -> str:
     return ".nii.gz" if fmt == "nii.gz" else ".npz"
 
 
-
 # ------------------------------------------------------------------------------------------ write
 
 

@@ -1,6 +1,7 @@
 """All file I/O of l2r_submit: volumes and label maps in and out, and the atomic write every file goes through.
 
-Nothing else in the package touches nibabel or SimpleITK. Arrays come back in the axis order
+Nothing else in the package touches nibabel or SimpleITK, except :mod:`l2r_submit.core.disp_files` for
+field files. Arrays come back in the axis order
 ``nibabel.load(f).get_fdata()`` gives (see :mod:`l2r_submit.core.contract`); files read with SimpleITK
 (z, y, x arrays) are transposed to that order.
 
