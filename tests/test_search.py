@@ -77,7 +77,9 @@ def test_cost_volume_matches_a_direct_shift_and_is_chunked():
     padded = F.pad(m, (hw,) * 6, mode="replicate")
     for n, (a, b, c) in enumerate(search.label_offsets(hw).long().tolist()):  # label l compares f(p), m(p + l)
         raw = ((f - padded[:, :, 1 + a:6 + a, 1 + b:5 + b, 1 + c:7 + c]) ** 2).sum(1, keepdim=True)
-        boxed = F.avg_pool3d(F.pad(raw, (1,) * 6, mode="replicate"), 3, stride=1)
+        boxed = raw
+        for _ in range(2):  # two 3^3 means of the replicate-padded cost
+            boxed = F.conv3d(F.pad(boxed, (1,) * 6, mode="replicate"), torch.full((1, 1, 3, 3, 3), 1 / 27))
         assert torch.allclose(cost[n], boxed.reshape(-1), atol=1e-5)
     # memory: no temporary of the cost-volume size is larger than chunk_mb
     assert search.chunk_size(2197, 10**6, 256) * 2197 * 4 <= 256 << 20

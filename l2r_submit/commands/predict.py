@@ -27,7 +27,7 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
                    "and 2020 evaluators) [default: long; short with --format npz2020].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
-              help="Instance-optimisation iterations (0 = network only) [default: 100].")
+              help="Instance-optimisation iterations (0 = network only) [default: 80].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
@@ -37,12 +37,12 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
 @click.option("--no-network", is_flag=True,
               help="Drop the network stage: the next stage starts from a zero field (training-free).")
 @click.option("--stages", default=None,
-              help="Comma list among network,search,adam, run in that order [default: adam; network,adam with "
-                   "--checkpoint or --io-iters 0].")
+              help="Comma list among network,search,adam, run in that order [default: search,adam; network,adam "
+                   "with --checkpoint or --io-iters 0].")
 @click.option("--search-hw", type=click.IntRange(1, 12), default=None,
               help="Search range in grid steps per axis [default: 4].")
-@click.option("--search-grid", type=click.IntRange(2, 16), default=None, callback=lambda _c, _p, v: checked(pa.check_search_grid, v),
-              help="Search control-grid spacing in voxels, even [default: 6].")
+@click.option("--search-grid", type=click.IntRange(2, 16), default=None,
+              help="Search control-grid spacing in voxels [default: 6].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

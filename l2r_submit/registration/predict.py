@@ -45,7 +45,7 @@ from .instance import IOConfig
 from .search import SearchConfig
 from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 
-DEFAULT_IO_ITERS = 100  # chosen by accuracy per second on CPU: see README, "Predict"
+DEFAULT_IO_ITERS = 80  # after the search; chosen by accuracy per second on CPU: see README, "Predict"
 DEFAULT_IO_FIELD = "velocity"  # invertible updates: no folds at a weaker regulariser (README, "Predict")
 DEFAULT_IO_REG = {"displacement": 1.0, "velocity": 0.25}  # diffusion weight per field model
 
@@ -54,7 +54,7 @@ def default_io(iters: int = DEFAULT_IO_ITERS, field: str = DEFAULT_IO_FIELD, reg
                similarity: str = "mind") -> IOConfig:
     """The refinement's settings with predict's defaults; ``reg`` None: the default of the field model."""
     return IOConfig(iters, similarity=similarity, field=field, reg=DEFAULT_IO_REG[field] if reg is None else reg)
-DEFAULT_STAGES = ("adam",)  # measured best with the shipped weights; search is opt-in (README, "Predict")
+DEFAULT_STAGES = ("search", "adam")  # measured best with the shipped weights (README, "Predict")
 NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
 
 
@@ -118,7 +118,7 @@ def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
 
 
 def default_stages(cfg: PredictConfig) -> tuple[str, ...]:
-    """The stages when none are named: ``adam`` alone with the shipped weights (with them the network
+    """The stages when none are named: ``search,adam`` with the shipped weights (with them the network
     measured below no registration, README "Predict"); ``network,adam`` when ``cfg.checkpoint`` names
     weights, or when the refinement is off (``io.iters`` 0: the network alone, as before)."""
     return NETWORK_STAGES if cfg.checkpoint is not None or cfg.io.iters <= 0 else DEFAULT_STAGES

@@ -25,16 +25,6 @@ def check_stages(text: str | None) -> None:
                          f"among {', '.join(STAGE_NAMES)}")
 
 
-def check_search_grid(value: int | None) -> None:
-    """``--search-grid``: even (the search descriptors are at half resolution).
-
-    Raises:
-        ValueError: an odd spacing.
-    """
-    if value is not None and value % 2:
-        raise ValueError(f"--stages/--search-*: search grid: {value} received, expected an even number >= 2")
-
-
 def request_of(params: dict, checkpoint: Path | None) -> dict | None:
     """What this ``l2r predict`` was asked (:func:`l2r_submit.registration.quick_rerun.request_key`): every option in
     ``params`` but ``quiet`` and ``do_eval`` (they change no field), paths made absolute; None when the
