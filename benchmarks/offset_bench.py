@@ -86,9 +86,11 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, offsets: str, threa
         pair = pairs[key]
         fixed = io.read_volume(pair.fixed.image, np.float32).array
         fixed_seg = io.read_labels(pair.fixed.label)
+        moving_raw = io.read_volume(pair.moving.image, np.float32).array
+        moving_seg_raw = io.read_labels(pair.moving.label)
         for shift in shifts:
-            moving = translate(io.read_volume(pair.moving.image, np.float32).array, shift, AIR_HU)
-            moving_seg = translate(io.read_labels(pair.moving.label), shift, 0)
+            moving = translate(moving_raw, shift, AIR_HU)
+            moving_seg = translate(moving_seg_raw, shift, 0)
             m, f = torch.from_numpy(moving)[None, None], torch.from_numpy(fixed)[None, None]
             row = {"pair": key, "offset": shift, "zero": mean_dice(fixed_seg, moving_seg, np.zeros((3, *fixed.shape), np.float32))}
             for names in settings:
