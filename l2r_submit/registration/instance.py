@@ -130,6 +130,19 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bo
     return mind_ssc(normalise_intensity(small, ct))
 
 
+def for_sampling(features: torch.Tensor) -> torch.Tensor:
+    """The moving features laid out for the trilinear sampler: on CPU channels-last (the 12 channels of a
+    voxel side by side), so each of the 8 corners a sample reads is one run of memory instead of 12 reads
+    a volume apart; measured on 2 threads, the refinement of one 192x160x256 pair took about 5 s less
+    (25 s -> 20 s), the same values to the last bit. On GPU the layout is left as it is.
+
+    Shape: (1, C, I, J, K) -> the same values, possibly other strides.
+    """
+    if features.device.type != "cpu":
+        return features
+    return features.contiguous(memory_format=torch.channels_last_3d)
+
+
 def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig, ct: bool):
     """The refinement's levels, coarse first: quarter resolution for ``coarse_fraction`` of the iterations,
     then half. Yields (level, iterations, moving features, fixed features, ``disp`` resized), each computed
@@ -145,7 +158,7 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
         size = tuple((n + level - 1) // level for n in full)
         with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
             pooled = level == 2 and cfg.half_features == "pooled"
-            m = features(moving_hu, size, cfg.similarity, ct, pooled)
+            m = for_sampling(features(moving_hu, size, cfg.similarity, ct, pooled))
             f = features(fixed_hu, size, cfg.similarity, ct, pooled)
             base = _resize_disp(disp, size)
         yield level, iters, m, f, base
@@ -204,7 +217,7 @@ def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torc
         size = tuple(base.shape[2:])
         if base.any():
             with torch.no_grad():
-                m = warp_image(m, base, padding_mode="border")
+                m = for_sampling(warp_image(m, base, padding_mode="border"))
         with torch.enable_grad():
             for _ in range(iters):
                 update = exponential(velocity, cfg.steps)

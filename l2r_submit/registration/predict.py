@@ -257,6 +257,7 @@ def run(cfg: PredictConfig) -> dict:
     ckpt_path = resolve_checkpoint(cfg.checkpoint, cfg.weights_dir)
     device = runtime.resolve_device(cfg.device)
     runtime.configure_threads(shards.threads_per_rank(cfg.threads, cfg.shard, device.type))
+    allocator = runtime.keep_freed_memory()
     if cfg.shard is not None and device.type == "cuda":
         device = torch.device("cuda", cfg.shard[0] % torch.cuda.device_count())  # one GPU per rank
     net, _ = checkpoint.load(ckpt_path, map_location=device)
@@ -273,7 +274,7 @@ def run(cfg: PredictConfig) -> dict:
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
-        "pipelined": cfg.pipeline,
+        "pipelined": cfg.pipeline, "allocator": allocator,
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
                      "network": cfg.network, "overwrite": cfg.overwrite,
                      "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
