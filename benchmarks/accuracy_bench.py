@@ -59,11 +59,12 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
               help="Stages of one setting, e.g. network,search,adam; repeat for more [default: predict's default].")
 @click.option("--search-hw", default="", help="Comma list of search half-widths [default: SearchConfig's].")
 @click.option("--search-grid", default="", help="Comma list of search grid spacings [default: SearchConfig's].")
-@click.option("--io-iters", default="100", show_default=True, help="Comma list of settings (0 = no adam stage).")
+@click.option("--io-iters", default="", help="Comma list of settings (0 = no adam stage) [default: predict's for the stages].")
 @click.option("--io-reg", type=float, default=None, help="Diffusion weight of the refinement [default: predict.DEFAULT_IO_REG of the field model].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True)
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True)
-@click.option("--coarse-fraction", type=float, default=None, help="Share of iterations at quarter resolution [default: IOConfig's].")
+@click.option("--coarse-fraction", type=float, default=None,
+              help="Share of iterations at quarter resolution [default: predict's for the stages: 0 after the search].")
 @click.option("--no-network", is_flag=True, help="Refine from a zero field instead of the network's output.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
@@ -80,14 +81,14 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iter
     stage_sets = [parse_stages(s) for s in stage_lists] or [predict.DEFAULT_STAGES]
     hws = [int(v) for v in search_hw.split(",") if v] or [SearchConfig().hw]
     grids = [int(v) for v in search_grid.split(",") if v] or [SearchConfig().grid]
-    settings = [(st, hw, g, int(it)) for st in stage_sets for it in io_iters.split(",")
+    settings = [(st, hw, g, int(it) if it else None) for st in stage_sets for it in io_iters.split(",")
                 for hw in (hws if "search" in st else hws[:1]) for g in (grids if "search" in st else grids[:1])]
     truth = json.loads((ROOT / "test_data" / "truth.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, (names, hw, grid, iters) in enumerate(settings):
             out = Path(tmp) / f"setting{n}"
-            io_cfg = predict.default_io(iters, io_field, io_reg, io_similarity)
+            io_cfg = predict.default_io(iters, io_field, io_reg, io_similarity, after_search="search" in names)
             if coarse_fraction is not None:
                 io_cfg = replace(io_cfg, coarse_fraction=coarse_fraction)
             manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
@@ -105,7 +106,7 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iter
                           for k in manifest["settings"]["stages"]}
             rows.append({
                 "setting": label,
-                "io_iters": iters,
+                "io_iters": io_cfg.iters,
                 "seconds_per_pair": float(np.mean(secs)),
                 "stage_seconds": stage_secs,
                 "DSC": {k: c["DSC"]["mean"] for k, c in cases.items()},

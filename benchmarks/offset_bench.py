@@ -77,10 +77,13 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, offsets: str, threa
     torch.set_num_threads(threads)
     shifts = parse_offsets(offsets)
     settings = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
-    io_cfg = predict.default_io() if io_iters is None else predict.default_io(io_iters)
+    io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in settings}
     pairs = {p.key: p for p in dataset.load(DATA).pairs("val")}
     rows = []
-    print(f"CPU, {threads} threads; refinement {io_cfg.iters} iterations ({io_cfg.field}); search {SearchConfig()}")
+    for names, cfg in io_cfgs.items():
+        print(f"{'+'.join(names)}: refinement {cfg.iters} iterations ({cfg.field}, quarter-resolution share "
+              f"{cfg.coarse_fraction})" if "adam" in names else f"{'+'.join(names)}: no refinement")
+    print(f"CPU, {threads} threads; search {SearchConfig()}")
     print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{'+'.join(s):>16}" for s in settings))
     for key in INTER_PATIENT:
         pair = pairs[key]
@@ -94,7 +97,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, offsets: str, threa
             m, f = torch.from_numpy(moving)[None, None], torch.from_numpy(fixed)[None, None]
             row = {"pair": key, "offset": shift, "zero": mean_dice(fixed_seg, moving_seg, np.zeros((3, *fixed.shape), np.float32))}
             for names in settings:
-                built = stages.build(names, None, SearchConfig(), io_cfg)
+                built = stages.build(names, None, SearchConfig(), io_cfgs[names])
                 t0 = time.perf_counter()
                 disp, _ = stages.run(built, m, f)
                 seconds = time.perf_counter() - t0

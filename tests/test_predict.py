@@ -111,7 +111,9 @@ def test_the_shipped_weights_match_their_manifest_and_load():
 
 def test_help_states_the_real_default_of_io_iters():
     res = invoke("predict", "--help")
-    assert f"[default: {predict.DEFAULT_IO_ITERS}]" in " ".join(res.output.split())
+    text = " ".join(res.output.split())
+    assert f"[default: {predict.DEFAULT_IO_ITERS} after the search" in text
+    assert f"{predict.DEFAULT_IO_ITERS_NO_SEARCH} without it" in text
 
 
 @pytest.mark.parametrize("similarity", instance.SIMILARITIES)

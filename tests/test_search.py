@@ -180,6 +180,27 @@ def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     assert predict.active_stages(predict.PredictConfig(dataset.load(tiny_dataset), out)) == predict.DEFAULT_STAGES
 
 
+
+def test_the_refinement_defaults_follow_the_stages_that_run(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
+    """After the search the refinement is half resolution only; without it, quarter then half, as run.json says."""
+    base = ["predict", tiny_dataset, "--device", "cpu", "--quiet", "--pairs", "0001_0002", "--search-grid", "4",
+            "--search-hw", "2"]
+    expected = {("search", "adam"): (predict.DEFAULT_IO_ITERS, 0.0),
+                ("adam",): (predict.DEFAULT_IO_ITERS_NO_SEARCH, instance.IOConfig().coarse_fraction)}
+    for names, (iters, coarse) in expected.items():
+        out = tmp_path / "_".join(names)
+        assert invoke(*base, "--out", out, "--stages", ",".join(names), "--io-iters", "2").exit_code == 0
+        io = json.loads((out / "run.json").read_text())["settings"]["io"]
+        assert (io["iters"], io["coarse_fraction"]) == (2, coarse)
+        assert predict.default_io(after_search="search" in names).iters == iters
+        reg = (predict.DEFAULT_IO_REG_AFTER_SEARCH if "search" in names else predict.DEFAULT_IO_REG)["velocity"]
+        assert io["reg"] == reg
+    assert iters != predict.DEFAULT_IO_ITERS and coarse > 0.0  # the two defaults differ
+    named = json.loads((tmp_path / "named" / "run.json").read_text()) if invoke(
+        *base, "--out", tmp_path / "named", "--checkpoint", tiny_ckpt, "--io-iters", "2").exit_code == 0 else {}
+    assert named["settings"]["stages"] == list(predict.NETWORK_STAGES)
+    assert named["settings"]["io"]["coarse_fraction"] > 0.0  # weights named: no search, the quarter level first
+
 def test_featureless_regions_stay_still():
     """Air against air costs the same for every label: the search must not pick the first label there."""
     cost = torch.zeros(len(search.label_offsets(2)), 4 * 4 * 4)

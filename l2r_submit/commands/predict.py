@@ -27,13 +27,15 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
                    "and 2020 evaluators) [default: long; short with --format npz2020].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
-              help="Instance-optimisation iterations (0 = network only) [default: 80].")
+              help="Refinement (Adam) iterations; 0 = no refinement [default: 40 after the search, at half "
+                   "resolution; 80 without it, quarter then half resolution].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
               help="The refinement's update: exp of a stationary velocity field (invertible), or a displacement.")
 @click.option("--io-reg", type=click.FloatRange(min=0), default=None,
-              help="Diffusion weight of the refinement [default: 0.25 for velocity, 1.0 for displacement].")
+              help="Diffusion weight of the refinement [default: velocity 0.125 after the search, 0.25 without it; "
+                   "displacement 1.0].")
 @click.option("--no-network", is_flag=True,
               help="Drop the network stage: the next stage starts from a zero field (training-free).")
 @click.option("--stages", default=None,
@@ -108,9 +110,10 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     from ..registration.search import SearchConfig
     from ..registration.stages import parse_stages
 
-    io_cfg = pr.default_io(pr.DEFAULT_IO_ITERS if io_iters is None else io_iters, io_field, io_reg, io_similarity)
     try:
         names_run = None if stages is None else parse_stages(stages)
+        planned = names_run if names_run is not None else pr.default_stage_names(checkpoint, io_iters)
+        io_cfg = pr.default_io(io_iters, io_field, io_reg, io_similarity, after_search="search" in planned)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--search-*: {exc}") from None
