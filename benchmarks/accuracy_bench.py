@@ -60,7 +60,8 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--search-hw", default="", help="Comma list of search half-widths [default: SearchConfig's].")
 @click.option("--search-grid", default="", help="Comma list of search grid spacings [default: SearchConfig's].")
 @click.option("--io-iters", default="", help="Comma list of settings (0 = no adam stage) [default: predict's for the stages].")
-@click.option("--io-reg", type=float, default=None, help="Diffusion weight of the refinement [default: predict.DEFAULT_IO_REG of the field model].")
+@click.option("--io-reg", type=float, default=None,
+              help="Diffusion weight of the refinement [default: predict's for the stages and the field model].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True)
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True)
 @click.option("--coarse-fraction", type=float, default=None,
@@ -94,7 +95,7 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iter
             manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
                                                          io=io_cfg, network=not no_network, stages=names,
                                                          search=SearchConfig(grid=grid, hw=hw),
-                                                         threads=threads, progress=False))
+                                                         threads=threads, progress=False, keep_freed_memory=True))
             label = "+".join(manifest["settings"]["stages"]) + (f" hw{hw} g{grid}" if "search" in names else "")
             secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
             if len(secs) != len(manifest["pairs"]):

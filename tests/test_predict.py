@@ -114,6 +114,8 @@ def test_help_states_the_real_default_of_io_iters():
     text = " ".join(res.output.split())
     assert f"[default: {predict.DEFAULT_IO_ITERS} after the search" in text
     assert f"{predict.DEFAULT_IO_ITERS_NO_SEARCH} without it" in text
+    regs = (predict.DEFAULT_IO_REG_AFTER_SEARCH["velocity"], predict.DEFAULT_IO_REG["velocity"])
+    assert "velocity {} after the search, {} without it".format(*regs) in text
 
 
 @pytest.mark.parametrize("similarity", instance.SIMILARITIES)

@@ -180,26 +180,32 @@ def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     assert predict.active_stages(predict.PredictConfig(dataset.load(tiny_dataset), out)) == predict.DEFAULT_STAGES
 
 
-
 def test_the_refinement_defaults_follow_the_stages_that_run(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
-    """After the search the refinement is half resolution only; without it, quarter then half, as run.json says."""
+    """After the search the refinement is half resolution only; without it, quarter then half, as run.json
+    says; the Python API resolves the same defaults as the CLI."""
     base = ["predict", tiny_dataset, "--device", "cpu", "--quiet", "--pairs", "0001_0002", "--search-grid", "4",
-            "--search-hw", "2"]
-    expected = {("search", "adam"): (predict.DEFAULT_IO_ITERS, 0.0),
-                ("adam",): (predict.DEFAULT_IO_ITERS_NO_SEARCH, instance.IOConfig().coarse_fraction)}
-    for names, (iters, coarse) in expected.items():
-        out = tmp_path / "_".join(names)
-        assert invoke(*base, "--out", out, "--stages", ",".join(names), "--io-iters", "2").exit_code == 0
-        io = json.loads((out / "run.json").read_text())["settings"]["io"]
-        assert (io["iters"], io["coarse_fraction"]) == (2, coarse)
-        assert predict.default_io(after_search="search" in names).iters == iters
-        reg = (predict.DEFAULT_IO_REG_AFTER_SEARCH if "search" in names else predict.DEFAULT_IO_REG)["velocity"]
-        assert io["reg"] == reg
-    assert iters != predict.DEFAULT_IO_ITERS and coarse > 0.0  # the two defaults differ
-    named = json.loads((tmp_path / "named" / "run.json").read_text()) if invoke(
-        *base, "--out", tmp_path / "named", "--checkpoint", tiny_ckpt, "--io-iters", "2").exit_code == 0 else {}
-    assert named["settings"]["stages"] == list(predict.NETWORK_STAGES)
-    assert named["settings"]["io"]["coarse_fraction"] > 0.0  # weights named: no search, the quarter level first
+            "--search-hw", "2", "--io-iters", "2"]
+    velocity_after, velocity_without = predict.DEFAULT_IO_REG_AFTER_SEARCH["velocity"], predict.DEFAULT_IO_REG["velocity"]
+    assert velocity_after != velocity_without and predict.DEFAULT_IO_ITERS != predict.DEFAULT_IO_ITERS_NO_SEARCH
+    cases = {"after": (["--stages", "search,adam"], 0.0, velocity_after),
+             "adam": (["--stages", "adam"], instance.IOConfig().coarse_fraction, velocity_without),
+             "named": (["--checkpoint", tiny_ckpt], instance.IOConfig().coarse_fraction, velocity_without)}
+    assert instance.IOConfig().coarse_fraction > 0.0
+    for name, (args, coarse, reg) in cases.items():
+        res = invoke(*base, "--out", tmp_path / name, *args)
+        assert res.exit_code == 0, res.output
+        manifest = json.loads((tmp_path / name / "run.json").read_text())
+        io = manifest["settings"]["io"]
+        assert (io["iters"], io["coarse_fraction"], io["reg"]) == (2, coarse, reg), name
+        assert manifest["allocator"]  # what the CLI did with the allocator is recorded
+    ds = dataset.load(tiny_dataset)
+    api = {"after": predict.PredictConfig(ds, tmp_path), "adam": predict.PredictConfig(ds, tmp_path, stages=("adam",)),
+           "named": predict.PredictConfig(ds, tmp_path, checkpoint=tiny_ckpt)}
+    for name, cfg in api.items():
+        want = (predict.DEFAULT_IO_ITERS, 0.0, velocity_after) if name == "after" else (
+            predict.DEFAULT_IO_ITERS_NO_SEARCH, instance.IOConfig().coarse_fraction, velocity_without)
+        assert (cfg.io.iters, cfg.io.coarse_fraction, cfg.io.reg) == want, name
+
 
 def test_featureless_regions_stay_still():
     """Air against air costs the same for every label: the search must not pick the first label there."""

@@ -101,3 +101,20 @@ def test_pooled_half_level_descriptors_find_a_smooth_deformation_more_exactly():
     assert epe["pooled"] < 0.9 * epe["resampled"], epe
     with pytest.raises(ValueError, match="half_features"):
         instance.IOConfig(half_features="max")
+
+
+def test_channels_last_features_sample_the_same_values_and_gradients():
+    """``instance.for_sampling`` changes only the memory layout: F.grid_sample's output and its gradient with
+    respect to the displacement are equal, bit for bit, to those of the default layout."""
+    torch.manual_seed(0)
+    feats = torch.rand(1, 12, 10, 9, 11)
+    cl = instance.for_sampling(feats)
+    assert cl.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(cl, feats)
+    target = torch.rand(1, 12, 10, 9, 11)
+    grads = []
+    for moving in (feats, cl):
+        disp = (torch.randn(1, 3, 10, 9, 11, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_(True)
+        loss = ((warp_image(moving, disp) - target) ** 2).mean()
+        loss.backward()
+        grads.append((loss.detach(), disp.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

@@ -120,7 +120,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
-                           shard=rank, request=request)
+                           shard=rank, request=request, keep_freed_memory=True)
     try:
         manifest = pr.run(cfg)
     except ValueError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import random
 import sys
@@ -96,13 +95,14 @@ def keep_freed_memory() -> str:
     By default glibc serves each allocation above its mmap threshold (at most 32 MiB) with a fresh mmap and
     unmaps it when freed. A 12-channel half-resolution descriptor volume is 47 MiB, so every such tensor
     of the refinement's loop comes back as new pages, and every page faults on first touch: measured
-    2.3-3.0 million minor faults and 8-10 s of system time per pair of ``l2r predict`` on 2 CPU threads.
+    2.0-3.5 million minor faults and 6-11 s of system time per pair of ``l2r predict`` on 2 CPU threads.
     With mmap off (``M_MMAP_MAX`` 0) and a 2 GiB trim threshold the heap keeps its pages: the faults
     fall about tenfold and a pair's search and refinement take several seconds less (README, "Speed").
     The price is a higher peak resident set, since freed memory is not handed back while the process runs.
 
-    Set once, at the start of a process. Nothing is changed when the C library is not glibc, when the
-    environment already sets one of glibc's own ``MALLOC_*`` tunables (the user's choice wins), or when
+    Set once, at the start of a process (``l2r predict`` asks for it; a library caller chooses). Nothing is
+    changed when the C library is not glibc, when the environment already sets one of glibc's own
+    ``MALLOC_*`` tunables (the user's choice wins) or preloads another allocator, or when
     ``L2R_KEEP_FREED_MEMORY=0``.
 
     Returns:
@@ -112,14 +112,17 @@ def keep_freed_memory() -> str:
         return f"system default ({KEEP_MEMORY_ENV}=0)"
     if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
         return "system default (MALLOC_* or GLIBC_TUNABLES set in the environment)"
-    name = ctypes.util.find_library("c")
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc...: glibc's mallopt would not apply
+        return "system default (another allocator in LD_PRELOAD)"
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-        gnu = getattr(libc, "gnu_get_libc_version", None)
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return "system default (no C library found)"
-    if mallopt is None or gnu is None:
         return "system default (not glibc)"
-    ok = mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(_M_TOP_PAD, 64 << 20)
-    return "glibc, freed memory kept (mmap off, trim threshold 2 GiB)" if ok else "system default (mallopt refused)"
+    if not hasattr(libc, "gnu_get_libc_version"):
+        return "system default (not glibc)"
+    refused = [name for name, param, value in (("M_MMAP_MAX", _M_MMAP_MAX, 0),
+                                                ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, 2**31 - 1),
+                                                ("M_TOP_PAD", _M_TOP_PAD, 64 << 20)) if libc.mallopt(param, value) != 1]
+    if refused:
+        return f"glibc, partly set (mallopt refused {', '.join(refused)})"
+    return "glibc, freed memory kept (mmap off, trim threshold 2 GiB)"

@@ -45,7 +45,7 @@ from .instance import IOConfig
 from .search import SearchConfig
 from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 
-DEFAULT_IO_ITERS = 40  # after the search, half resolution only; by accuracy per second on CPU: README, "Predict"
+DEFAULT_IO_ITERS = 40  # after the search, half resolution only: README, "After the search: half resolution only"
 DEFAULT_IO_ITERS_NO_SEARCH = 80  # from a zero field or the network's: quarter, then half resolution
 DEFAULT_IO_FIELD = "velocity"  # invertible updates: no folds at a weaker regulariser (README, "Predict")
 DEFAULT_IO_REG = {"displacement": 1.0, "velocity": 0.25}  # diffusion weight per field model
@@ -89,8 +89,8 @@ class PredictConfig:
         weights_dir: folder with ``manifest.json`` (sha256 of each file, checked at load).
         fmt, names: output format and file names (see :func:`l2r_submit.core.disp_files.write_disp`).
         device: ``auto``, ``cpu`` or ``cuda``.
-        io: instance optimisation settings (``iters=0``: no ``adam`` stage); the default is
-            :func:`default_io` after the search (``default_io(after_search=False)`` suits stages without it).
+        io: instance optimisation settings (``iters=0``: no ``adam`` stage); None: :func:`default_io` for
+            the stages that will run (after the search or not).
         network: False drops the ``network`` stage (the next stage starts from a zero field).
         stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order); None:
             :func:`default_stages`.
@@ -101,6 +101,8 @@ class PredictConfig:
         progress: progress bar on stderr.
         pipeline: overlap reading and writing with computing (False: one step after the other).
         shard: ``(K, N)``: only every N-th pair from the K-th (0-based), one of N ranks.
+        keep_freed_memory: ask the C allocator to keep freed memory for the whole process
+            (:func:`l2r_submit.core.runtime.keep_freed_memory`; ``l2r predict`` sets it).
         request: what the command was asked (:func:`l2r_submit.registration.quick_rerun.request_key`), recorded in
             run.json so that the same request can later be found to have nothing to do without torch.
     """
@@ -114,7 +116,7 @@ class PredictConfig:
     fmt: str = "nii.gz"
     names: str = "long"
     device: str = "auto"
-    io: IOConfig = field(default_factory=default_io)
+    io: IOConfig | None = None
     network: bool = True
     stages: tuple[str, ...] | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -125,6 +127,12 @@ class PredictConfig:
     pipeline: bool = True
     shard: tuple[int, int] | None = None
     request: dict | None = None
+    keep_freed_memory: bool = False
+
+    def __post_init__(self) -> None:
+        if self.io is None:  # predict's default for the stages that will run (frozen: set once, here)
+            planned = self.stages or default_stage_names(self.checkpoint, None)
+            object.__setattr__(self, "io", default_io(after_search="search" in planned))
 
 
 def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
@@ -281,7 +289,7 @@ def run(cfg: PredictConfig) -> dict:
     ckpt_path = resolve_checkpoint(cfg.checkpoint, cfg.weights_dir)
     device = runtime.resolve_device(cfg.device)
     runtime.configure_threads(shards.threads_per_rank(cfg.threads, cfg.shard, device.type))
-    allocator = runtime.keep_freed_memory()
+    allocator = runtime.keep_freed_memory() if cfg.keep_freed_memory else "system default (not asked)"
     if cfg.shard is not None and device.type == "cuda":
         device = torch.device("cuda", cfg.shard[0] % torch.cuda.device_count())  # one GPU per rank
     net, _ = checkpoint.load(ckpt_path, map_location=device)
