@@ -44,36 +44,8 @@ from . import stages as stg
 from .instance import IOConfig
 from .search import SearchConfig
 from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
-
-DEFAULT_IO_ITERS = 40  # after the search, half resolution only: README, "After the search: half resolution only"
-DEFAULT_IO_ITERS_NO_SEARCH = 80  # from a zero field or the network's: quarter, then half resolution
-DEFAULT_IO_FIELD = "velocity"  # invertible updates: no folds at a weaker regulariser (README, "Predict")
-DEFAULT_IO_REG = {"displacement": 1.0, "velocity": 0.25}  # diffusion weight per field model
-# after the search the velocity's weight is halved: +0.01-0.03 Dice on every inter-patient case measured, SDlogJ
-# 0.085 -> 0.090 (README, "After the search: half resolution only"); the displacement model's is unmeasured there
-DEFAULT_IO_REG_AFTER_SEARCH = {"displacement": 1.0, "velocity": 0.125}
-
-
-def default_io(iters: int | None = None, field: str = DEFAULT_IO_FIELD, reg: float | None = None,
-               similarity: str = "mind", after_search: bool = True) -> IOConfig:
-    """The refinement's settings with predict's defaults; ``reg`` None: the default of the field model.
-
-    ``after_search``: the search runs before the refinement, so the large displacements are already found
-    and the refinement works on the half-resolution grid only (``coarse_fraction`` 0; ``iters`` None:
-    ``DEFAULT_IO_ITERS``; ``reg`` None: ``DEFAULT_IO_REG_AFTER_SEARCH``). Otherwise the quarter-resolution
-    level comes first, as it must to find anything from a zero field (IOConfig's ``coarse_fraction``;
-    ``iters`` None: ``DEFAULT_IO_ITERS_NO_SEARCH``; ``reg`` None: ``DEFAULT_IO_REG``).
-    """
-    if iters is None:
-        iters = DEFAULT_IO_ITERS if after_search else DEFAULT_IO_ITERS_NO_SEARCH
-    if reg is None:
-        reg = (DEFAULT_IO_REG_AFTER_SEARCH if after_search else DEFAULT_IO_REG)[field]
-    levels = {"coarse_fraction": 0.0} if after_search else {}
-    return IOConfig(iters, similarity=similarity, field=field, reg=reg, **levels)
-
-
-DEFAULT_STAGES = ("search", "adam")  # measured best with the shipped weights (README, "Predict")
-NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
+from .defaults import (DEFAULT_IO_FIELD, DEFAULT_IO_ITERS, DEFAULT_IO_ITERS_NO_SEARCH, DEFAULT_IO_REG,  # noqa: F401
+                       DEFAULT_IO_REG_AFTER_SEARCH, DEFAULT_STAGES, NETWORK_STAGES, default_io, default_stage_names)
 
 
 @dataclass(frozen=True)
@@ -142,13 +114,6 @@ def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
     fmt = lambda v: "x".join(f"{x:.3g}" for x in v)  # noqa: E731
     return (f"{pair.moving.image}: spacing {fmt(moving.spacing)} mm or orientation differs from its fixed image "
             f"{pair.fixed.image} ({fmt(fixed.spacing)} mm); registering voxel grids as they are")
-
-
-def default_stage_names(checkpoint: Path | None, io_iters: int | None) -> tuple[str, ...]:
-    """The stages when none are named: ``search,adam`` with the shipped weights (with them the network
-    measured below no registration, README "Predict"); ``network,adam`` when ``checkpoint`` names
-    weights, or when the refinement is off (``io_iters`` 0: the network alone, as before)."""
-    return NETWORK_STAGES if checkpoint is not None or io_iters == 0 else DEFAULT_STAGES
 
 
 def default_stages(cfg: PredictConfig) -> tuple[str, ...]:
