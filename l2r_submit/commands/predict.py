@@ -112,8 +112,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
 
     try:
         names_run = None if stages is None else parse_stages(stages)
-        planned = names_run if names_run is not None else pr.default_stage_names(checkpoint, io_iters)
-        io_cfg = pr.default_io(io_iters, io_field, io_reg, io_similarity, after_search="search" in planned)
+        io_cfg = pr.io_for_stages(names_run, checkpoint, io_iters, io_field, io_reg, io_similarity)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--search-*: {exc}") from None

@@ -47,3 +47,11 @@ def default_stage_names(checkpoint: Path | None, io_iters: int | None) -> tuple[
     measured below no registration, README "Predict"); ``network,adam`` when ``checkpoint`` names
     weights, or when the refinement is off (``io_iters`` 0: the network alone, as before)."""
     return NETWORK_STAGES if checkpoint is not None or io_iters == 0 else DEFAULT_STAGES
+
+
+def io_for_stages(stages: tuple[str, ...] | None, checkpoint: Path | None, iters: int | None = None,
+                  field: str = DEFAULT_IO_FIELD, reg: float | None = None, similarity: str = "mind") -> IOConfig:
+    """:func:`default_io` for the stages that will run: ``stages`` as named (None: :func:`default_stage_names`),
+    after the search when ``search`` is among them. What ``l2r predict`` and ``PredictConfig(io=None)`` use."""
+    planned = stages if stages is not None else default_stage_names(checkpoint, iters)
+    return default_io(iters, field, reg, similarity, after_search="search" in planned)

@@ -45,7 +45,8 @@ from .instance import IOConfig
 from .search import SearchConfig
 from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 from .defaults import (DEFAULT_IO_FIELD, DEFAULT_IO_ITERS, DEFAULT_IO_ITERS_NO_SEARCH, DEFAULT_IO_REG,  # noqa: F401
-                       DEFAULT_IO_REG_AFTER_SEARCH, DEFAULT_STAGES, NETWORK_STAGES, default_io, default_stage_names)
+                       DEFAULT_IO_REG_AFTER_SEARCH, DEFAULT_STAGES, NETWORK_STAGES, default_io, default_stage_names,
+                       io_for_stages)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if self.io is None:  # predict's default for the stages that will run (frozen: set once, here)
-            planned = self.stages or default_stage_names(self.checkpoint, None)
-            object.__setattr__(self, "io", default_io(after_search="search" in planned))
+            object.__setattr__(self, "io", io_for_stages(self.stages, self.checkpoint))
 
 
 def grid_note(pair: Pair, moving: io.Volume, fixed: io.Volume) -> str | None:
