@@ -88,6 +88,7 @@ class Dataset:
         masked: an evaluation config's ``masked_evaluation`` (SDlogJ over the fixed image's mask).
         notes: facts about how the dataset was read (e.g. the labels it scores), reported by check.
         modality: the images' modality (the JSON's ``modality`` entry "0"; CT when it has none).
+        modalities: the JSON's ``modality`` per channel ("0", "1", ...), for datasets of two modalities.
     """
 
     root: Path
@@ -102,11 +103,17 @@ class Dataset:
     masked: bool = False
     notes: tuple[str, ...] = ()
     modality: str = "CT"
+    modalities: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_ct(self) -> bool:
         """True when intensities are Hounsfield units (modality CT)."""
         return self.modality.strip().upper() == "CT"
+
+    def is_ct_image(self, case: Case) -> bool:
+        """True when ``case``'s intensities are Hounsfield units: the modality of its channel (``_0001``:
+        the JSON's ``modality`` "1"), the dataset's (channel "0") when the JSON does not name that channel."""
+        return self.modalities.get(str(int(case.modality)), self.modality).strip().upper() == "CT"
 
     def pairs(self, split: str | None = None) -> list[Pair]:
         """Pairs of ``split``; with None, ``val`` when it has pairs, else ``test``, else ``eval``.
@@ -263,7 +270,7 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
         splits=splits, metrics=_default_metrics(labels), training=training, test_images=test_images,
         unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes,
-        modality=_modality(data.get("modality")),
+        modality=_modality(data.get("modality")), modalities=_modalities(data.get("modality")),
     )
 
 
@@ -321,6 +328,13 @@ def _modality(value: object) -> str:
     if isinstance(value, dict):
         value = value.get("0", next(iter(value.values()), None))
     return value if isinstance(value, str) and value.strip() else "CT"
+
+
+def _modalities(value: object) -> dict[str, str]:
+    """The named modalities of a dataset JSON's ``modality`` by channel (``{"0": "MR", "1": "CT"}``)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str) and v.strip()}
 
 
 def _load_config(path: Path, data: dict, root: Path) -> Dataset:

@@ -91,6 +91,15 @@ ROBUST_PERCENTILES = (1.0, 99.0)
 _QUANTILE_SAMPLES = 1 << 20  # percentiles from a regular subsample: torch.quantile is limited to 2^24 values
 
 
+def ct_flags(ct: bool | tuple[bool, bool]) -> tuple[bool, bool]:
+    """``(moving, fixed)``: whether each image of a pair is CT in HU, from one flag for both or a pair of
+    flags (a dataset of two modalities, e.g. MR moving and CT fixed)."""
+    if isinstance(ct, bool):
+        return ct, ct
+    moving, fixed = ct
+    return bool(moving), bool(fixed)
+
+
 def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
     """Intensities mapped to [0, 1] before descriptors are computed.
 

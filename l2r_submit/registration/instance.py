@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import CT_WINDOW_HU, box_mean, mind_ssc, normalise_intensity
+from .features import CT_WINDOW_HU, box_mean, ct_flags, mind_ssc, normalise_intensity
 
 SIMILARITIES = ("mind", "mse")
 FIELDS = ("displacement", "velocity")
@@ -143,7 +143,8 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
     return features.contiguous(memory_format=torch.channels_last_3d)
 
 
-def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig, ct: bool):
+def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
+            ct: bool | tuple[bool, bool]):
     """The refinement's levels, coarse first: quarter resolution for ``coarse_fraction`` of the iterations,
     then half. Yields (level, iterations, moving features, fixed features, ``disp`` resized), each computed
     without gradients on that level's grid; levels with no iteration are skipped.
@@ -151,6 +152,7 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
     Shape: disp (1, 3, I, J, K) -> features (1, C, *size), disp (1, 3, *size) in voxels of that grid.
     """
     full = tuple(disp.shape[2:])
+    ct_moving, ct_fixed = ct_flags(ct)
     n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
     for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
         if iters <= 0:
@@ -158,21 +160,24 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
         size = tuple((n + level - 1) // level for n in full)
         with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
             pooled = level == 2 and cfg.half_features == "pooled"
-            m = for_sampling(features(moving_hu, size, cfg.similarity, ct, pooled))
-            f = features(fixed_hu, size, cfg.similarity, ct, pooled)
+            m = for_sampling(features(moving_hu, size, cfg.similarity, ct_moving, pooled))
+            f = features(fixed_hu, size, cfg.similarity, ct_fixed, pooled)
             base = _resize_disp(disp, size)
         yield level, iters, m, f, base
 
 
 def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-           ct: bool = True) -> torch.Tensor:
+           ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
+
+    ``ct``: both images in HU, or ``(moving, fixed)`` flags for a pair of two modalities
+    (:func:`l2r_submit.registration.features.ct_flags`).
 
     Shape: disp (1, 3, I, J, K) voxels; moving_hu, fixed_hu (1, 1, I, J, K) HU (``ct``; any unit
     otherwise) -> (1, 3, I, J, K).
 
     Raises:
-        ValueError: shapes that break the contract.
+        ValueError: shapes that break the contract; ``mse`` asked for a pair of two modalities.
     """
     check_disp_tensor(disp)
     for name, img in (("moving_hu", moving_hu), ("fixed_hu", fixed_hu)):
@@ -181,6 +186,9 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
             raise ValueError(f"{name}: {img.shape[1]} channels received, expected 1 (HU)")
     if cfg.iters <= 0:
         return disp
+    if cfg.similarity == "mse" and len(set(ct_flags(ct))) > 1:
+        raise ValueError("similarity 'mse' compares intensities, and this pair is CT against another modality: "
+                         "use 'mind'")
     if cfg.field == "velocity":
         return _refine_velocity(disp, moving_hu, fixed_hu, cfg, ct)
     full = tuple(disp.shape[2:])
@@ -202,7 +210,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
 
 
 def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-                     ct: bool) -> torch.Tensor:
+                     ct: bool | tuple[bool, bool]) -> torch.Tensor:
     """The velocity model of :func:`refine`: one velocity field on the quarter-resolution grid for all the
     iterations; its exponential is computed there (cheap) and resampled to the grid of the data term,
     quarter then half resolution. The moving image is warped by ``disp`` once, up front.

@@ -187,6 +187,15 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
     return disp[0].float().cpu().numpy(), seconds
 
 
+def modality_name(ds: Dataset) -> str:
+    """The dataset's modality as run.json records it: channel "0"'s name, or every channel's
+    (``"0: MR, 1: CT"``) when the JSON mixes CT with another modality (only then are images normalised
+    differently from channel "0"; MR with PET keeps the old name, so earlier fields are not redone)."""
+    if len({v.strip().upper() == "CT" for v in ds.modalities.values()}) > 1:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(ds.modalities.items()))
+    return ds.modality
+
+
 def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str) -> dict:
     """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
     settings (:func:`l2r_submit.registration.run_record.output_settings`, so a field added later counts too), but only
@@ -261,12 +270,24 @@ def run(cfg: PredictConfig) -> dict:
     names = active_stages(cfg)
     if "network" in names:
         check_min_shape(ds.shape, net.cfg.divisor, ds.source)
-    stages = stg.build(names, net, cfg.search, cfg.io, ds.is_ct)
+    built: dict[tuple[bool, bool], list] = {}  # the stages per (moving, fixed) CT flags of a pair
+
+    def stages_for(pair: Pair) -> list:
+        flags = (ds.is_ct_image(pair.moving), ds.is_ct_image(pair.fixed))
+        if flags not in built:
+            built[flags] = stg.build(names, net, cfg.search, cfg.io, flags)
+        return built[flags]
+
+    mixed = [p.key for p in pairs if ds.is_ct_image(p.moving) != ds.is_ct_image(p.fixed)]
+    if mixed and "adam" in names and cfg.io.similarity == "mse":
+        raise ValueError(f"--io-similarity mse compares intensities, and {len(mixed)} pairs are CT against "
+                         f"another modality (first: {mixed[0]}): use mind")
     for folder in (cfg.out_dir, cfg.qc_dir):
         if folder is not None:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
-    settings = run_settings(cfg, names, ckpt_sha, ds.modality)
+    modality = modality_name(ds)
+    settings = run_settings(cfg, names, ckpt_sha, modality)
     earlier = shards.previous_pairs(cfg.out_dir)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
@@ -274,7 +295,7 @@ def run(cfg: PredictConfig) -> dict:
         "pipelined": cfg.pipeline, "allocator": allocator,
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
                      "network": cfg.network, "overwrite": cfg.overwrite,
-                     "stages": list(names), "search": asdict(cfg.search), "modality": ds.modality},
+                     "stages": list(names), "search": asdict(cfg.search), "modality": modality},
         "selected": [p.key for p in pairs],
         "request": cfg.request, "field_settings": settings,
         # replaced pair by pair: a stopped run still describes every file in the folder (a shard: its own pairs)
@@ -351,7 +372,7 @@ def run(cfg: PredictConfig) -> dict:
     try:
         left = pipeline.run_items(
             todo, lambda pair: read_pair(pair, ds.shape),
-            lambda pair, images: register_pair(stages, pair, device, ds.shape, note, images),
+            lambda pair, images: register_pair(stages_for(pair), pair, device, ds.shape, note, images),
             write, done, overlap=cfg.pipeline)
     except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
         current = next((p for p in todo if manifest["pairs"].get(p.key) is not entries[p]), None)

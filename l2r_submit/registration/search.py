@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
-from .features import box_mean, mind_ssc, normalise_intensity
+from .features import box_mean, ct_flags, mind_ssc, normalise_intensity
 
 
 TIE_BREAK = 1e-4  # weight of |l|^2 in the first label choice, relative to the mean cost
@@ -206,8 +206,10 @@ def upsample(field: torch.Tensor, grid: int, shape: tuple[int, ...]) -> torch.Te
     return full[:, :, :shape[0], :shape[1], :shape[2]].contiguous()
 
 
-def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig, ct: bool = True) -> torch.Tensor:
-    """The displacement found by the global search, ``warp(moving, disp) ~ fixed``.
+def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
+           ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
+    """The displacement found by the global search, ``warp(moving, disp) ~ fixed``. ``ct``: both images in
+    HU (CT window), or ``(moving, fixed)`` flags for a pair of two modalities (:func:`features.ct_flags`).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
 
@@ -220,8 +222,9 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig, ct: boo
         raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)}: expected (1, 1, I, J, K)")
     shape = tuple(fixed.shape[2:])
     with torch.no_grad():
-        fixed_feat = grid_features(fixed, cfg.grid, ct)
-        moving_feat = grid_features(moving, cfg.grid, ct)
+        ct_moving, ct_fixed = ct_flags(ct)
+        fixed_feat = grid_features(fixed, cfg.grid, ct_fixed)
+        moving_feat = grid_features(moving, cfg.grid, ct_moving)
         grid_shape = tuple(fixed_feat.shape[2:])
         run = lambda f, m: coupled_convex(cost_volume(f, m, cfg.hw, cfg.chunk_mb), grid_shape, cfg.hw,  # noqa: E731
                                           cfg.alphas, cfg.smooth, cfg.chunk_mb)
@@ -232,7 +235,7 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig, ct: boo
 
 
 def search_stage(moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor, cfg: SearchConfig,
-                 ct: bool = True) -> torch.Tensor:
+                 ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
     """The search as a stage: it searches between ``warp(moving, disp_in)`` and ``fixed`` and returns the
     composition, i.e. the field that equals warping with ``disp_in`` then with the searched field.
 

@@ -56,10 +56,11 @@ class NetworkStage:
 
 @dataclass(frozen=True)
 class SearchStage:
-    """The global discrete search, composed with ``disp_in``. ``ct``: images in HU (CT window)."""
+    """The global discrete search, composed with ``disp_in``. ``ct``: images in HU (CT window), or
+    ``(moving, fixed)`` flags for a pair of two modalities."""
 
     cfg: SearchConfig
-    ct: bool = True
+    ct: bool | tuple[bool, bool] = True
     name: str = "search"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,7 @@ class AdamStage:
     """Instance optimisation of the total field, started at ``disp_in``."""
 
     cfg: IOConfig
-    ct: bool = True
+    ct: bool | tuple[bool, bool] = True  # as SearchStage's
     name: str = "adam"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor) -> torch.Tensor:
@@ -93,8 +94,9 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 
 def build(names: tuple[str, ...], net: regnet.RegistrationNet | None, search_cfg: SearchConfig,
-          io_cfg: IOConfig, ct: bool = True) -> list[Stage]:
-    """The stages named, in pipeline order (network, search, adam).
+          io_cfg: IOConfig, ct: bool | tuple[bool, bool] = True) -> list[Stage]:
+    """The stages named, in pipeline order (network, search, adam). ``ct``: the images are CT in HU, one
+    flag for both or ``(moving, fixed)`` (:func:`l2r_submit.registration.features.ct_flags`).
 
     Raises:
         ValueError: an unknown stage name, or ``network`` named without a network.

@@ -1,0 +1,99 @@
+"""Datasets of two modalities (e.g. MR moving, CT fixed): each image is normalised as its own modality."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from l2r_submit.core import dataset
+from l2r_submit.registration import features, instance, predict, search, stages
+
+from conftest import invoke
+from test_search import smooth_volume
+
+
+def mr_like(volume: torch.Tensor) -> torch.Tensor:
+    """The same texture in MR-like units, 400 to 1400: above the CT window, where it would be one flat value."""
+    return 400.0 + 1000.0 * (volume - volume.min()) / (volume.max() - volume.min())
+
+
+def test_ct_flags():
+    assert features.ct_flags(True) == (True, True) and features.ct_flags(False) == (False, False)
+    assert features.ct_flags((False, True)) == (False, True)
+
+
+def test_each_image_is_normalised_as_its_own_modality():
+    """A 20-voxel translation between an MR-like moving image and a CT fixed one: found with the pair's own
+    flags; with the CT window on both, the MR-like image is flat and nothing is found."""
+    big = smooth_volume((120, 48, 48), seed=7)
+    fixed, moving = big[:, :, 10:82], mr_like(big[:, :, 30:102])  # pull map -20 along axis 0
+    assert features.normalise_intensity(moving, ct=True).std() == 0  # the CT window sees a flat image
+    cfg = search.SearchConfig(grid=6, hw=4)
+    inner = (slice(None), slice(30, 66), slice(12, 36), slice(12, 36))
+    found = search.search(moving, fixed, cfg, ct=(False, True))[0][inner]
+    assert abs(found[0].mean().item() + 20) < 2.5 and found[1:].abs().mean().item() < 0.5
+    blind = search.search(moving, fixed, cfg, ct=True)[0][inner]
+    assert blind[0].mean().item() > -5  # the truth is -20
+    built = stages.build(("search", "adam"), None, cfg, instance.IOConfig(4, field="velocity", reg=0.125),
+                         (False, True))
+    disp, _ = stages.run(built, moving, fixed)
+    assert abs(disp[0][inner][0].mean().item() + 20) < 2.5
+    with pytest.raises(ValueError, match="mse"):
+        instance.refine(disp, moving, fixed, instance.IOConfig(2, similarity="mse"), ct=(False, True))
+
+
+def test_the_refinement_normalises_moving_and_fixed_by_their_own_flags():
+    """From a zero field, a 4-voxel translation: found when the MR-like moving image gets percentiles;
+    with the flags swapped it gets the CT window (flat) and nothing is found."""
+    big = smooth_volume((56, 32, 32), seed=9)
+    fixed, moving = big[:, :, 4:52], mr_like(big[:, :, 8:56])  # pull map -4 along axis 0
+    cfg = instance.IOConfig(40, field="velocity", reg=0.25)
+    zero = torch.zeros((1, 3, *fixed.shape[2:]))
+    inner = (0, 0, slice(12, 36), slice(8, 24), slice(8, 24))  # axis 0 of the field, inside
+    right = instance.refine(zero, moving, fixed, cfg, ct=(False, True))[inner]
+    swapped = instance.refine(zero, moving, fixed, cfg, ct=(True, False))[inner]
+    assert abs(right.mean().item() + 4) < 1.0
+    assert abs(swapped.mean().item()) < 1.0
+
+
+def write_mixed_dataset(root, fixed, moving):
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True)
+    for name, vol in (("0001_0001", fixed), ("0002_0000", moving)):
+        nib.save(nib.Nifti1Image(vol[0, 0].numpy().astype(np.float32), np.eye(4)),
+                 root / "imagesTr" / f"MRCT_{name}.nii.gz")
+    data = {"name": "MRCT", "modality": {"0": "MR", "1": "CT"}, "tensorImageShape": {"0": list(fixed.shape[2:])},
+            "training": [], "registration_val": [{"fixed": "./imagesTr/MRCT_0001_0001.nii.gz",
+                                                  "moving": "./imagesTr/MRCT_0002_0000.nii.gz"}],
+            "registration_test": []}
+    path = root / "MRCT_dataset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_predict_reads_each_images_modality(tmp_path, tiny_ckpt):  # noqa: F811
+    big = smooth_volume((48, 24, 24), seed=8)
+    fixed, moving = big[:, :, 4:28], mr_like(big[:, :, 12:36])
+    path = write_mixed_dataset(tmp_path / "mrct", fixed, moving)
+    ds = dataset.load(path)
+    pair = ds.pairs("val")[0]
+    assert ds.modality == "MR" and ds.modalities == {"0": "MR", "1": "CT"}
+    assert ds.is_ct_image(pair.fixed) and not ds.is_ct_image(pair.moving)
+    assert predict.modality_name(ds) == "0: MR, 1: CT"
+    out = tmp_path / "out"
+    args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+            "--stages", "search,adam", "--io-iters", "2", "--search-grid", "4", "--search-hw", "3"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["settings"]["modality"] == "0: MR, 1: CT"
+    entry = next(iter(manifest["pairs"].values()))
+    assert entry["status"] == "done"
+    import nibabel as nib
+
+    disp = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)  # (I, J, K, 3), pull map in voxels
+    assert abs(disp[12:36, 6:18, 6:18, 0].mean() + 8) < 2.0  # the known translation, found with each image's flag
+    res = invoke(*args, "--io-similarity", "mse", "--overwrite")
+    assert res.exit_code == 2 and "use mind" in res.output, res.output
