@@ -18,11 +18,17 @@ MR-like images, made here from the CT's Hounsfield units (a caricature of MR con
 Settings, each on every pair, all with predict's default stages (``search,adam``) and settings:
   * ``CT``: the original CT pair, CT window (the reference);
   * ``T1``: both images T1-like, percentiles (modality "MR");
-  * ``T1 <- T2``: the moving image T2-like, the fixed T1-like, percentiles (two contrasts).
+  * ``T1 <- T2``: the moving image T2-like, the fixed T1-like, percentiles (two contrasts);
+  * ``T1 <- CT``: the moving image T1-like, the fixed the CT itself, each normalised as its own modality
+    (a dataset JSON whose ``modality`` is ``{"0": "MR", "1": "CT"}``; the CT window for the CT image);
+  * ``T1 <- CT, one flag``: the same pair with percentiles for both images (what predict did before it
+    read each image's modality, for a JSON whose channel "0" is MR);
+  * ``T1 <- CT, CT flag``: the same pair with the CT window for both (what it did when channel "0" was CT:
+    the MR-like image clipped to the window). Not counted in the exit status.
 
 Printed per pair and setting: mean Dice over labels 1-13 present in both maps, the end-point error inside
-the body for the synthetic pairs (voxels), the fraction of det J <= 0, seconds. Exits 1 if an MR-like
-setting ends below the zero field on any pair. One process, CPU.
+the body for the synthetic pairs (voxels), the fraction of det J <= 0, seconds. Exits 1 if a setting with
+an MR-like image ends below the zero field on any pair. One process, CPU.
 
     python benchmarks/modality_bench.py [--threads 2] [--pairs 0001,0004_0006] [--json OUT]
 """
@@ -49,7 +55,7 @@ CONTRASTS = {
     "T2": ((-1000, 0.0), (-900, 0.02), (-150, 0.7), (-60, 0.65), (0, 1.0), (30, 0.5), (60, 0.35),
            (150, 0.4), (300, 0.35), (700, 0.05), (3000, 0.02)),
 }
-SETTINGS = ("CT", "T1", "T1 <- T2")
+SETTINGS = ("CT", "T1", "T1 <- T2", "T1 <- CT", "T1 <- CT, one flag", "T1 <- CT, CT flag")
 
 
 def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
@@ -70,9 +76,11 @@ def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
 
 @click.command()
 @click.option("--pairs", default=None, help="Comma list of substrings of pair keys [default: every val pair].")
+@click.option("--settings", "only", default=None,
+              help=f"Semicolon list of settings to run [default: all: {'; '.join(SETTINGS)}].")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(pairs: str | None, threads: int, json_out: Path | None) -> None:
+def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io, runtime
@@ -81,6 +89,10 @@ def main(pairs: str | None, threads: int, json_out: Path | None) -> None:
     from l2r_submit.registration.search import SearchConfig
     from l2r_submit.training.synthetic import field_from_truth
 
+    chosen = SETTINGS if only is None else tuple(x.strip() for x in only.split(";"))
+    unknown = [x for x in chosen if x not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"--settings: unknown {', '.join(map(repr, unknown))}; expected among {'; '.join(SETTINGS)}")
     runtime.keep_freed_memory()  # as l2r predict does
     torch.set_num_threads(threads)
     names = defaults.DEFAULT_STAGES
@@ -92,7 +104,7 @@ def main(pairs: str | None, threads: int, json_out: Path | None) -> None:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations; CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
-    print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in SETTINGS))
+    print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in chosen))
     rows, failed = [], []
     for n, pair in enumerate(val):
         fixed_hu = io.read_volume(pair.fixed.image, np.float32).array
@@ -111,16 +123,18 @@ def main(pairs: str | None, threads: int, json_out: Path | None) -> None:
             return out
 
         row = {"pair": pair.key, "zero": score(np.zeros((3, *fixed_hu.shape), np.float32))}
-        fixed_t1 = mr_like(fixed_hu, "T1", seed=2 * n)
-        inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (mr_like(moving_hu, "T1", 2 * n + 1), fixed_t1, False),
-                  "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False)}
-        for setting, (m, f, ct) in inputs.items():
+        fixed_t1, moving_t1 = mr_like(fixed_hu, "T1", seed=2 * n), mr_like(moving_hu, "T1", 2 * n + 1)
+        inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (moving_t1, fixed_t1, False),
+                  "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),
+                  "T1 <- CT": (moving_t1, fixed_hu, (False, True)), "T1 <- CT, one flag": (moving_t1, fixed_hu, False),
+                  "T1 <- CT, CT flag": (moving_t1, fixed_hu, True)}
+        for setting, (m, f, ct) in ((k, v) for k, v in inputs.items() if k in chosen):
             built = stages.build(names, None, SearchConfig(), io_cfg, ct)
             t0 = time.perf_counter()
             disp, _ = stages.run(built, torch.from_numpy(m)[None, None], torch.from_numpy(f)[None, None])
             row[setting] = score(disp[0].numpy())
             row[setting]["seconds"] = round(time.perf_counter() - t0, 1)
-            if not ct and row[setting]["dice"] < row["zero"]["dice"]:
+            if setting != "CT" and ct is not True and row[setting]["dice"] < row["zero"]["dice"]:
                 failed.append(f"{pair.key} {setting}")
         rows.append(row)
 
@@ -129,10 +143,10 @@ def main(pairs: str | None, threads: int, json_out: Path | None) -> None:
             return f"{r['dice']:.3f}{epe}" + (f" ({r['seconds']:.0f}s)" if "seconds" in r else "")
 
         print(f"{pair.key[:4]}<-{pair.key[12:16]:<6} {cell(row['zero']):>12} "
-              + " ".join(f"{cell(row[s]):>22}" for s in SETTINGS), flush=True)
+              + " ".join(f"{cell(row[s]):>22}" for s in chosen), flush=True)
     print(f"{'mean':<12} {np.mean([r['zero']['dice'] for r in rows]):>12.3f} "
-          + " ".join(f"{np.mean([r[s]['dice'] for r in rows]):>22.3f}" for s in SETTINGS))
-    for s in SETTINGS:
+          + " ".join(f"{np.mean([r[s]['dice'] for r in rows]):>22.3f}" for s in chosen))
+    for s in chosen:
         epes = [r[s]["epe_body"] for r in rows if "epe_body" in r[s]]
         print(f"{s}: worst J<=0 {max(r[s]['jac_nonpos'] for r in rows):.1e}"
               + (f", mean EPE in the body (synthetic pairs) {np.mean(epes):.3f}" if epes else ""))
