@@ -70,6 +70,11 @@ DEFAULT_METRICS = (
 )
 
 
+def is_ct_name(modality: str) -> bool:
+    """True when a dataset JSON's modality name means Hounsfield units ("CT", any case and spacing)."""
+    return modality.strip().upper() == "CT"
+
+
 @dataclass
 class Dataset:
     """Pairs per split plus what is needed to score them.
@@ -108,12 +113,12 @@ class Dataset:
     @property
     def is_ct(self) -> bool:
         """True when intensities are Hounsfield units (modality CT)."""
-        return self.modality.strip().upper() == "CT"
+        return is_ct_name(self.modality)
 
     def is_ct_image(self, case: Case) -> bool:
         """True when ``case``'s intensities are Hounsfield units: the modality of its channel (``_0001``:
         the JSON's ``modality`` "1"), the dataset's (channel "0") when the JSON does not name that channel."""
-        return self.modalities.get(str(int(case.modality)), self.modality).strip().upper() == "CT"
+        return is_ct_name(self.modalities.get(str(int(case.modality)), self.modality))
 
     def pairs(self, split: str | None = None) -> list[Pair]:
         """Pairs of ``split``; with None, ``val`` when it has pairs, else ``test``, else ``eval``.

@@ -39,7 +39,7 @@ from . import pipeline, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
 from .run_record import (error_line, file_record, output_settings, pair_inputs, redo_reason,  # noqa: F401
                          save_manifest, sha256, stage_means, summary)
-from ..core.dataset import Dataset, Pair
+from ..core.dataset import Dataset, Pair, is_ct_name
 from . import stages as stg
 from .instance import IOConfig
 from .search import SearchConfig
@@ -191,7 +191,7 @@ def modality_name(ds: Dataset) -> str:
     """The dataset's modality as run.json records it: channel "0"'s name, or every channel's
     (``"0: MR, 1: CT"``) when the JSON mixes CT with another modality (only then are images normalised
     differently from channel "0"; MR with PET keeps the old name, so earlier fields are not redone)."""
-    if len({v.strip().upper() == "CT" for v in ds.modalities.values()}) > 1:
+    if len({is_ct_name(v) for v in ds.modalities.values()}) > 1:
         return ", ".join(f"{k}: {v}" for k, v in sorted(ds.modalities.items()))
     return ds.modality
 
