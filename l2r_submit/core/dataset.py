@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .contract import L2R_LABELS, L2R_SHAPE
+from .metric_specs import DEFAULT_METRICS, MetricSpec, parse_methods  # noqa: F401 - importable from here too
 
 REQUIRED_KEYS = ("name", "tensorImageShape", "training", "registration_val", "registration_test")
 KNOWN_KEYS = frozenset(REQUIRED_KEYS) | {
@@ -52,22 +53,6 @@ class Pair:
     def key(self) -> str:
         """The official case key ``FFFF_0000<--MMMM_0000``."""
         return f"{self.fixed.id}_{self.fixed.modality}<--{self.moving.id}_{self.moving.modality}"
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One entry of ``evaluation_methods``: output name, metric kind, labels (for dice/hd95)."""
-
-    name: str
-    metric: str
-    labels: tuple[int, ...] = ()
-
-
-DEFAULT_METRICS = (
-    MetricSpec("LogJacDetStd", "sdlogj"),
-    MetricSpec("DSC", "dice", L2R_LABELS),
-    MetricSpec("HD95", "hd95", L2R_LABELS),
-)
 
 
 def is_ct_name(modality: str) -> bool:
@@ -346,7 +331,7 @@ def _load_config(path: Path, data: dict, root: Path) -> Dataset:
     missing = [k for k in CONFIG_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path}: missing required keys of an evaluation config: {', '.join(missing)}")
-    methods = _config_methods(path, data["evaluation_methods"])
+    methods = parse_methods(path, data["evaluation_methods"])
     expected = data["expected_shape"]
     if not (isinstance(expected, list) and len(expected) == 4 and expected[3] == 3):
         raise ValueError(f"{path}: expected_shape must be [I, J, K, 3], got {expected!r}")
@@ -359,37 +344,6 @@ def _load_config(path: Path, data: dict, root: Path) -> Dataset:
         unknown_keys=tuple(sorted(set(data) - set(CONFIG_KEYS) - {"masked_evaluation"})), source=path,
         masked=masked,
     )
-
-
-def _config_methods(path: Path, entries: object) -> tuple[MetricSpec, ...]:
-    """``evaluation_methods`` checked as the evaluator uses it: a list of objects with a unique string
-    ``name``, a supported ``metric`` and, for dice/hd95, a non-empty list of positive integer labels.
-
-    Raises:
-        ValueError: the first structural problem, naming the file and the entry.
-    """
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: evaluation_methods: expected a non-empty list of objects, got {entries!r}")
-    methods = []
-    for n, m in enumerate(entries):
-        here = f"{path}: evaluation_methods[{n}]"
-        if not isinstance(m, dict) or not {"name", "metric"} <= m.keys():
-            raise ValueError(f"{here}: expected an object with 'name' and 'metric'")
-        if not isinstance(m["name"], str) or not m["name"]:
-            raise ValueError(f"{here}: name must be a non-empty string, got {m['name']!r}")
-        if m["metric"] not in ("dice", "hd95", "sdlogj"):
-            raise ValueError(f"{here}: metric {m['metric']!r} is not supported (supported: dice, hd95, sdlogj)")
-        labels: tuple[int, ...] = ()
-        if m["metric"] in ("dice", "hd95"):
-            raw = m.get("labels")
-            if not (isinstance(raw, list) and raw and all(type(v) is int and v > 0 for v in raw)):
-                raise ValueError(f"{here}: labels must be a non-empty list of positive integers, got {raw!r}")
-            labels = tuple(raw)
-        methods.append(MetricSpec(m["name"], m["metric"], labels))
-    names = [m.name for m in methods]
-    if len(set(names)) != len(names):  # the evaluator refuses this too (28985b7, 2024-08-01)
-        raise ValueError(f"{path}: evaluation_methods: names must be unique, got {names}")
-    return tuple(methods)
 
 
 def load_2020(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> Dataset:

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core import versions
-from ..core.dataset import MetricSpec
+from ..core.metric_specs import MetricSpec
 from . import metrics
 
 EXTRA_SCALARS = ("SDlogJ_plain", "jac_nonpos_fraction")
