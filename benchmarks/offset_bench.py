@@ -8,12 +8,15 @@ a known whole-voxel offset, the uncovered part filled with air (-1024 HU) and ba
 still real, only the offset is added. A setting that cannot find large displacements loses these cases.
 
 For every stage setting (``--stages``, as `l2r predict` names them; each with predict's default search
-and refinement settings, ``--io-iters`` overriding the refinement's iterations) and every case: the mean
+and refinement settings, ``--io-iters`` overriding the refinement's iterations; a setting with the search
+is run once per ``--search-range GRID,HW``, the search's control-grid spacing and half-width in grid steps,
+predict's ``--search-grid`` and ``--search-hw``) and every case: the mean
 Dice over labels 1-13 present in both label maps (warped with the evaluator's nearest-neighbour rule), the
 zero-field Dice, the largest fraction of det J <= 0 and the seconds of the stages. One process, CPU.
 
     python benchmarks/offset_bench.py [--stages adam --stages search,adam] [--io-iters 100]
-        [--offsets "0,0,0;16,0,0;0,16,-16;-20,10,20"] [--threads 2] [--json OUT]
+        [--search-range 6,4 --search-range 8,5] [--offsets "0,0,0;16,0,0;0,16,-16;-20,10,20"]
+        [--threads 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -59,14 +62,27 @@ def parse_offsets(text: str) -> list[tuple[int, int, int]]:
     return offsets
 
 
+def parse_range(text: str) -> tuple[int, int]:
+    """``"8,5"`` -> (grid 8, hw 5)."""
+    try:
+        grid, hw = (int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}': expected two integers GRID,HW", param_hint="--search-range") from None
+    return grid, hw
+
+
 @click.command()
 @click.option("--stages", "stage_lists", multiple=True, help="Stage list, repeatable [default: adam and search,adam].")
 @click.option("--io-iters", type=int, default=None, help="Refinement iterations [default: predict's].")
+@click.option("--search-range", "ranges", multiple=True,
+              help="GRID,HW of the search, repeatable; each setting with the search runs once per range "
+                   "[default: predict's].")
 @click.option("--offsets", default="0,0,0;16,0,0;0,16,-16;-20,10,20", show_default=True,
               help="Translations of the moving image in voxels, ';' between them.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(stage_lists: tuple[str, ...], io_iters: int | None, offsets: str, threads: int, json_out: Path | None) -> None:
+def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, ...], offsets: str, threads: int,
+         json_out: Path | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io
@@ -76,15 +92,26 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, offsets: str, threa
 
     torch.set_num_threads(threads)
     shifts = parse_offsets(offsets)
-    settings = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
-    io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in settings}
+    try:
+        searches = [SearchConfig(grid=g, hw=h) for g, h in map(parse_range, ranges)] or [SearchConfig()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--search-range") from None
+    lists = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
+    io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in lists}
+    # a setting: (its column name, stage names, search settings)
+    settings = []
+    for names in lists:
+        for cfg in searches if "search" in names else searches[:1]:
+            label = "+".join(names) + (f" g{cfg.grid}h{cfg.hw}" if "search" in names and len(searches) > 1 else "")
+            settings.append((label, names, cfg))
     pairs = {p.key: p for p in dataset.load(DATA).pairs("val")}
     rows = []
     for names, cfg in io_cfgs.items():
         print(f"{'+'.join(names)}: refinement {cfg.iters} iterations ({cfg.field}, quarter-resolution share "
               f"{cfg.coarse_fraction})" if "adam" in names else f"{'+'.join(names)}: no refinement")
-    print(f"CPU, {threads} threads; search {SearchConfig()}")
-    print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{'+'.join(s):>16}" for s in settings))
+    print(f"CPU, {threads} threads; search " + "; ".join(f"grid {c.grid}, hw {c.hw} (+/-{c.grid * c.hw} voxels)"
+                                                       for c in searches))
+    print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{label:>16}" for label, _, _ in settings))
     for key in INTER_PATIENT:
         pair = pairs[key]
         fixed = io.read_volume(pair.fixed.image, np.float32).array
@@ -96,23 +123,22 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, offsets: str, threa
             moving_seg = translate(moving_seg_raw, shift, 0)
             m, f = torch.from_numpy(moving)[None, None], torch.from_numpy(fixed)[None, None]
             row = {"pair": key, "offset": shift, "zero": mean_dice(fixed_seg, moving_seg, np.zeros((3, *fixed.shape), np.float32))}
-            for names in settings:
-                built = stages.build(names, None, SearchConfig(), io_cfgs[names])
+            for label, names, search_cfg in settings:
+                built = stages.build(names, None, search_cfg, io_cfgs[names])
                 t0 = time.perf_counter()
                 disp, _ = stages.run(built, m, f)
                 seconds = time.perf_counter() - t0
                 d = disp[0].numpy()
-                row["+".join(names)] = {"dice": mean_dice(fixed_seg, moving_seg, d), "seconds": seconds,
+                row[label] = {"dice": mean_dice(fixed_seg, moving_seg, d), "seconds": seconds,
                                         "jac_nonpos": float((metrics.jacobian_determinant(d) <= 0).mean())}
             rows.append(row)
             print(f"{key[:4]}<-{key[12:16]:<6} {str(shift):<14} {row['zero']:>6.3f} "
-                  + " ".join(f"{row['+'.join(s)]['dice']:>9.3f} ({row['+'.join(s)]['seconds']:>3.0f}s)" for s in settings),
+                  + " ".join(f"{row[label]['dice']:>9.3f} ({row[label]['seconds']:>3.0f}s)" for label, _, _ in settings),
                   flush=True)
     print(f"{'mean':<27} {np.mean([r['zero'] for r in rows]):>6.3f} "
-          + " ".join(f"{np.mean([r['+'.join(s)]['dice'] for r in rows]):>9.3f} ({np.mean([r['+'.join(s)]['seconds'] for r in rows]):>3.0f}s)"
-                     for s in settings))
-    for s in settings:
-        name = "+".join(s)
+          + " ".join(f"{np.mean([r[name]['dice'] for r in rows]):>9.3f} ({np.mean([r[name]['seconds'] for r in rows]):>3.0f}s)"
+                     for name, _, _ in settings))
+    for name, _, _ in settings:
         print(f"{name}: worst J<=0 {max(r[name]['jac_nonpos'] for r in rows):.1e}, smallest gain over zero "
               f"{min(r[name]['dice'] - r['zero'] for r in rows):+.3f}")
     if json_out:
