@@ -130,7 +130,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
                 seconds = time.perf_counter() - t0
                 d = disp[0].numpy()
                 row[label] = {"dice": mean_dice(fixed_seg, moving_seg, d), "seconds": seconds,
-                                        "jac_nonpos": float((metrics.jacobian_determinant(d) <= 0).mean())}
+                              "jac_nonpos": float((metrics.jacobian_determinant(d) <= 0).mean())}
             rows.append(row)
             print(f"{key[:4]}<-{key[12:16]:<6} {str(shift):<14} {row['zero']:>6.3f} "
                   + " ".join(f"{row[label]['dice']:>9.3f} ({row[label]['seconds']:>3.0f}s)" for label, _, _ in settings),
