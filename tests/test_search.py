@@ -223,3 +223,38 @@ def test_inverse_consistency_makes_the_two_fields_inverse():
     before = (forward + warp_image(backward, forward, padding_mode="border"))[inner].abs().mean()
     after = (f + warp_image(b, f, padding_mode="border"))[inner].abs().mean()  # compose(b, f) ~ identity
     assert after < 0.05 * before
+
+
+def test_grid_pooling_is_the_block_mean_and_a_cut_block_averages_what_it_has():
+    x = torch.randn(1, 2, 13, 8, 6, generator=torch.Generator().manual_seed(5))
+    pooled = search.pool_to_grid(x, 6)
+    assert pooled.shape == (1, 2, 3, 2, 1)
+    a = x[0].numpy()
+    for i, (i0, i1) in enumerate(((0, 6), (6, 12), (12, 13))):  # numpy means of the blocks, the last cut
+        for j, (j0, j1) in enumerate(((0, 6), (6, 8))):
+            want = a[:, i0:i1, j0:j1, 0:6].mean(axis=(1, 2, 3))
+            np.testing.assert_allclose(pooled[0, :, i, j, 0].numpy(), want, rtol=1e-5, atol=1e-6)
+    # an axis shorter than one block: one node, the mean of what it has
+    np.testing.assert_allclose(search.pool_to_grid(x[:, :, :, :, :4], 6)[0, :, 0, 0, 0].numpy(),
+                               a[:, 0:6, 0:6, 0:4].mean(axis=(1, 2, 3)), rtol=1e-5)
+
+
+def test_search_and_refinement_share_the_full_resolution_descriptors(monkeypatch):
+    shape = (30, 24, 36)
+    moving, fixed = smooth_volume(shape, 7), smooth_volume(shape, 8)
+    cfg, io_cfg = search.SearchConfig(grid=4, hw=2), predict.default_io(after_search=True)
+    alone = instance.refine(search.search(moving, fixed, cfg), moving, fixed, io_cfg)  # each its own MIND
+    calls = []
+    for module in (search, instance, stages):  # each imported mind_ssc by name: count the full-resolution calls
+        real = module.mind_ssc
+        monkeypatch.setattr(module, "mind_ssc", lambda x, *a, _real=real, **k: calls.append(x.shape) or _real(x, *a, **k))
+    shared, seconds = stages.run(stages.build(("search", "adam"), None, cfg, io_cfg), moving, fixed)
+    assert [s for s in calls if tuple(s[2:]) == shape] == [(1, 1, *shape)] * 2  # once per image, not four times
+    assert torch.equal(shared, alone) and list(seconds) == ["search", "adam"]
+    # not shared where the two stages would read different descriptors
+    built = stages.build(("search", "adam"), None, cfg, instance.IOConfig(4, similarity="mse"))
+    assert stages.shared_views(built, moving, fixed) is None
+    assert stages.shared_views(stages.build(("adam",), None, cfg, io_cfg), moving, fixed) is None
+    with pytest.raises(ValueError, match="pooled MIND"):
+        instance.refine(torch.zeros(1, 3, *shape), moving, fixed, instance.IOConfig(4, similarity="mse"),
+                        half=(fixed, fixed))

@@ -106,6 +106,24 @@ def _resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return out * out.new_tensor(scale).view(1, 3, 1, 1, 1)
 
 
+def level_size(shape: tuple[int, ...], level: int) -> tuple[int, ...]:
+    """The grid of a refinement level: ``shape`` divided by ``level``, rounded up."""
+    return tuple((n + level - 1) // level for n in shape)
+
+
+def pool_descriptors(full: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Full-resolution descriptors averaged over a box about one grid step wide and sampled on a grid of
+    ``size`` spanning the volume (corners on corners): the half level's ``pooled`` features.
+
+    Shape: (1, C, I, J, K) -> (1, C, *size).
+    """
+    step = max(1, round(full.shape[2] / size[0]))
+    k = step + 1 if step % 2 == 0 else step  # odd, so the box is centred on each voxel
+    # one channel at a time: the box mean of all 12 full-resolution channels at once would double the peak
+    return torch.cat([F.interpolate(box_mean(full[:, c:c + 1], k // 2), size=size, mode="trilinear",
+                                    align_corners=True) for c in range(full.shape[1])], dim=1)
+
+
 def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bool = True,
              pooled: bool = False) -> torch.Tensor:
     """What the dissimilarity compares, on a grid of ``size`` spanning the volume (corners on corners).
@@ -118,12 +136,7 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bo
     Shape: (1, 1, I, J, K) -> (1, C, *size); C = 12 (mind), 3 (mse, CT) or 1 (mse, not CT).
     """
     if pooled and similarity == "mind":
-        full = mind_ssc(normalise_intensity(image.float(), ct))
-        step = max(1, round(image.shape[2] / size[0]))
-        k = step + 1 if step % 2 == 0 else step  # odd, so the box is centred on each voxel
-        # one channel at a time: the box mean of all 12 full-resolution channels at once would double the peak
-        return torch.cat([F.interpolate(box_mean(full[:, c:c + 1], k // 2), size=size, mode="trilinear",
-                                        align_corners=True) for c in range(full.shape[1])], dim=1)
+        return pool_descriptors(mind_ssc(normalise_intensity(image.float(), ct)), size)
     small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
         return preprocess(small, 3) if ct else normalise_intensity(small, ct)
@@ -144,10 +157,11 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
 
 
 def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-            ct: bool | tuple[bool, bool]):
+            ct: bool | tuple[bool, bool], half: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The refinement's levels, coarse first: quarter resolution for ``coarse_fraction`` of the iterations,
     then half. Yields (level, iterations, moving features, fixed features, ``disp`` resized), each computed
-    without gradients on that level's grid; levels with no iteration are skipped.
+    without gradients on that level's grid; levels with no iteration are skipped. ``half``: the half
+    level's ``(moving, fixed)`` features when the caller already has them (:func:`pool_descriptors`).
 
     Shape: disp (1, 3, I, J, K) -> features (1, C, *size), disp (1, 3, *size) in voxels of that grid.
     """
@@ -157,21 +171,27 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
     for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
         if iters <= 0:
             continue
-        size = tuple((n + level - 1) // level for n in full)
+        size = level_size(full, level)
         with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
             pooled = level == 2 and cfg.half_features == "pooled"
-            m = for_sampling(features(moving_hu, size, cfg.similarity, ct_moving, pooled))
-            f = features(fixed_hu, size, cfg.similarity, ct_fixed, pooled)
+            if level == 2 and half is not None:
+                m, f = for_sampling(half[0]), half[1]
+            else:
+                m = for_sampling(features(moving_hu, size, cfg.similarity, ct_moving, pooled))
+                f = features(fixed_hu, size, cfg.similarity, ct_fixed, pooled)
             base = _resize_disp(disp, size)
         yield level, iters, m, f, base
 
 
 def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-           ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
+           ct: bool | tuple[bool, bool] = True,
+           half: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
 
     ``ct``: both images in HU, or ``(moving, fixed)`` flags for a pair of two modalities
-    (:func:`l2r_submit.registration.features.ct_flags`).
+    (:func:`l2r_submit.registration.features.ct_flags`). ``half``: the half level's ``(moving, fixed)``
+    features of these images, already computed (``mind``, ``pooled``: :func:`pool_descriptors` of their
+    MIND-SSC on the grid :func:`level_size` ``(shape, 2)``); they are then not computed again.
 
     Shape: disp (1, 3, I, J, K) voxels; moving_hu, fixed_hu (1, 1, I, J, K) HU (``ct``; any unit
     otherwise) -> (1, 3, I, J, K).
@@ -189,11 +209,14 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     if cfg.similarity == "mse" and len(set(ct_flags(ct))) > 1:
         raise ValueError("similarity 'mse' compares intensities, and this pair is CT against another modality: "
                          "use 'mind'")
+    if half is not None and (cfg.similarity, cfg.half_features) != ("mind", "pooled"):
+        raise ValueError("half: precomputed features are pooled MIND-SSC; this refinement uses "
+                         f"{cfg.similarity} ({cfg.half_features})")
     if cfg.field == "velocity":
-        return _refine_velocity(disp, moving_hu, fixed_hu, cfg, ct)
+        return _refine_velocity(disp, moving_hu, fixed_hu, cfg, ct, half)
     full = tuple(disp.shape[2:])
     residual = None
-    for level, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct):
+    for level, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct, half):
         start = torch.zeros_like(base) if residual is None else _resize_disp(residual, base.shape[2:])
         residual = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([residual], lr=cfg.lr * 2 / level)  # the step is in voxels of this grid
@@ -210,7 +233,8 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
 
 
 def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-                     ct: bool | tuple[bool, bool]) -> torch.Tensor:
+                     ct: bool | tuple[bool, bool],
+                     half: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The velocity model of :func:`refine`: one velocity field on the quarter-resolution grid for all the
     iterations; its exponential is computed there (cheap) and resampled to the grid of the data term,
     quarter then half resolution. The moving image is warped by ``disp`` once, up front.
@@ -218,10 +242,10 @@ def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torc
     Shape: as :func:`refine`.
     """
     full = tuple(disp.shape[2:])
-    grid = tuple((n + 3) // 4 for n in full)
+    grid = level_size(full, 4)
     velocity = torch.zeros((1, 3, *grid), device=disp.device, requires_grad=True)
     opt = torch.optim.Adam([velocity], lr=cfg.lr / 2)  # the step is in voxels of the quarter grid
-    for _, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct):
+    for _, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct, half):
         size = tuple(base.shape[2:])
         if base.any():
             with torch.no_grad():

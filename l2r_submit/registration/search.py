@@ -8,9 +8,9 @@ optimisation and little learning for Learn2Reg 2021", MICCAI 2021 challenges, LN
 "Non-parametric discrete registration with convex optimisation", WBIR 2014).
 
 Steps for one pair (moving -> fixed, a pull map as everywhere in this package):
-  1. both images normalised (a CT window, or robust percentiles for other modalities) and padded to a
-     multiple of the grid spacing ``grid`` (voxels);
-  2. MIND-SSC at full resolution, average-pooled onto the control grid (one node per ``grid``^3 block);
+  1. both images normalised (a CT window, or robust percentiles for other modalities);
+  2. MIND-SSC at full resolution, average-pooled onto the control grid (one node per ``grid``^3 block; a
+     block cut by the image's edge averages the voxels it has);
   3. cost volume: for every integer displacement l in [-hw, hw]^3 grid steps, the squared descriptor
      difference between fixed(n) and moving(n + l), box-filtered twice over 3^3 nodes;
   4. coupled convex optimisation: u = smooth(argmin_l cost); then for an increasing alpha,
@@ -94,16 +94,21 @@ def chunk_size(n_labels: int, n_items: int, chunk_mb: int) -> int:
     return max(1, min(n_items, (chunk_mb << 20) // (4 * n_labels)))
 
 
+def pool_to_grid(descriptors: torch.Tensor, grid: int) -> torch.Tensor:
+    """The mean of each ``grid``^3 block; a last block cut by the image's edge averages the voxels it has.
+
+    Shape: (1, C, I, J, K) -> (1, C, ceil(I / grid), ceil(J / grid), ceil(K / grid)).
+    """
+    kernel = tuple(min(grid, n) for n in descriptors.shape[2:])  # an axis shorter than a block: one node
+    return F.avg_pool3d(descriptors, kernel, stride=grid, ceil_mode=True)
+
+
 def grid_features(image: torch.Tensor, grid: int, ct: bool) -> torch.Tensor:
-    """MIND-SSC at full resolution, averaged over each ``grid``^3 block of the (padded) image.
+    """MIND-SSC at full resolution, averaged over each ``grid``^3 block (:func:`pool_to_grid`).
 
     Shape: (1, 1, I, J, K) -> (1, 12, ceil(I / grid), ceil(J / grid), ceil(K / grid)).
     """
-    pad = []
-    for n in reversed(image.shape[2:]):
-        pad += [0, (-n) % grid]
-    x = F.pad(normalise_intensity(image, ct), pad, mode="replicate")
-    return F.avg_pool3d(mind_ssc(x), grid)
+    return pool_to_grid(mind_ssc(normalise_intensity(image, ct)), grid)
 
 
 def cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, hw: int, chunk_mb: int) -> torch.Tensor:
@@ -207,9 +212,12 @@ def upsample(field: torch.Tensor, grid: int, shape: tuple[int, ...]) -> torch.Te
 
 
 def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
-           ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
+           ct: bool | tuple[bool, bool] = True,
+           features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The displacement found by the global search, ``warp(moving, disp) ~ fixed``. ``ct``: both images in
     HU (CT window), or ``(moving, fixed)`` flags for a pair of two modalities (:func:`features.ct_flags`).
+    ``features``: ``(moving, fixed)`` :func:`grid_features` of these two images, already computed (they
+    are then not computed again).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
 
@@ -223,8 +231,9 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
     shape = tuple(fixed.shape[2:])
     with torch.no_grad():
         ct_moving, ct_fixed = ct_flags(ct)
-        fixed_feat = grid_features(fixed, cfg.grid, ct_fixed)
-        moving_feat = grid_features(moving, cfg.grid, ct_moving)
+        if features is None:
+            features = grid_features(moving, cfg.grid, ct_moving), grid_features(fixed, cfg.grid, ct_fixed)
+        moving_feat, fixed_feat = features
         grid_shape = tuple(fixed_feat.shape[2:])
         run = lambda f, m: coupled_convex(cost_volume(f, m, cfg.hw, cfg.chunk_mb), grid_shape, cfg.hw,  # noqa: E731
                                           cfg.alphas, cfg.smooth, cfg.chunk_mb)
@@ -235,15 +244,17 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
 
 
 def search_stage(moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor, cfg: SearchConfig,
-                 ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
+                 ct: bool | tuple[bool, bool] = True,
+                 features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The search as a stage: it searches between ``warp(moving, disp_in)`` and ``fixed`` and returns the
     composition, i.e. the field that equals warping with ``disp_in`` then with the searched field.
+    ``features``: as :func:`search`, of the unwarped images; used only when ``disp_in`` is zero.
 
     Shape: moving, fixed (1, 1, I, J, K), disp_in (1, 3, I, J, K) -> (1, 3, I, J, K) voxels.
     """
     check_disp_tensor(disp_in, "disp_in")
     with torch.no_grad():
         if not disp_in.any():
-            return search(moving, fixed, cfg, ct)
+            return search(moving, fixed, cfg, ct, features)
         warped = warp_image(moving.float(), disp_in, padding_mode="border")
         return compose(disp_in, search(warped, fixed, cfg, ct))

@@ -12,6 +12,11 @@ a pull map in voxels), never an increment. How each one consumes ``disp_in``:
 ``warp(warp(m, a), b) == warp(m, compose(a, b))`` (:func:`l2r_submit.core.spatial.compose`), so chaining
 stages by composition equals warping with each in turn, up to interpolation.
 
+Shared descriptors: when the search runs first and the refinement compares pooled MIND-SSC, both read the
+full-resolution MIND-SSC of the same two unwarped images. :func:`run` then computes it once per image and
+hands each stage its pooled view (:class:`SharedViews`); the fields are the same as with each stage
+computing its own, and two of the four full-resolution MIND computations per pair are saved.
+
 Tensor contract: moving/fixed (1, 1, I, J, K) (HU for CT), disp (1, 3, I, J, K) voxels.
 """
 
@@ -25,18 +30,31 @@ import torch
 
 from ..core.spatial import compose, warp_image
 from ..nets import regnet
-from .instance import IOConfig, refine
-from .search import SearchConfig, search_stage
+from .features import ct_flags, mind_ssc, normalise_intensity
+from .instance import IOConfig, level_size, pool_descriptors, refine
+from .search import SearchConfig, pool_to_grid, search_stage
 
 STAGE_NAMES = ("network", "search", "adam")
 
 
+@dataclass(frozen=True)
+class SharedViews:
+    """Pooled MIND-SSC views of one pair's unwarped images, each ``(moving, fixed)``: ``search`` on the
+    search's control grid (:func:`search.pool_to_grid`), ``half`` on the refinement's half-resolution grid
+    (:func:`instance.pool_descriptors`). Shapes: (1, 12, *grid shape) and (1, 12, *half shape)."""
+
+    search: tuple[torch.Tensor, torch.Tensor]
+    half: tuple[torch.Tensor, torch.Tensor]
+
+
 class Stage(Protocol):
-    """One registration stage. Shape: moving, fixed (1, 1, I, J, K), disp_in (1, 3, I, J, K) -> (1, 3, I, J, K)."""
+    """One registration stage. Shape: moving, fixed (1, 1, I, J, K), disp_in (1, 3, I, J, K) -> (1, 3, I, J, K).
+    ``views``: descriptors of the unwarped pair that :func:`run` computed once for several stages."""
 
     name: str
 
-    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
+                 views: SharedViews | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,8 @@ class NetworkStage:
     net: regnet.RegistrationNet
     name: str = "network"
 
-    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor) -> torch.Tensor:
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
+                 views: SharedViews | None = None) -> torch.Tensor:
         with torch.inference_mode():
             if not disp_in.any():
                 return regnet.register(self.net, moving, fixed)
@@ -63,8 +82,9 @@ class SearchStage:
     ct: bool | tuple[bool, bool] = True
     name: str = "search"
 
-    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor) -> torch.Tensor:
-        return search_stage(moving, fixed, disp_in, self.cfg, self.ct)
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
+                 views: SharedViews | None = None) -> torch.Tensor:
+        return search_stage(moving, fixed, disp_in, self.cfg, self.ct, views.search if views else None)
 
 
 @dataclass(frozen=True)
@@ -75,8 +95,9 @@ class AdamStage:
     ct: bool | tuple[bool, bool] = True  # as SearchStage's
     name: str = "adam"
 
-    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor) -> torch.Tensor:
-        return refine(disp_in.clone(), moving, fixed, self.cfg, self.ct)
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
+                 views: SharedViews | None = None) -> torch.Tensor:
+        return refine(disp_in.clone(), moving, fixed, self.cfg, self.ct, views.half if views else None)
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -119,19 +140,50 @@ def build(names: tuple[str, ...], net: regnet.RegistrationNet | None, search_cfg
     return stages
 
 
+def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor) -> SharedViews | None:
+    """The views two stages share, or None when they would not: the search must run first (it then sees
+    the unwarped images) and the refinement compare pooled MIND-SSC at half resolution, both with the same
+    modality flags. One full-resolution MIND-SSC per image, pooled twice, then freed.
+
+    Shape: moving, fixed (1, 1, I, J, K) -> views as :class:`SharedViews`.
+    """
+    search = stages[0] if stages and isinstance(stages[0], SearchStage) else None
+    adam = next((s for s in stages if isinstance(s, AdamStage)), None)
+    if search is None or adam is None:
+        return None
+    cfg = adam.cfg
+    n_half = cfg.iters - int(round(cfg.iters * cfg.coarse_fraction))  # as instance._levels splits them
+    if (cfg.similarity, cfg.half_features) != ("mind", "pooled") or n_half <= 0 \
+            or ct_flags(search.ct) != ct_flags(adam.ct):
+        return None
+    size = level_size(tuple(fixed.shape[2:]), 2)
+    grid_views, half_views = [], []
+    with torch.no_grad():
+        for image, ct in zip((moving, fixed), ct_flags(search.ct)):
+            full = mind_ssc(normalise_intensity(image.float(), ct))
+            grid_views.append(pool_to_grid(full, search.cfg.grid))
+            half_views.append(pool_descriptors(full, size))
+            del full
+    return SharedViews(search=(grid_views[0], grid_views[1]), half=(half_views[0], half_views[1]))
+
+
 def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor,
         disp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Chain the stages from ``disp`` (None: a zero field); returns the field and each stage's seconds.
+    Descriptors that two stages share (:func:`shared_views`) are computed once, before the first stage,
+    and their seconds are counted in the first stage's.
 
     Shape: moving, fixed (1, 1, I, J, K), disp (1, 3, I, J, K) -> (1, 3, I, J, K), {name: seconds}.
     """
     if disp is None:
         disp = torch.zeros((1, 3, *fixed.shape[2:]), device=fixed.device)
     seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    views = shared_views(stages, moving, fixed) if not disp.any() else None
     for stage in stages:
-        t0 = time.perf_counter()
-        disp = stage(moving, fixed, disp)
+        disp = stage(moving, fixed, disp, views)
         if disp.is_cuda:
             torch.cuda.synchronize(disp.device)
         seconds[stage.name] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
     return disp, seconds
