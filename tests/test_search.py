@@ -255,6 +255,8 @@ def test_search_and_refinement_share_the_full_resolution_descriptors(monkeypatch
     built = stages.build(("search", "adam"), None, cfg, instance.IOConfig(4, similarity="mse"))
     assert stages.shared_views(built, moving, fixed) is None
     assert stages.shared_views(stages.build(("adam",), None, cfg, io_cfg), moving, fixed) is None
+    quarter_only = instance.IOConfig(4, coarse_fraction=1.0, field="velocity")  # no half level: nothing to share
+    assert stages.shared_views(stages.build(("search", "adam"), None, cfg, quarter_only), moving, fixed) is None
     with pytest.raises(ValueError, match="pooled MIND"):
         instance.refine(torch.zeros(1, 3, *shape), moving, fixed, instance.IOConfig(4, similarity="mse"),
                         half=(fixed, fixed))

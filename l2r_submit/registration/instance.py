@@ -156,6 +156,13 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
     return features.contiguous(memory_format=torch.channels_last_3d)
 
 
+def level_iterations(cfg: IOConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """How the iterations split between the levels: ``((4, quarter), (2, half))``, ``coarse_fraction`` of
+    them at quarter resolution."""
+    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
+    return (4, n_coarse), (2, cfg.iters - n_coarse)
+
+
 def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
             ct: bool | tuple[bool, bool], half: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The refinement's levels, coarse first: quarter resolution for ``coarse_fraction`` of the iterations,
@@ -167,8 +174,7 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
     """
     full = tuple(disp.shape[2:])
     ct_moving, ct_fixed = ct_flags(ct)
-    n_coarse = int(round(cfg.iters * cfg.coarse_fraction))
-    for level, iters in ((4, n_coarse), (2, cfg.iters - n_coarse)):
+    for level, iters in level_iterations(cfg):
         if iters <= 0:
             continue
         size = level_size(full, level)

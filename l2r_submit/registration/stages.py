@@ -31,7 +31,7 @@ import torch
 from ..core.spatial import compose, warp_image
 from ..nets import regnet
 from .features import ct_flags, mind_ssc, normalise_intensity
-from .instance import IOConfig, level_size, pool_descriptors, refine
+from .instance import IOConfig, level_iterations, level_size, pool_descriptors, refine
 from .search import SearchConfig, pool_to_grid, search_stage
 
 STAGE_NAMES = ("network", "search", "adam")
@@ -152,8 +152,7 @@ def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor)
     if search is None or adam is None:
         return None
     cfg = adam.cfg
-    n_half = cfg.iters - int(round(cfg.iters * cfg.coarse_fraction))  # as instance._levels splits them
-    if (cfg.similarity, cfg.half_features) != ("mind", "pooled") or n_half <= 0 \
+    if (cfg.similarity, cfg.half_features) != ("mind", "pooled") or level_iterations(cfg)[1][1] <= 0 \
             or ct_flags(search.ct) != ct_flags(adam.ct):
         return None
     size = level_size(tuple(fixed.shape[2:]), 2)
