@@ -245,9 +245,8 @@ def test_search_and_refinement_share_the_full_resolution_descriptors(monkeypatch
     cfg, io_cfg = search.SearchConfig(grid=4, hw=2), predict.default_io(after_search=True)
     alone = instance.refine(search.search(moving, fixed, cfg), moving, fixed, io_cfg)  # each its own MIND
     calls = []
-    for module in (search, instance, stages):  # each imported mind_ssc by name: count the full-resolution calls
-        real = module.mind_ssc
-        monkeypatch.setattr(module, "mind_ssc", lambda x, *a, _real=real, **k: calls.append(x.shape) or _real(x, *a, **k))
+    real = features.mind_ssc  # every stage reaches it through features.image_descriptors: count full-resolution calls
+    monkeypatch.setattr(features, "mind_ssc", lambda x, *a, **k: calls.append(x.shape) or real(x, *a, **k))
     shared, seconds = stages.run(stages.build(("search", "adam"), None, cfg, io_cfg), moving, fixed)
     assert [s for s in calls if tuple(s[2:]) == shape] == [(1, 1, *shape)] * 2  # once per image, not four times
     assert torch.equal(shared, alone) and list(seconds) == ["search", "adam"]

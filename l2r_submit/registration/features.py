@@ -121,3 +121,12 @@ def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
         lo, hi = q[0].item(), q[1].item()
         out.append((one.clamp(lo, hi) - lo) / max(hi - lo, 1e-6))
     return torch.stack(out)
+
+
+def image_descriptors(image: torch.Tensor, ct: bool) -> torch.Tensor:
+    """The descriptors both the search and the refinement compare: MIND-SSC of the normalised image
+    (:func:`normalise_intensity`, then :func:`mind_ssc` with its defaults), at the image's resolution.
+
+    Shape: (B, 1, I, J, K) -> (B, 12, I, J, K) float32 in (0, 1].
+    """
+    return mind_ssc(normalise_intensity(image.float(), ct))

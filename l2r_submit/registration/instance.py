@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import CT_WINDOW_HU, box_mean, ct_flags, mind_ssc, normalise_intensity
+from .features import CT_WINDOW_HU, box_mean, ct_flags, image_descriptors, normalise_intensity
 
 SIMILARITIES = ("mind", "mse")
 FIELDS = ("displacement", "velocity")
@@ -136,11 +136,11 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bo
     Shape: (1, 1, I, J, K) -> (1, C, *size); C = 12 (mind), 3 (mse, CT) or 1 (mse, not CT).
     """
     if pooled and similarity == "mind":
-        return pool_descriptors(mind_ssc(normalise_intensity(image.float(), ct)), size)
+        return pool_descriptors(image_descriptors(image, ct), size)
     small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
         return preprocess(small, 3) if ct else normalise_intensity(small, ct)
-    return mind_ssc(normalise_intensity(small, ct))
+    return image_descriptors(small, ct)
 
 
 def for_sampling(features: torch.Tensor) -> torch.Tensor:

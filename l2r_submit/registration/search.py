@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
-from .features import box_mean, ct_flags, mind_ssc, normalise_intensity
+from .features import box_mean, ct_flags, image_descriptors
 
 
 TIE_BREAK = 1e-4  # weight of |l|^2 in the first label choice, relative to the mean cost
@@ -108,7 +108,7 @@ def grid_features(image: torch.Tensor, grid: int, ct: bool) -> torch.Tensor:
 
     Shape: (1, 1, I, J, K) -> (1, 12, ceil(I / grid), ceil(J / grid), ceil(K / grid)).
     """
-    return pool_to_grid(mind_ssc(normalise_intensity(image, ct)), grid)
+    return pool_to_grid(image_descriptors(image, ct), grid)
 
 
 def cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, hw: int, chunk_mb: int) -> torch.Tensor:

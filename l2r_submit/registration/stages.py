@@ -30,7 +30,7 @@ import torch
 
 from ..core.spatial import compose, warp_image
 from ..nets import regnet
-from .features import ct_flags, mind_ssc, normalise_intensity
+from .features import ct_flags, image_descriptors
 from .instance import IOConfig, level_iterations, level_size, pool_descriptors, refine
 from .search import SearchConfig, pool_to_grid, search_stage
 
@@ -159,7 +159,7 @@ def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor)
     grid_views, half_views = [], []
     with torch.no_grad():
         for image, ct in zip((moving, fixed), ct_flags(search.ct)):
-            full = mind_ssc(normalise_intensity(image.float(), ct))
+            full = image_descriptors(image, ct)
             grid_views.append(pool_to_grid(full, search.cfg.grid))
             half_views.append(pool_descriptors(full, size))
             del full
