@@ -8,6 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from l2r_submit.nets import checkpoint
+from l2r_submit.nets.blocks import ConvNormAct
 from l2r_submit.training import train
 from l2r_submit.cli import main
 
@@ -26,8 +28,17 @@ def test_registration_training_equals_the_loop_before_the_shared_trainer(tmp_pat
     train.run(cfg, ds, tmp_path / "run", progress=False)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["state_dict"].keys() == ref["state_dict"].keys()
+    # A conv bias followed by a non-affine InstanceNorm cannot change the output (the norm removes each
+    # channel's mean), so its true gradient is zero and Adam turns rounding noise into steps of +/- lr:
+    # on another CPU (AVX-512 against AVX2) it ends up to 0.02 away. It is left out; every other weight is
+    # compared to well below one step of lr (1e-2), which a missed or extra step or a changed loss exceeds.
+    net, _ = checkpoint.load(tmp_path / "run" / "last.pt")
+    dead = {f"{name}.conv.bias" for name, m in net.named_modules()
+            if isinstance(m, ConvNormAct) and isinstance(m.norm, torch.nn.InstanceNorm3d) and m.conv.bias is not None}
+    assert dead and dead < set(ref["state_dict"])
     for key, value in ref["state_dict"].items():
-        torch.testing.assert_close(ckpt["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        if key not in dead:
+            torch.testing.assert_close(ckpt["state_dict"][key], value, rtol=1e-3, atol=1e-3, msg=key)
     rows = [{k: v for k, v in r.items() if k not in ("seconds", "world_size")} for r in json.loads(ckpt["history"])]
     expected = json.loads(ref["history"])
     assert [list(r) for r in rows] == [list(r) for r in expected]
