@@ -1,7 +1,7 @@
 """Accuracy and speed of `l2r predict` on test_data/ for several stage settings.
 
-For each setting (every combination of `--stages`, `--search-hw`, `--search-grid` and `--io-iters`; `adam`
-is dropped where io-iters is 0) the val pairs of test_data/ are predicted (through the Python API, the
+For each setting (every combination of `--stages`, `--search-hw`, `--search-grid`, `--search-prior` and
+`--io-iters`; `adam` is dropped where io-iters is 0) the val pairs of test_data/ are predicted (through the Python API, the
 same code as `l2r predict`) and scored with the evaluator. Printed per setting: seconds per pair,
 the seconds of each stage, mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the largest fraction of
 voxels with det J <= 0, and, on the three synthetic pairs whose true field is known
@@ -12,7 +12,7 @@ pair without a true field (the inter-patient pairs: 0004<-0005 against a painted
 0006<-0004 between two real patients), its Dice, zero-field Dice, HD95 and fraction of det J <= 0.
 
     python benchmarks/accuracy_bench.py [--stages network,search,adam --stages network,adam] [--search-hw 4,6]
-        [--search-grid 6] [--io-iters 0,50,100] [--io-reg 0.25] [--io-similarity mind|mse] [--io-field velocity|displacement]
+        [--search-grid 6] [--search-prior 0,0.1] [--io-iters 0,50,100] [--io-reg 0.25] [--io-similarity mind|mse] [--io-field velocity|displacement]
         [--coarse-fraction 0.5] [--no-network] [--threads 2] [--checkpoint FILE] [--json OUT]
 """
 
@@ -59,6 +59,8 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
               help="Stages of one setting, e.g. network,search,adam; repeat for more [default: predict's default].")
 @click.option("--search-hw", default="", help="Comma list of search half-widths [default: SearchConfig's].")
 @click.option("--search-grid", default="", help="Comma list of search grid spacings [default: SearchConfig's].")
+@click.option("--search-prior", default="",
+              help="Comma list of the search's pulls towards small displacements [default: SearchConfig's, none].")
 @click.option("--io-iters", default="", help="Comma list of settings (0 = no adam stage) [default: predict's for the stages].")
 @click.option("--io-reg", type=float, default=None,
               help="Diffusion weight of the refinement [default: predict's for the stages and the field model].")
@@ -70,7 +72,7 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iters: str, io_reg: float | None,
+def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_prior: str, io_iters: str, io_reg: float | None,
          io_similarity: str, io_field: str, coarse_fraction: float | None, no_network: bool, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
     from l2r_submit.core import dataset
     from l2r_submit.evaluation import evaluate
@@ -82,21 +84,25 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, io_iter
     stage_sets = [parse_stages(s) for s in stage_lists] or [predict.DEFAULT_STAGES]
     hws = [int(v) for v in search_hw.split(",") if v] or [SearchConfig().hw]
     grids = [int(v) for v in search_grid.split(",") if v] or [SearchConfig().grid]
-    settings = [(st, hw, g, int(it) if it else None) for st in stage_sets for it in io_iters.split(",")
-                for hw in (hws if "search" in st else hws[:1]) for g in (grids if "search" in st else grids[:1])]
+    priors = [float(v) for v in search_prior.split(",") if v] or [SearchConfig().prior]
+    settings = [(st, SearchConfig(grid=g, hw=hw, prior=w), int(it) if it else None) for st in stage_sets
+                for it in io_iters.split(",") for hw in (hws if "search" in st else hws[:1])
+                for g in (grids if "search" in st else grids[:1]) for w in (priors if "search" in st else priors[:1])]
     truth = json.loads((ROOT / "test_data" / "truth.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (names, hw, grid, iters) in enumerate(settings):
+        for n, (names, search_cfg, iters) in enumerate(settings):
             out = Path(tmp) / f"setting{n}"
             io_cfg = predict.default_io(iters, io_field, io_reg, io_similarity, after_search="search" in names)
             if coarse_fraction is not None:
                 io_cfg = replace(io_cfg, coarse_fraction=coarse_fraction)
             manifest = predict.run(predict.PredictConfig(ds, out, "val", checkpoint=checkpoint, device="cpu",
                                                          io=io_cfg, network=not no_network, stages=names,
-                                                         search=SearchConfig(grid=grid, hw=hw),
+                                                         search=search_cfg,
                                                          threads=threads, progress=False, keep_freed_memory=True))
-            label = "+".join(manifest["settings"]["stages"]) + (f" hw{hw} g{grid}" if "search" in names else "")
+            label = "+".join(manifest["settings"]["stages"]) + (
+                f" hw{search_cfg.hw} g{search_cfg.grid}" + (f" p{search_cfg.prior:g}" if search_cfg.prior else "")
+                if "search" in names else "")
             secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
             if len(secs) != len(manifest["pairs"]):
                 raise SystemExit(f"{label}: some pairs failed, see {out / 'run.json'}")

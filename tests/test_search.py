@@ -69,6 +69,37 @@ def test_vectorised_coupled_step_equals_the_loop_form():
     assert torch.equal(search.coupled_argmin(cost, labels.double(), torch.zeros_like(u), 0.0, 1), cost.argmin(0))
 
 
+def test_the_prior_keeps_a_far_label_only_where_it_is_clearly_cheaper():
+    """The pull is weight x mean cost x |l|^2 / hw^2: a label at the edge of the range along one axis pays
+    weight x the mean cost. Node 0's far label is 0.1 cheaper than zero, node 1's 0.5."""
+    hw = 2
+    labels = search.label_offsets(hw)
+    far, zero = labels.tolist().index([hw, 0, 0]), labels.tolist().index([0, 0, 0])
+    cost = torch.ones(len(labels), 2, dtype=torch.float64)
+    cost[far, 0], cost[far, 1] = 0.9, 0.5
+    assert torch.equal(cost.argmin(0), torch.tensor([far, far]))
+    mean = cost.mean().item()
+    priored = search.add_prior(cost.clone(), hw, 0.3)
+    assert priored[far].tolist() == pytest.approx([0.9 + 0.3 * mean, 0.5 + 0.3 * mean])
+    assert priored[zero].tolist() == [1.0, 1.0]  # no pull at zero
+    assert priored.argmin(0).tolist() == [zero, far]
+    assert torch.equal(search.add_prior(cost.clone(), hw, 0.0), cost)
+    with pytest.raises(ValueError, match="prior"):
+        search.SearchConfig(prior=-0.1)
+    with pytest.raises(ValueError, match="prior"):
+        search.SearchConfig(prior=float("nan"))
+
+
+def test_a_moderate_prior_still_finds_a_clear_translation_and_a_strong_one_stays_near_zero():
+    big = smooth_volume((120, 48, 48))
+    fixed, moving = big[:, :, 10:82], big[:, :, 30:102]  # pull map -20 along axis 0, as above
+    inner = (0, slice(30, 66), slice(12, 36), slice(12, 36))
+    found = search.search(moving, fixed, search.SearchConfig(grid=6, hw=4, prior=0.3))[:, 0][inner]
+    assert abs(found.mean().item() + 20) < 2.5
+    held = search.search(moving, fixed, search.SearchConfig(grid=6, hw=4, prior=20.0))[:, 0][inner]
+    assert held.abs().mean().item() < 6
+
+
 def test_cost_volume_matches_a_direct_shift_and_is_chunked():
     torch.manual_seed(0)
     f, m = torch.rand(1, 12, 5, 4, 6), torch.rand(1, 12, 5, 4, 6)
@@ -173,6 +204,12 @@ def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     assert invoke(*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2").exit_code == 0
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["settings"]["stages"] == ["search"] and manifest["settings"]["search"]["hw"] == 2
+    assert manifest["settings"]["search"]["prior"] == 0.0
+    assert invoke(*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2", "--search-prior", "0.3",
+                  "--overwrite").exit_code == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["search"]["prior"] == 0.3
+    res = invoke(*args, "--stages", "search", "--search-prior", "-1")
+    assert res.exit_code == 2 and "--search-prior" in res.output
     assert list(next(iter(manifest["pairs"].values()))["stage_seconds"]) == ["search"]
     cfg = predict.PredictConfig(dataset.load(tiny_dataset), out, io=instance.IOConfig(0), network=False,
                                 stages=("network", "search", "adam"))

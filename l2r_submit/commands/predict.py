@@ -45,6 +45,9 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
               help="Search range in grid steps per axis [default: 4].")
 @click.option("--search-grid", type=click.IntRange(2, 16), default=None,
               help="Search control-grid spacing in voxels [default: 6].")
+@click.option("--search-prior", type=click.FloatRange(min=0), default=None,
+              help="Pull of the search towards small displacements, for pairs known to be roughly aligned: at "
+                   "the edge of the range it adds this fraction of the mean cost [default: 0, none].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -64,7 +67,8 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
             fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, io_field: str,
             io_reg: float | None, no_network: bool,
-            stages: str | None, search_hw: int | None, search_grid: int | None, qc_dir: Path | None, overwrite: bool,
+            stages: str | None, search_hw: int | None, search_grid: int | None, search_prior: float | None,
+            qc_dir: Path | None, overwrite: bool,
             threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
             do_report: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out.
@@ -113,7 +117,8 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     try:
         names_run = None if stages is None else parse_stages(stages)
         io_cfg = pr.io_for_stages(names_run, checkpoint, io_iters, io_field, io_reg, io_similarity)
-        search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid)) if v is not None})
+        search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid),
+                                                              ("prior", search_prior)) if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,

@@ -62,6 +62,9 @@ class SearchConfig:
         inverse_consistent: also search the swapped pair and make the two fields inverse-consistent.
         ic_iters: iterations of the inverse-consistency update.
         chunk_mb: largest temporary of the cost-volume size, in MB.
+        prior: a pull towards small displacements, off by default (0): the cost of label l is raised by
+            ``prior`` x (the mean cost) x (|l| / hw)^2, so by ``prior`` times the mean cost at the edge of
+            the range along one axis (:func:`add_prior`). For pairs known to be roughly aligned.
     """
 
     grid: int = 6
@@ -71,6 +74,7 @@ class SearchConfig:
     inverse_consistent: bool = True
     ic_iters: int = 15
     chunk_mb: int = 256
+    prior: float = 0.0
 
     def __post_init__(self) -> None:
         if self.grid < 2:
@@ -79,6 +83,8 @@ class SearchConfig:
             raise ValueError(f"search hw: {self.hw} received, expected 1 to 12 grid steps")
         if any(a < 0 for a in self.alphas) or list(self.alphas) != sorted(self.alphas):
             raise ValueError(f"search alphas: {self.alphas} received, expected non-negative and increasing")
+        if not self.prior >= 0:  # also refuses NaN
+            raise ValueError(f"search prior: {self.prior} received, expected a number >= 0")
         if self.chunk_mb < 1 or self.smooth < 0 or self.ic_iters < 0:
             raise ValueError("search chunk_mb >= 1, smooth >= 0 and ic_iters >= 0 expected")
 
@@ -136,6 +142,19 @@ def cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, hw: int, ch
         block = cost[start:start + per_chunk].view(-1, 1, a, b, d)
         cost[start:start + per_chunk] = box_mean(box_mean(block, 1), 1).reshape(-1, n_nodes)
     return cost
+
+
+def add_prior(cost: torch.Tensor, hw: int, weight: float) -> torch.Tensor:
+    """The cost volume with a quadratic pull towards the zero displacement, in place:
+    cost(n, l) + weight * mean(cost) * |l|^2 / hw^2 (l in grid steps). Relative to the mean cost, so the
+    pull does not depend on the descriptors' scale; ``weight`` 0 leaves the cost as it is.
+
+    Shape: (L, N), labels in :func:`label_offsets` order -> the same tensor.
+    """
+    if weight <= 0:
+        return cost
+    pull = (label_offsets(hw, cost.device) ** 2).sum(dim=1, keepdim=True) / hw ** 2  # (L, 1)
+    return cost.add_(pull * (weight * cost.mean().item()))
 
 
 def coupled_argmin(cost: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, alpha: float,
@@ -235,8 +254,11 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
             features = grid_features(moving, cfg.grid, ct_moving), grid_features(fixed, cfg.grid, ct_fixed)
         moving_feat, fixed_feat = features
         grid_shape = tuple(fixed_feat.shape[2:])
-        run = lambda f, m: coupled_convex(cost_volume(f, m, cfg.hw, cfg.chunk_mb), grid_shape, cfg.hw,  # noqa: E731
-                                          cfg.alphas, cfg.smooth, cfg.chunk_mb)
+
+        def run(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            cost = add_prior(cost_volume(f, m, cfg.hw, cfg.chunk_mb), cfg.hw, cfg.prior)
+            return coupled_convex(cost, grid_shape, cfg.hw, cfg.alphas, cfg.smooth, cfg.chunk_mb)
+
         field = run(fixed_feat, moving_feat)
         if cfg.inverse_consistent:
             field, _ = inverse_consistency(field, run(moving_feat, fixed_feat), cfg.ic_iters)
