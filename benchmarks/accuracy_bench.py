@@ -1,18 +1,19 @@
 """Accuracy and speed of `l2r predict` on test_data/ for several stage settings.
 
 For each setting (every combination of `--stages`, `--search-hw`, `--search-grid`, `--search-prior` and
-`--io-iters`; `adam` is dropped where io-iters is 0) the val pairs of test_data/ are predicted (through the Python API, the
-same code as `l2r predict`) and scored with the evaluator. Printed per setting: seconds per pair,
-the seconds of each stage, mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the largest fraction of
-voxels with det J <= 0, and, on the three synthetic pairs whose true field is known
-(test_data/truth.json), the mean end-point error in voxels over the whole grid, over the organs of
-the fixed image, inside its body (HU > -500) and in the air around it. No image can tell where air
-moves: there the error mostly measures how the regulariser extrapolates. A second table gives, for each
-pair without a true field (the inter-patient pairs: 0004<-0005 against a painted anatomy, 0004<-0006 and
-0006<-0004 between two real patients), its Dice, zero-field Dice, HD95 and fraction of det J <= 0.
+`--io-iters`; `adam` is dropped where io-iters is 0) the val pairs of test_data/ are predicted (through the
+Python API, the same code as `l2r predict`) and scored with the evaluator. Printed per setting: seconds per
+pair, the seconds of each stage, mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the
+largest fraction of voxels with det J <= 0, and, on the three synthetic pairs whose true field is known
+(test_data/truth.json), the mean end-point error in voxels over the whole grid, over the organs of the fixed
+image, inside its body (HU > -500) and in the air around it. No image can tell where air moves: there the
+error mostly measures how the regulariser extrapolates. A second table gives, for each pair without a true
+field (the inter-patient pairs: 0004<-0005 against a painted anatomy, 0004<-0006 and 0006<-0004 between two
+real patients), its Dice, zero-field Dice, HD95 and fraction of det J <= 0.
 
     python benchmarks/accuracy_bench.py [--stages network,search,adam --stages network,adam] [--search-hw 4,6]
-        [--search-grid 6] [--search-prior 0,0.1] [--io-iters 0,50,100] [--io-reg 0.25] [--io-similarity mind|mse] [--io-field velocity|displacement]
+        [--search-grid 6] [--search-prior 0,0.1] [--io-iters 0,50,100] [--io-reg 0.25]
+        [--io-similarity mind|mse] [--io-field velocity|displacement]
         [--coarse-fraction 0.5] [--no-network] [--threads 2] [--checkpoint FILE] [--json OUT]
 """
 
@@ -72,8 +73,9 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_prior: str, io_iters: str, io_reg: float | None,
-         io_similarity: str, io_field: str, coarse_fraction: float | None, no_network: bool, threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
+def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_prior: str, io_iters: str,
+         io_reg: float | None, io_similarity: str, io_field: str, coarse_fraction: float | None, no_network: bool,
+         threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
     from l2r_submit.core import dataset
     from l2r_submit.evaluation import evaluate
     from l2r_submit.registration import predict
@@ -85,9 +87,13 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_
     hws = [int(v) for v in search_hw.split(",") if v] or [SearchConfig().hw]
     grids = [int(v) for v in search_grid.split(",") if v] or [SearchConfig().grid]
     priors = [float(v) for v in search_prior.split(",") if v] or [SearchConfig().prior]
-    settings = [(st, SearchConfig(grid=g, hw=hw, prior=w), int(it) if it else None) for st in stage_sets
-                for it in io_iters.split(",") for hw in (hws if "search" in st else hws[:1])
-                for g in (grids if "search" in st else grids[:1]) for w in (priors if "search" in st else priors[:1])]
+    try:
+        settings = [(st, SearchConfig(grid=g, hw=hw, prior=w), int(it) if it else None) for st in stage_sets
+                    for it in io_iters.split(",") for hw in (hws if "search" in st else hws[:1])
+                    for g in (grids if "search" in st else grids[:1])
+                    for w in (priors if "search" in st else priors[:1])]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--search-*") from None
     truth = json.loads((ROOT / "test_data" / "truth.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -103,7 +103,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
         grids = [parse_range(r) for r in ranges] or [(default.grid, default.hw)]
         searches = [SearchConfig(grid=g, hw=h, prior=w) for g, h in grids for w in priors or (default.prior,)]
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--search-range") from None
+        raise click.BadParameter(str(exc), param_hint="--search-range/--search-prior") from None
     lists = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
     io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in lists}
     # a setting: (its column name, stage names, search settings)

@@ -86,8 +86,9 @@ def test_the_prior_keeps_a_far_label_only_where_it_is_clearly_cheaper():
     assert torch.equal(search.add_prior(cost.clone(), hw, 0.0), cost)
     with pytest.raises(ValueError, match="prior"):
         search.SearchConfig(prior=-0.1)
-    with pytest.raises(ValueError, match="prior"):
-        search.SearchConfig(prior=float("nan"))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="prior"):
+            search.SearchConfig(prior=bad)
 
 
 def test_a_moderate_prior_still_finds_a_clear_translation_and_a_strong_one_stays_near_zero():
@@ -205,8 +206,9 @@ def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["settings"]["stages"] == ["search"] and manifest["settings"]["search"]["hw"] == 2
     assert manifest["settings"]["search"]["prior"] == 0.0
-    assert invoke(*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2", "--search-prior", "0.3",
-                  "--overwrite").exit_code == 0
+    # another prior is another request: redone without --overwrite, not skipped as "nothing to do"
+    assert invoke(*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2", "--search-prior",
+                  "0.3").exit_code == 0
     assert json.loads((out / "run.json").read_text())["settings"]["search"]["prior"] == 0.3
     res = invoke(*args, "--stages", "search", "--search-prior", "-1")
     assert res.exit_code == 2 and "--search-prior" in res.output

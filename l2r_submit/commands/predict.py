@@ -46,8 +46,9 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
 @click.option("--search-grid", type=click.IntRange(2, 16), default=None,
               help="Search control-grid spacing in voxels [default: 6].")
 @click.option("--search-prior", type=click.FloatRange(min=0), default=None,
-              help="Pull of the search towards small displacements, for pairs known to be roughly aligned: at "
-                   "the edge of the range it adds this fraction of the mean cost [default: 0, none].")
+              help="Pull of the search towards small displacements (after the network: towards its field), "
+                   "for pairs known to be roughly aligned: at the edge of the range along one axis it adds W "
+                   "times the mean cost [default: 0, none].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

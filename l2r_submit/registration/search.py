@@ -64,7 +64,8 @@ class SearchConfig:
         chunk_mb: largest temporary of the cost-volume size, in MB.
         prior: a pull towards small displacements, off by default (0): the cost of label l is raised by
             ``prior`` x (the mean cost) x (|l| / hw)^2, so by ``prior`` times the mean cost at the edge of
-            the range along one axis (:func:`add_prior`). For pairs known to be roughly aligned.
+            the range along one axis (:func:`add_prior`). For pairs known to be roughly aligned. After
+            another stage the search looks for the increment, so the pull is towards that stage's field.
     """
 
     grid: int = 6
@@ -83,8 +84,8 @@ class SearchConfig:
             raise ValueError(f"search hw: {self.hw} received, expected 1 to 12 grid steps")
         if any(a < 0 for a in self.alphas) or list(self.alphas) != sorted(self.alphas):
             raise ValueError(f"search alphas: {self.alphas} received, expected non-negative and increasing")
-        if not self.prior >= 0:  # also refuses NaN
-            raise ValueError(f"search prior: {self.prior} received, expected a number >= 0")
+        if not 0 <= self.prior < float("inf"):  # also refuses NaN
+            raise ValueError(f"search prior: {self.prior} received, expected a finite number >= 0")
         if self.chunk_mb < 1 or self.smooth < 0 or self.ic_iters < 0:
             raise ValueError("search chunk_mb >= 1, smooth >= 0 and ic_iters >= 0 expected")
 
