@@ -50,6 +50,7 @@ from convexAdam.convex_adam_MIND import convex_adam_pt
 from l2r_submit.core import dataset, disp_files
 
 data, out, threads, keys = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
+settings = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}  # e.g. {"lambda_weight": 0}: its search alone
 torch.set_num_threads(threads)
 pairs = {p.key: p for p in dataset.load(data).pairs("val")}
 seconds = {}
@@ -58,30 +59,34 @@ for key in keys:
     t0 = time.perf_counter()
     fixed = nib.load(pair.fixed.image).get_fdata()
     moving = nib.load(pair.moving.image).get_fdata()
-    disp = convex_adam_pt(fixed, moving, device=torch.device("cpu"))  # (I, J, K, 3) float64, voxels
+    disp = convex_adam_pt(fixed, moving, device=torch.device("cpu"), **settings)  # (I, J, K, 3) float64, voxels
     disp_files.write_disp(np.moveaxis(disp, -1, 0).astype(np.float32), out, pair.fixed.id, pair.moving.id)
     seconds[key] = time.perf_counter() - t0
     print(f"convexadam {key}: {seconds[key]:.1f} s", file=sys.stderr, flush=True)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-(out / "seconds.json").write_text(json.dumps({"seconds": seconds, "peak_rss_kib": peak}))
+(out / "seconds.json").write_text(json.dumps({"seconds": seconds, "peak_rss_kib": peak, "settings": settings}))
 print("PEAK_RSS_KIB", peak, file=sys.stderr)
 """
 
 
-def run_convexadam(python: Path, keys: list[str], out: Path, threads: int) -> tuple[float, float]:
-    """ConvexAdam over ``keys`` in one process; returns (seconds per pair, its peak RSS in GiB).
+def run_convexadam(python: Path, keys: list[str], out: Path, threads: int,
+                   settings: dict | None = None) -> tuple[float, float]:
+    """ConvexAdam over ``keys`` in one process; returns (seconds per pair, its peak RSS in GiB). ``settings``:
+    keyword arguments of ``convex_adam_pt`` other than its defaults (e.g. ``{"lambda_weight": 0}``: no Adam
+    stage, the search alone).
 
-    A folder holding a finished run over the same pairs (``seconds.json`` and every field) is reused, and
-    the run says so: ConvexAdam takes minutes per pair on a CPU.
+    A folder holding a finished run over the same pairs with the same settings (``seconds.json`` and every
+    field) is reused, and the run says so: ConvexAdam takes minutes per pair on a CPU.
     """
+    settings = settings or {}
     record = out / "seconds.json"
     if record.is_file():
         done = json.loads(record.read_text())
-        if set(keys) <= set(done["seconds"]):
+        if set(keys) <= set(done["seconds"]) and done.get("settings", {}) == settings:
             print(f"ConvexAdam: reusing the run recorded in {out}", file=sys.stderr, flush=True)
             return float(np.mean([done["seconds"][k] for k in keys])), done["peak_rss_kib"] / 2**20
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-    cmd = [str(python), "-c", CONVEXADAM_CHILD, str(DATA), str(out), str(threads), ",".join(keys)]
+    cmd = [str(python), "-c", CONVEXADAM_CHILD, str(DATA), str(out), str(threads), ",".join(keys), json.dumps(settings)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"ConvexAdam failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
