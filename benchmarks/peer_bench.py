@@ -106,16 +106,10 @@ def score(ds, out: Path, truth: dict) -> dict:
             for k, c in cases.items()}
 
 
-@click.command()
-@click.option("--threads", default=2, show_default=True)
-@click.option("--pairs", default=None, help="Comma list FFFF_MMMM of val pairs [default: all].")
-@click.option("--peer-python", type=click.Path(path_type=Path), default=ROOT / ".venv-peer" / "bin" / "python",
-              show_default=True, help="Python of the environment made by benchmarks/setup_peer.sh.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep both methods' fields in this folder (default: a temporary one); a ConvexAdam run "
-                   "already recorded there for the same pairs is reused.")
-def main(threads: int, pairs: str | None, peer_python: Path, json_out: Path | None, keep: Path | None) -> None:
+def bench_pairs(pairs: str | None, peer_python: Path):
+    """The dataset of test_data/ with a "bench" split of the val pairs chosen (``pairs``: "FFFF_MMMM,..."; None:
+    all), those pairs, and the true fields of the synthetic ones among them. Exits with one line when the
+    peer environment is missing or a pair is not a val pair."""
     from l2r_submit.core import dataset
 
     if not peer_python.exists():
@@ -128,8 +122,23 @@ def main(threads: int, pairs: str | None, peer_python: Path, json_out: Path | No
         if len(chosen) != len(wanted):
             raise SystemExit(f"--pairs {pairs}: not all are val pairs of {DATA}")
     ds.splits["bench"] = chosen
-    keys = [p.key for p in chosen]
+    keys = {p.key for p in chosen}
     truth = {k: v for k, v in json.loads((ROOT / "test_data" / "truth.json").read_text()).items() if k in keys}
+    return ds, chosen, truth
+
+
+@click.command()
+@click.option("--threads", default=2, show_default=True)
+@click.option("--pairs", default=None, help="Comma list FFFF_MMMM of val pairs [default: all].")
+@click.option("--peer-python", type=click.Path(path_type=Path), default=ROOT / ".venv-peer" / "bin" / "python",
+              show_default=True, help="Python of the environment made by benchmarks/setup_peer.sh.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep both methods' fields in this folder (default: a temporary one); a ConvexAdam run "
+                   "already recorded there for the same pairs is reused.")
+def main(threads: int, pairs: str | None, peer_python: Path, json_out: Path | None, keep: Path | None) -> None:
+    ds, chosen, truth = bench_pairs(pairs, peer_python)
+    keys = [p.key for p in chosen]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = keep if keep is not None else Path(tmp)

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from peer_bench import DATA, run_convexadam, score  # noqa: E402
+from peer_bench import bench_pairs, run_convexadam, score  # noqa: E402
 
 METHODS = ("ConvexAdam", "ConvexAdam search", "our search", "ours", "CA search + our adam")
 
@@ -75,21 +75,9 @@ def folder(name: str) -> str:
 def main(threads: int, pairs: str | None, peer_python: Path, keep: Path | None, json_out: Path | None) -> None:
     import torch
 
-    from l2r_submit.core import dataset
-
-    if not peer_python.exists():
-        raise SystemExit(f"{peer_python}: not found; run `bash benchmarks/setup_peer.sh` first")
     torch.set_num_threads(threads)
-    ds = dataset.load(DATA)
-    chosen = ds.pairs("val")
-    if pairs:
-        wanted = [p.strip() for p in pairs.split(",")]
-        chosen = [p for p in chosen if f"{p.fixed.id}_{p.moving.id}" in wanted]
-        if len(chosen) != len(wanted):
-            raise SystemExit(f"--pairs {pairs}: not all are val pairs of {DATA}")
-    ds.splits["bench"] = chosen
+    ds, chosen, truth = bench_pairs(pairs, peer_python)
     keys = [p.key for p in chosen]
-    truth = {k: v for k, v in json.loads((ROOT / "test_data" / "truth.json").read_text()).items() if k in keys}
     with tempfile.TemporaryDirectory() as tmp:
         work = keep if keep is not None else Path(tmp)
         run_convexadam(peer_python, keys, work / "convexadam", threads)
