@@ -19,7 +19,8 @@ from pathlib import Path
 
 PKG = "l2r_submit"
 LINE = 120
-SCRIPTS = ("scripts/relayout.py", "scripts/layer_check.py")  # they name the old model module on purpose
+SCRIPTS = ("scripts/relayout.py", "scripts/relayout_plan.py", "scripts/relayout_rewrite.py",
+           "scripts/layer_check.py")  # they name the old model module on purpose
 
 # Layers, lowest first: a module imports only from its own folder or a folder of a lower layer ("" = top).
 LAYERS: dict[str, int] = {"core": 1, "evaluation": 2, "nets": 2, "training": 3, "registration": 3, "recipe": 4,
