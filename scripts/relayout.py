@@ -13,7 +13,8 @@ What it does, in order (each step is idempotent: a second run changes nothing):
      ``model.NAME`` uses of the old ``model`` module, dotted ``l2r_submit.x`` strings (mock targets,
      docs) and ``l2r_submit/x.py`` paths in tests, scripts, benchmarks, .ci, Dockerfile, pyproject and docs;
   4. checks (``scripts/layer_check.py``): the CLI imports without torch, no module imports from a higher
-     layer (``LAYERS``), and prints the tree. Modules not in ``MOVES`` stay at the top and are listed, so new ones are seen.
+     layer (``LAYERS``), and prints the tree. Modules not in ``MOVES`` stay at the top and are listed, so
+     new ones are seen.
 
 The tables and the old -> new names are in ``relayout_plan.py``, step 3 in ``relayout_rewrite.py``, the checks
 in ``layer_check.py`` (which also runs them alone).
