@@ -30,7 +30,14 @@ Printed per pair and setting: mean Dice over labels 1-13 present in both maps, t
 the body for the synthetic pairs (voxels), the fraction of det J <= 0, seconds. Exits 1 if a setting with
 an MR-like image ends below the zero field on any pair. One process, CPU.
 
+``--peer``: ConvexAdam (PyPI ``convexAdam`` 0.2.0, ``convex_adam_pt`` with its defaults, as
+benchmarks/peer_bench.py runs it) registers the same arrays beside ours in each setting, with the images as
+they are (MIND-SSC is insensitive to the scale of the intensities; ConvexAdam has no modality setting).
+It is imported from the environment made by benchmarks/setup_peer.sh, so the bench then runs there; its
+figures are printed but do not count in the exit status.
+
     python benchmarks/modality_bench.py [--threads 2] [--pairs 0001,0004_0006] [--json OUT]
+    .venv-peer/bin/python benchmarks/modality_bench.py --peer --settings "T1;T1 <- T2"
 """
 
 from __future__ import annotations
@@ -74,13 +81,31 @@ def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
     return (800.0 * np.hypot(signal + noise[0], noise[1])).astype(np.float32)
 
 
+def peer_registration():
+    """ConvexAdam's ``convex_adam_pt`` with its defaults, on CPU, as a function (moving, fixed) -> field in our
+    contract (3, I, J, K) voxels. Exits with one line when the package is not importable here."""
+    try:
+        from convexAdam.convex_adam_MIND import convex_adam_pt
+    except ImportError:
+        raise SystemExit("--peer: convexAdam is not importable by this Python; run `bash benchmarks/setup_peer.sh` "
+                         "and then this bench with .venv-peer/bin/python") from None
+    import torch
+
+    def run(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+        disp = convex_adam_pt(fixed.astype(np.float64), moving.astype(np.float64), device=torch.device("cpu"))
+        return np.moveaxis(np.asarray(disp), -1, 0).astype(np.float32)  # (I, J, K, 3) -> (3, I, J, K)
+
+    return run
+
+
 @click.command()
 @click.option("--pairs", default=None, help="Comma list of substrings of pair keys [default: every val pair].")
 @click.option("--settings", "only", default=None,
               help=f"Semicolon list of settings to run [default: all: {'; '.join(SETTINGS)}].")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None) -> None:
+@click.option("--peer", is_flag=True, help="Also run ConvexAdam on the same arrays (run with .venv-peer/bin/python).")
+def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None, peer: bool) -> None:
     import torch
 
     from l2r_submit.core import dataset, io, runtime
@@ -93,6 +118,7 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     unknown = [x for x in chosen if x not in SETTINGS]
     if unknown:
         raise SystemExit(f"--settings: unknown {', '.join(map(repr, unknown))}; expected among {'; '.join(SETTINGS)}")
+    convexadam = peer_registration() if peer else None
     runtime.keep_freed_memory()  # as l2r predict does
     torch.set_num_threads(threads)
     names = defaults.DEFAULT_STAGES
@@ -104,7 +130,8 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations; CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
-    print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in chosen))
+    columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
+    print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))
     rows, failed = [], []
     for n, pair in enumerate(val):
         fixed_hu = io.read_volume(pair.fixed.image, np.float32).array
@@ -136,6 +163,10 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
             row[setting]["seconds"] = round(time.perf_counter() - t0, 1)
             if setting != "CT" and ct is not True and row[setting]["dice"] < row["zero"]["dice"]:
                 failed.append(f"{pair.key} {setting}")
+            if convexadam is not None:
+                t0 = time.perf_counter()
+                row[f"{setting} | ConvexAdam"] = score(convexadam(m, f))
+                row[f"{setting} | ConvexAdam"]["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
 
         def cell(r: dict) -> str:
@@ -143,10 +174,10 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
             return f"{r['dice']:.3f}{epe}" + (f" ({r['seconds']:.0f}s)" if "seconds" in r else "")
 
         print(f"{pair.key[:4]}<-{pair.key[12:16]:<6} {cell(row['zero']):>12} "
-              + " ".join(f"{cell(row[s]):>22}" for s in chosen), flush=True)
+              + " ".join(f"{cell(row[s]):>22}" for s in columns), flush=True)
     print(f"{'mean':<12} {np.mean([r['zero']['dice'] for r in rows]):>12.3f} "
-          + " ".join(f"{np.mean([r[s]['dice'] for r in rows]):>22.3f}" for s in chosen))
-    for s in chosen:
+          + " ".join(f"{np.mean([r[s]['dice'] for r in rows]):>22.3f}" for s in columns))
+    for s in columns:
         epes = [r[s]["epe_body"] for r in rows if "epe_body" in r[s]]
         print(f"{s}: worst J<=0 {max(r[s]['jac_nonpos'] for r in rows):.1e}"
               + (f", mean EPE in the body (synthetic pairs) {np.mean(epes):.3f}" if epes else ""))
