@@ -1,18 +1,19 @@
 """Accuracy and speed of `l2r predict` on test_data/ for several stage settings.
 
-For each setting (every combination of `--stages`, `--search-hw`, `--search-grid`, `--search-prior` and
-`--io-iters`; `adam` is dropped where io-iters is 0) the val pairs of test_data/ are predicted (through the
-Python API, the same code as `l2r predict`) and scored with the evaluator. Printed per setting: seconds per
-pair, the seconds of each stage, mean Dice (and the zero-field Dice for scale), HD95, the official SDlogJ, the
-largest fraction of voxels with det J <= 0, and, on the three synthetic pairs whose true field is known
-(test_data/truth.json), the mean end-point error in voxels over the whole grid, over the organs of the fixed
-image, inside its body (HU > -500) and in the air around it. No image can tell where air moves: there the
-error mostly measures how the regulariser extrapolates. A second table gives, for each pair without a true
-field (the inter-patient pairs: 0004<-0005 against a painted anatomy, 0004<-0006 and 0006<-0004 between two
-real patients), its Dice, zero-field Dice, HD95 and fraction of det J <= 0.
+For each setting (every combination of `--stages`, `--search-hw`, `--search-grid`, `--search-prior`,
+`--search-centre` and `--io-iters`; `adam` is dropped where io-iters is 0) the val pairs of test_data/ are
+predicted (through the Python API, the same code as `l2r predict`) and scored with the evaluator. Printed per
+setting: seconds per pair, the seconds of each stage, mean Dice (and the zero-field Dice for scale), HD95, the
+official SDlogJ, the largest fraction of voxels with det J <= 0, and, on the three synthetic pairs whose true
+field is known (test_data/truth.json), the mean end-point error in voxels over the whole grid, over the organs
+of the fixed image, inside its body (HU > -500) and in the air around it. No image can tell where air moves:
+there the error mostly measures how the regulariser extrapolates. A second table gives, for each pair without
+a true field (the inter-patient pairs: 0004<-0005 against a painted anatomy, 0004<-0006 and 0006<-0004 between
+two real patients), its Dice, zero-field Dice, HD95 and fraction of det J <= 0.
 
     python benchmarks/accuracy_bench.py [--stages network,search,adam --stages network,adam] [--search-hw 4,6]
-        [--search-grid 6] [--search-prior 0,0.1] [--io-iters 0,50,100] [--io-reg 0.25]
+        [--search-grid 6] [--search-prior 0,0.1] [--search-centre none --search-centre 0,1]
+        [--io-iters 0,50,100] [--io-reg 0.25]
         [--io-similarity mind|mse] [--io-field velocity|displacement]
         [--coarse-fraction 0.5] [--no-network] [--threads 2] [--checkpoint FILE] [--json OUT]
 """
@@ -62,6 +63,8 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--search-grid", default="", help="Comma list of search grid spacings [default: SearchConfig's].")
 @click.option("--search-prior", default="",
               help="Comma list of the search's pulls towards small displacements [default: SearchConfig's, none].")
+@click.option("--search-centre", "centres", multiple=True,
+              help="Axes of the search's second start ('0,1') or 'none', repeatable [default: SearchConfig's].")
 @click.option("--io-iters", default="", help="Comma list of settings (0 = no adam stage) [default: predict's for the stages].")
 @click.option("--io-reg", type=float, default=None,
               help="Diffusion weight of the refinement [default: predict's for the stages and the field model].")
@@ -73,12 +76,14 @@ def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, .
 @click.option("--threads", default=2, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[default: the shipped weights]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
-def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_prior: str, io_iters: str,
+def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_prior: str, centres: tuple[str, ...],
+         io_iters: str,
          io_reg: float | None, io_similarity: str, io_field: str, coarse_fraction: float | None, no_network: bool,
          threads: int, checkpoint: Path | None, json_out: Path | None) -> None:
     from l2r_submit.core import dataset
     from l2r_submit.evaluation import evaluate
     from l2r_submit.registration import predict
+    from l2r_submit.registration.predict_args import parse_axes
     from l2r_submit.registration.search import SearchConfig
     from l2r_submit.registration.stages import parse_stages
 
@@ -88,10 +93,12 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_
     grids = [int(v) for v in search_grid.split(",") if v] or [SearchConfig().grid]
     priors = [float(v) for v in search_prior.split(",") if v] or [SearchConfig().prior]
     try:
-        settings = [(st, SearchConfig(grid=g, hw=hw, prior=w), int(it) if it else None) for st in stage_sets
-                    for it in io_iters.split(",") for hw in (hws if "search" in st else hws[:1])
+        axes = [parse_axes(c) for c in centres] or [SearchConfig().centre_axes]
+        settings = [(st, SearchConfig(grid=g, hw=hw, prior=w, centre_axes=a), int(it) if it else None)
+                    for st in stage_sets for it in io_iters.split(",") for hw in (hws if "search" in st else hws[:1])
                     for g in (grids if "search" in st else grids[:1])
-                    for w in (priors if "search" in st else priors[:1])]
+                    for w in (priors if "search" in st else priors[:1])
+                    for a in (axes if "search" in st else axes[:1])]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--search-*") from None
     truth = json.loads((ROOT / "test_data" / "truth.json").read_text())
@@ -108,6 +115,7 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_
                                                          threads=threads, progress=False, keep_freed_memory=True))
             label = "+".join(manifest["settings"]["stages"]) + (
                 f" hw{search_cfg.hw} g{search_cfg.grid}" + (f" p{search_cfg.prior:g}" if search_cfg.prior else "")
+                + (f" c{''.join(map(str, search_cfg.centre_axes))}" if search_cfg.centre_axes else "")
                 if "search" in names else "")
             secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
             if len(secs) != len(manifest["pairs"]):

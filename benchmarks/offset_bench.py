@@ -10,13 +10,14 @@ still real, only the offset is added. A setting that cannot find large displacem
 For every stage setting (``--stages``, as `l2r predict` names them; each with predict's default search
 and refinement settings, ``--io-iters`` overriding the refinement's iterations; a setting with the search
 is run once per ``--search-range GRID,HW``, the search's control-grid spacing and half-width in grid steps,
-predict's ``--search-grid`` and ``--search-hw``, and per ``--search-prior W``, predict's pull towards small
-displacements) and every case: the mean
+predict's ``--search-grid`` and ``--search-hw``, per ``--search-prior W``, predict's pull towards small
+displacements, and per ``--search-centre AXES|none``, the search's second start) and every case: the mean
 Dice over labels 1-13 present in both label maps (warped with the evaluator's nearest-neighbour rule), the
 zero-field Dice, the largest fraction of det J <= 0 and the seconds of the stages. One process, CPU.
 
     python benchmarks/offset_bench.py [--stages adam --stages search,adam] [--io-iters 100]
         [--search-range 6,4 --search-range 8,5] [--search-prior 0 --search-prior 0.3]
+        [--search-centre none --search-centre 0,1]
         [--offsets "0,0,0;16,0,0;0,16,-16;-20,10,20"]
         [--threads 2] [--json OUT]
 """
@@ -82,18 +83,22 @@ def parse_range(text: str) -> tuple[int, int]:
 @click.option("--search-prior", "priors", multiple=True, type=click.FloatRange(min=0),
               help="Pull of the search towards small displacements, repeatable; each setting with the search "
                    "runs once per range and prior [default: predict's, none].")
+@click.option("--search-centre", "centres", multiple=True,
+              help="Axes along which the search also starts from the bodies' centroids ('0,1'), or 'none'; "
+                   "repeatable, each setting with the search runs once per value [default: predict's].")
 @click.option("--offsets", default="0,0,0;16,0,0;0,16,-16;-20,10,20", show_default=True,
               help="Translations of the moving image in voxels, ';' between them.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, ...], priors: tuple[float, ...],
-         offsets: str, threads: int,
+         centres: tuple[str, ...], offsets: str, threads: int,
          json_out: Path | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io
     from l2r_submit.evaluation import metrics
     from l2r_submit.registration import predict, stages
+    from l2r_submit.registration.predict_args import parse_axes
     from l2r_submit.registration.search import SearchConfig
 
     torch.set_num_threads(threads)
@@ -101,9 +106,11 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
     try:
         default = SearchConfig()
         grids = [parse_range(r) for r in ranges] or [(default.grid, default.hw)]
-        searches = [SearchConfig(grid=g, hw=h, prior=w) for g, h in grids for w in priors or (default.prior,)]
+        axes = [parse_axes(c) for c in centres] or [default.centre_axes]  # predict's own parser
+        searches = [SearchConfig(grid=g, hw=h, prior=w, centre_axes=a) for g, h in grids
+                    for w in priors or (default.prior,) for a in axes]
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--search-range/--search-prior") from None
+        raise click.BadParameter(str(exc), param_hint="--search-range/--search-prior/--search-centre") from None
     lists = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
     io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in lists}
     # a setting: (its column name, stage names, search settings)
@@ -111,7 +118,8 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
     for names in lists:
         for cfg in searches if "search" in names else searches[:1]:
             label = "+".join(names) + (f" g{cfg.grid}h{cfg.hw}" if "search" in names and len(ranges) > 1 else "") \
-                + (f" p{cfg.prior:g}" if "search" in names and len(priors) > 1 else "")
+                + (f" p{cfg.prior:g}" if "search" in names and len(priors) > 1 else "") \
+                + (f" c{''.join(map(str, cfg.centre_axes)) or '-'}" if "search" in names and len(centres) > 1 else "")
             settings.append((label, names, cfg))
     pairs = {p.key: p for p in dataset.load(DATA).pairs("val")}
     rows = []
@@ -119,7 +127,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
         print(f"{'+'.join(names)}: refinement {cfg.iters} iterations ({cfg.field}, quarter-resolution share "
               f"{cfg.coarse_fraction})" if "adam" in names else f"{'+'.join(names)}: no refinement")
     print(f"CPU, {threads} threads; search " + "; ".join(f"grid {c.grid}, hw {c.hw} (+/-{c.grid * c.hw} voxels), "
-                                                       f"prior {c.prior:g}"
+                                                       f"prior {c.prior:g}, centre axes {c.centre_axes or 'none'}"
                                                        for c in searches))
     print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{label:>16}" for label, _, _ in settings))
     for key in INTER_PATIENT:

@@ -49,6 +49,10 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
               help="Pull of the search towards small displacements (after the network: towards its field), "
                    "for pairs known to be roughly aligned: at the edge of the range along one axis it adds W "
                    "times the mean cost [default: 0, none].")
+@click.option("--search-centre", default=None, metavar="AXES|none",
+              help="Array axes across the patient along which the search also starts from the translation that "
+                   "lines up the two bodies' centroids, keeping the start that matches better (e.g. 0,1), or "
+                   "'none' [default: 0,1, the axes across the patient in the challenge's frame].")
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None, help="Write one QC PNG per pair here.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -69,7 +73,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
             fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, io_field: str,
             io_reg: float | None, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, search_prior: float | None,
-            qc_dir: Path | None, overwrite: bool,
+            search_centre: str | None, qc_dir: Path | None, overwrite: bool,
             threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
             do_report: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out.
@@ -90,6 +94,8 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     if rank is not None and do_eval:
         raise Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
     checked(pa.check_stages, stages)
+    if search_centre is not None:
+        checked(pa.parse_axes, search_centre)
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
     if wanted == ():
         raise Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
@@ -118,8 +124,10 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     try:
         names_run = None if stages is None else parse_stages(stages)
         io_cfg = pr.io_for_stages(names_run, checkpoint, io_iters, io_field, io_reg, io_similarity)
+        centre = None if search_centre is None else pa.parse_axes(search_centre)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid),
-                                                              ("prior", search_prior)) if v is not None})
+                                                              ("prior", search_prior), ("centre_axes", centre))
+                                     if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,

@@ -98,7 +98,7 @@ def exponential(velocity: torch.Tensor, steps: int) -> torch.Tensor:
     return u
 
 
-def _resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+def resize_disp(disp: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Resample a voxel displacement to another grid spanning the same volume (corners on corners),
     rescaling each channel to the new voxel size."""
     out = F.interpolate(disp, size=size, mode="trilinear", align_corners=True)
@@ -185,7 +185,7 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
             else:
                 m = for_sampling(features(moving_hu, size, cfg.similarity, ct_moving, pooled))
                 f = features(fixed_hu, size, cfg.similarity, ct_fixed, pooled)
-            base = _resize_disp(disp, size)
+            base = resize_disp(disp, size)
         yield level, iters, m, f, base
 
 
@@ -223,7 +223,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     full = tuple(disp.shape[2:])
     residual = None
     for level, iters, m, f, base in _levels(disp, moving_hu, fixed_hu, cfg, ct, half):
-        start = torch.zeros_like(base) if residual is None else _resize_disp(residual, base.shape[2:])
+        start = torch.zeros_like(base) if residual is None else resize_disp(residual, base.shape[2:])
         residual = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([residual], lr=cfg.lr * 2 / level)  # the step is in voxels of this grid
         with torch.enable_grad():
@@ -235,7 +235,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
                 opt.step()
         residual = residual.detach()
     with torch.no_grad():
-        return disp + _resize_disp(residual, full)
+        return disp + resize_disp(residual, full)
 
 
 def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
@@ -260,11 +260,11 @@ def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torc
             for _ in range(iters):
                 update = exponential(velocity, cfg.steps)
                 if size != grid:
-                    update = _resize_disp(update, size)
+                    update = resize_disp(update, size)
                 loss = F.mse_loss(warp_image(m, update), f) + cfg.reg * diffusion(velocity)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
     with torch.no_grad():
-        update = _resize_disp(exponential(velocity.detach(), cfg.steps), full)
+        update = resize_disp(exponential(velocity.detach(), cfg.steps), full)
         return compose(disp, update) if disp.any() else update

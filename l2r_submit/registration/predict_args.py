@@ -38,3 +38,21 @@ def request_of(params: dict, checkpoint: Path | None) -> dict | None:
     options = {k: str(v.absolute()) if isinstance(v, Path) else v for k, v in params.items()
                if k not in ("quiet", "do_eval")}
     return quick_rerun.request_key(options, ckpt)
+
+
+def parse_axes(text: str) -> tuple[int, ...]:
+    """``--search-centre``: ``"0,1"`` -> (0, 1); ``"none"`` -> ().
+
+    Raises:
+        ValueError: anything else than distinct axes among 0, 1, 2, or 'none'.
+    """
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        axes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        axes = None
+    if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"--search-centre: '{text}' received, expected distinct axes among 0, 1, 2 (e.g. 0,1) "
+                         "or 'none'")
+    return axes

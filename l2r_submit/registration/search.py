@@ -66,6 +66,11 @@ class SearchConfig:
             ``prior`` x (the mean cost) x (|l| / hw)^2, so by ``prior`` times the mean cost at the edge of
             the range along one axis (:func:`add_prior`). For pairs known to be roughly aligned. After
             another stage the search looks for the increment, so the pull is towards that stage's field.
+        centre_axes: array axes across the patient along which the search also starts from the translation
+            that lines up the two bodies' centroids, keeping the better of the two starts
+            (:mod:`l2r_submit.registration.start`); empty: the search starts from the zero field only. In the
+            challenge's frame (192x160x256) axis 2 runs along the patient, hence the default (0, 1); a
+            dataset stored in another orientation names its own axes.
     """
 
     grid: int = 6
@@ -76,6 +81,7 @@ class SearchConfig:
     ic_iters: int = 15
     chunk_mb: int = 256
     prior: float = 0.0
+    centre_axes: tuple[int, ...] = (0, 1)  # on by default: README, "A second start: the bodies lined up"
 
     def __post_init__(self) -> None:
         if self.grid < 2:
@@ -86,6 +92,8 @@ class SearchConfig:
             raise ValueError(f"search alphas: {self.alphas} received, expected non-negative and increasing")
         if not 0 <= self.prior < float("inf"):  # also refuses NaN
             raise ValueError(f"search prior: {self.prior} received, expected a finite number >= 0")
+        if len(set(self.centre_axes)) != len(self.centre_axes) or any(a not in (0, 1, 2) for a in self.centre_axes):
+            raise ValueError(f"search centre_axes: {self.centre_axes} received, expected distinct axes among 0, 1, 2")
         if self.chunk_mb < 1 or self.smooth < 0 or self.ic_iters < 0:
             raise ValueError("search chunk_mb >= 1, smooth >= 0 and ic_iters >= 0 expected")
 

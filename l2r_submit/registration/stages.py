@@ -6,6 +6,7 @@ a pull map in voxels), never an increment. How each one consumes ``disp_in``:
 * ``network`` (:func:`l2r_submit.nets.regnet.register`): registers ``warp(moving, disp_in)`` to ``fixed`` and
   composes, ``compose(disp_in, net_field)`` (with a zero ``disp_in``, its own field);
 * ``search`` (:mod:`l2r_submit.registration.search`): the same, by composition: large displacements must not be added;
+  as the first stage with ``centre_axes`` set it also tries a second start (:mod:`l2r_submit.registration.start`);
 * ``adam`` (:func:`l2r_submit.registration.instance.refine`): optimises the total field itself, initialised at
   ``disp_in`` (its regulariser acts on the total; the residual is a small local update).
 
@@ -33,6 +34,7 @@ from ..nets import regnet
 from .features import ct_flags, image_descriptors
 from .instance import IOConfig, level_iterations, level_size, pool_descriptors, refine
 from .search import SearchConfig, pool_to_grid, search_stage
+from .start import centred_search
 
 STAGE_NAMES = ("network", "search", "adam")
 
@@ -84,6 +86,9 @@ class SearchStage:
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
                  views: SharedViews | None = None) -> torch.Tensor:
+        if self.cfg.centre_axes and not disp_in.any():  # first stage: it may also start from the centroids
+            return centred_search(moving, fixed, self.cfg, self.ct, views.search if views else None,
+                                  views.half if views else None)[0]
         return search_stage(moving, fixed, disp_in, self.cfg, self.ct, views.search if views else None)
 
 

@@ -1,0 +1,101 @@
+"""The search's second start (registration.start): the translation that lines up the bodies across the patient,
+kept only when its searched field matches the descriptors better inside the fixed body (issue 13)."""
+
+import json
+
+import pytest
+import torch
+
+from l2r_submit.registration import predict, search, stages, start
+from l2r_submit.registration import predict_args as pa
+
+from conftest import invoke
+from test_search import smooth_volume
+
+SHIFT = 18  # voxels along axis 0: beyond the range of the search used here (grid 4, hw 2: +/-8)
+
+
+def trunk_pair(shift=SHIFT):
+    """A textured elliptic trunk in air (-1000), running along axis 2, as fixed and moving images of the same
+    body placed ``shift`` voxels apart along axis 0: fixed(p) = moving(p + (shift, 0, 0)).
+    Shape: -> (1, 1, 64, 64, 48) twice, and the fixed body mask (64, 64, 48)."""
+    tex = smooth_volume((100, 64, 48), seed=3)
+    i, j = torch.meshgrid(torch.arange(100.0), torch.arange(64.0), indexing="ij")
+    body = (((i - 50) / 16) ** 2 + ((j - 32) / 13) ** 2 <= 1)[None, None, :, :, None].expand_as(tex)
+    image = torch.where(body, tex, torch.full_like(tex, -1000.0))
+    fixed, moving = image[:, :, 25:89], image[:, :, 25 - shift:89 - shift]
+    return moving.contiguous(), fixed.contiguous(), body[0, 0, 25:89]
+
+
+def test_the_centroid_shift_is_the_bodies_offset_across_the_patient():
+    moving, fixed, _ = trunk_pair()
+    assert start.centroid_shift(moving, fixed, (0, 1)).tolist() == [SHIFT, 0.0, 0.0]
+    assert start.centroid_shift(moving, fixed, (1,)).tolist() == [0.0, 0.0, 0.0]  # only the axes named
+    air = torch.full_like(fixed, -1000.0)
+    assert not start.centroid_shift(air, fixed, (0, 1)).any()  # no body: no guess
+
+
+def test_a_shift_beyond_the_range_is_found_from_the_centroids():
+    moving, fixed, body = trunk_pair()
+    cfg = search.SearchConfig(grid=4, hw=2)
+    alone = search.search(moving, fixed, cfg)[0, 0][body]
+    assert alone.mean().item() < SHIFT - 8  # from zero the search cannot reach it
+    field, decision = start.centred_search(moving, fixed, search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1)))
+    assert decision["kept"] == "centre" and decision["gap"]["centre"] < decision["gap"]["zero"]
+    inside = field[0, 0][body]
+    assert abs(inside.mean().item() - SHIFT) < 1.5 and field[0, 1:, body].abs().mean().item() < 1.0
+
+
+def test_aligned_bodies_keep_the_plain_search():
+    moving, fixed, _ = trunk_pair(shift=0)
+    cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
+    field, decision = start.centred_search(moving, fixed, cfg)
+    assert decision["kept"] == "zero"
+    assert torch.equal(field, search.search(moving, fixed, search.SearchConfig(grid=4, hw=2)))
+
+
+def test_an_mr_like_pair_finds_its_body_by_percentiles():
+    moving, fixed, body = trunk_pair()
+    to_mr = lambda x: ((x + 1000.0) / 1500.0).clamp(0, 1)  # noqa: E731  air 0, tissue about 0.5-0.9
+    cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
+    assert start.centroid_shift(to_mr(moving), to_mr(fixed), (0, 1), ct=False).tolist() == [SHIFT, 0.0, 0.0]
+    field, decision = start.centred_search(to_mr(moving), to_mr(fixed), cfg, ct=False)
+    assert decision["kept"] == "centre" and abs(field[0, 0][body].mean().item() - SHIFT) < 1.5
+
+
+def test_the_search_stage_uses_the_second_start_only_as_the_first_stage():
+    moving, fixed, body = trunk_pair()
+    cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
+    built = stages.build(("search", "adam"), None, cfg, predict.default_io(10))
+    disp, seconds = stages.run(built, moving, fixed)
+    assert abs(disp[0, 0][body].mean().item() - SHIFT) < 1.5 and set(seconds) == {"search", "adam"}
+    offset = torch.zeros(1, 3, *fixed.shape[2:])
+    offset[:, 2] = 1.0  # after another stage the search looks for an increment from that stage's field
+    assert torch.equal(stages.build(("search",), None, cfg, predict.default_io(0))[0](moving, fixed, offset),
+                       search.search_stage(moving, fixed, offset, cfg))
+
+
+@pytest.mark.parametrize("axes", [(0, 0), (3,), (-1,)])
+def test_centre_axes_are_checked(axes):
+    with pytest.raises(ValueError, match="centre_axes"):
+        search.SearchConfig(centre_axes=axes)
+
+
+def test_cli_search_centre(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+            "--pairs", "0001_0002", "--stages", "search", "--search-grid", "4", "--search-hw", "2"]
+    assert invoke(*args, "--search-centre", "0,1").exit_code == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["search"]["centre_axes"] == [0, 1]
+    for bad in ("0,0", "3", "x", ""):
+        res = invoke(*args, "--search-centre", bad, "--overwrite")
+        assert res.exit_code == 2 and "--search-centre" in res.output and "Traceback" not in res.output
+    assert pa.parse_axes("none") == () and pa.parse_axes(" 1,0") == (1, 0)
+
+
+def test_a_shift_shorter_than_a_grid_step_is_not_tried():
+    moving, fixed, _ = trunk_pair(shift=3)
+    cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
+    field, decision = start.centred_search(moving, fixed, cfg)
+    assert decision == {"shift": [3.0, 0.0, 0.0], "kept": "zero"}
+    assert torch.equal(field, search.search(moving, fixed, search.SearchConfig(grid=4, hw=2)))
