@@ -67,8 +67,13 @@ def test_the_search_stage_uses_the_second_start_only_as_the_first_stage():
     moving, fixed, body = trunk_pair()
     cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
     built = stages.build(("search", "adam"), None, cfg, predict.default_io(10))
-    disp, seconds = stages.run(built, moving, fixed)
+    details: dict = {}
+    disp, seconds = stages.run(built, moving, fixed, details=details)
     assert abs(disp[0, 0][body].mean().item() - SHIFT) < 1.5 and set(seconds) == {"search", "adam"}
+    record = details["search_start"]  # what run.json records per pair
+    assert record["shift"] == [SHIFT, 0.0, 0.0] and record["kept"] == "centre"
+    assert record["gap"]["centre"] < record["gap"]["zero"]
+    json.dumps(details)  # JSON-ready
     offset = torch.zeros(1, 3, *fixed.shape[2:])
     offset[:, 2] = 1.0  # after another stage the search looks for an increment from that stage's field
     assert torch.equal(stages.build(("search",), None, cfg, predict.default_io(0))[0](moving, fixed, offset),
@@ -86,7 +91,12 @@ def test_cli_search_centre(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
             "--pairs", "0001_0002", "--stages", "search", "--search-grid", "4", "--search-hw", "2"]
     assert invoke(*args, "--search-centre", "0,1").exit_code == 0
-    assert json.loads((out / "run.json").read_text())["settings"]["search"]["centre_axes"] == [0, 1]
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["search"]["centre_axes"] == [0, 1]
+    record = run["pairs"]["0001_0000<--0002_0000"]["search_start"]  # which start each pair kept
+    assert record["kept"] in ("zero", "centre") and len(record["shift"]) == 3
+    assert invoke(*args, "--search-centre", "none", "--overwrite").exit_code == 0
+    assert "search_start" not in json.loads((out / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]
     for bad in ("0,0", "3", "x", ""):
         res = invoke(*args, "--search-centre", bad, "--overwrite")
         assert res.exit_code == 2 and "--search-centre" in res.output and "Traceback" not in res.output

@@ -167,11 +167,12 @@ def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarra
 
 def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
                   note: Callable[[str], None] | None = None,
-                  images: tuple[np.ndarray, np.ndarray, str | None] | None = None
-                  ) -> tuple[np.ndarray, dict[str, float]]:
+                  images: tuple[np.ndarray, np.ndarray, str | None] | None = None,
+                  details: dict | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Run the stages on one pair: its displacement, (3, I, J, K) float32 voxels on the fixed grid, and
     the seconds of each stage. ``images``: what :func:`read_pair` returned (None: read them here).
-    ``note`` receives a warning when the grids' geometry differs.
+    ``note`` receives a warning when the grids' geometry differs. ``details``: filled with what the
+    stages chose (:func:`l2r_submit.registration.stages.run`).
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
@@ -183,7 +184,7 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
     moving = torch.from_numpy(moving_np)[None, None].to(device)
     fixed = torch.from_numpy(fixed_np)[None, None].to(device)
     del moving_np, fixed_np
-    disp, seconds = stg.run(stages, moving, fixed)
+    disp, seconds = stg.run(stages, moving, fixed, details=details)
     return disp[0].float().cpu().numpy(), seconds
 
 
@@ -312,6 +313,7 @@ def run(cfg: PredictConfig) -> dict:
         notes.append(message)
 
     entries: dict[Pair, dict] = {}
+    chosen: dict[Pair, dict] = {}  # what the stages chose per pair (register_pair's details), for its entry
     todo: list[Pair] = []
     for pair in pairs:
         outputs = plan[pair]
@@ -351,6 +353,7 @@ def run(cfg: PredictConfig) -> dict:
         entry["stage_seconds"] = {k: v for k, v in outcome.seconds.items() if k not in io_steps}
         entry["io_seconds"] = {k: outcome.seconds[k] for k in io_steps if k in outcome.seconds}
         entry["seconds"] = round(sum(outcome.seconds.values()), 3)
+        entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
             entry.update(settings=settings, files=outcome.value, status="done")
         else:
@@ -372,7 +375,8 @@ def run(cfg: PredictConfig) -> dict:
     try:
         left = pipeline.run_items(
             todo, lambda pair: read_pair(pair, ds.shape),
-            lambda pair, images: register_pair(stages_for(pair), pair, device, ds.shape, note, images),
+            lambda pair, images: register_pair(stages_for(pair), pair, device, ds.shape, note, images,
+                                               chosen.setdefault(pair, {})),
             write, done, overlap=cfg.pipeline)
     except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
         current = next((p for p in todo if manifest["pairs"].get(p.key) is not entries[p]), None)

@@ -51,12 +51,14 @@ class SharedViews:
 
 class Stage(Protocol):
     """One registration stage. Shape: moving, fixed (1, 1, I, J, K), disp_in (1, 3, I, J, K) -> (1, 3, I, J, K).
-    ``views``: descriptors of the unwarped pair that :func:`run` computed once for several stages."""
+    ``views``: descriptors of the unwarped pair that :func:`run` computed once for several stages.
+    ``details``: where a stage that chooses between alternatives records its choice (JSON-ready values,
+    under its own keys); None: nobody asked."""
 
     name: str
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
-                 views: SharedViews | None = None) -> torch.Tensor: ...
+                 views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class NetworkStage:
     name: str = "network"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
-                 views: SharedViews | None = None) -> torch.Tensor:
+                 views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
         with torch.inference_mode():
             if not disp_in.any():
                 return regnet.register(self.net, moving, fixed)
@@ -85,10 +87,13 @@ class SearchStage:
     name: str = "search"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
-                 views: SharedViews | None = None) -> torch.Tensor:
+                 views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
         if self.cfg.centre_axes and not disp_in.any():  # first stage: it may also start from the centroids
-            return centred_search(moving, fixed, self.cfg, self.ct, views.search if views else None,
-                                  views.half if views else None)[0]
+            field, decision = centred_search(moving, fixed, self.cfg, self.ct, views.search if views else None,
+                                             views.half if views else None)
+            if details is not None:
+                details["search_start"] = start_record(decision)
+            return field
         return search_stage(moving, fixed, disp_in, self.cfg, self.ct, views.search if views else None)
 
 
@@ -101,8 +106,18 @@ class AdamStage:
     name: str = "adam"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
-                 views: SharedViews | None = None) -> torch.Tensor:
+                 views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
         return refine(disp_in.clone(), moving, fixed, self.cfg, self.ct, views.half if views else None)
+
+
+def start_record(decision: dict) -> dict:
+    """:func:`centred_search`'s decision as ``run.json`` records it: ``shift`` (voxels, the centroid
+    translation tried as a second start; zeros when none), ``kept`` (``"zero"`` or ``"centre"``) and, when
+    both starts ran, ``gap`` (each start's mean squared MIND-SSC difference over the fixed body), rounded."""
+    out = {"shift": [round(float(v), 1) for v in decision["shift"]], "kept": decision["kept"]}
+    if "gap" in decision:
+        out["gap"] = {k: float(f"{float(v):.4g}") for k, v in decision["gap"].items()}
+    return out
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -171,11 +186,12 @@ def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor)
     return SharedViews(search=(grid_views[0], grid_views[1]), half=(half_views[0], half_views[1]))
 
 
-def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor,
-        disp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor | None = None,
+        details: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Chain the stages from ``disp`` (None: a zero field); returns the field and each stage's seconds.
     Descriptors that two stages share (:func:`shared_views`) are computed once, before the first stage,
-    and their seconds are counted in the first stage's.
+    and their seconds are counted in the first stage's. ``details``: filled with what the stages chose
+    (``search_start``: :func:`start_record`), when given.
 
     Shape: moving, fixed (1, 1, I, J, K), disp (1, 3, I, J, K) -> (1, 3, I, J, K), {name: seconds}.
     """
@@ -185,7 +201,7 @@ def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor,
     t0 = time.perf_counter()
     views = shared_views(stages, moving, fixed) if not disp.any() else None
     for stage in stages:
-        disp = stage(moving, fixed, disp, views)
+        disp = stage(moving, fixed, disp, views, details)
         if disp.is_cuda:
             torch.cuda.synchronize(disp.device)
         seconds[stage.name] = round(time.perf_counter() - t0, 3)
