@@ -36,7 +36,11 @@ they are (MIND-SSC is insensitive to the scale of the intensities; ConvexAdam ha
 It is imported from the environment made by benchmarks/setup_peer.sh, so the bench then runs there; its
 figures are printed but do not count in the exit status.
 
+``--io-iters N`` / ``--io-iters-cross-modal N``: the refinement's iterations as ``l2r predict`` takes them
+(the latter for the ``T1 <- CT`` setting, the only one whose two images are of two modalities).
+
     python benchmarks/modality_bench.py [--threads 2] [--pairs 0001,0004_0006] [--json OUT]
+    python benchmarks/modality_bench.py --settings "T1 <- CT" --io-iters-cross-modal 80
     .venv-peer/bin/python benchmarks/modality_bench.py --peer --settings "T1;T1 <- T2"
 """
 
@@ -105,7 +109,12 @@ def peer_registration():
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 @click.option("--peer", is_flag=True, help="Also run ConvexAdam on the same arrays (run with .venv-peer/bin/python).")
-def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None, peer: bool) -> None:
+@click.option("--io-iters", type=click.IntRange(min=1), default=None,
+              help="Refinement iterations, as l2r predict's option (it sets both) [default: predict's].")
+@click.option("--io-iters-cross-modal", type=click.IntRange(min=1), default=None,
+              help="Refinement iterations for T1 <- CT, as l2r predict's option [default: predict's].")
+def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None, peer: bool,
+         io_iters: int | None, io_iters_cross_modal: int | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io, runtime
@@ -122,13 +131,15 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     runtime.keep_freed_memory()  # as l2r predict does
     torch.set_num_threads(threads)
     names = defaults.DEFAULT_STAGES
-    io_cfg = defaults.io_for_stages(names, None)
+    io_cfg = defaults.io_for_stages(names, None, io_iters, iters_cross_modal=io_iters_cross_modal)
     truth = json.loads(TRUTH.read_text())
     wanted = [p for p in pairs.split(",")] if pairs else None
     val = [p for p in dataset.load(DATA).pairs("val") if wanted is None or any(w in p.key for w in wanted)]
     if not val:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
-    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations; CPU, {threads} threads")
+    across = io_cfg.iters if io_cfg.iters_cross_modal is None else io_cfg.iters_cross_modal
+    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations ({across} for T1 <- CT); "
+          f"CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
     columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
     print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))

@@ -97,3 +97,45 @@ def test_predict_reads_each_images_modality(tmp_path, tiny_ckpt):  # noqa: F811
     assert abs(disp[12:36, 6:18, 6:18, 0].mean() + 8) < 2.0  # the known translation, found with each image's flag
     res = invoke(*args, "--io-similarity", "mse", "--overwrite")
     assert res.exit_code == 2 and "use mind" in res.output, res.output
+
+
+def test_a_pair_of_ct_against_another_modality_gets_its_own_iterations():
+    """``iters_cross_modal`` replaces ``iters`` only for CT against another modality: with ``iters`` 0 a
+    pair of one modality is left as it came, a cross-modal pair is refined (the 4-voxel translation of the
+    test above is found)."""
+    big = smooth_volume((56, 32, 32), seed=9)
+    fixed, moving = big[:, :, 4:52], mr_like(big[:, :, 8:56])  # pull map -4 along axis 0
+    cfg = instance.IOConfig(0, field="velocity", reg=0.25, iters_cross_modal=40)
+    assert instance.for_pair(cfg, (False, True)).iters == 40 and instance.for_pair(cfg, (True, False)).iters == 40
+    assert instance.for_pair(cfg, True) is cfg and instance.for_pair(cfg, False) is cfg
+    zero = torch.zeros((1, 3, *fixed.shape[2:]))
+    inner = (0, 0, slice(12, 36), slice(8, 24), slice(8, 24))
+    assert abs(instance.refine(zero, moving, fixed, cfg, ct=(False, True))[inner].mean().item() + 4) < 1.0
+    assert torch.equal(instance.refine(zero, mr_like(big[:, :, 4:52]), moving, cfg, ct=False), zero)
+    with pytest.raises(ValueError, match="iters_cross_modal"):
+        instance.IOConfig(40, iters_cross_modal=-1)
+
+
+def test_predict_defaults_for_a_cross_modal_pair():
+    """After the search: 40 iterations, 120 for CT against another modality; an explicit --io-iters sets both
+    unless --io-iters-cross-modal is given too; without the search the rule is not applied (unmeasured)."""
+    from l2r_submit.registration import defaults
+
+    after = defaults.io_for_stages(None, None)
+    assert (after.iters, after.iters_cross_modal) == (40, defaults.DEFAULT_IO_ITERS_CROSS_MODAL) == (40, 120)
+    assert defaults.io_for_stages(None, None, 30).iters_cross_modal is None
+    assert defaults.io_for_stages(None, None, 30, iters_cross_modal=60).iters_cross_modal == 60
+    assert defaults.io_for_stages(("adam",), None).iters_cross_modal is None
+
+
+def test_cli_io_iters_cross_modal(tmp_path, tiny_ckpt):  # noqa: F811
+    big = smooth_volume((48, 24, 24), seed=8)
+    path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]))
+    out = tmp_path / "out"
+    args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+            "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
+    assert invoke(*args, "--io-iters-cross-modal", "3").exit_code == 0
+    io = json.loads((out / "run.json").read_text())["settings"]["io"]
+    assert (io["iters"], io["iters_cross_modal"]) == (2, 3)
+    res = invoke(*args, "--io-iters-cross-modal", "-1", "--overwrite")
+    assert res.exit_code == 2 and "--io-iters-cross-modal" in res.output

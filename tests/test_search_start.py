@@ -109,3 +109,17 @@ def test_a_shift_shorter_than_a_grid_step_is_not_tried():
     field, decision = start.centred_search(moving, fixed, cfg)
     assert decision == {"shift": [3.0, 0.0, 0.0], "kept": "zero"}
     assert torch.equal(field, search.search(moving, fixed, search.SearchConfig(grid=4, hw=2)))
+
+
+@pytest.mark.parametrize("centre_gap, kept", [(0.999, "zero"), (0.996, "zero"), (0.99, "centre")])
+def test_a_near_tie_keeps_the_unmoved_start(monkeypatch, centre_gap, kept):
+    """The centred start must lower the descriptor gap by more than KEEP_MARGIN (0.5%) to be kept."""
+    assert start.KEEP_MARGIN == 0.005
+    moving, fixed, _ = trunk_pair()
+    gaps = iter([1.0, centre_gap])  # the zero start's gap is computed first
+    monkeypatch.setattr(start, "descriptor_gap", lambda *args: next(gaps))
+    cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
+    field, decision = start.centred_search(moving, fixed, cfg)
+    assert decision["kept"] == kept
+    plain = search.search(moving, fixed, search.SearchConfig(grid=4, hw=2))
+    assert torch.equal(field, plain) == (kept == "zero")

@@ -29,6 +29,9 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Refinement (Adam) iterations; 0 = no refinement [default: 40 after the search, at half "
                    "resolution; 80 without it, quarter then half resolution].")
+@click.option("--io-iters-cross-modal", type=click.IntRange(min=0), default=None,
+              help="Refinement iterations for a pair of CT against another modality (a dataset of two "
+                   "modalities) [default: 120 after the search with --io-iters unset; else --io-iters].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
@@ -70,7 +73,8 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
               help="With --evaluate: also write report.html in --out (l2r report, with the --qc pictures).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str | None, device: str, io_iters: int | None, io_similarity: str, io_field: str,
+            fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_cross_modal: int | None,
+            io_similarity: str, io_field: str,
             io_reg: float | None, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, search_prior: float | None,
             search_centre: str | None, qc_dir: Path | None, overwrite: bool,
@@ -123,7 +127,8 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
 
     try:
         names_run = None if stages is None else parse_stages(stages)
-        io_cfg = pr.io_for_stages(names_run, checkpoint, io_iters, io_field, io_reg, io_similarity)
+        io_cfg = pr.io_for_stages(names_run, checkpoint, io_iters, io_field, io_reg, io_similarity,
+                                  io_iters_cross_modal)
         centre = None if search_centre is None else pa.parse_axes(search_centre)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid),
                                                               ("prior", search_prior), ("centre_axes", centre))

@@ -34,7 +34,7 @@ Tensor contract: disp (1, 3, I, J, K) voxels, moving/fixed (1, 1, I, J, K) HU (o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,8 @@ MIND_WINDOW_HU = CT_WINDOW_HU
 
 @dataclass(frozen=True)
 class IOConfig:
-    """Settings of the refinement. iters = 0 turns it off."""
+    """Settings of the refinement. iters = 0 turns it off. ``iters_cross_modal``: the iterations instead of
+    ``iters`` for a pair of CT against another modality (None: ``iters`` for every pair)."""
 
     iters: int = 0
     lr: float = 0.3
@@ -66,6 +67,7 @@ class IOConfig:
     field: str = "displacement"
     steps: int = 4  # scaling-and-squaring steps of the velocity model
     half_features: str = "pooled"  # MIND of the half-resolution level: see HALF_FEATURES
+    iters_cross_modal: int | None = None
 
     def __post_init__(self) -> None:
         if self.half_features not in HALF_FEATURES:
@@ -77,6 +79,8 @@ class IOConfig:
             raise ValueError(f"steps: {self.steps} received, expected 1 to 12")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity: '{self.similarity}' received, expected one of {', '.join(SIMILARITIES)}")
+        if self.iters_cross_modal is not None and self.iters_cross_modal < 0:
+            raise ValueError(f"iters_cross_modal: {self.iters_cross_modal} received, expected >= 0 or None")
         if self.iters < 0 or not 0.0 <= self.coarse_fraction <= 1.0:
             raise ValueError(f"iters {self.iters} and coarse_fraction {self.coarse_fraction}: expected iters >= 0 "
                              "and 0 <= coarse_fraction <= 1")
@@ -156,6 +160,14 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
     return features.contiguous(memory_format=torch.channels_last_3d)
 
 
+def for_pair(cfg: IOConfig, ct: bool | tuple[bool, bool]) -> IOConfig:
+    """``cfg`` as it applies to a pair with these modality flags: ``iters_cross_modal`` iterations (when set)
+    for CT against another modality, ``iters`` otherwise."""
+    if cfg.iters_cross_modal is not None and len(set(ct_flags(ct))) > 1:
+        return replace(cfg, iters=cfg.iters_cross_modal)
+    return cfg
+
+
 def level_iterations(cfg: IOConfig) -> tuple[tuple[int, int], tuple[int, int]]:
     """How the iterations split between the levels: ``((4, quarter), (2, half))``, ``coarse_fraction`` of
     them at quarter resolution."""
@@ -210,6 +222,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
         check_volume_batch(img, name, disp.shape[2:])
         if img.shape[1] != 1:
             raise ValueError(f"{name}: {img.shape[1]} channels received, expected 1 (HU)")
+    cfg = for_pair(cfg, ct)
     if cfg.iters <= 0:
         return disp
     if cfg.similarity == "mse" and len(set(ct_flags(ct))) > 1:

@@ -32,7 +32,7 @@ import torch
 from ..core.spatial import compose, warp_image
 from ..nets import regnet
 from .features import ct_flags, image_descriptors
-from .instance import IOConfig, level_iterations, level_size, pool_descriptors, refine
+from .instance import IOConfig, for_pair, level_iterations, level_size, pool_descriptors, refine
 from .search import SearchConfig, pool_to_grid, search_stage
 from .start import centred_search
 
@@ -171,7 +171,7 @@ def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor)
     adam = next((s for s in stages if isinstance(s, AdamStage)), None)
     if search is None or adam is None:
         return None
-    cfg = adam.cfg
+    cfg = for_pair(adam.cfg, adam.ct)
     if (cfg.similarity, cfg.half_features) != ("mind", "pooled") or level_iterations(cfg)[1][1] <= 0 \
             or ct_flags(search.ct) != ct_flags(adam.ct):
         return None
