@@ -160,7 +160,8 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
                 out["epe_body"] = float(np.linalg.norm(disp - true, axis=0)[body].mean())
             return out
 
-        row = {"pair": pair.key, "zero": score(np.zeros((3, *fixed_hu.shape), np.float32))}
+        row = {"pair": pair.key, "zero": score(np.zeros((3, *fixed_hu.shape), np.float32)),
+               "refinement_iters": {"one modality": io_cfg.iters, "T1 <- CT": across}}
         fixed_t1, moving_t1 = mr_like(fixed_hu, "T1", seed=2 * n), mr_like(moving_hu, "T1", 2 * n + 1)
         inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (moving_t1, fixed_t1, False),
                   "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),

@@ -134,8 +134,18 @@ def test_cli_io_iters_cross_modal(tmp_path, tiny_ckpt):  # noqa: F811
     out = tmp_path / "out"
     args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
             "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
-    assert invoke(*args, "--io-iters-cross-modal", "3").exit_code == 0
-    io = json.loads((out / "run.json").read_text())["settings"]["io"]
-    assert (io["iters"], io["iters_cross_modal"]) == (2, 3)
+    import nibabel as nib
+
+    fields = {}
+    for n in ("0", "3"):  # the only pair is MR against CT: its iterations are these, not --io-iters' 2
+        assert invoke(*args, "--io-iters-cross-modal", n, "--overwrite").exit_code == 0
+        run = json.loads((out / "run.json").read_text())
+        entry = next(iter(run["pairs"].values()))
+        assert (run["settings"]["io"]["iters"], run["settings"]["io"]["iters_cross_modal"]) == (2, int(n))
+        assert entry["settings"]["io"]["iters_cross_modal"] == int(n)  # compared on a rerun: this dataset mixes CT
+        fields[n] = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)
+    assert not np.allclose(fields["0"], fields["3"])
     res = invoke(*args, "--io-iters-cross-modal", "-1", "--overwrite")
     assert res.exit_code == 2 and "--io-iters-cross-modal" in res.output
+    res = invoke(*args[:-2], "--io-iters", "0", "--io-iters-cross-modal", "5", "--overwrite")
+    assert res.exit_code == 2 and "--io-iters 0" in res.output and "Traceback" not in res.output

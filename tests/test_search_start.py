@@ -86,6 +86,12 @@ def test_centre_axes_are_checked(axes):
         search.SearchConfig(centre_axes=axes)
 
 
+@pytest.mark.parametrize("margin", [-0.1, 1.0, float("nan")])
+def test_keep_margin_is_checked(margin):
+    with pytest.raises(ValueError, match="keep_margin"):
+        search.SearchConfig(keep_margin=margin)
+
+
 def test_cli_search_centre(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
@@ -95,6 +101,12 @@ def test_cli_search_centre(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     assert run["settings"]["search"]["centre_axes"] == [0, 1]
     record = run["pairs"]["0001_0000<--0002_0000"]["search_start"]  # which start each pair kept
     assert record["kept"] in ("zero", "centre") and len(record["shift"]) == 3
+    # a CT-only dataset: the cross-modal iterations are not part of what a pair's field depends on
+    assert "iters_cross_modal" not in json.dumps(run["pairs"]["0001_0000<--0002_0000"]["settings"])
+    # a rerun asked differently (not the quick path) skips the pair and keeps the record of its field
+    assert invoke(*args, "--search-centre", "0,1", "--sequential").exit_code == 0
+    again = json.loads((out / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]
+    assert again["status"].startswith("skipped") and again["search_start"] == record, again.get("redone")
     assert invoke(*args, "--search-centre", "none", "--overwrite").exit_code == 0
     assert "search_start" not in json.loads((out / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]
     for bad in ("0,0", "3", "x", ""):
@@ -113,8 +125,8 @@ def test_a_shift_shorter_than_a_grid_step_is_not_tried():
 
 @pytest.mark.parametrize("centre_gap, kept", [(0.999, "zero"), (0.996, "zero"), (0.99, "centre")])
 def test_a_near_tie_keeps_the_unmoved_start(monkeypatch, centre_gap, kept):
-    """The centred start must lower the descriptor gap by more than KEEP_MARGIN (0.5%) to be kept."""
-    assert start.KEEP_MARGIN == 0.005
+    """The centred start must lower the descriptor gap by more than ``keep_margin`` (0.5%) to be kept."""
+    assert search.SearchConfig().keep_margin == 0.005
     moving, fixed, _ = trunk_pair()
     gaps = iter([1.0, centre_gap])  # the zero start's gap is computed first
     monkeypatch.setattr(start, "descriptor_gap", lambda *args: next(gaps))

@@ -30,8 +30,9 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
               help="Refinement (Adam) iterations; 0 = no refinement [default: 40 after the search, at half "
                    "resolution; 80 without it, quarter then half resolution].")
 @click.option("--io-iters-cross-modal", type=click.IntRange(min=0), default=None,
-              help="Refinement iterations for a pair of CT against another modality (a dataset of two "
-                   "modalities) [default: 120 after the search with --io-iters unset; else --io-iters].")
+              help="Refinement iterations for a pair of a CT image against a non-CT one (a dataset whose "
+                   "modality names CT and another) [default: 120 after the search with --io-iters unset; "
+                   "else --io-iters].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
@@ -98,6 +99,9 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     if rank is not None and do_eval:
         raise Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
     checked(pa.check_stages, stages)
+    if io_iters == 0 and io_iters_cross_modal:
+        raise Fail("--io-iters 0 turns the refinement off for every pair, so --io-iters-cross-modal "
+                   f"{io_iters_cross_modal} would not run; give --io-iters N > 0 or leave one out")
     if search_centre is not None:
         checked(pa.parse_axes, search_centre)
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None

@@ -56,8 +56,9 @@ MIND_WINDOW_HU = CT_WINDOW_HU
 
 @dataclass(frozen=True)
 class IOConfig:
-    """Settings of the refinement. iters = 0 turns it off. ``iters_cross_modal``: the iterations instead of
-    ``iters`` for a pair of CT against another modality (None: ``iters`` for every pair)."""
+    """Settings of the refinement. iters = 0 turns it off (``l2r predict`` then drops the stage for every
+    pair). ``iters_cross_modal``: the iterations instead of ``iters`` for a pair of CT against another
+    modality (None: ``iters`` for every pair); :func:`refine` applies it (:func:`for_pair`)."""
 
     iters: int = 0
     lr: float = 0.3
@@ -207,7 +208,8 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
 
     ``ct``: both images in HU, or ``(moving, fixed)`` flags for a pair of two modalities
-    (:func:`l2r_submit.registration.features.ct_flags`). ``half``: the half level's ``(moving, fixed)``
+    (:func:`l2r_submit.registration.features.ct_flags`); for CT against another modality
+    ``cfg.iters_cross_modal``, when set, replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
     features of these images, already computed (``mind``, ``pooled``: :func:`pool_descriptors` of their
     MIND-SSC on the grid :func:`level_size` ``(shape, 2)``); they are then not computed again.
 

@@ -188,20 +188,29 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
     return disp[0].float().cpu().numpy(), seconds
 
 
+def mixes_ct(ds: Dataset) -> bool:
+    """True when the dataset's channels are CT and another modality (each image is then normalised as its
+    own channel's, and a pair across them is refined for ``IOConfig.iters_cross_modal``)."""
+    return len({is_ct_name(v) for v in ds.modalities.values()}) > 1
+
+
 def modality_name(ds: Dataset) -> str:
     """The dataset's modality as run.json records it: channel "0"'s name, or every channel's
     (``"0: MR, 1: CT"``) when the JSON mixes CT with another modality (only then are images normalised
     differently from channel "0"; MR with PET keeps the old name, so earlier fields are not redone)."""
-    if len({is_ct_name(v) for v in ds.modalities.values()}) > 1:
+    if mixes_ct(ds):
         return ", ".join(f"{k}: {v}" for k, v in sorted(ds.modalities.items()))
     return ds.modality
 
 
-def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str) -> dict:
+def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str,
+                 cross_modal: bool = False) -> dict:
     """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
     settings (:func:`l2r_submit.registration.run_record.output_settings`, so a field added later counts too), but only
-    those of the stages that run (``names``), the weights only when the network runs, the dataset's
-    modality and the package version (a new version may compute other fields from the same settings)."""
+    those of the stages that run (``names``), the weights only when the network runs, the refinement's
+    cross-modal iterations only when the dataset mixes CT with another modality (``cross_modal``), the
+    dataset's modality and the package version (a new version may compute other fields from the same
+    settings)."""
     out = output_settings(cfg, checkpoint_sha256)
     out["stages"] = list(names)
     del out["network"]  # said by "stages"
@@ -209,6 +218,8 @@ def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: 
         if stage not in names:
             for key in keys:
                 out.pop(key, None)
+    if not cross_modal and "io" in out:
+        out["io"] = {k: v for k, v in out["io"].items() if k != "iters_cross_modal"}
     return {**out, "modality": modality, "package_version": __version__}
 
 
@@ -288,7 +299,7 @@ def run(cfg: PredictConfig) -> dict:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
     modality = modality_name(ds)
-    settings = run_settings(cfg, names, ckpt_sha, modality)
+    settings = run_settings(cfg, names, ckpt_sha, modality, mixes_ct(ds))
     earlier = shards.previous_pairs(cfg.out_dir)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
@@ -322,6 +333,8 @@ def run(cfg: PredictConfig) -> dict:
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": settings,
                                            "files": earlier[pair.key]["files"]}
+            if "search_start" in earlier[pair.key]:  # how the field on disk was made
+                manifest["pairs"][pair.key]["search_start"] = earlier[pair.key]["search_start"]
             continue
         if any(p.exists() for p in outputs):
             entry["redone"] = reason

@@ -112,11 +112,12 @@ class AdamStage:
 
 def start_record(decision: dict) -> dict:
     """:func:`centred_search`'s decision as ``run.json`` records it: ``shift`` (voxels, the centroid
-    translation tried as a second start; zeros when none), ``kept`` (``"zero"`` or ``"centre"``) and, when
-    both starts ran, ``gap`` (each start's mean squared MIND-SSC difference over the fixed body), rounded."""
+    translation computed; tried as a second start only when it reaches one grid step, and then ``gap`` is
+    there), ``kept`` (``"zero"`` or ``"centre"``) and ``gap`` (each start's mean squared MIND-SSC
+    difference over the fixed body; 6 significant digits, finer than the keep margin)."""
     out = {"shift": [round(float(v), 1) for v in decision["shift"]], "kept": decision["kept"]}
     if "gap" in decision:
-        out["gap"] = {k: float(f"{float(v):.4g}") for k, v in decision["gap"].items()}
+        out["gap"] = {k: float(f"{float(v):.6g}") for k, v in decision["gap"].items()}
     return out
 
 

@@ -16,10 +16,10 @@ result by chance (on a synthetic pair of ``test_data``, 1 voxel apart, it lost 0
 A centroid is a coarse guess, and lining up the bodies can misalign the organs (a differently shaped body).
 So the search runs from both starts and the one whose field leaves the smaller mean squared MIND-SSC
 difference, at half resolution and over the fixed image's body only, is kept (the centred one only when
-smaller by more than ``KEEP_MARGIN``: a near tie is no evidence for moving the image): both fields come
-from the same search with the same freedom, so the comparison is fair (a wider range, by contrast, always
-matches the descriptors better: README, "The global search"). Air is left out of the comparison because air against air
-is matched equally well by any field that moves the body out of the way.
+smaller by more than ``SearchConfig.keep_margin``, 0.5%: a near tie is no evidence for moving the image):
+both fields come from the same search with the same freedom, so the comparison is fair (a wider range, by
+contrast, always matches the descriptors better: README, "The global search"). Air is left out of the
+comparison because air against air is matched equally well by any field that moves the body out of the way.
 
 Tensor contract: moving/fixed (1, 1, I, J, K) (HU for CT), disp (1, 3, I, J, K) voxels.
 """
@@ -36,10 +36,6 @@ from .search import SearchConfig, grid_features, search
 
 BODY_HU = -500.0  # CT: the body is what is denser than this (lungs and air are not)
 BODY_NORMALISED = 0.1  # other modalities: above 10% of the robust range (features.normalise_intensity)
-# the centred start is kept only when its gap is smaller than the zero start's by more than this fraction: a
-# near tie goes to the unmoved start (README, "A second start": kept starts that gained were 1.3% or more
-# lower, the two that lost 0.12% and 0.03%)
-KEEP_MARGIN = 0.005
 
 
 def body_mask(image: torch.Tensor, ct: bool) -> torch.Tensor:
@@ -93,10 +89,11 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
                    half: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """The search from the zero field and, when ``cfg.centre_axes`` names axes and the bodies' centroids differ
     along one of them by at least ``cfg.grid`` voxels, also from :func:`centroid_shift`; the centred field is
-    kept when its :func:`descriptor_gap` is smaller than the other's by more than ``KEEP_MARGIN``.
+    kept when its :func:`descriptor_gap` is smaller than the other's by more than ``cfg.keep_margin``.
     ``features``: the search's grid features of the unshifted images; ``half``: :func:`half_views` (both
     computed here when None). Returns the field and what was decided: ``{"shift": [..], "kept": "zero" or
-    "centre", "gap": {start: value}}``.
+    "centre", "gap": {start: value}}`` (``shift`` is the centroid translation computed, tried only when
+    ``gap`` is there).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
     """
@@ -119,5 +116,5 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         body = F.interpolate(body_mask(fixed, ct_fixed).float(), size=size, mode="trilinear", align_corners=True)
         body = (body > 0.5).float()
         gaps = {"zero": descriptor_gap(field, half, body), "centre": descriptor_gap(centred, half, body)}
-        kept = "centre" if gaps["centre"] < (1.0 - KEEP_MARGIN) * gaps["zero"] else "zero"
+        kept = "centre" if gaps["centre"] < (1.0 - cfg.keep_margin) * gaps["zero"] else "zero"
         return (centred if kept == "centre" else field), {"shift": shift.tolist(), "kept": kept, "gap": gaps}
