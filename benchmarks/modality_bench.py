@@ -36,11 +36,11 @@ they are (MIND-SSC is insensitive to the scale of the intensities; ConvexAdam ha
 It is imported from the environment made by benchmarks/setup_peer.sh, so the bench then runs there; its
 figures are printed but do not count in the exit status.
 
-``--io-iters N`` / ``--io-iters-cross-modal N``: the refinement's iterations as ``l2r predict`` takes them
-(the latter for the ``T1 <- CT`` setting, the only one whose two images are of two modalities).
+``--io-iters N`` / ``--io-iters-non-ct N``: the refinement's iterations as ``l2r predict`` takes them
+(the latter for every setting with an image flagged non-CT: all but ``CT`` and ``T1 <- CT, CT flag``).
 
     python benchmarks/modality_bench.py [--threads 2] [--pairs 0001,0004_0006] [--json OUT]
-    python benchmarks/modality_bench.py --settings "T1 <- CT" --io-iters-cross-modal 80
+    python benchmarks/modality_bench.py --settings "T1 <- CT" --io-iters-non-ct 80
     .venv-peer/bin/python benchmarks/modality_bench.py --peer --settings "T1;T1 <- T2"
 """
 
@@ -111,10 +111,11 @@ def peer_registration():
 @click.option("--peer", is_flag=True, help="Also run ConvexAdam on the same arrays (run with .venv-peer/bin/python).")
 @click.option("--io-iters", type=click.IntRange(min=1), default=None,
               help="Refinement iterations, as l2r predict's option (it sets both) [default: predict's].")
-@click.option("--io-iters-cross-modal", type=click.IntRange(min=1), default=None,
-              help="Refinement iterations for T1 <- CT, as l2r predict's option [default: predict's].")
+@click.option("--io-iters-non-ct", type=click.IntRange(min=1), default=None,
+              help="Refinement iterations for pairs with an image flagged non-CT, as l2r predict's option "
+                   "[default: predict's].")
 def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None, peer: bool,
-         io_iters: int | None, io_iters_cross_modal: int | None) -> None:
+         io_iters: int | None, io_iters_non_ct: int | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io, runtime
@@ -131,15 +132,15 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     runtime.keep_freed_memory()  # as l2r predict does
     torch.set_num_threads(threads)
     names = defaults.DEFAULT_STAGES
-    io_cfg = defaults.io_for_stages(names, None, io_iters, iters_cross_modal=io_iters_cross_modal)
+    io_cfg = defaults.io_for_stages(names, None, io_iters, iters_non_ct=io_iters_non_ct)
     truth = json.loads(TRUTH.read_text())
     wanted = [p for p in pairs.split(",")] if pairs else None
     val = [p for p in dataset.load(DATA).pairs("val") if wanted is None or any(w in p.key for w in wanted)]
     if not val:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
-    across = io_cfg.iters if io_cfg.iters_cross_modal is None else io_cfg.iters_cross_modal
-    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations ({across} for T1 <- CT); "
-          f"CPU, {threads} threads")
+    across = io_cfg.iters if io_cfg.iters_non_ct is None else io_cfg.iters_non_ct
+    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations for CT pairs, {across} with an "
+          f"image flagged non-CT; CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
     columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
     print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))
@@ -161,7 +162,7 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
             return out
 
         row = {"pair": pair.key, "zero": score(np.zeros((3, *fixed_hu.shape), np.float32)),
-               "refinement_iters": {"one modality": io_cfg.iters, "T1 <- CT": across}}
+               "refinement_iters": {"CT": io_cfg.iters, "non-CT": across}}
         fixed_t1, moving_t1 = mr_like(fixed_hu, "T1", seed=2 * n), mr_like(moving_hu, "T1", 2 * n + 1)
         inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (moving_t1, fixed_t1, False),
                   "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),

@@ -99,36 +99,38 @@ def test_predict_reads_each_images_modality(tmp_path, tiny_ckpt):  # noqa: F811
     assert res.exit_code == 2 and "use mind" in res.output, res.output
 
 
-def test_a_pair_of_ct_against_another_modality_gets_its_own_iterations():
-    """``iters_cross_modal`` replaces ``iters`` only for CT against another modality: with ``iters`` 0 a
-    pair of one modality is left as it came, a cross-modal pair is refined (the 4-voxel translation of the
-    test above is found)."""
+def test_a_pair_with_a_non_ct_image_gets_its_own_iterations():
+    """``iters_non_ct`` replaces ``iters`` when either image is not CT: with ``iters`` 0 a pair of two CT
+    images is left as it came, an MR-like against CT pair and an MR-like pair are refined (the 4-voxel
+    translation of the test above is found)."""
     big = smooth_volume((56, 32, 32), seed=9)
     fixed, moving = big[:, :, 4:52], mr_like(big[:, :, 8:56])  # pull map -4 along axis 0
-    cfg = instance.IOConfig(0, field="velocity", reg=0.25, iters_cross_modal=40)
-    assert instance.for_pair(cfg, (False, True)).iters == 40 and instance.for_pair(cfg, (True, False)).iters == 40
-    assert instance.for_pair(cfg, True) is cfg and instance.for_pair(cfg, False) is cfg
+    cfg = instance.IOConfig(0, field="velocity", reg=0.25, iters_non_ct=40)
+    for flags in ((False, True), (True, False), False):
+        assert instance.for_pair(cfg, flags).iters == 40
+    assert instance.for_pair(cfg, True) is cfg and instance.for_pair(cfg, (True, True)) is cfg
     zero = torch.zeros((1, 3, *fixed.shape[2:]))
     inner = (0, 0, slice(12, 36), slice(8, 24), slice(8, 24))
     assert abs(instance.refine(zero, moving, fixed, cfg, ct=(False, True))[inner].mean().item() + 4) < 1.0
-    assert torch.equal(instance.refine(zero, mr_like(big[:, :, 4:52]), moving, cfg, ct=False), zero)
-    with pytest.raises(ValueError, match="iters_cross_modal"):
-        instance.IOConfig(40, iters_cross_modal=-1)
+    assert abs(instance.refine(zero, moving, mr_like(fixed), cfg, ct=False)[inner].mean().item() + 4) < 1.0
+    assert torch.equal(instance.refine(zero, big[:, :, 8:56], fixed, cfg, ct=True), zero)
+    with pytest.raises(ValueError, match="iters_non_ct"):
+        instance.IOConfig(40, iters_non_ct=-1)
 
 
-def test_predict_defaults_for_a_cross_modal_pair():
-    """After the search: 40 iterations, 120 for CT against another modality; an explicit --io-iters sets both
-    unless --io-iters-cross-modal is given too; without the search the rule is not applied (unmeasured)."""
+def test_predict_defaults_for_a_pair_with_a_non_ct_image():
+    """After the search: 40 iterations, 120 when an image is not CT; an explicit --io-iters sets both unless
+    --io-iters-non-ct is given too; without the search the rule is not applied (unmeasured)."""
     from l2r_submit.registration import defaults
 
     after = defaults.io_for_stages(None, None)
-    assert (after.iters, after.iters_cross_modal) == (40, defaults.DEFAULT_IO_ITERS_CROSS_MODAL) == (40, 120)
-    assert defaults.io_for_stages(None, None, 30).iters_cross_modal is None
-    assert defaults.io_for_stages(None, None, 30, iters_cross_modal=60).iters_cross_modal == 60
-    assert defaults.io_for_stages(("adam",), None).iters_cross_modal is None
+    assert (after.iters, after.iters_non_ct) == (40, defaults.DEFAULT_IO_ITERS_NON_CT) == (40, 120)
+    assert defaults.io_for_stages(None, None, 30).iters_non_ct is None
+    assert defaults.io_for_stages(None, None, 30, iters_non_ct=60).iters_non_ct == 60
+    assert defaults.io_for_stages(("adam",), None).iters_non_ct is None
 
 
-def test_cli_io_iters_cross_modal(tmp_path, tiny_ckpt):  # noqa: F811
+def test_cli_io_iters_non_ct(tmp_path, tiny_ckpt):  # noqa: F811
     big = smooth_volume((48, 24, 24), seed=8)
     path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]))
     out = tmp_path / "out"
@@ -138,14 +140,14 @@ def test_cli_io_iters_cross_modal(tmp_path, tiny_ckpt):  # noqa: F811
 
     fields = {}
     for n in ("0", "3"):  # the only pair is MR against CT: its iterations are these, not --io-iters' 2
-        assert invoke(*args, "--io-iters-cross-modal", n, "--overwrite").exit_code == 0
+        assert invoke(*args, "--io-iters-non-ct", n, "--overwrite").exit_code == 0
         run = json.loads((out / "run.json").read_text())
         entry = next(iter(run["pairs"].values()))
-        assert (run["settings"]["io"]["iters"], run["settings"]["io"]["iters_cross_modal"]) == (2, int(n))
-        assert entry["settings"]["io"]["iters_cross_modal"] == int(n)  # compared on a rerun: this dataset mixes CT
+        assert (run["settings"]["io"]["iters"], run["settings"]["io"]["iters_non_ct"]) == (2, int(n))
+        assert entry["settings"]["io"]["iters_non_ct"] == int(n)  # compared on a rerun: an image is not CT
         fields[n] = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)
     assert not np.allclose(fields["0"], fields["3"])
-    res = invoke(*args, "--io-iters-cross-modal", "-1", "--overwrite")
-    assert res.exit_code == 2 and "--io-iters-cross-modal" in res.output
-    res = invoke(*args[:-2], "--io-iters", "0", "--io-iters-cross-modal", "5", "--overwrite")
+    res = invoke(*args, "--io-iters-non-ct", "-1", "--overwrite")
+    assert res.exit_code == 2 and "--io-iters-non-ct" in res.output
+    res = invoke(*args[:-2], "--io-iters", "0", "--io-iters-non-ct", "5", "--overwrite")
     assert res.exit_code == 2 and "--io-iters 0" in res.output and "Traceback" not in res.output

@@ -101,8 +101,8 @@ def test_cli_search_centre(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     assert run["settings"]["search"]["centre_axes"] == [0, 1]
     record = run["pairs"]["0001_0000<--0002_0000"]["search_start"]  # which start each pair kept
     assert record["kept"] in ("zero", "centre") and len(record["shift"]) == 3
-    # a CT-only dataset: the cross-modal iterations are not part of what a pair's field depends on
-    assert "iters_cross_modal" not in json.dumps(run["pairs"]["0001_0000<--0002_0000"]["settings"])
+    # a CT-only dataset: the non-CT iterations are not part of what a pair's field depends on
+    assert "iters_non_ct" not in json.dumps(run["pairs"]["0001_0000<--0002_0000"]["settings"])
     # a rerun asked differently (not the quick path) skips the pair and keeps the record of its field
     assert invoke(*args, "--search-centre", "0,1", "--sequential").exit_code == 0
     again = json.loads((out / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]

@@ -29,10 +29,10 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Refinement (Adam) iterations; 0 = no refinement [default: 40 after the search, at half "
                    "resolution; 80 without it, quarter then half resolution].")
-@click.option("--io-iters-cross-modal", type=click.IntRange(min=0), default=None,
-              help="Refinement iterations for a pair of a CT image against a non-CT one (a dataset whose "
-                   "modality names CT and another) [default: 120 after the search with --io-iters unset; "
-                   "else --io-iters].")
+@click.option("--io-iters-non-ct", type=click.IntRange(min=0), default=None,
+              help="Refinement iterations for a pair in which an image is not CT (the dataset's modality "
+                   "for its channel is not CT: MR, or MR against CT) [default: 120 after the search with "
+                   "--io-iters unset; else --io-iters].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
 @click.option("--io-field", type=click.Choice(["velocity", "displacement"]), default="velocity", show_default=True,
@@ -74,7 +74,7 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
               help="With --evaluate: also write report.html in --out (l2r report, with the --qc pictures).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_cross_modal: int | None,
+            fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_non_ct: int | None,
             io_similarity: str, io_field: str,
             io_reg: float | None, no_network: bool,
             stages: str | None, search_hw: int | None, search_grid: int | None, search_prior: float | None,
@@ -99,9 +99,9 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     if rank is not None and do_eval:
         raise Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
     checked(pa.check_stages, stages)
-    if io_iters == 0 and io_iters_cross_modal:
-        raise Fail("--io-iters 0 turns the refinement off for every pair, so --io-iters-cross-modal "
-                   f"{io_iters_cross_modal} would not run; give --io-iters N > 0 or leave one out")
+    if io_iters == 0 and io_iters_non_ct:
+        raise Fail("--io-iters 0 turns the refinement off for every pair, so --io-iters-non-ct "
+                   f"{io_iters_non_ct} would not run; give --io-iters N > 0 or leave one out")
     if search_centre is not None:
         checked(pa.parse_axes, search_centre)
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
@@ -132,7 +132,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     try:
         names_run = None if stages is None else parse_stages(stages)
         io_cfg = pr.io_for_stages(names_run, checkpoint, io_iters, io_field, io_reg, io_similarity,
-                                  io_iters_cross_modal)
+                                  io_iters_non_ct)
         centre = None if search_centre is None else pa.parse_axes(search_centre)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid),
                                                               ("prior", search_prior), ("centre_axes", centre))

@@ -57,8 +57,9 @@ MIND_WINDOW_HU = CT_WINDOW_HU
 @dataclass(frozen=True)
 class IOConfig:
     """Settings of the refinement. iters = 0 turns it off (``l2r predict`` then drops the stage for every
-    pair). ``iters_cross_modal``: the iterations instead of ``iters`` for a pair of CT against another
-    modality (None: ``iters`` for every pair); :func:`refine` applies it (:func:`for_pair`)."""
+    pair). ``iters_non_ct``: the iterations instead of ``iters`` for a pair in which an image is not CT
+    (MR, or CT against another modality; None: ``iters`` for every pair); :func:`refine` applies it
+    (:func:`for_pair`)."""
 
     iters: int = 0
     lr: float = 0.3
@@ -68,7 +69,7 @@ class IOConfig:
     field: str = "displacement"
     steps: int = 4  # scaling-and-squaring steps of the velocity model
     half_features: str = "pooled"  # MIND of the half-resolution level: see HALF_FEATURES
-    iters_cross_modal: int | None = None
+    iters_non_ct: int | None = None
 
     def __post_init__(self) -> None:
         if self.half_features not in HALF_FEATURES:
@@ -80,8 +81,8 @@ class IOConfig:
             raise ValueError(f"steps: {self.steps} received, expected 1 to 12")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity: '{self.similarity}' received, expected one of {', '.join(SIMILARITIES)}")
-        if self.iters_cross_modal is not None and self.iters_cross_modal < 0:
-            raise ValueError(f"iters_cross_modal: {self.iters_cross_modal} received, expected >= 0 or None")
+        if self.iters_non_ct is not None and self.iters_non_ct < 0:
+            raise ValueError(f"iters_non_ct: {self.iters_non_ct} received, expected >= 0 or None")
         if self.iters < 0 or not 0.0 <= self.coarse_fraction <= 1.0:
             raise ValueError(f"iters {self.iters} and coarse_fraction {self.coarse_fraction}: expected iters >= 0 "
                              "and 0 <= coarse_fraction <= 1")
@@ -162,10 +163,10 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
 
 
 def for_pair(cfg: IOConfig, ct: bool | tuple[bool, bool]) -> IOConfig:
-    """``cfg`` as it applies to a pair with these modality flags: ``iters_cross_modal`` iterations (when set)
-    for CT against another modality, ``iters`` otherwise."""
-    if cfg.iters_cross_modal is not None and len(set(ct_flags(ct))) > 1:
-        return replace(cfg, iters=cfg.iters_cross_modal)
+    """``cfg`` as it applies to a pair with these modality flags: ``iters_non_ct`` iterations (when set)
+    when either image is not CT, ``iters`` for two CT images."""
+    if cfg.iters_non_ct is not None and not all(ct_flags(ct)):
+        return replace(cfg, iters=cfg.iters_non_ct)
     return cfg
 
 
@@ -208,8 +209,8 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
 
     ``ct``: both images in HU, or ``(moving, fixed)`` flags for a pair of two modalities
-    (:func:`l2r_submit.registration.features.ct_flags`); for CT against another modality
-    ``cfg.iters_cross_modal``, when set, replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
+    (:func:`l2r_submit.registration.features.ct_flags`); when either image is not CT, ``cfg.iters_non_ct``
+    (when set) replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
     features of these images, already computed (``mind``, ``pooled``: :func:`pool_descriptors` of their
     MIND-SSC on the grid :func:`level_size` ``(shape, 2)``); they are then not computed again.
 

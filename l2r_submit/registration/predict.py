@@ -190,8 +190,14 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
 
 def mixes_ct(ds: Dataset) -> bool:
     """True when the dataset's channels are CT and another modality (each image is then normalised as its
-    own channel's, and a pair across them is refined for ``IOConfig.iters_cross_modal``)."""
+    own channel's)."""
     return len({is_ct_name(v) for v in ds.modalities.values()}) > 1
+
+
+def has_non_ct(ds: Dataset) -> bool:
+    """True when some image of the dataset may not be CT (channel "0" or another channel names another
+    modality): its pairs are then refined for ``IOConfig.iters_non_ct``."""
+    return not ds.is_ct or any(not is_ct_name(v) for v in ds.modalities.values())
 
 
 def modality_name(ds: Dataset) -> str:
@@ -204,11 +210,11 @@ def modality_name(ds: Dataset) -> str:
 
 
 def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str,
-                 cross_modal: bool = False) -> dict:
+                 non_ct: bool = False) -> dict:
     """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
     settings (:func:`l2r_submit.registration.run_record.output_settings`, so a field added later counts too), but only
     those of the stages that run (``names``), the weights only when the network runs, the refinement's
-    cross-modal iterations only when the dataset mixes CT with another modality (``cross_modal``), the
+    iterations for non-CT pairs only when the dataset has an image that is not CT (``non_ct``), the
     dataset's modality and the package version (a new version may compute other fields from the same
     settings)."""
     out = output_settings(cfg, checkpoint_sha256)
@@ -218,8 +224,8 @@ def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: 
         if stage not in names:
             for key in keys:
                 out.pop(key, None)
-    if not cross_modal and "io" in out:
-        out["io"] = {k: v for k, v in out["io"].items() if k != "iters_cross_modal"}
+    if not non_ct and "io" in out:
+        out["io"] = {k: v for k, v in out["io"].items() if k != "iters_non_ct"}
     return {**out, "modality": modality, "package_version": __version__}
 
 
@@ -299,7 +305,7 @@ def run(cfg: PredictConfig) -> dict:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
     modality = modality_name(ds)
-    settings = run_settings(cfg, names, ckpt_sha, modality, mixes_ct(ds))
+    settings = run_settings(cfg, names, ckpt_sha, modality, has_non_ct(ds))
     earlier = shards.previous_pairs(cfg.out_dir)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
