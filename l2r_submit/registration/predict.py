@@ -16,7 +16,7 @@ that fails is recorded and skipped; the others go on. A write failure that no la
 
 Before any work: the pairs exist, no two pairs map to the same output file, the format suits the
 volume shape, and every output folder is a writable folder. Each pair's entry in ``run.json``
-records the settings its field was made with (:func:`output_settings`) and the size and sha256 of
+records the settings its field was made with (:func:`run_record.run_settings`) and the size and sha256 of
 each file written; a rerun skips a pair only when both still match (no decompression needed), and
 redoes it otherwise.
 """
@@ -37,9 +37,9 @@ from ..core import disp_files, folders, io, runtime
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
-from .run_record import (error_line, file_record, output_settings, pair_inputs, redo_reason,  # noqa: F401
-                         save_manifest, sha256, stage_means, summary)
-from ..core.dataset import Dataset, Pair, is_ct_name
+from .run_record import (error_line, file_record, has_non_ct, mixes_ct, modality_name,  # noqa: F401
+                         pair_inputs, redo_reason, run_settings, save_manifest, sha256, stage_means, summary)
+from ..core.dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
 from .search import SearchConfig
@@ -186,47 +186,6 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
     del moving_np, fixed_np
     disp, seconds = stg.run(stages, moving, fixed, details=details)
     return disp[0].float().cpu().numpy(), seconds
-
-
-def mixes_ct(ds: Dataset) -> bool:
-    """True when the dataset's channels are CT and another modality (each image is then normalised as its
-    own channel's)."""
-    return len({is_ct_name(v) for v in ds.modalities.values()}) > 1
-
-
-def has_non_ct(ds: Dataset) -> bool:
-    """True when some image of the dataset may not be CT (channel "0" or another channel names another
-    modality): its pairs are then refined for ``IOConfig.iters_non_ct``."""
-    return not ds.is_ct or any(not is_ct_name(v) for v in ds.modalities.values())
-
-
-def modality_name(ds: Dataset) -> str:
-    """The dataset's modality as run.json records it: channel "0"'s name, or every channel's
-    (``"0: MR, 1: CT"``) when the JSON mixes CT with another modality (only then are images normalised
-    differently from channel "0"; MR with PET keeps the old name, so earlier fields are not redone)."""
-    if mixes_ct(ds):
-        return ", ".join(f"{k}: {v}" for k, v in sorted(ds.modalities.items()))
-    return ds.modality
-
-
-def run_settings(cfg: PredictConfig, names: tuple[str, ...], checkpoint_sha256: str, modality: str,
-                 non_ct: bool = False) -> dict:
-    """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
-    settings (:func:`l2r_submit.registration.run_record.output_settings`, so a field added later counts too), but only
-    those of the stages that run (``names``), the weights only when the network runs, the refinement's
-    iterations for non-CT pairs only when the dataset has an image that is not CT (``non_ct``), the
-    dataset's modality and the package version (a new version may compute other fields from the same
-    settings)."""
-    out = output_settings(cfg, checkpoint_sha256)
-    out["stages"] = list(names)
-    del out["network"]  # said by "stages"
-    for stage, keys in (("network", ("checkpoint_sha256",)), ("search", ("search",)), ("adam", ("io",))):
-        if stage not in names:
-            for key in keys:
-                out.pop(key, None)
-    if not non_ct and "io" in out:
-        out["io"] = {k: v for k, v in out["io"].items() if k != "iters_non_ct"}
-    return {**out, "modality": modality, "package_version": __version__}
 
 
 def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[Path]]]:

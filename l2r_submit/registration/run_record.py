@@ -18,8 +18,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import __version__
 from ..core import io
-from ..core.dataset import Pair
+from ..core.dataset import Dataset, Pair, is_ct_name
 
 
 def sha256(path: Path) -> str:
@@ -51,6 +52,47 @@ def output_settings(cfg: object, checkpoint_sha256: str) -> dict:
     out = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_ONLY_FIELDS}
     out["checkpoint_sha256"] = checkpoint_sha256
     return out
+
+
+def mixes_ct(ds: Dataset) -> bool:
+    """True when the dataset's channels are CT and another modality (each image is then normalised as its
+    own channel's)."""
+    return len({is_ct_name(v) for v in ds.modalities.values()}) > 1
+
+
+def has_non_ct(ds: Dataset) -> bool:
+    """True when some image of the dataset may not be CT (channel "0" or another channel names another
+    modality): its pairs are then refined for ``IOConfig.iters_non_ct``."""
+    return not ds.is_ct or any(not is_ct_name(v) for v in ds.modalities.values())
+
+
+def modality_name(ds: Dataset) -> str:
+    """The dataset's modality as run.json records it: channel "0"'s name, or every channel's
+    (``"0: MR, 1: CT"``) when the JSON mixes CT with another modality (only then are images normalised
+    differently from channel "0"; MR with PET keeps the old name, so earlier fields are not redone)."""
+    if mixes_ct(ds):
+        return ", ".join(f"{k}: {v}" for k, v in sorted(ds.modalities.items()))
+    return ds.modality
+
+
+def run_settings(cfg: object, names: tuple[str, ...], checkpoint_sha256: str, modality: str,
+                 non_ct: bool = False) -> dict:
+    """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
+    settings (:func:`output_settings`, so a field added later counts too), but only
+    those of the stages that run (``names``), the weights only when the network runs, the refinement's
+    iterations for non-CT pairs only when the dataset has an image that is not CT (``non_ct``), the
+    dataset's modality and the package version (a new version may compute other fields from the same
+    settings)."""
+    out = output_settings(cfg, checkpoint_sha256)
+    out["stages"] = list(names)
+    del out["network"]  # said by "stages"
+    for stage, keys in (("network", ("checkpoint_sha256",)), ("search", ("search",)), ("adam", ("io",))):
+        if stage not in names:
+            for key in keys:
+                out.pop(key, None)
+    if not non_ct and "io" in out:
+        out["io"] = {k: v for k, v in out["io"].items() if k != "iters_non_ct"}
+    return {**out, "modality": modality, "package_version": __version__}
 
 
 STAT_KEYS = ("inode", "mtime_ns", "ctime_ns")
