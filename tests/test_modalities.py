@@ -57,17 +57,22 @@ def test_the_refinement_normalises_moving_and_fixed_by_their_own_flags():
     assert abs(swapped.mean().item()) < 1.0
 
 
-def write_mixed_dataset(root, fixed, moving):
+def write_mixed_dataset(root, fixed, moving, ct_moving=None):
+    """An MR-CT dataset: one val pair, CT ``fixed`` <- MR ``moving``; with ``ct_moving``, also a second pair of
+    two CT images, ``fixed`` <- ``ct_moving``."""
     import nibabel as nib
 
     (root / "imagesTr").mkdir(parents=True)
-    for name, vol in (("0001_0001", fixed), ("0002_0000", moving)):
+    images = (("0001_0001", fixed), ("0002_0000", moving)) + ((("0003_0001", ct_moving),) if ct_moving is not None
+                                                              else ())
+    for name, vol in images:
         nib.save(nib.Nifti1Image(vol[0, 0].numpy().astype(np.float32), np.eye(4)),
                  root / "imagesTr" / f"MRCT_{name}.nii.gz")
+    val = [{"fixed": "./imagesTr/MRCT_0001_0001.nii.gz", "moving": "./imagesTr/MRCT_0002_0000.nii.gz"}]
+    if ct_moving is not None:
+        val.append({"fixed": "./imagesTr/MRCT_0001_0001.nii.gz", "moving": "./imagesTr/MRCT_0003_0001.nii.gz"})
     data = {"name": "MRCT", "modality": {"0": "MR", "1": "CT"}, "tensorImageShape": {"0": list(fixed.shape[2:])},
-            "training": [], "registration_val": [{"fixed": "./imagesTr/MRCT_0001_0001.nii.gz",
-                                                  "moving": "./imagesTr/MRCT_0002_0000.nii.gz"}],
-            "registration_test": []}
+            "training": [], "registration_val": val, "registration_test": []}
     path = root / "MRCT_dataset.json"
     path.write_text(json.dumps(data))
     return path
@@ -151,3 +156,24 @@ def test_cli_io_iters_non_ct(tmp_path, tiny_ckpt):  # noqa: F811
     assert res.exit_code == 2 and "--io-iters-non-ct" in res.output
     res = invoke(*args[:-2], "--io-iters", "0", "--io-iters-non-ct", "5", "--overwrite")
     assert res.exit_code == 2 and "--io-iters 0" in res.output and "Traceback" not in res.output
+
+
+def test_changing_the_non_ct_iterations_redoes_only_pairs_with_a_non_ct_image(tmp_path, tiny_ckpt):  # noqa: F811
+    big = smooth_volume((48, 24, 24), seed=8)
+    path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]), big[:, :, 8:32])
+    out = tmp_path / "out"
+    args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+            "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
+    assert invoke(*args, "--io-iters-non-ct", "3").exit_code == 0
+    first = json.loads((out / "run.json").read_text())["pairs"]
+    ct_key, mr_key = "0001_0001<--0003_0001", "0001_0001<--0002_0000"
+    assert "iters_non_ct" not in first[ct_key]["settings"]["io"] and first[mr_key]["settings"]["io"]["iters_non_ct"] == 3
+    assert invoke(*args, "--io-iters-non-ct", "3", "--sequential").exit_code == 0  # full path, nothing changed
+    again = json.loads((out / "run.json").read_text())["pairs"]
+    assert again[ct_key]["status"].startswith("skipped") and again[mr_key]["status"].startswith("skipped")
+    assert invoke(*args, "--io-iters-non-ct", "4").exit_code == 0
+    after = json.loads((out / "run.json").read_text())["pairs"]
+    assert after[ct_key]["status"].startswith("skipped")  # two CT images: the count is not theirs
+    assert after[mr_key]["status"] == "done" and "iters_non_ct" in after[mr_key]["redone"]
+    res = invoke(*args, "--io-iters-non-ct", "4")  # asked the very same: the torch-free quick path
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output

@@ -27,8 +27,9 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
                    "and 2020 evaluators) [default: long; short with --format npz2020].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
-              help="Refinement (Adam) iterations; 0 = no refinement [default: 40 after the search, at half "
-                   "resolution; 80 without it, quarter then half resolution].")
+              help="Refinement (Adam) iterations; 0 = no refinement; given, it also sets pairs with a non-CT "
+                   "image unless --io-iters-non-ct is given [default: 40 after the search, at half resolution "
+                   "(120 with a non-CT image); 80 without it, quarter then half resolution].")
 @click.option("--io-iters-non-ct", type=click.IntRange(min=0), default=None,
               help="Refinement iterations for a pair in which an image is not CT (the dataset's modality "
                    "for its channel is not CT: MR, or MR against CT) [default: 120 after the search with "

@@ -37,8 +37,8 @@ from ..core import disp_files, folders, io, runtime
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
-from .run_record import (error_line, file_record, has_non_ct, mixes_ct, modality_name,  # noqa: F401
-                         pair_inputs, redo_reason, run_settings, save_manifest, sha256, stage_means, summary)
+from .run_record import (both_ct, error_line, file_record, mixes_ct, modality_name, pair_inputs,  # noqa: F401
+                         pair_settings, redo_reason, run_settings, save_manifest, sha256, stage_means, summary)
 from ..core.dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
@@ -264,7 +264,7 @@ def run(cfg: PredictConfig) -> dict:
             folders.clean_stale_tmp(folder)
     ckpt_sha = sha256(ckpt_path)
     modality = modality_name(ds)
-    settings = run_settings(cfg, names, ckpt_sha, modality, has_non_ct(ds))
+    settings = run_settings(cfg, names, ckpt_sha, modality)
     earlier = shards.previous_pairs(cfg.out_dir)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
@@ -294,9 +294,10 @@ def run(cfg: PredictConfig) -> dict:
     for pair in pairs:
         outputs = plan[pair]
         entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
-        reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, settings)
+        own = pair_settings(settings, both_ct(ds, pair))
+        reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, own)
         if reason is None:
-            manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": settings,
+            manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
                                            "files": earlier[pair.key]["files"]}
             if "search_start" in earlier[pair.key]:  # how the field on disk was made
                 manifest["pairs"][pair.key]["search_start"] = earlier[pair.key]["search_start"]
@@ -333,7 +334,7 @@ def run(cfg: PredictConfig) -> dict:
         entry["seconds"] = round(sum(outcome.seconds.values()), 3)
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
-            entry.update(settings=settings, files=outcome.value, status="done")
+            entry.update(settings=pair_settings(settings, both_ct(ds, pair)), files=outcome.value, status="done")
         else:
             exc = outcome.error
             message = error_line(exc)

@@ -60,10 +60,10 @@ def mixes_ct(ds: Dataset) -> bool:
     return len({is_ct_name(v) for v in ds.modalities.values()}) > 1
 
 
-def has_non_ct(ds: Dataset) -> bool:
-    """True when some image of the dataset may not be CT (channel "0" or another channel names another
-    modality): its pairs are then refined for ``IOConfig.iters_non_ct``."""
-    return not ds.is_ct or any(not is_ct_name(v) for v in ds.modalities.values())
+def both_ct(ds: Dataset, pair: Pair) -> bool:
+    """True when both images of ``pair`` are CT (by their channels' modality): the refinement then runs
+    ``IOConfig.iters``, not ``iters_non_ct``."""
+    return ds.is_ct_image(pair.moving) and ds.is_ct_image(pair.fixed)
 
 
 def modality_name(ds: Dataset) -> str:
@@ -75,14 +75,12 @@ def modality_name(ds: Dataset) -> str:
     return ds.modality
 
 
-def run_settings(cfg: object, names: tuple[str, ...], checkpoint_sha256: str, modality: str,
-                 non_ct: bool = False) -> dict:
-    """What a pair's field depends on, as recorded in run.json and compared on a rerun: the config's
-    settings (:func:`output_settings`, so a field added later counts too), but only
-    those of the stages that run (``names``), the weights only when the network runs, the refinement's
-    iterations for non-CT pairs only when the dataset has an image that is not CT (``non_ct``), the
-    dataset's modality and the package version (a new version may compute other fields from the same
-    settings)."""
+def run_settings(cfg: object, names: tuple[str, ...], checkpoint_sha256: str, modality: str) -> dict:
+    """What the run's fields depend on, as recorded in run.json (``field_settings``): the config's
+    settings (:func:`output_settings`, so a field added later counts too), but only those of the stages
+    that run (``names``), the weights only when the network runs, the dataset's modality and the package
+    version (a new version may compute other fields from the same settings). Each pair records and
+    compares :func:`pair_settings` of it."""
     out = output_settings(cfg, checkpoint_sha256)
     out["stages"] = list(names)
     del out["network"]  # said by "stages"
@@ -90,9 +88,16 @@ def run_settings(cfg: object, names: tuple[str, ...], checkpoint_sha256: str, mo
         if stage not in names:
             for key in keys:
                 out.pop(key, None)
-    if not non_ct and "io" in out:
-        out["io"] = {k: v for k, v in out["io"].items() if k != "iters_non_ct"}
     return {**out, "modality": modality, "package_version": __version__}
+
+
+def pair_settings(settings: dict, ct_pair: bool) -> dict:
+    """:func:`run_settings` as one pair's field depends on them: a pair of two CT images (``ct_pair``,
+    :func:`both_ct`) leaves out the refinement's ``iters_non_ct``, which it does not use, so changing
+    that count redoes only the pairs with a non-CT image."""
+    if not ct_pair or not isinstance(settings.get("io"), dict):
+        return settings
+    return {**settings, "io": {k: v for k, v in settings["io"].items() if k != "iters_non_ct"}}
 
 
 STAT_KEYS = ("inode", "mtime_ns", "ctime_ns")
