@@ -289,12 +289,13 @@ def run(cfg: PredictConfig) -> dict:
         notes.append(message)
 
     entries: dict[Pair, dict] = {}
+    own_settings = {pair: pair_settings(settings, both_ct(ds, pair)) for pair in pairs}  # what its field depends on
     chosen: dict[Pair, dict] = {}  # what the stages chose per pair (register_pair's details), for its entry
     todo: list[Pair] = []
     for pair in pairs:
         outputs = plan[pair]
         entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
-        own = pair_settings(settings, both_ct(ds, pair))
+        own = own_settings[pair]
         reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, own)
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
@@ -334,7 +335,7 @@ def run(cfg: PredictConfig) -> dict:
         entry["seconds"] = round(sum(outcome.seconds.values()), 3)
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
-            entry.update(settings=pair_settings(settings, both_ct(ds, pair)), files=outcome.value, status="done")
+            entry.update(settings=own_settings[pair], files=outcome.value, status="done")
         else:
             exc = outcome.error
             message = error_line(exc)
