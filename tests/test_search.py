@@ -195,6 +195,24 @@ def test_an_mr_like_volume_goes_through_every_stage(tmp_path, tiny_ckpt):  # noq
     assert list(entry["stage_seconds"]) == ["network", "search", "adam"]
 
 
+def test_cli_refuses_options_of_a_stage_that_does_not_run(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    args = ["predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--pairs", "0001_0002"]
+    for extra, named in ((["--stages", "search", "--io-iters", "3"], "--io-iters"),
+                         (["--stages", "search", "--io-field", "displacement"], "--io-field"),
+                         (["--stages", "adam", "--search-hw", "3", "--search-centre", "none"],
+                          "--search-hw, --search-centre"),
+                         # weights named: the default stages are network,adam, without the search
+                         (["--checkpoint", str(tiny_ckpt), "--search-prior", "0.1"], "--search-prior")):
+        res = invoke(*args, *extra)
+        assert res.exit_code == 2, (extra, res.output)
+        assert f"{named}: the " in res.output and "would change nothing" in res.output, res.output
+        assert res.output.count("\n") == 1 and not out.exists()
+    # --io-iters 0 asks for no refinement: consistent with stages without adam
+    res = invoke(*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2", "--io-iters", "0")
+    assert res.exit_code == 0, res.output
+
+
 def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",

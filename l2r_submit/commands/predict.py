@@ -140,6 +140,10 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                                      if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--search-*: {exc}") from None
+    try:
+        pa.check_options_used(names_run or pr.default_stage_names(checkpoint, io_iters), _typed_options())
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
@@ -160,6 +164,16 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
             failed += _report_after_predict(out_dir, qc_dir)
     if failed:
         sys.exit(1)
+
+
+def _typed_options() -> set[str]:
+    """The stage options given on the command line (not left at their defaults), as ``--name``; an iteration
+    count of 0 is left out (it asks for no refinement, which holds whatever the stages)."""
+    ctx = click.get_current_context()
+    names = [n for n in ctx.params if n.startswith(("io_", "search_"))]
+    return {"--" + n.replace("_", "-") for n in names
+            if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
+            and not (n.startswith("io_iters") and ctx.params[n] == 0)}
 
 
 def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,

@@ -56,3 +56,23 @@ def parse_axes(text: str) -> tuple[int, ...]:
         raise ValueError(f"--search-centre: '{text}' received, expected distinct axes among 0, 1, 2 (e.g. 0,1) "
                          "or 'none'")
     return axes
+
+
+IO_OPTIONS = ("--io-iters", "--io-iters-non-ct", "--io-reg", "--io-similarity", "--io-field")
+SEARCH_OPTIONS = ("--search-hw", "--search-grid", "--search-prior", "--search-centre")
+
+
+def check_options_used(planned: tuple[str, ...], given: set[str]) -> None:
+    """Options of a stage that will not run change nothing; refuse them rather than ignore them silently.
+    ``planned``: the stages that will run (named, or predict's defaults); ``given``: the options typed on the
+    command line (``--io-iters 0`` is not among them: it asks for no refinement).
+
+    Raises:
+        ValueError: a refinement option without ``adam`` among the stages, or a search option without ``search``.
+    """
+    for stage, options in (("adam", IO_OPTIONS), ("search", SEARCH_OPTIONS)):
+        unused = [o for o in options if o in given]
+        if stage not in planned and unused:
+            raise ValueError(f"{', '.join(unused)}: the {stage} stage does not run (stages: {','.join(planned)}), "
+                             f"so {'it' if len(unused) == 1 else 'they'} would change nothing; add {stage} to "
+                             "--stages or leave the option out")
