@@ -240,11 +240,10 @@ def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
 def test_the_refinement_defaults_follow_the_stages_that_run(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
     """After the search the refinement is half resolution only; without it, quarter then half, as run.json
     says; the Python API resolves the same defaults as the CLI."""
-    base = ["predict", tiny_dataset, "--device", "cpu", "--quiet", "--pairs", "0001_0002", "--search-grid", "4",
-            "--search-hw", "2", "--io-iters", "2"]
+    base = ["predict", tiny_dataset, "--device", "cpu", "--quiet", "--pairs", "0001_0002", "--io-iters", "2"]
     velocity_after, velocity_without = predict.DEFAULT_IO_REG_AFTER_SEARCH["velocity"], predict.DEFAULT_IO_REG["velocity"]
     assert velocity_after != velocity_without and predict.DEFAULT_IO_ITERS != predict.DEFAULT_IO_ITERS_NO_SEARCH
-    cases = {"after": (["--stages", "search,adam"], 0.0, velocity_after),
+    cases = {"after": (["--stages", "search,adam", "--search-grid", "4", "--search-hw", "2"], 0.0, velocity_after),
              "adam": (["--stages", "adam"], instance.IOConfig().coarse_fraction, velocity_without),
              "named": (["--checkpoint", tiny_ckpt], instance.IOConfig().coarse_fraction, velocity_without)}
     assert instance.IOConfig().coarse_fraction > 0.0
