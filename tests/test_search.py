@@ -203,14 +203,21 @@ def test_cli_refuses_options_of_a_stage_that_does_not_run(tiny_dataset, tiny_ckp
                          (["--stages", "adam", "--search-hw", "3", "--search-centre", "none"],
                           "--search-hw, --search-centre"),
                          # weights named: the default stages are network,adam, without the search
-                         (["--checkpoint", str(tiny_ckpt), "--search-prior", "0.1"], "--search-prior")):
+                         (["--checkpoint", str(tiny_ckpt), "--search-prior", "0.1"], "--search-prior"),
+                         # --io-iters 0 turns adam off, named or not
+                         (["--stages", "network,adam", "--checkpoint", str(tiny_ckpt), "--io-iters", "0",
+                           "--io-reg", "2"], "--io-reg")):
         res = invoke(*args, *extra)
         assert res.exit_code == 2, (extra, res.output)
         assert f"{named}: the " in res.output and "would change nothing" in res.output, res.output
         assert res.output.count("\n") == 1 and not out.exists()
     # --io-iters 0 asks for no refinement: consistent with stages without adam
-    res = invoke(*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2", "--io-iters", "0")
+    run = [*args, "--stages", "search", "--search-grid", "4", "--search-hw", "2", "--io-iters", "0"]
+    res = invoke(*run)
     assert res.exit_code == 0, res.output
+    # a rerun with nothing to do is still refused when it names an unused option (even at its default value)
+    res = invoke(*run, "--io-field", "velocity")
+    assert res.exit_code == 2 and "--io-field: the adam stage does not run" in res.output, res.output
 
 
 def test_cli_stage_switches(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811

@@ -105,6 +105,10 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                    f"{io_iters_non_ct} would not run; give --io-iters N > 0 or leave one out")
     if search_centre is not None:
         checked(pa.parse_axes, search_centre)
+    try:
+        pa.check_options_used(stages, checkpoint, io_iters, _typed_options())
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
     if wanted == ():
         raise Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
@@ -140,10 +144,6 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                                      if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--search-*: {exc}") from None
-    try:
-        pa.check_options_used(names_run or pr.default_stage_names(checkpoint, io_iters), _typed_options())
-    except ValueError as exc:
-        raise Fail(str(exc)) from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .instance import IOConfig
+# the default stages are chosen before torch is imported (the CLI's checks): they live in predict_args
+from .predict_args import DEFAULT_STAGES, NETWORK_STAGES, default_stage_names  # noqa: F401
 
 DEFAULT_IO_ITERS = 40  # after the search, half resolution only: README, "After the search: half resolution only"
 DEFAULT_IO_ITERS_NO_SEARCH = 80  # from a zero field or the network's: quarter, then half resolution
@@ -45,17 +47,6 @@ def default_io(iters: int | None = None, field: str = DEFAULT_IO_FIELD, reg: flo
     levels = {"coarse_fraction": 0.0} if after_search else {}
     return IOConfig(iters, similarity=similarity, field=field, reg=reg, iters_non_ct=iters_non_ct,
                     **levels)
-
-
-DEFAULT_STAGES = ("search", "adam")  # measured best with the shipped weights (README, "Predict")
-NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
-
-
-def default_stage_names(checkpoint: Path | None, io_iters: int | None) -> tuple[str, ...]:
-    """The stages when none are named: ``search,adam`` with the shipped weights (with them the network
-    measured below no registration, README "Predict"); ``network,adam`` when ``checkpoint`` names
-    weights, or when the refinement is off (``io_iters`` 0: the network alone, as before)."""
-    return NETWORK_STAGES if checkpoint is not None or io_iters == 0 else DEFAULT_STAGES
 
 
 def io_for_stages(stages: tuple[str, ...] | None, checkpoint: Path | None, iters: int | None = None,

@@ -58,21 +58,42 @@ def parse_axes(text: str) -> tuple[int, ...]:
     return axes
 
 
+
+DEFAULT_STAGES = ("search", "adam")  # measured best with the shipped weights (README, "Predict")
+NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
+
+
+def default_stage_names(checkpoint: Path | None, io_iters: int | None) -> tuple[str, ...]:
+    """The stages when none are named: ``search,adam`` with the shipped weights (with them the network
+    measured below no registration, README "Predict"); ``network,adam`` when ``checkpoint`` names
+    weights, or when the refinement is off (``io_iters`` 0: the network alone, as before)."""
+    return NETWORK_STAGES if checkpoint is not None or io_iters == 0 else DEFAULT_STAGES
+
+
 IO_OPTIONS = ("--io-iters", "--io-iters-non-ct", "--io-reg", "--io-similarity", "--io-field")
 SEARCH_OPTIONS = ("--search-hw", "--search-grid", "--search-prior", "--search-centre")
 
 
-def check_options_used(planned: tuple[str, ...], given: set[str]) -> None:
+def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: int | None, given: set[str]) -> None:
     """Options of a stage that will not run change nothing; refuse them rather than ignore them silently.
-    ``planned``: the stages that will run (named, or predict's defaults); ``given``: the options typed on the
-    command line (``--io-iters 0`` is not among them: it asks for no refinement).
+    The stages that run: ``stages`` as named (a checked ``--stages``; None: :func:`default_stage_names`),
+    without adam when ``io_iters`` is 0. ``given``: the options typed on the command line (``--io-iters 0``
+    is not among them: it asks for no refinement).
 
     Raises:
-        ValueError: a refinement option without ``adam`` among the stages, or a search option without ``search``.
+        ValueError: a refinement option when adam does not run, or a search option when the search does not.
     """
+    if stages is not None:
+        names, why = [s.strip() for s in stages.split(",") if s.strip()], ""
+    else:
+        names = list(default_stage_names(checkpoint, io_iters))
+        why = ", the default with --checkpoint" if checkpoint is not None else ", the default"
+    if io_iters == 0 and "adam" in names:
+        names.remove("adam")
+        why += "; --io-iters 0 turns adam off"
     for stage, options in (("adam", IO_OPTIONS), ("search", SEARCH_OPTIONS)):
         unused = [o for o in options if o in given]
-        if stage not in planned and unused:
-            raise ValueError(f"{', '.join(unused)}: the {stage} stage does not run (stages: {','.join(planned)}), "
-                             f"so {'it' if len(unused) == 1 else 'they'} would change nothing; add {stage} to "
-                             "--stages or leave the option out")
+        if stage not in names and unused:
+            raise ValueError(f"{', '.join(unused)}: the {stage} stage does not run (stages: "
+                             f"{','.join(names) or 'none'}{why}), so {'it' if len(unused) == 1 else 'they'} "
+                             f"would change nothing; leave the option out or run {stage} (--stages)")

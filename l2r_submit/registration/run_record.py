@@ -168,8 +168,11 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
     """
     if not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)"):
         return "no finished record"
-    if entry.get("settings") != settings:
-        return f"made with other settings: {settings_diff(entry.get('settings'), settings)}"
+    recorded = entry.get("settings")
+    if isinstance(recorded, dict):  # a key recorded by an earlier version and now known to change no field
+        recorded = {k: v for k, v in recorded.items() if k not in RUN_ONLY_FIELDS}
+    if recorded != settings:
+        return f"made with other settings: {settings_diff(recorded, settings)}"
     if entry.get("inputs") != pair_inputs(pair):
         return "made from other images (or the images changed since)"
     files = entry.get("files")
