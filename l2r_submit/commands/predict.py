@@ -166,14 +166,14 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         sys.exit(1)
 
 
-def _typed_options() -> set[str]:
-    """The stage options given on the command line (not left at their defaults), as ``--name``; an iteration
-    count of 0 is left out (it asks for no refinement, which holds whatever the stages)."""
+def _typed_options() -> list[str]:
+    """The stage options given on the command line (not left at their defaults), as ``--name``, in the order
+    they are declared; an iteration count of 0 is left out (it asks for no refinement, whatever the stages)."""
     ctx = click.get_current_context()
     names = [n for n in ctx.params if n.startswith(("io_", "search_"))]
-    return {"--" + n.replace("_", "-") for n in names
+    return ["--" + n.replace("_", "-") for n in names
             if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
-            and not (n.startswith("io_iters") and ctx.params[n] == 0)}
+            and not (n.startswith("io_iters") and ctx.params[n] == 0)]
 
 
 def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,

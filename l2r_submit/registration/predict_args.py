@@ -58,7 +58,6 @@ def parse_axes(text: str) -> tuple[int, ...]:
     return axes
 
 
-
 DEFAULT_STAGES = ("search", "adam")  # measured best with the shipped weights (README, "Predict")
 NETWORK_STAGES = ("network", "adam")  # the default when weights are named, or when adam is switched off
 
@@ -70,15 +69,13 @@ def default_stage_names(checkpoint: Path | None, io_iters: int | None) -> tuple[
     return NETWORK_STAGES if checkpoint is not None or io_iters == 0 else DEFAULT_STAGES
 
 
-IO_OPTIONS = ("--io-iters", "--io-iters-non-ct", "--io-reg", "--io-similarity", "--io-field")
-SEARCH_OPTIONS = ("--search-hw", "--search-grid", "--search-prior", "--search-centre")
-
-
-def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: int | None, given: set[str]) -> None:
+def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: int | None,
+                       given: list[str]) -> None:
     """Options of a stage that will not run change nothing; refuse them rather than ignore them silently.
     The stages that run: ``stages`` as named (a checked ``--stages``; None: :func:`default_stage_names`),
-    without adam when ``io_iters`` is 0. ``given``: the options typed on the command line (``--io-iters 0``
-    is not among them: it asks for no refinement).
+    without adam when ``io_iters`` is 0. ``given``: the options typed on the command line, in the order
+    the CLI declares them (``--io-iters 0`` is not among them: it asks for no refinement); ``--io-*`` ones
+    belong to adam, ``--search-*`` ones to the search.
 
     Raises:
         ValueError: a refinement option when adam does not run, or a search option when the search does not.
@@ -91,8 +88,8 @@ def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: in
     if io_iters == 0 and "adam" in names:
         names.remove("adam")
         why += "; --io-iters 0 turns adam off"
-    for stage, options in (("adam", IO_OPTIONS), ("search", SEARCH_OPTIONS)):
-        unused = [o for o in options if o in given]
+    for stage, prefix in (("adam", "--io-"), ("search", "--search-")):
+        unused = [o for o in given if o.startswith(prefix)]
         if stage not in names and unused:
             raise ValueError(f"{', '.join(unused)}: the {stage} stage does not run (stages: "
                              f"{','.join(names) or 'none'}{why}), so {'it' if len(unused) == 1 else 'they'} "
