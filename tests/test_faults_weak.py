@@ -160,7 +160,8 @@ def test_any_exception_of_one_pair_leaves_the_others_and_marks_stale_files(tiny_
         return real(stages, pair, *args, **kwargs)
 
     monkeypatch.setattr(predict, "register_pair", flaky)
-    res = invoke(*predict_args(tiny_dataset, out, ckpt)[:-2], "--io-iters", "1", "--no-network")
+    no_weights = [a for a in predict_args(tiny_dataset, out, ckpt)[:-2] if a not in ("--checkpoint", ckpt)]
+    res = invoke(*no_weights, "--io-iters", "1", "--no-network")  # named weights would be refused: no network
     assert res.exit_code == 1 and "2 pairs done, 0 skipped, 1 failed" in res.output
     assert f"error: {PAIRS[1]}: TypeError: unsupported operand" in error_lines(res)
     entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[1]]

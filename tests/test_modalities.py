@@ -78,7 +78,7 @@ def write_mixed_dataset(root, fixed, moving, ct_moving=None):
     return path
 
 
-def test_predict_reads_each_images_modality(tmp_path, tiny_ckpt):  # noqa: F811
+def test_predict_reads_each_images_modality(tmp_path):
     big = smooth_volume((48, 24, 24), seed=8)
     fixed, moving = big[:, :, 4:28], mr_like(big[:, :, 12:36])
     path = write_mixed_dataset(tmp_path / "mrct", fixed, moving)
@@ -88,7 +88,7 @@ def test_predict_reads_each_images_modality(tmp_path, tiny_ckpt):  # noqa: F811
     assert ds.is_ct_image(pair.fixed) and not ds.is_ct_image(pair.moving)
     assert predict.modality_name(ds) == "0: MR, 1: CT"
     out = tmp_path / "out"
-    args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+    args = ["predict", path, "--out", out, "--device", "cpu", "--quiet",
             "--stages", "search,adam", "--io-iters", "2", "--search-grid", "4", "--search-hw", "3"]
     res = invoke(*args)
     assert res.exit_code == 0, res.output
@@ -135,11 +135,11 @@ def test_predict_defaults_for_a_pair_with_a_non_ct_image():
     assert defaults.io_for_stages(("adam",), None).iters_non_ct is None
 
 
-def test_cli_io_iters_non_ct(tmp_path, tiny_ckpt):  # noqa: F811
+def test_cli_io_iters_non_ct(tmp_path):
     big = smooth_volume((48, 24, 24), seed=8)
     path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]))
     out = tmp_path / "out"
-    args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+    args = ["predict", path, "--out", out, "--device", "cpu", "--quiet",
             "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
     import nibabel as nib
 
@@ -158,11 +158,11 @@ def test_cli_io_iters_non_ct(tmp_path, tiny_ckpt):  # noqa: F811
     assert res.exit_code == 2 and "--io-iters 0" in res.output and "Traceback" not in res.output
 
 
-def test_changing_the_non_ct_iterations_redoes_only_pairs_with_a_non_ct_image(tmp_path, tiny_ckpt):  # noqa: F811
+def test_changing_the_non_ct_iterations_redoes_only_pairs_with_a_non_ct_image(tmp_path):
     big = smooth_volume((48, 24, 24), seed=8)
     path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]), big[:, :, 8:32])
     out = tmp_path / "out"
-    args = ["predict", path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+    args = ["predict", path, "--out", out, "--device", "cpu", "--quiet",
             "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
     assert invoke(*args, "--io-iters-non-ct", "3").exit_code == 0
     first = json.loads((out / "run.json").read_text())["pairs"]

@@ -33,7 +33,7 @@ def test_predict_then_evaluate_end_to_end(tiny_dataset, tiny_ckpt, tmp_path):
 
 def test_no_network_refines_from_a_zero_field(tiny_dataset, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
-    args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+    args = ["predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet",
             "--pairs", "0001_0002"]
     res = invoke(*args, "--no-network", "--io-iters", "0", "--stages", "network,adam")
     assert res.exit_code == 2 and "no registration stage left" in res.output

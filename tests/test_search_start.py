@@ -92,9 +92,9 @@ def test_keep_margin_is_checked(margin):
         search.SearchConfig(keep_margin=margin)
 
 
-def test_cli_search_centre(tiny_dataset, tiny_ckpt, tmp_path):  # noqa: F811
+def test_cli_search_centre(tiny_dataset, tmp_path):  # noqa: F811
     out = tmp_path / "out"
-    args = ["predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
+    args = ["predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet",
             "--pairs", "0001_0002", "--stages", "search", "--search-grid", "4", "--search-hw", "2"]
     assert invoke(*args, "--search-centre", "0,1").exit_code == 0
     run = json.loads((out / "run.json").read_text())

@@ -19,7 +19,8 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
               help="[default: val when it has pairs, else test]")
 @click.option("--pairs", default=None, help="Comma-separated subset, e.g. 0001_0004,0002_0004.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Weights file [default: the shipped weights, l2r_submit/weights/].")
+              help="Weights of the network stage (refused when it does not run) [default: the shipped weights, "
+                   "l2r_submit/weights/].")
 @click.option("--format", "fmt", type=click.Choice(["nii.gz", "npz", "npz2020"]), default="nii.gz", show_default=True,
               help="npz2020: the 2020 half-resolution float16 form.")
 @click.option("--names", type=click.Choice(["long", "short", "both"]), default=None,
@@ -106,7 +107,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
     if search_centre is not None:
         checked(pa.parse_axes, search_centre)
     try:
-        pa.check_options_used(stages, checkpoint, io_iters, _typed_options())
+        pa.check_options_used(stages, checkpoint, io_iters, _typed_options(), no_network)
     except ValueError as exc:
         raise Fail(str(exc)) from None
     wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None

@@ -70,24 +70,32 @@ def default_stage_names(checkpoint: Path | None, io_iters: int | None) -> tuple[
 
 
 def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: int | None,
-                       given: list[str]) -> None:
+                       given: list[str], no_network: bool = False) -> None:
     """Options of a stage that will not run change nothing; refuse them rather than ignore them silently.
     The stages that run: ``stages`` as named (a checked ``--stages``; None: :func:`default_stage_names`),
-    without adam when ``io_iters`` is 0. ``given``: the options typed on the command line, in the order
-    the CLI declares them (``--io-iters 0`` is not among them: it asks for no refinement); ``--io-*`` ones
-    belong to adam, ``--search-*`` ones to the search.
+    without the network with ``no_network`` and without adam when ``io_iters`` is 0. ``given``: the
+    options typed on the command line, in the order the CLI declares them (``--io-iters 0`` is not among
+    them: it asks for no refinement); ``--io-*`` ones belong to adam, ``--search-*`` ones to the search.
+    Weights named (``checkpoint``) belong to the network (unchecked when no stage is left: the run says so).
 
     Raises:
-        ValueError: a refinement option when adam does not run, or a search option when the search does not.
+        ValueError: a refinement option when adam does not run, a search option when the search does not,
+            weights when the network does not.
     """
     if stages is not None:
         names, why = [s.strip() for s in stages.split(",") if s.strip()], ""
     else:
         names = list(default_stage_names(checkpoint, io_iters))
         why = ", the default with --checkpoint" if checkpoint is not None else ", the default"
+    if no_network and "network" in names:
+        names.remove("network")
+        why += "; --no-network drops the network"
     if io_iters == 0 and "adam" in names:
         names.remove("adam")
         why += "; --io-iters 0 turns adam off"
+    if checkpoint is not None and names and "network" not in names:
+        raise ValueError(f"--checkpoint: the network stage does not run (stages: {','.join(names)}{why}), so the "
+                         "weights would change nothing; leave --checkpoint out or run the network (--stages)")
     for stage, prefix in (("adam", "--io-"), ("search", "--search-")):
         unused = [o for o in given if o.startswith(prefix)]
         if stage not in names and unused:
