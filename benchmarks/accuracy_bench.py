@@ -33,6 +33,7 @@ DATA = ROOT / "test_data" / "AbdomenCTCT_dataset.json"
 
 
 BODY_HU = -500.0
+STAGE_LETTERS = {"network": "n", "affine": "f", "search": "s", "adam": "a"}  # stage seconds column
 
 
 def end_point_errors(out_dir: Path, truth: dict, ds) -> dict[str, tuple[float, ...]]:
@@ -150,7 +151,7 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_
           f"{'J<=0 max':>9} {'EPE all':>8} {'EPE org':>8} {'EPE body':>8} {'EPE air':>8} {'EPE max':>8}")
     for r in rows:
         gain = min(r["DSC"][k] - r["DSC_zero_field"][k] for k in r["DSC"])
-        stage_text = " ".join(f"{k[0]}{v:.1f}" for k, v in r["stage_seconds"].items())
+        stage_text = " ".join(f"{STAGE_LETTERS.get(k, k)}{v:.1f}" for k, v in r["stage_seconds"].items())
         print(f"{r['setting']:<28} {r['io_iters']:>4} {r['seconds_per_pair']:>7.2f} {stage_text:<24} {np.mean(list(r['DSC'].values())):>6.3f} "
               f"{np.mean(list(r['DSC_zero_field'].values())):>6.3f} {gain:>+7.3f} {r['HD95_mean']:>6.2f} "
               f"{r['LogJacDetStd_mean']:>7.4f} {r['jac_nonpos_fraction_max']:>9.2e} "
@@ -159,7 +160,7 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_
     zero = np.mean(list(rows[0]["EPE_zero_field"].values()), axis=0)
     print(f"{'zero field':<28} {'':>4} {'':>7} {'':<24} {np.mean(list(rows[0]['DSC_zero_field'].values())):>6.3f} {'':>6} {'':>7} {'':>6} "
           f"{0.0:>7.4f} {0.0:>9.2e} " + " ".join(f"{v:>8.3f}" for v in zero))
-    print("stage seconds: n(etwork) s(earch) a(dam), mean per pair; "
+    print("stage seconds (n network, f affine, s search, a adam), mean per pair; "
           "Dice/(zero): mean over val pairs, registered / zero field; minGain: smallest per-pair Dice gain; "
           "EPE (voxels): mean over the synthetic pairs, all voxels / fixed organs / fixed body (HU > -500) / air; "
           "EPE max: worst synthetic pair, all voxels")

@@ -11,13 +11,14 @@ For every stage setting (``--stages``, as `l2r predict` names them; each with pr
 and refinement settings, ``--io-iters`` overriding the refinement's iterations; a setting with the search
 is run once per ``--search-range GRID,HW``, the search's control-grid spacing and half-width in grid steps,
 predict's ``--search-grid`` and ``--search-hw``, per ``--search-prior W``, predict's pull towards small
-displacements, and per ``--search-centre AXES|none``, the search's second start) and every case: the mean
+displacements, and per ``--search-centre AXES|none``, the search's second start; a setting with the ``affine``
+stage once per ``--affine-model``) and every case: the mean
 Dice over labels 1-13 present in both label maps (warped with the evaluator's nearest-neighbour rule), the
 zero-field Dice, the largest fraction of det J <= 0 and the seconds of the stages. One process, CPU.
 
     python benchmarks/offset_bench.py [--stages adam --stages search,adam] [--io-iters 100]
         [--search-range 6,4 --search-range 8,5] [--search-prior 0 --search-prior 0.3]
-        [--search-centre none --search-centre 0,1]
+        [--search-centre none --search-centre 0,1] [--stages affine,search,adam --affine-model translation]
         [--offsets "0,0,0;16,0,0;0,16,-16;-20,10,20"]
         [--threads 2] [--json OUT]
 """
@@ -86,18 +87,22 @@ def parse_range(text: str) -> tuple[int, int]:
 @click.option("--search-centre", "centres", multiple=True,
               help="Axes along which the search also starts from the bodies' centroids ('0,1'), or 'none'; "
                    "repeatable, each setting with the search runs once per value [default: predict's].")
+@click.option("--affine-model", "affine_models", multiple=True, type=click.Choice(["affine", "translation"]),
+              help="What the affine stage fits, repeatable; each setting with it runs once per model [default: "
+                   "predict's].")
 @click.option("--offsets", default="0,0,0;16,0,0;0,16,-16;-20,10,20", show_default=True,
               help="Translations of the moving image in voxels, ';' between them.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, ...], priors: tuple[float, ...],
-         centres: tuple[str, ...], offsets: str, threads: int,
+         centres: tuple[str, ...], affine_models: tuple[str, ...], offsets: str, threads: int,
          json_out: Path | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io
     from l2r_submit.evaluation import metrics
     from l2r_submit.registration import predict, stages
+    from l2r_submit.registration.affine import AffineConfig
     from l2r_submit.registration.predict_args import parse_axes
     from l2r_submit.registration.search import SearchConfig
 
@@ -113,14 +118,17 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
         raise click.BadParameter(str(exc), param_hint="--search-range/--search-prior/--search-centre") from None
     lists = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
     io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in lists}
-    # a setting: (its column name, stage names, search settings)
+    affines = [AffineConfig(model=m) for m in affine_models] or [AffineConfig()]
+    # a setting: (its column name, stage names, search settings, affine stage settings)
     settings = []
     for names in lists:
         for cfg in searches if "search" in names else searches[:1]:
-            label = "+".join(names) + (f" g{cfg.grid}h{cfg.hw}" if "search" in names and len(ranges) > 1 else "") \
-                + (f" p{cfg.prior:g}" if "search" in names and len(priors) > 1 else "") \
-                + (f" c{''.join(map(str, cfg.centre_axes)) or '-'}" if "search" in names and len(centres) > 1 else "")
-            settings.append((label, names, cfg))
+            for aff in affines if "affine" in names else affines[:1]:
+                label = "+".join(names) + (f" g{cfg.grid}h{cfg.hw}" if "search" in names and len(ranges) > 1 else "") \
+                    + (f" p{cfg.prior:g}" if "search" in names and len(priors) > 1 else "") \
+                    + (f" c{''.join(map(str, cfg.centre_axes)) or '-'}" if "search" in names and len(centres) > 1
+                       else "") + (f" {aff.model}" if "affine" in names and len(affine_models) > 1 else "")
+                settings.append((label, names, cfg, aff))
     pairs = {p.key: p for p in dataset.load(DATA).pairs("val")}
     rows = []
     for names, cfg in io_cfgs.items():
@@ -129,7 +137,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
     print(f"CPU, {threads} threads; search " + "; ".join(f"grid {c.grid}, hw {c.hw} (+/-{c.grid * c.hw} voxels), "
                                                        f"prior {c.prior:g}, centre axes {c.centre_axes or 'none'}"
                                                        for c in searches))
-    print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{label:>16}" for label, _, _ in settings))
+    print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{label:>16}" for label, *_ in settings))
     for key in INTER_PATIENT:
         pair = pairs[key]
         fixed = io.read_volume(pair.fixed.image, np.float32).array
@@ -141,8 +149,8 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
             moving_seg = translate(moving_seg_raw, shift, 0)
             m, f = torch.from_numpy(moving)[None, None], torch.from_numpy(fixed)[None, None]
             row = {"pair": key, "offset": shift, "zero": mean_dice(fixed_seg, moving_seg, np.zeros((3, *fixed.shape), np.float32))}
-            for label, names, search_cfg in settings:
-                built = stages.build(names, None, search_cfg, io_cfgs[names])
+            for label, names, search_cfg, affine_cfg in settings:
+                built = stages.build(names, None, search_cfg, io_cfgs[names], affine_cfg=affine_cfg)
                 t0 = time.perf_counter()
                 disp, _ = stages.run(built, m, f)
                 seconds = time.perf_counter() - t0
@@ -151,12 +159,12 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
                               "jac_nonpos": float((metrics.jacobian_determinant(d) <= 0).mean())}
             rows.append(row)
             print(f"{key[:4]}<-{key[12:16]:<6} {str(shift):<14} {row['zero']:>6.3f} "
-                  + " ".join(f"{row[label]['dice']:>9.3f} ({row[label]['seconds']:>3.0f}s)" for label, _, _ in settings),
+                  + " ".join(f"{row[label]['dice']:>9.3f} ({row[label]['seconds']:>3.0f}s)" for label, *_ in settings),
                   flush=True)
     print(f"{'mean':<27} {np.mean([r['zero'] for r in rows]):>6.3f} "
           + " ".join(f"{np.mean([r[name]['dice'] for r in rows]):>9.3f} ({np.mean([r[name]['seconds'] for r in rows]):>3.0f}s)"
-                     for name, _, _ in settings))
-    for name, _, _ in settings:
+                     for name, *_ in settings))
+    for name, *_ in settings:
         print(f"{name}: worst J<=0 {max(r[name]['jac_nonpos'] for r in rows):.1e}, smallest gain over zero "
               f"{min(r[name]['dice'] - r['zero'] for r in rows):+.3f}")
     if json_out:

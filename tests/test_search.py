@@ -151,7 +151,7 @@ def test_stages_run_in_order_and_report_seconds():
     with pytest.raises(ValueError, match="needs a network"):
         stages.build(("network",), None, search.SearchConfig(), instance.IOConfig(0))
     assert stages.parse_stages("adam, network") == ("network", "adam")
-    for bad in ("", "network,network", "affine"):
+    for bad in ("", "network,network", "rigid"):
         with pytest.raises(ValueError, match="stages"):
             stages.parse_stages(bad)
 

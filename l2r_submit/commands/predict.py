@@ -45,8 +45,11 @@ from .common import Fail, check_folder_option, checked, load_dataset, write_eval
 @click.option("--no-network", is_flag=True,
               help="Drop the network stage: the next stage starts from a zero field (training-free).")
 @click.option("--stages", default=None,
-              help="Comma list among network,search,adam, run in that order [default: search,adam; network,adam "
-                   "with --checkpoint or --io-iters 0].")
+              help="Comma list among network,affine,search,adam, run in that order [default: search,adam; "
+                   "network,adam with --checkpoint or --io-iters 0].")
+@click.option("--affine-model", type=click.Choice(["affine", "translation"]), default=None,
+              help="What the affine stage (--stages affine,search,adam; off by default) fits to a wide search's "
+                   "displacements by least trimmed squares [default: affine].")
 @click.option("--search-hw", type=click.IntRange(1, 12), default=None,
               help="Search range in grid steps per axis [default: 4].")
 @click.option("--search-grid", type=click.IntRange(2, 16), default=None,
@@ -79,8 +82,8 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
             fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_non_ct: int | None,
             io_similarity: str, io_field: str,
             io_reg: float | None, no_network: bool,
-            stages: str | None, search_hw: int | None, search_grid: int | None, search_prior: float | None,
-            search_centre: str | None, qc_dir: Path | None, overwrite: bool,
+            stages: str | None, affine_model: str | None, search_hw: int | None, search_grid: int | None,
+            search_prior: float | None, search_centre: str | None, qc_dir: Path | None, overwrite: bool,
             threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
             do_report: bool, quiet: bool) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out.
@@ -132,6 +135,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                        "records (checked without loading torch)")
             return
     from ..registration import predict as pr
+    from ..registration.affine import AffineConfig
     from ..registration.search import SearchConfig
     from ..registration.stages import parse_stages
 
@@ -147,6 +151,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
         raise Fail(f"--stages/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
+                           affine=AffineConfig() if affine_model is None else AffineConfig(model=affine_model),
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
                            shard=rank, request=request, keep_freed_memory=True)
     try:
@@ -171,7 +176,7 @@ def _typed_options() -> list[str]:
     """The stage options given on the command line (not left at their defaults), as ``--name``, in the order
     they are declared; an iteration count of 0 is left out (it asks for no refinement, whatever the stages)."""
     ctx = click.get_current_context()
-    names = [n for n in ctx.params if n.startswith(("io_", "search_"))]
+    names = [n for n in ctx.params if n.startswith(("io_", "search_", "affine_"))]
     return ["--" + n.replace("_", "-") for n in names
             if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
             and not (n.startswith("io_iters") and ctx.params[n] == 0)]

@@ -42,6 +42,7 @@ from .run_record import (both_ct, error_line, file_record, mixes_ct, modality_na
 from ..core.dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
+from .affine import AffineConfig
 from .search import SearchConfig
 from .quick_rerun import DEFAULT_WEIGHTS_DIR, resolve_checkpoint  # noqa: F401 - torch-free, used by the CLI first
 from .defaults import (DEFAULT_IO_FIELD, DEFAULT_IO_ITERS, DEFAULT_IO_ITERS_NO_SEARCH, DEFAULT_IO_REG,  # noqa: F401
@@ -65,9 +66,10 @@ class PredictConfig:
         io: instance optimisation settings (``iters=0``: no ``adam`` stage); None: :func:`default_io` for
             the stages that will run (after the search or not).
         network: False drops the ``network`` stage (the next stage starts from a zero field).
-        stages: the stages to run, among ``network``, ``search``, ``adam`` (always in that order); None:
-            :func:`default_stages`.
+        stages: the stages to run, among ``network``, ``affine``, ``search``, ``adam`` (always in that
+            order); None: :func:`default_stages`.
         search: global search settings.
+        affine: settings of the ``affine`` stage (used only when ``stages`` names it).
         qc_dir: write one QC picture per pair there.
         overwrite: redo pairs whose outputs exist.
         threads: CPU threads (None: all available; with ``shard`` on CPU, the cores shared out).
@@ -93,6 +95,7 @@ class PredictConfig:
     network: bool = True
     stages: tuple[str, ...] | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
+    affine: AffineConfig = field(default_factory=AffineConfig)
     qc_dir: Path | None = None
     overwrite: bool = False
     threads: int | None = None
@@ -252,7 +255,7 @@ def run(cfg: PredictConfig) -> dict:
     def stages_for(pair: Pair) -> list:
         flags = (ds.is_ct_image(pair.moving), ds.is_ct_image(pair.fixed))
         if flags not in built:
-            built[flags] = stg.build(names, net, cfg.search, cfg.io, flags)
+            built[flags] = stg.build(names, net, cfg.search, cfg.io, flags, cfg.affine)
         return built[flags]
 
     mixed = [p.key for p in pairs if ds.is_ct_image(p.moving) != ds.is_ct_image(p.fixed)]
@@ -272,7 +275,8 @@ def run(cfg: PredictConfig) -> dict:
         "pipelined": cfg.pipeline, "allocator": allocator,
         "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
                      "network": cfg.network, "overwrite": cfg.overwrite,
-                     "stages": list(names), "search": asdict(cfg.search), "modality": modality},
+                     "stages": list(names), "search": asdict(cfg.search), "affine": asdict(cfg.affine),
+                     "modality": modality},
         "selected": [p.key for p in pairs],
         "request": cfg.request, "field_settings": settings,
         # replaced pair by pair: a stopped run still describes every file in the folder (a shard: its own pairs)
@@ -300,8 +304,9 @@ def run(cfg: PredictConfig) -> dict:
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
                                            "files": earlier[pair.key]["files"]}
-            if "search_start" in earlier[pair.key]:  # how the field on disk was made
-                manifest["pairs"][pair.key]["search_start"] = earlier[pair.key]["search_start"]
+            for key in ("search_start", "affine"):  # how the field on disk was made
+                if key in earlier[pair.key]:
+                    manifest["pairs"][pair.key][key] = earlier[pair.key][key]
             continue
         if any(p.exists() for p in outputs):
             entry["redone"] = reason

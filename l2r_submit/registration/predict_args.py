@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGE_NAMES = ("network", "search", "adam")
+STAGE_NAMES = ("network", "affine", "search", "adam")
 """:data:`l2r_submit.registration.stages.STAGE_NAMES`, repeated here because ``l2r_submit.registration.stages`` imports torch (a
 test keeps the two equal; the stages module parses the names again)."""
 
@@ -75,7 +75,8 @@ def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: in
     The stages that run: ``stages`` as named (a checked ``--stages``; None: :func:`default_stage_names`),
     without the network with ``no_network`` and without adam when ``io_iters`` is 0. ``given``: the
     options typed on the command line, in the order the CLI declares them (``--io-iters 0`` is not among
-    them: it asks for no refinement); ``--io-*`` ones belong to adam, ``--search-*`` ones to the search.
+    them: it asks for no refinement); ``--io-*`` ones belong to adam, ``--search-*`` ones to the search,
+    ``--affine-*`` ones to the affine stage.
     Weights named (``checkpoint``) belong to the network (unchecked when no stage is left: the run says so).
 
     Raises:
@@ -96,7 +97,7 @@ def check_options_used(stages: str | None, checkpoint: Path | None, io_iters: in
     if checkpoint is not None and names and "network" not in names:
         raise ValueError(f"--checkpoint: the network stage does not run (stages: {','.join(names)}{why}), so the "
                          "weights would change nothing; leave --checkpoint out or run the network (--stages)")
-    for stage, prefix in (("adam", "--io-"), ("search", "--search-")):
+    for stage, prefix in (("adam", "--io-"), ("search", "--search-"), ("affine", "--affine-")):
         unused = [o for o in given if o.startswith(prefix)]
         if stage not in names and unused:
             raise ValueError(f"{', '.join(unused)}: the {stage} stage does not run (stages: "

@@ -85,7 +85,8 @@ def run_settings(cfg: object, names: tuple[str, ...], checkpoint_sha256: str, mo
     out = output_settings(cfg, checkpoint_sha256)
     out["stages"] = list(names)
     del out["network"]  # said by "stages"
-    for stage, keys in (("network", ("checkpoint_sha256",)), ("search", ("search",)), ("adam", ("io",))):
+    for stage, keys in (("network", ("checkpoint_sha256",)), ("affine", ("affine",)), ("search", ("search",)),
+                        ("adam", ("io",))):
         if stage not in names:
             for key in keys:
                 out.pop(key, None)

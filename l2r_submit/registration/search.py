@@ -257,11 +257,24 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
     Raises:
         ValueError: shapes that break the contract.
     """
+    return upsample(search_nodes(moving, fixed, cfg, ct, features), cfg.grid, tuple(fixed.shape[2:]))
+
+
+def search_nodes(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
+                 ct: bool | tuple[bool, bool] = True,
+                 features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """:func:`search`'s field on its control grid, before upsampling: node n (the mean of voxels
+    [n grid, (n + 1) grid) along each axis) holds its displacement in grid steps.
+
+    Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, ceil(I / grid), ceil(J / grid), ceil(K / grid)).
+
+    Raises:
+        ValueError: shapes that break the contract.
+    """
     check_volume_batch(fixed, "fixed")
     check_volume_batch(moving, "moving", fixed.shape[2:])
     if moving.shape[:2] != (1, 1) or fixed.shape[:2] != (1, 1):
         raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)}: expected (1, 1, I, J, K)")
-    shape = tuple(fixed.shape[2:])
     with torch.no_grad():
         ct_moving, ct_fixed = ct_flags(ct)
         if features is None:
@@ -276,7 +289,7 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         field = run(fixed_feat, moving_feat)
         if cfg.inverse_consistent:
             field, _ = inverse_consistency(field, run(moving_feat, fixed_feat), cfg.ic_iters)
-        return upsample(field, cfg.grid, shape)
+        return field
 
 
 def search_stage(moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor, cfg: SearchConfig,

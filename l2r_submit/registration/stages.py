@@ -1,10 +1,12 @@
-"""Registration stages that compose: network -> global search -> Adam refinement.
+"""Registration stages that compose: network -> global transform -> global search -> Adam refinement.
 
 A stage takes ``(moving, fixed, disp_in)`` and returns the whole field of the same pair (moving -> fixed,
 a pull map in voxels), never an increment. How each one consumes ``disp_in``:
 
 * ``network`` (:func:`l2r_submit.nets.regnet.register`): registers ``warp(moving, disp_in)`` to ``fixed`` and
   composes, ``compose(disp_in, net_field)`` (with a zero ``disp_in``, its own field);
+* ``affine`` (:mod:`l2r_submit.registration.affine`, off by default): a robust affine map (or translation) of
+  ``warp(moving, disp_in)`` to ``fixed``, composed with ``disp_in``;
 * ``search`` (:mod:`l2r_submit.registration.search`): the same, by composition: large displacements must not be added;
   as the first stage with ``centre_axes`` set it also tries a second start (:mod:`l2r_submit.registration.start`);
 * ``adam`` (:func:`l2r_submit.registration.instance.refine`): optimises the total field itself, initialised at
@@ -31,12 +33,13 @@ import torch
 
 from ..core.spatial import compose, warp_image
 from ..nets import regnet
+from .affine import AffineConfig, global_field
 from .features import ct_flags, image_descriptors
 from .instance import IOConfig, for_pair, level_iterations, level_size, pool_descriptors, refine
 from .search import SearchConfig, pool_to_grid, search_stage
 from .start import centred_search
 
-STAGE_NAMES = ("network", "search", "adam")
+STAGE_NAMES = ("network", "affine", "search", "adam")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,25 @@ class NetworkStage:
                 return regnet.register(self.net, moving, fixed)
             warped = warp_image(moving.float(), disp_in, padding_mode="border")
             return compose(disp_in, regnet.register(self.net, warped, fixed))
+
+
+@dataclass(frozen=True)
+class AffineStage:
+    """A robust global transform of ``warp(moving, disp_in)`` to ``fixed``, composed with ``disp_in``; what
+    was fitted goes to ``details["affine"]`` (:func:`l2r_submit.registration.affine.global_field`)."""
+
+    cfg: AffineConfig
+    ct: bool | tuple[bool, bool] = True  # as SearchStage's
+    name: str = "affine"
+
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
+                 views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            warped = warp_image(moving.float(), disp_in, padding_mode="border") if disp_in.any() else moving
+            field, record = global_field(warped, fixed, self.cfg, self.ct)
+            if details is not None:
+                details["affine"] = record
+            return compose(disp_in, field) if disp_in.any() else field
 
 
 @dataclass(frozen=True)
@@ -136,9 +158,11 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 
 def build(names: tuple[str, ...], net: regnet.RegistrationNet | None, search_cfg: SearchConfig,
-          io_cfg: IOConfig, ct: bool | tuple[bool, bool] = True) -> list[Stage]:
-    """The stages named, in pipeline order (network, search, adam). ``ct``: the images are CT in HU, one
-    flag for both or ``(moving, fixed)`` (:func:`l2r_submit.registration.features.ct_flags`).
+          io_cfg: IOConfig, ct: bool | tuple[bool, bool] = True,
+          affine_cfg: AffineConfig | None = None) -> list[Stage]:
+    """The stages named, in pipeline order (network, affine, search, adam). ``ct``: the images are CT in HU,
+    one flag for both or ``(moving, fixed)`` (:func:`l2r_submit.registration.features.ct_flags`).
+    ``affine_cfg`` None: :class:`AffineConfig`'s defaults.
 
     Raises:
         ValueError: an unknown stage name, or ``network`` named without a network.
@@ -154,6 +178,8 @@ def build(names: tuple[str, ...], net: regnet.RegistrationNet | None, search_cfg
             if net is None:
                 raise ValueError("stage 'network' needs a network")
             stages.append(NetworkStage(net))
+        elif name == "affine":
+            stages.append(AffineStage(affine_cfg or AffineConfig(), ct))
         elif name == "search":
             stages.append(SearchStage(search_cfg, ct))
         else:
