@@ -143,3 +143,35 @@ def test_instance_optimisation_refuses_bad_settings_and_shapes():
     with pytest.raises(ValueError, match="moving_hu"):
         instance.refine(torch.zeros(1, 3, 8, 8, 8), torch.zeros(1, 3, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8),
                         instance.IOConfig(5))
+
+
+def test_sigterm_stops_like_ctrl_c_keeps_the_pairs_done_and_a_rerun_does_only_the_rest(tiny_dataset, tmp_path,
+                                                                                       monkeypatch):
+    """``docker stop``, Slurm and ``timeout`` send SIGTERM: without a handler the run died with no run.json,
+    and the rerun redid every pair."""
+    import os
+    import signal
+
+    from l2r_submit.registration import stages
+
+    calls = []
+    refine = stages.refine
+
+    def refine_then_terminated(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # during the second pair, as a kill would come
+            os.kill(os.getpid(), signal.SIGTERM)
+        return refine(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "refine", refine_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    args = ["predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
+            "--io-iters", "2"]
+    res = invoke(*args)
+    assert res.exit_code == 143 and "stopped by SIGTERM: 1 pairs done are kept" in res.output, res.output
+    status = {k: e["status"] for k, e in json.loads((out / "run.json").read_text())["pairs"].items()}
+    assert sorted(status.values()) == ["done", "failed"] and len(list(out.glob("disp_*"))) == 1
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler was put back
+    monkeypatch.setattr(stages, "refine", refine)
+    assert "2 pairs done, 1 skipped, 0 failed" in invoke(*args).output

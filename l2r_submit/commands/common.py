@@ -5,6 +5,9 @@ Torch-free (only click at module level), so that ``l2r --help`` stays instant.
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -17,6 +20,29 @@ class Fail(click.ClickException):
 
     def show(self, file=None) -> None:  # noqa: D102 - one line, no usage block
         click.echo(f"error: {self.message}", err=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, Slurm, ``timeout``) raised as an interrupt, so that a run stops the way it
+    does on Ctrl-C: the field being written is finished and every pair done is recorded."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere: unchanged).
+    Without it a killed run records nothing, and as a container's first process it would ignore SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):

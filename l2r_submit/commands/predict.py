@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 
 from ..registration import predict_args as pa
-from .common import Fail, check_folder_option, checked, load_dataset, write_eval
+from .common import Fail, Terminated, check_folder_option, checked, load_dataset, sigterm_as_interrupt, write_eval
 
 
 @click.command()
@@ -155,9 +156,14 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
                            shard=rank, request=request, keep_freed_memory=True)
     try:
-        manifest = pr.run(cfg)
+        with sigterm_as_interrupt():
+            manifest = pr.run(cfg)
     except ValueError as exc:
         raise Fail(str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() recorded what was done before it stopped
+        how, code = ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        click.echo(f"{how}: {_kept(out_dir, rank)}; run the same command again to do the rest", err=True)
+        sys.exit(code)
     line, failed = pr.summary(manifest)
     if rank is None:
         click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
@@ -170,6 +176,19 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
             failed += _report_after_predict(out_dir, qc_dir)
     if failed:
         sys.exit(1)
+
+
+def _kept(out_dir: Path, rank: tuple[int, int] | None) -> str:
+    """What an interrupted run leaves, from the record it wrote before stopping."""
+    from ..registration.shards import record_name
+
+    record = out_dir / record_name(rank)
+    try:
+        pairs = json.loads(record.read_text())["pairs"].values()
+    except (OSError, ValueError, KeyError, AttributeError):
+        return f"the fields written are kept in {out_dir}"
+    done = sum(e.get("status") in ("done", "skipped (outputs exist)") for e in pairs)
+    return f"{done} pairs done are kept in {out_dir} and recorded in {record.name}"
 
 
 def _typed_options() -> list[str]:
