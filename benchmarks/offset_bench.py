@@ -118,6 +118,9 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
         raise click.BadParameter(str(exc), param_hint="--search-range/--search-prior/--search-centre") from None
     lists = [stages.parse_stages(s) for s in stage_lists] or [("adam",), ("search", "adam")]
     io_cfgs = {names: predict.default_io(io_iters, after_search="search" in names) for names in lists}
+    if affine_models and not any("affine" in names for names in lists):
+        raise click.BadParameter("no --stages setting runs the affine stage, so it would change nothing",
+                                 param_hint="--affine-model")
     affines = [AffineConfig(model=m) for m in affine_models] or [AffineConfig()]
     # a setting: (its column name, stage names, search settings, affine stage settings)
     settings = []

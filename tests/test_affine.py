@@ -8,6 +8,7 @@ import torch
 
 from l2r_submit.core.spatial import warp_image
 from l2r_submit.registration import affine, stages
+from l2r_submit.registration.search import pool_to_grid
 
 from conftest import invoke
 from test_search import smooth_volume
@@ -28,6 +29,34 @@ def test_trimmed_fit_recovers_an_affine_map_that_least_squares_misses_with_outli
     assert (plain[3] - t).abs().max() > 1.0
     shift, _ = affine.lts_fit(points, disp, "translation", keep=0.5, steps=20)
     assert shift.shape == (1, 3)
+
+
+def test_trimmed_fit_is_not_held_by_a_block_of_nodes_that_moved_together():
+    """A third of the nodes (one end of the body, as where only one scan has anatomy) moved alike by a
+    further 30 voxels: least squares, and concentration steps from it alone, settle on a 30% stretch that
+    keeps that block; the trimmed fit from several starts finds the translation of the rest."""
+    axes = [torch.arange(n, dtype=torch.float32) * 8 + 3.5 for n in (12, 10, 16)]
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    disp = torch.zeros_like(points)
+    disp[:, 0] = 5.0
+    block = points[:, 2] > 80  # the last 5 of 16 node layers along axis 2
+    disp[block, 2] += 30.0
+    disp += torch.randn(disp.shape, generator=torch.Generator().manual_seed(1)) * 0.5
+    params, kept = affine.lts_fit(points, disp, "affine", keep=0.5, steps=20)
+    assert params[:3].abs().max() < 0.01 and (params[3] - torch.tensor([5.0, 0.0, 0.0])).abs().max() < 0.3
+    assert not block[kept].any()
+    x, y = affine.design(points.double(), "affine"), disp.double()
+    single, _, _ = affine._concentrate(x, y, torch.linalg.lstsq(x, y).solution, len(points) // 2, 20)
+    assert single[2, 2] > 0.1  # the least-squares start alone: the stretch
+
+
+def test_node_centres_are_the_centres_of_the_blocks_the_search_pools():
+    shape = (100, 24, 19)  # partial last blocks along two axes
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+    pooled = torch.cat([pool_to_grid(c[None, None], 8) for c in coords], dim=1)  # mean voxel index per block
+    centres = affine.node_centres(tuple(pooled.shape[2:]), 8, shape)
+    assert torch.allclose(centres, pooled[0].reshape(3, -1).T, atol=1e-4)
+    assert centres[:, 0].max() == 97.5
 
 
 def test_dense_field_is_the_fitted_map_at_every_voxel():
