@@ -164,3 +164,18 @@ def test_test_list_images_are_read(tiny_dataset):
     tiny_dataset.write_text(json.dumps(data))
     ds = dataset.load(tiny_dataset)
     assert [c.id for c in ds.test_images] == ["0031"]
+
+
+@pytest.mark.parametrize("value", [5, "", ["CT"], {"0": 5}, {"0": "CT", "1": " "}])
+def test_a_malformed_modality_is_refused_not_read_as_ct(tiny_dataset, value):
+    """A modality that is not a name (or names by channel) fell back to CT silently, CT window included."""
+    data = json.loads(tiny_dataset.read_text())
+    data["modality"] = value
+    tiny_dataset.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"modality: expected a name or names by channel") as err:
+        dataset.load(tiny_dataset)
+    assert str(tiny_dataset) in str(err.value) and "\n" not in str(err.value)
+    for good in ("MR", {"0": "MR"}, None):
+        data["modality"] = good
+        tiny_dataset.write_text(json.dumps(data))
+        assert dataset.load(tiny_dataset).modality == (good if isinstance(good, str) else "MR" if good else "CT")

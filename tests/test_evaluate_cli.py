@@ -111,6 +111,23 @@ def test_wrong_shape_field_is_reported(tiny_dataset, tmp_path):
     assert "disp_0002_0000_0003_0000.npz: shape (3, 24, 20, 28) received, expected (24, 20, 28, 3)" in res.output
 
 
+def test_a_label_map_of_another_shape_is_named_in_the_error(tiny_dataset, tmp_path):
+    d = tmp_path / "disp"
+    write_fields(d)
+    label = tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz"
+    io.write_label_map(np.zeros((TINY_SHAPE[0], TINY_SHAPE[1], 9), np.uint8), np.eye(4), label)
+    res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet")
+    assert res.exit_code == 1
+    assert (f"{label}: label map of shape (24, 20, 9), expected (24, 20, 28) (the dataset's tensorImageShape)"
+            in res.output), res.output
+
+
+def test_a_file_error_of_several_lines_is_joined_not_cut():
+    """nibabel ends some messages with a second line ('... from object\n - could the file be damaged?')."""
+    message = str(io.file_error("a.nii.gz", "cannot be read (OSError: 4 bytes expected, got 2\n - damaged?)"))
+    assert message == "a.nii.gz: cannot be read (OSError: 4 bytes expected, got 2 - damaged?)"
+
+
 @pytest.mark.parametrize("content, msg", [
     ("{not json", "malformed JSON"),
     ('{"name": "x"}', "missing required keys"),

@@ -256,12 +256,26 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
         image = entry.get("image") if isinstance(entry, dict) else entry
         test_images.append(case_from_path(root_path, image, f"{path}: test[{n}]"))
     splits = {s: _pairs(root_path, data[f"registration_{s}"], f"{path}: registration_{s}") for s in SPLITS}
+    _check_modality(data.get("modality"), str(path))
     return Dataset(
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
         splits=splits, metrics=_default_metrics(labels), training=training, test_images=test_images,
         unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes,
         modality=_modality(data.get("modality")), modalities=_modalities(data.get("modality")),
     )
+
+
+def _check_modality(value: object, where: str) -> None:
+    """A dataset JSON's ``modality``: absent, a name, or names by channel (``{"0": "CT"}``). Anything else
+    would silently fall back to CT (and the CT window), so it is refused.
+
+    Raises:
+        ValueError: another type, or an empty or non-text name.
+    """
+    names = value.values() if isinstance(value, dict) else [value]
+    if value is not None and not all(isinstance(v, str) and v.strip() for v in names):
+        raise ValueError(f"{where}: modality: expected a name or names by channel such as {{\"0\": \"CT\"}}, "
+                         f"got {json.dumps(value)[:80]}")
 
 
 def _annotated(value: object, labels: tuple[int, ...], where: str) -> tuple[int, ...]:

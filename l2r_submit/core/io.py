@@ -54,7 +54,8 @@ class Volume:
 
 
 def file_error(path: Path | str, problem: str) -> ValueError:
-    return ValueError(f"{path}: {problem}")
+    """``PATH: problem`` on one line (a library's message over several lines is joined, not cut)."""
+    return ValueError(f"{path}: {' '.join(problem.split())}")
 
 
 # ---------------------------------------------------------------------------------------------- read
