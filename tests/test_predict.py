@@ -175,3 +175,30 @@ def test_sigterm_stops_like_ctrl_c_keeps_the_pairs_done_and_a_rerun_does_only_th
     assert signal.getsignal(signal.SIGTERM) == before  # the handler was put back
     monkeypatch.setattr(stages, "refine", refine)
     assert "2 pairs done, 1 skipped, 0 failed" in invoke(*args).output
+
+
+def test_summary_says_its_wall_time_is_per_pair_tried_when_a_pair_failed():
+    """A failed pair takes little time: the wall time per pair tried is then not comparable with the steps'
+    means over the pairs done, and the line says which is which."""
+    from l2r_submit.registration.run_record import summary
+
+    done = {"status": "done", "seconds": 12.0}
+    manifest = {"pairs": {"a": done, "b": {"status": "failed", "seconds": 0.1}}, "run_seconds": 12.2,
+                "seconds_per_pair": {"read": 0.5, "adam": 10.0, "write": 1.5}, "pipelined": True, "device": "cpu"}
+    line, bad = summary(manifest)
+    assert line == ("1 pairs done, 0 skipped, 1 failed, 6.10 s per pair tried (per pair done: read 0.50, "
+                    "adam 10.00, write 1.50 s; pipelined) (cpu)") and bad == 1
+    manifest["pairs"]["b"] = done
+    assert "6.10 s per pair (read 0.50, adam 10.00, write 1.50 s; pipelined)" in summary(manifest)[0]
+
+
+def test_qc_on_a_rerun_that_skips_pairs_says_their_pictures_are_missing(tiny_dataset, tmp_path):
+    out, qc = tmp_path / "out", tmp_path / "qc"
+    args = ["predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
+            "--io-iters", "1", "--pairs", "0001_0002"]
+    assert invoke(*args).exit_code == 0
+    res = invoke(*args, "--qc", qc)
+    assert res.exit_code == 0 and "0 pairs done, 1 skipped" in res.output
+    assert f"note: --qc: 1 pairs skipped (outputs exist) have no QC picture in {qc}" in res.output, res.output
+    assert invoke(*args, "--qc", qc, "--overwrite").exit_code == 0 and len(list(qc.glob("qc_*.png"))) == 1
+    assert "no QC picture" not in invoke(*args, "--qc", qc).output

@@ -222,6 +222,11 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     return pairs, plan
 
 
+def qc_path(qc_dir: Path, pair: Pair) -> Path:
+    """Where ``--qc`` puts a pair's picture."""
+    return qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png"
+
+
 def run(cfg: PredictConfig) -> dict:
     """Predict every selected pair (of this shard); returns the run manifest (also written to
     ``out_dir/run.json``, or to this shard's record, merged into run.json: :mod:`l2r_submit.registration.shards`).
@@ -328,7 +333,7 @@ def run(cfg: PredictConfig) -> dict:
         if cfg.qc_dir is not None:
             from .qc import write_qc
 
-            write_qc(cfg.qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png", pair, disp)
+            write_qc(qc_path(cfg.qc_dir, pair), pair, disp)
         return files
 
     def done(pair: Pair, outcome: pipeline.Outcome) -> bool:
@@ -379,6 +384,11 @@ def run(cfg: PredictConfig) -> dict:
     redone = [e["redone"] for e in this_run if e["status"] == "done" and e.get("redone", "").startswith("made with")]
     if redone:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
+    no_qc = [p for p in pairs if cfg.qc_dir is not None and manifest["pairs"][p.key]["status"].startswith("skipped")
+             and not qc_path(cfg.qc_dir, p).exists()]
+    if no_qc:
+        print(f"note: --qc: {len(no_qc)} pairs skipped (outputs exist) have no QC picture in {cfg.qc_dir}; "
+              "--overwrite redoes them with one", file=sys.stderr)
     if stopped:
         print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
     save_manifest(record, manifest)

@@ -233,7 +233,9 @@ def summary(manifest: dict) -> tuple[str, int]:
     if done and "run_seconds" in manifest:
         steps = ", ".join(f"{k} {v:.2f}" for k, v in manifest.get("seconds_per_pair", {}).items())
         how = "pipelined" if manifest.get("pipelined") else "sequential"
-        rate = f", {manifest['run_seconds'] / (len(done) + failed):.2f} s per pair ({steps} s; {how})"
+        wall = manifest["run_seconds"] / (len(done) + failed)
+        rate = (f", {wall:.2f} s per pair ({steps} s; {how})" if not failed  # a failed pair is quick: say so
+                else f", {wall:.2f} s per pair tried (per pair done: {steps} s; {how})")
     elif done:
         rate = f", {sum(done) / len(done):.1f} s per pair"
     extra = f", {not_tried} not tried" if not_tried else ""
