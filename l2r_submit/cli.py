@@ -33,8 +33,11 @@ def main() -> None:
               help="Data folder the JSON's paths are relative to [default: the JSON's folder].")
 @click.option("--split", type=click.Choice(["val", "test", "eval"]), default=None,
               help="Check only this split's pairs [default: every split].")
-def check(dataset_json: Path, data_root: Path | None, split: str | None) -> None:
-    """Integrity report of a dataset JSON: keys, pairs, and every missing image or label file.
+@click.option("--read", "read_files", is_flag=True,
+              help="Also read every file in full and check it (damaged gzip, shape, NaN, non-integer labels).")
+def check(dataset_json: Path, data_root: Path | None, split: str | None, read_files: bool) -> None:
+    """Integrity report of a dataset JSON: keys, pairs, and every missing image or label file; with --read,
+    every damaged one too.
 
     Checks every split's images, the training images and labels, and the labels of the scored splits
     (val, or eval for an evaluation config); test labels are not expected.
@@ -43,7 +46,8 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None) -> None
 
     ds = load_dataset(dataset_json, data_root)
     try:
-        lines = integrity.integrity_report(ds, split)
+        lines = integrity.integrity_report(ds, split, read=read_files,
+                                           progress=lambda p: click.echo(f"reading {p}", err=True))
     except ValueError as exc:
         raise Fail(str(exc)) from None
     for name, pairs in ds.splits.items():

@@ -73,6 +73,38 @@ def test_integrity_report_lists_missing_files(tiny_dataset):
     assert report == [f"error: missing file {tiny_dataset.parent / 'labelsTr' / 'AbdomenCTCT_0002_0000.nii.gz'}"]
 
 
+def test_integrity_report_reads_every_file_with_read(tiny_dataset):
+    """Damaged files that predict or evaluate would refuse: an empty one is caught without reading, the
+    others only when read (``l2r check --read``)."""
+    import gzip
+
+    from conftest import TINY_SHAPE
+
+    root = tiny_dataset.parent
+    empty = root / "imagesTr" / "AbdomenCTCT_0001_0000.nii.gz"
+    empty.write_bytes(b"")
+    cut = root / "imagesTr" / "AbdomenCTCT_0002_0000.nii.gz"
+    raw = gzip.decompress(cut.read_bytes())
+    cut.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # a valid gzip of half the volume
+    nan = root / "imagesTr" / "AbdomenCTCT_0003_0000.nii.gz"
+    io.write_volume(nan, np.full(TINY_SHAPE, np.nan, np.float32), np.eye(4))
+    short = root / "labelsTr" / "AbdomenCTCT_0002_0000.nii.gz"
+    io.write_label_map(np.zeros(TINY_SHAPE[:2] + (5,), np.uint8), np.eye(4), short)
+    ds = dataset.load(tiny_dataset)
+    assert integrity.integrity_report(ds, "val") == [f"error: {empty}: empty file"]
+    report = integrity.integrity_report(ds, "val", read=True)
+    assert report[0] == f"error: {empty}: empty file" and len(report) == 4, report
+    assert f"error: {cut}: cannot be read" in report[1] and "\n" not in report[1]
+    assert report[2] == f"error: {short}: label map of shape (24, 20, 5), expected (24, 20, 28) (the dataset's " \
+                        "tensorImageShape)"
+    assert report[3] == f"error: {nan}: image holds NaN or inf values"
+    from conftest import invoke
+
+    res = invoke("check", tiny_dataset, "--split", "val", "--read")
+    assert res.exit_code == 2 and f"error: {nan}: image holds NaN or inf values" in res.output
+    assert "4 problems found" in res.output
+
+
 def test_eval_config(tmp_path):
     cfg = {"task_name": "AbdomenCTCT", "expected_shape": [4, 4, 4, 3],
            "evaluation_methods": [{"name": "DSC", "metric": "dice", "labels": [1, 2]},

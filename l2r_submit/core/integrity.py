@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+
+from . import io
 from .dataset import Dataset
 
 
@@ -11,11 +15,16 @@ LABELLED_SPLITS = ("val", "eval")
 """Splits whose label maps must exist (they are scored); test labels are hidden by the organisers."""
 
 
-def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True) -> list[str]:
+def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True, read: bool = False,
+                     progress: Callable[[Path], None] | None = None) -> list[str]:
     """Problems that would stop work, one line each: unknown keys are only listed, missing files block.
 
     Checks the images of every split's pairs (only ``split``'s when given), the training images and
     labels, and the label maps of the splits that are scored (``val``, ``eval``), never the test labels.
+    With ``read``, every file that exists is also read in full, as predict and evaluate read it: a damaged
+    file (gzip CRC or length, a truncated or malformed volume), an image of another shape than the
+    dataset's or with NaN or inf values, a label map of another shape or with values that are not whole
+    numbers. ``progress`` is called with each file before it is read.
 
     Returns:
         Lines, each starting with ``error:`` or ``note:``.
@@ -27,18 +36,39 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True)
     if split is not None:
         ds.pairs(split)  # raises on an unknown split
     names = [split] if split is not None else list(ds.splits)
-    paths: dict[Path, None] = {}
+    paths: dict[Path, bool] = {}  # path -> is a label map
     for name in names:
         for p in ds.splits[name]:
             for c in (p.fixed, p.moving):
-                paths[c.image] = None
+                paths[c.image] = False
                 if labels and name in LABELLED_SPLITS:
-                    paths[c.label] = None
+                    paths[c.label] = True
     for c in ds.training:
-        paths[c.image] = None
+        paths[c.image] = False
         if labels:
-            paths[c.label] = None
-    for path in paths:
+            paths[c.label] = True
+    for path, is_label in paths.items():
         if not path.exists():
             lines.append(f"error: missing file {path}")
+        elif path.is_file() and path.stat().st_size == 0:
+            lines.append(f"error: {path}: empty file")
+        elif read:
+            if progress is not None:
+                progress(path)
+            try:
+                _read_checked(path, is_label, ds.shape)
+            except ValueError as exc:
+                lines.append(f"error: {exc}")
     return lines
+
+
+def _read_checked(path: Path, is_label: bool, shape: tuple[int, ...]) -> None:
+    """Read one file as predict (an image) or evaluate (a label map) would, and check it.
+
+    Raises:
+        ValueError: what is wrong, one line naming the file.
+    """
+    if is_label:
+        io.check_label_shape(path, io.read_labels(path), shape)
+    else:
+        io.check_image(path, io.read_volume(path, np.float32).array, shape)

@@ -164,6 +164,29 @@ def _read_itk(path: Path, dicom: bool) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
+def check_image(path: str | os.PathLike, array: np.ndarray, shape: tuple[int, ...]) -> None:
+    """An image ``array`` read from ``path`` is usable as a dataset's image: its declared shape, finite values.
+
+    Raises:
+        ValueError: another shape, or NaN or inf values (one line naming the file).
+    """
+    if array.shape != tuple(shape):
+        raise ValueError(f"{path}: shape {array.shape} received, the dataset declares {tuple(shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: image holds NaN or inf values")
+
+
+def check_label_shape(path: str | os.PathLike, seg: np.ndarray, shape: tuple[int, ...]) -> None:
+    """A label map read from ``path`` has the dataset's shape.
+
+    Raises:
+        ValueError: another shape (one line naming the file).
+    """
+    if seg.shape != tuple(shape):
+        raise file_error(path, f"label map of shape {seg.shape}, expected {tuple(shape)} (the dataset's "
+                               "tensorImageShape)")
+
+
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """Read a label map as a C-contiguous (I, J, K) integer array: int32, or int64 when a value does
     not fit in 32 bits (never wrapped: a label of 2**32 + 1 must not become label 1).

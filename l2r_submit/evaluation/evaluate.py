@@ -173,9 +173,7 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
     fixed_seg, fixed_present = read(pair.fixed.label)
     moving_seg, moving_present = read(pair.moving.label)
     for path, seg in ((pair.fixed.label, fixed_seg), (pair.moving.label, moving_seg)):
-        if tuple(seg.shape) != tuple(shape):  # named here: scoring only knows which side
-            raise io.file_error(path, f"label map of shape {tuple(seg.shape)}, expected {tuple(shape)} "
-                                      "(the dataset's tensorImageShape)")
+        io.check_label_shape(path, seg, shape)  # named here: scoring only knows which side
     for path, present in ((pair.fixed.label, fixed_present), (pair.moving.label, moving_present)):
         if evaluated:
             extra = sorted(set(present) - evaluated - {0})

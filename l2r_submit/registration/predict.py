@@ -161,10 +161,7 @@ def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarra
     fixed_vol = io.read_volume(pair.fixed.image, np.float32)
     message = grid_note(pair, moving_vol, fixed_vol)
     for case, arr in ((pair.moving, moving_vol.array), (pair.fixed, fixed_vol.array)):
-        if arr.shape != tuple(shape):
-            raise ValueError(f"{case.image}: shape {arr.shape} received, the dataset declares {tuple(shape)}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{case.image}: image holds NaN or inf values")
+        io.check_image(case.image, arr, shape)
     return moving_vol.array, fixed_vol.array, message
 
 
