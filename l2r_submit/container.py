@@ -46,6 +46,7 @@ def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OU
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     from .cli import main as l2r
+    from .commands.common import stop_signals
 
     if args[:1] in (["-h"], ["--help"]):
         print(USAGE.strip() + "\n\nOptions of l2r predict:\n")
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    l2r(l2r_args, prog_name="l2r")
+    with stop_signals():  # python is the container's first process: without a handler SIGTERM is ignored
+        l2r(l2r_args, prog_name="l2r")  # predict says what it kept; earlier, click's "Aborted!" (exit 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

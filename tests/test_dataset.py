@@ -198,7 +198,7 @@ def test_test_list_images_are_read(tiny_dataset):
     assert [c.id for c in ds.test_images] == ["0031"]
 
 
-@pytest.mark.parametrize("value", [5, "", ["CT"], {"0": 5}, {"0": "CT", "1": " "}])
+@pytest.mark.parametrize("value", [5, "", ["CT"], {}, {"0": 5}, {"0": "CT", "1": " "}])
 def test_a_malformed_modality_is_refused_not_read_as_ct(tiny_dataset, value):
     """A modality that is not a name (or names by channel) fell back to CT silently, CT window included."""
     data = json.loads(tiny_dataset.read_text())

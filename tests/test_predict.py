@@ -202,3 +202,27 @@ def test_qc_on_a_rerun_that_skips_pairs_says_their_pictures_are_missing(tiny_dat
     assert f"note: --qc: 1 pairs skipped (outputs exist) have no QC picture in {qc}" in res.output, res.output
     assert invoke(*args, "--qc", qc, "--overwrite").exit_code == 0 and len(list(qc.glob("qc_*.png"))) == 1
     assert "no QC picture" not in invoke(*args, "--qc", qc).output
+
+
+def test_a_second_signal_during_the_clean_up_is_ignored_and_the_handlers_come_back():
+    """Slurm signals every process and torchrun forwards SIGTERM again; a second Ctrl-C is common: none of
+    them may cut short the clean-up that finishes the field being written and saves run.json."""
+    import os
+    import signal
+    import time
+
+    from l2r_submit.commands.common import Terminated, stop_signals
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    cleaned = []
+    with stop_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)
+        except Terminated:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            cleaned.append(True)
+    assert cleaned == [True]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

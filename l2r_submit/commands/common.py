@@ -28,21 +28,28 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere: unchanged).
-    Without it a killed run records nothing, and as a container's first process it would ignore SIGTERM."""
+def stop_signals():
+    """Within the block, the first SIGTERM raises :class:`Terminated` and the first Ctrl-C (SIGINT)
+    ``KeyboardInterrupt``, in the main thread; later ones are ignored until the block ends, so that the
+    clean-up (finishing the field being written, saving run.json) is not itself cut short. A signal the
+    process already ignores stays ignored; outside the main thread nothing changes. Without it a SIGTERM
+    killed a run with nothing recorded, and a container's first process ignored SIGTERM altogether."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def raise_terminated(signum, frame):
-        raise Terminated()
+    def stop(signum, frame):
+        for other in handled:
+            signal.signal(other, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    handled = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, stop) for s in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):

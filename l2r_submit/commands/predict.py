@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..registration import predict_args as pa
-from .common import Fail, Terminated, check_folder_option, checked, load_dataset, sigterm_as_interrupt, write_eval
+from .common import Fail, Terminated, check_folder_option, checked, load_dataset, stop_signals, write_eval
 
 
 @click.command()
@@ -79,19 +79,30 @@ from .common import Fail, Terminated, check_folder_option, checked, load_dataset
 @click.option("--report", "do_report", is_flag=True,
               help="With --evaluate: also write report.html in --out (l2r report, with the --qc pictures).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
-            fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_non_ct: int | None,
-            io_similarity: str, io_field: str,
-            io_reg: float | None, no_network: bool,
-            stages: str | None, affine_model: str | None, search_hw: int | None, search_grid: int | None,
-            search_prior: float | None, search_centre: str | None, qc_dir: Path | None, overwrite: bool,
-            threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
-            do_report: bool, quiet: bool) -> None:
+def predict(**options) -> None:
     """Register every pair of DATASET_JSON and write official displacement fields to --out.
 
     Several processes: ``torchrun --nproc_per_node N -m l2r_submit predict ...`` or one process per
     ``--shard K/N`` (each on its own GPU when there are several); a rerun redoes a killed rank's pairs.
     """
+    with stop_signals():  # from the start: also while loading, and during --evaluate and --report
+        try:
+            _predict(**options)
+        except KeyboardInterrupt as exc:  # outside the registration loop (that one says what it kept)
+            how, code = ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+            click.echo(f"{how}: the fields written are kept in {options['out_dir']}; run the same command again "
+                       "to do the rest", err=True)
+            sys.exit(code)
+
+
+def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
+             fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_non_ct: int | None,
+             io_similarity: str, io_field: str,
+             io_reg: float | None, no_network: bool,
+             stages: str | None, affine_model: str | None, search_hw: int | None, search_grid: int | None,
+             search_prior: float | None, search_centre: str | None, qc_dir: Path | None, overwrite: bool,
+             threads: int | None, sequential: bool, shard: str | None, data_root: Path | None, do_eval: bool,
+             do_report: bool, quiet: bool) -> None:
     import os
 
     if do_report and not do_eval:
@@ -157,8 +168,7 @@ def predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | N
                            overwrite=overwrite, threads=threads, progress=not quiet, pipeline=not sequential,
                            shard=rank, request=request, keep_freed_memory=True)
     try:
-        with sigterm_as_interrupt():
-            manifest = pr.run(cfg)
+        manifest = pr.run(cfg)
     except ValueError as exc:
         raise Fail(str(exc)) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() recorded what was done before it stopped
@@ -185,10 +195,12 @@ def _kept(out_dir: Path, rank: tuple[int, int] | None) -> str:
 
     record = out_dir / record_name(rank)
     try:
-        pairs = json.loads(record.read_text())["pairs"].values()
-    except (OSError, ValueError, KeyError, AttributeError):
+        data = json.loads(record.read_text())
+        record_pairs, selected = data["pairs"], set(data.get("selected", data["pairs"]))
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return f"the fields written are kept in {out_dir}"
-    done = sum(e.get("status") in ("done", "skipped (outputs exist)") for e in pairs)
+    done = sum(e.get("status") in ("done", "skipped (outputs exist)") for k, e in record_pairs.items()
+               if k in selected)
     return f"{done} pairs done are kept in {out_dir} and recorded in {record.name}"
 
 

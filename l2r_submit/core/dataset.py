@@ -273,7 +273,7 @@ def _check_modality(value: object, where: str) -> None:
         ValueError: another type, or an empty or non-text name.
     """
     names = value.values() if isinstance(value, dict) else [value]
-    if value is not None and not all(isinstance(v, str) and v.strip() for v in names):
+    if value is not None and not (names and all(isinstance(v, str) and v.strip() for v in names)):
         raise ValueError(f"{where}: modality: expected a name or names by channel such as {{\"0\": \"CT\"}}, "
                          f"got {json.dumps(value)[:80]}")
 
