@@ -27,6 +27,11 @@ class Terminated(KeyboardInterrupt):
     does on Ctrl-C: the field being written is finished and every pair done is recorded."""
 
 
+def stop_words(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """How an interrupted command says it stopped, and its exit code (128 + the signal's number)."""
+    return ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+
+
 @contextmanager
 def stop_signals():
     """Within the block, the first SIGTERM raises :class:`Terminated` and the first Ctrl-C (SIGINT)

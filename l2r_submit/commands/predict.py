@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..registration import predict_args as pa
-from .common import Fail, Terminated, check_folder_option, checked, load_dataset, stop_signals, write_eval
+from .common import Fail, check_folder_option, checked, load_dataset, stop_signals, stop_words, write_eval
 
 
 @click.command()
@@ -89,7 +89,7 @@ def predict(**options) -> None:
         try:
             _predict(**options)
         except KeyboardInterrupt as exc:  # outside the registration loop (that one says what it kept)
-            how, code = ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+            how, code = stop_words(exc)
             click.echo(f"{how}: the fields written are kept in {options['out_dir']}; run the same command again "
                        "to do the rest", err=True)
             sys.exit(code)
@@ -172,7 +172,7 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | 
     except ValueError as exc:
         raise Fail(str(exc)) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() recorded what was done before it stopped
-        how, code = ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        how, code = stop_words(exc)
         click.echo(f"{how}: {_kept(out_dir, rank)}; run the same command again to do the rest", err=True)
         sys.exit(code)
     line, failed = pr.summary(manifest)

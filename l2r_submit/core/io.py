@@ -171,9 +171,9 @@ def check_image(path: str | os.PathLike, array: np.ndarray, shape: tuple[int, ..
         ValueError: another shape, or NaN or inf values (one line naming the file).
     """
     if array.shape != tuple(shape):
-        raise ValueError(f"{path}: shape {array.shape} received, the dataset declares {tuple(shape)}")
+        raise file_error(path, f"shape {array.shape} received, the dataset declares {tuple(shape)}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{path}: image holds NaN or inf values")
+        raise file_error(path, "image holds NaN or inf values")
 
 
 def check_label_shape(path: str | os.PathLike, seg: np.ndarray, shape: tuple[int, ...]) -> None:
