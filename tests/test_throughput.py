@@ -251,3 +251,27 @@ def test_an_interrupt_finishes_and_reports_the_field_being_written_first():
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_items(list(range(4)), lambda i: i, compute, write, lambda i, o: reported.append(i) or False)
     assert written == reported == [0, 1]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_ctrl_c_during_a_write_finishes_that_write_on_both_paths(overlap):
+    """The sequential path wrote in the calling thread, so Ctrl-C during a write dropped that field."""
+    import os
+    import signal
+    import time
+
+    from l2r_submit.registration import pipeline
+
+    written, reported = [], []
+
+    def write(i, result):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the main thread while it waits for this write
+            time.sleep(0.3)
+        written.append(i)
+        return i
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_items(list(range(4)), lambda i: i, lambda i, data: (data, {}), write,
+                           lambda i, o: reported.append(i) or False, overlap=overlap)
+    assert 1 in written and 1 in reported

@@ -7,8 +7,9 @@ item in flight at most, so besides the item being computed there is at most one 
 and one field being written (the bounded queues are futures of single-worker executors). A step
 that raises fails its item only; the driver reports every item once, in order, to ``done``.
 
-With ``overlap=False`` the same steps run one after the other in the calling thread (the sequential
-path, kept for comparison and for debugging).
+With ``overlap=False`` the same steps run one after the other (the sequential path, kept for comparison
+and for debugging): read and compute in the calling thread, the write in the writer thread, waited for at
+once, so that an interrupt finishes the write it cut into, as on the overlapped path.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def run_items(items: Sequence[Any], read: Callable[[Any], Any],
     propagates (the item being computed is not reported: the caller records it as interrupted).
     """
     reader: Executor = ThreadPoolExecutor(1, thread_name_prefix="l2r-read") if overlap else _Inline()
-    writer: Executor = ThreadPoolExecutor(1, thread_name_prefix="l2r-write") if overlap else _Inline()
+    # a thread even when sequential (waited for at once): an interrupt then finishes the write it cut into
+    writer: Executor = ThreadPoolExecutor(1, thread_name_prefix="l2r-write")
     pending: tuple[Any, Future, Outcome] | None = None  # the item being written
     ahead: Future | None = None  # the item being read
     left: list[Any] = []
@@ -105,6 +107,9 @@ def run_items(items: Sequence[Any], read: Callable[[Any], Any],
                 continue
             pending = (item, writer.submit(_timed, write, item, result), outcome)
             del result
+            if not overlap and finish_pending():
+                left = list(items[i + 1:])
+                break
         else:
             finish_pending()
     except KeyboardInterrupt:
