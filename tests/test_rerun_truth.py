@@ -57,6 +57,16 @@ def test_settings_of_a_stage_that_does_not_run_force_no_redo(tiny_dataset, ckpt,
     entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]
     assert entry["settings"]["stages"] == ["network"] and "io" not in entry["settings"]
     assert "search" not in entry["settings"] and "package_version" in entry["settings"]
+    # the run's own settings name only what ran too (they listed io, search and affine for a network-only run)
+    top = json.loads((out / "run.json").read_text())["settings"]
+    assert top["stages"] == ["network"] and top["network"] is True
+    assert not {"io", "search", "affine"} & set(top)
+    cfg = predict.PredictConfig(dataset.load(tiny_dataset), out, checkpoint=ckpt, io=IOConfig(1, similarity="mse"),
+                                network=False, device="cpu", progress=False, overwrite=True, pairs=[PAIRS[0]])
+    predict.run(cfg)
+    top = json.loads((out / "run.json").read_text())["settings"]
+    assert top["stages"] == ["adam"] and top["network"] is False and top["io"]["iters"] == 1
+    assert not {"search", "affine"} & set(top)
 
 
 def test_a_write_failure_keeps_the_records_of_pairs_already_done(tiny_dataset, ckpt, tmp_path, monkeypatch):

@@ -53,9 +53,16 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
+def one_line(message: object, limit: int | None = None) -> str:
+    """A message (often a library's, over several lines) as one line: joined, not cut at its first line
+    (torch's ``load_state_dict`` says what is missing only after it); at most ``limit`` characters."""
+    line = " ".join(str(message).split())
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
 def file_error(path: Path | str, problem: str) -> ValueError:
     """``PATH: problem`` on one line (a library's message over several lines is joined, not cut)."""
-    return ValueError(f"{path}: {' '.join(problem.split())}")
+    return ValueError(f"{path}: {one_line(problem)}")
 
 
 # ---------------------------------------------------------------------------------------------- read

@@ -206,9 +206,9 @@ def _job(args: tuple) -> tuple[str, dict | None, str | None, list[str]]:
     except MemoryError:
         return pair.key, None, "out of memory", []
     except ValueError as exc:
-        return pair.key, None, str(exc).strip().splitlines()[0], []
+        return pair.key, None, io.one_line(exc), []
     except Exception as exc:  # any fault while scoring one pair fails that pair only
-        return pair.key, None, f"cannot be scored ({type(exc).__name__}: {exc})".splitlines()[0], []
+        return pair.key, None, f"cannot be scored ({type(exc).__name__}: {io.one_line(exc)})", []
 
 
 def run(cfg: EvalConfig) -> EvalResult:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..core.io import atomic_write
+from ..core.io import atomic_write, one_line
 from .config import ModelConfig
 from .regnet import RegistrationNet
 
@@ -88,8 +88,7 @@ def _torch_load(path: Path) -> dict:
                          "numbers and containers); refused and not loaded, since unpickling such objects "
                          "can run code") from None
     except Exception as exc:  # truncated zip, not a torch file...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {one_line(exc, 300)})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     stray = _numpy_objects({k: v for k, v in obj.items() if k != "val_loss"})
@@ -138,8 +137,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         model = RegistrationNet(cfg)
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{path}: weights do not match the stored model config ({first[:200]})") from None
+        raise ValueError(f"{path}: weights do not match the stored model config ({one_line(exc, 300)})") from None
     return model.to(map_location).eval(), ckpt
 
 
@@ -231,6 +229,6 @@ def import_original(path: str | os.PathLike, ckpt: dict | None = None, keep_deep
         model = RegistrationNet(cfg)
         model.load_state_dict(ours)
     except (KeyError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{path}: original checkpoint does not fit the seed architecture ({first[:200]})") from None
+        raise ValueError(f"{path}: original checkpoint does not fit the seed architecture "
+                         f"({one_line(exc, 300)})") from None
     return model.eval()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..core.io import atomic_write
+from ..core.io import atomic_write, one_line
 from .checkpoint import _torch_load, rename_original_key
 from .config import SegConfig
 from .segnet import SegmentationNet
@@ -62,8 +62,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         model = SegmentationNet(SegConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{path}: weights do not match the stored segmenter config ({first[:200]})") from None
+        raise ValueError(f"{path}: weights do not match the stored segmenter config ({one_line(exc, 300)})") from None
     return model.to(map_location).eval(), ckpt
 
 

@@ -89,9 +89,9 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
                 labels = segnet.segment(net, torch.from_numpy(vol.array)[None, None].to(dev))[0]
             io.write_label_map(labels.cpu().numpy().astype(np.uint8), vol.affine, out_dir / name)
         except (ValueError, OSError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            summary.failed.append((name, first[:300]))
-            print(f"error: {name}: {first[:300]}", file=sys.stderr)
+            line = io.one_line(exc, 300) or type(exc).__name__
+            summary.failed.append((name, line))
+            print(f"error: {name}: {line}", file=sys.stderr)
             continue
         summary.written.append(name)
     return summary

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +38,8 @@ from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
 from .run_record import (both_ct, error_line, file_record, mixes_ct, modality_name, pair_inputs,  # noqa: F401
-                         pair_settings, redo_reason, run_settings, save_manifest, sha256, stage_means, summary)
+                         pair_settings, redo_reason, request_settings, run_settings, save_manifest, sha256,
+                         stage_means, summary)
 from ..core.dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
@@ -275,10 +276,7 @@ def run(cfg: PredictConfig) -> dict:
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,
         "model_config": net.cfg.to_dict(), "device": str(device), "threads": torch.get_num_threads(),
         "pipelined": cfg.pipeline, "allocator": allocator,
-        "settings": {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "io": asdict(cfg.io),
-                     "network": cfg.network, "overwrite": cfg.overwrite,
-                     "stages": list(names), "search": asdict(cfg.search), "affine": asdict(cfg.affine),
-                     "modality": modality},
+        "settings": request_settings(cfg, names, modality),
         "selected": [p.key for p in pairs],
         "request": cfg.request, "field_settings": settings,
         # replaced pair by pair: a stopped run still describes every file in the folder (a shard: its own pairs)

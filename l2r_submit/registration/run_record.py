@@ -93,6 +93,19 @@ def run_settings(cfg: object, names: tuple[str, ...], checkpoint_sha256: str, mo
     return {**out, "modality": modality, "package_version": __version__}
 
 
+def request_settings(cfg: object, names: tuple[str, ...], modality: str) -> dict:
+    """run.json's top-level ``settings``: the run's options, with a stage's settings only when the stage
+    runs (``names``), so the record never shows settings that changed nothing (``--io-iters 0`` drops
+    ``io``, ``--no-network`` makes ``network`` false)."""
+    out = {"split": cfg.split, "format": cfg.fmt, "names": cfg.names, "network": "network" in names,
+           "overwrite": cfg.overwrite, "stages": list(names), "modality": modality}
+    for stage, key, value in (("adam", "io", cfg.io), ("search", "search", cfg.search),
+                              ("affine", "affine", cfg.affine)):
+        if stage in names:
+            out[key] = asdict(value)
+    return out
+
+
 def pair_settings(settings: dict, ct_pair: bool) -> dict:
     """:func:`run_settings` as one pair's field depends on them: a pair of two CT images (``ct_pair``,
     :func:`both_ct`) leaves out the refinement's ``iters_non_ct``, which it does not use, so changing
@@ -247,8 +260,7 @@ def error_line(exc: BaseException) -> str:
     """A pair's error in one line: the file and the problem for OS errors, the type for unexpected ones."""
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: cannot be written or read ({exc.strerror or exc})"
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else ""
+    line = io.one_line(exc)
     if not isinstance(exc, (ValueError, RuntimeError, MemoryError, OSError)):
         line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     return (line or type(exc).__name__)[:500]

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from ..core.io import one_line
+
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -166,8 +168,8 @@ def start(device: torch.device, env: dict[str, str] | None = None,
         try:
             tdist.init_process_group(backend=backend, rank=dist.rank, world_size=dist.world_size, **extra)
         except (RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"distributed launch: cannot join the process group ({backend}): {first[:200]}") from None
+            line = one_line(exc, 300) or type(exc).__name__
+            raise ValueError(f"distributed launch: cannot join the process group ({backend}): {line}") from None
     return Dist(dist.rank, dist.world_size, dist.local_rank, backend, owns_group=owns), device
 
 
