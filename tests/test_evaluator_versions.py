@@ -25,7 +25,7 @@ from l2r_submit.cli import main
 from l2r_submit.core.dataset import MetricSpec
 from l2r_submit.training.synthetic import smooth_random_disp
 
-from conftest import TINY_SHAPE
+from conftest import TINY_SHAPE, write_tiny_dataset
 
 VAL = [("0001", "0002"), ("0001", "0003"), ("0002", "0003")]
 KEYS = [f"{f}_0000<--{m}_0000" for f, m in VAL]
@@ -248,6 +248,38 @@ def test_masked_evaluation_masks_sdlogj_as_the_official_evaluator(tiny_dataset, 
     plain = float(np.log((metrics.jacobian_determinant(d3) + 3).clip(1e-9, 1e9)).std())
     assert m["cases"][KEYS[2]]["LogJacDetStd"]["mean"] == pytest.approx(plain, rel=1e-12)
     assert "mask not found" in res.stderr
+
+
+def test_masks_are_found_as_the_evaluator_finds_them_and_a_mask_of_another_shape_fails_its_pair(tmp_path):
+    # the official evaluation.py replaces "images" in the JSON's relative path, then joins the data folder:
+    # a data folder whose own path holds "images" keeps it (we replaced it in the whole path and missed the mask)
+    dataset_json = write_tiny_dataset(tmp_path / "all_images" / "data")
+    root = dataset_json.parent
+    write_fields(tmp_path / "d")
+    cfg = _config(dataset_json, tmp_path, masked_evaluation=True)
+    (root / "masksTr").mkdir()
+    mask = np.zeros(TINY_SHAPE, np.uint8)
+    mask[4:18, 3:15, 5:20] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "masksTr" / "AbdomenCTCT_0001_0000.nii.gz")
+    res = evaluate(cfg, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 0 and "masksTr/AbdomenCTCT_0001_0000.nii.gz: mask not found" not in res.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    disp = disp_files.read_disp(tmp_path / "d" / "disp_0001_0000_0002_0000.nii.gz", TINY_SHAPE)
+    log_j = np.log((metrics.jacobian_determinant(disp) + 3).clip(1e-9, 1e9))
+    official = float(np.ma.MaskedArray(log_j, 1 - mask[2:-2, 2:-2, 2:-2].astype(float)).std())
+    assert m["cases"][KEYS[0]]["LogJacDetStd"]["mean"] == pytest.approx(official, rel=1e-12)
+    # l2r check names the masks too: a missing one is a note (the evaluator goes on unmasked) ...
+    res = run_cli("check", cfg, "--read")
+    assert res.exit_code == 0 and "AbdomenCTCT_0002_0000.nii.gz: mask not found" in res.stdout + res.stderr
+    # ... a mask of another shape is an error there, and fails only its pairs in evaluate, named
+    nib.save(nib.Nifti1Image(mask[:-1], np.eye(4)), root / "masksTr" / "AbdomenCTCT_0001_0000.nii.gz")
+    res = run_cli("check", cfg, "--read")
+    assert res.exit_code == 2 and "AbdomenCTCT_0001_0000.nii.gz: mask of shape" in res.stdout + res.stderr
+    res = evaluate(cfg, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 1 and "Traceback" not in res.stdout + res.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m["failed"]) == {KEYS[0], KEYS[1]}  # both pairs with fixed image 0001
+    assert "masksTr/AbdomenCTCT_0001_0000.nii.gz: mask of shape" in m["failed"][KEYS[0]]
 
 
 # --------------------------------------------------------------------------------- 12: partial

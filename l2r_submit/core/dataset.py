@@ -121,6 +121,17 @@ class Dataset:
                              f"(available: {', '.join(self.splits)})")
         return self.splits[split]
 
+    def mask_of(self, case: Case) -> Path:
+        """Where ``masked_evaluation`` reads ``case``'s mask: its image path as the JSON gives it (relative
+        to the data folder) with ``images`` replaced by ``masks``, as the official evaluation.py does
+        (MDL-UzL/L2R 8847509); a data folder whose own path holds ``images`` is left as it is.
+
+        Raises:
+            ValueError: the mask path leaves the data folder (a symlink).
+        """
+        rel = case.image.relative_to(self.root)
+        return inside_root(self.root, str(rel).replace("images", "masks"), f"{self.source}: mask of {case.image}")
+
     def missing_files(self, pairs: list[Pair] | None = None, images: bool = True, labels: bool = True) -> list[Path]:
         """Images (and label maps) that pairs or training cases name but that do not exist."""
         cases = [c for p in (pairs if pairs is not None else [p for v in self.splits.values() for p in v])

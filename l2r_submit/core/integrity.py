@@ -20,11 +20,12 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
     """Problems that would stop work, one line each: unknown keys are only listed, missing files block.
 
     Checks the images of every split's pairs (only ``split``'s when given), the training images and
-    labels, and the label maps of the splits that are scored (``val``, ``eval``), never the test labels.
-    With ``read``, every file that exists is also read in full, as predict and evaluate read it: a damaged
+    labels, and the label maps of the splits that are scored (``val``, ``eval``), never the test labels;
+    with ``masked_evaluation``, the fixed images' masks of the scored splits (a missing mask is a note: the
+    evaluator then scores that pair's SDlogJ unmasked). With ``read``, every file that exists is also read in full, as predict and evaluate read it: a damaged
     file (gzip CRC or length, a truncated or malformed volume), an image of another shape than the
     dataset's or with NaN or inf values, a label map of another shape or with values that are not whole
-    numbers. ``progress`` is called with each file before it is read.
+    numbers, a mask of another shape. ``progress`` is called with each file before it is read.
 
     Returns:
         Lines, each starting with ``error:`` or ``note:``.
@@ -36,19 +37,24 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
     if split is not None:
         ds.pairs(split)  # raises on an unknown split
     names = [split] if split is not None else list(ds.splits)
-    paths: dict[Path, bool] = {}  # path -> is a label map
+    paths: dict[Path, str] = {}  # path -> what it is: image, label map or mask
     for name in names:
         for p in ds.splits[name]:
             for c in (p.fixed, p.moving):
-                paths[c.image] = False
+                paths[c.image] = "image"
                 if labels and name in LABELLED_SPLITS:
-                    paths[c.label] = True
+                    paths[c.label] = "label map"
+            if labels and ds.masked and name in LABELLED_SPLITS:
+                paths.setdefault(ds.mask_of(p.fixed), "mask")
     for c in ds.training:
-        paths[c.image] = False
+        paths[c.image] = "image"
         if labels:
-            paths[c.label] = True
-    for path, is_label in paths.items():
-        if not path.exists():
+            paths[c.label] = "label map"
+    for path, kind in paths.items():
+        if not path.exists() and kind == "mask":
+            lines.append(f"note: {path}: mask not found; SDlogJ of the pairs with this fixed image will be "
+                         "unmasked, as the evaluator does")
+        elif not path.exists():
             lines.append(f"error: missing file {path}")
         elif path.is_file() and path.stat().st_size == 0:
             lines.append(f"error: {path}: empty file")
@@ -56,19 +62,21 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
             if progress is not None:
                 progress(path)
             try:
-                _read_checked(path, is_label, ds.shape)
+                _read_checked(path, kind, ds.shape)
             except ValueError as exc:
                 lines.append(f"error: {exc}")
     return lines
 
 
-def _read_checked(path: Path, is_label: bool, shape: tuple[int, ...]) -> None:
-    """Read one file as predict (an image) or evaluate (a label map) would, and check it.
+def _read_checked(path: Path, kind: str, shape: tuple[int, ...]) -> None:
+    """Read one file as predict (an image) or evaluate (a label map, a mask) would, and check it.
 
     Raises:
         ValueError: what is wrong, one line naming the file.
     """
-    if is_label:
+    if kind == "label map":
         io.check_label_shape(path, io.read_labels(path), shape)
+    elif kind == "mask":
+        io.check_label_shape(path, io.read_volume(path).array, shape, "mask")
     else:
         io.check_image(path, io.read_volume(path, np.float32).array, shape)

@@ -183,14 +183,15 @@ def check_image(path: str | os.PathLike, array: np.ndarray, shape: tuple[int, ..
         raise file_error(path, "image holds NaN or inf values")
 
 
-def check_label_shape(path: str | os.PathLike, seg: np.ndarray, shape: tuple[int, ...]) -> None:
-    """A label map read from ``path`` has the dataset's shape.
+def check_label_shape(path: str | os.PathLike, seg: np.ndarray, shape: tuple[int, ...],
+                      what: str = "label map") -> None:
+    """A label map (or a mask: ``what``) read from ``path`` has the dataset's shape.
 
     Raises:
         ValueError: another shape (one line naming the file).
     """
     if seg.shape != tuple(shape):
-        raise file_error(path, f"label map of shape {seg.shape}, expected {tuple(shape)} (the dataset's "
+        raise file_error(path, f"{what} of shape {seg.shape}, expected {tuple(shape)} (the dataset's "
                                "tensorImageShape)")
 
 

@@ -162,7 +162,7 @@ def read_labels(path: Path) -> tuple[np.ndarray, list[int]]:
 
 
 def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, protocol: str,
-                masked: bool, labels: LabelCache | None = None) -> tuple[dict, list[str]]:
+                mask_path: Path | None, labels: LabelCache | None = None) -> tuple[dict, list[str]]:
     notes: list[str] = []
     if disp_path is None:
         disp = np.zeros((3, *shape), np.float32)
@@ -181,10 +181,10 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
                 shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
                 notes.append(f"{path}: labels {shown} are not evaluated and were ignored")
     mask = None
-    if masked:
-        mask_path = Path(str(pair.fixed.image).replace("images", "masks"))
+    if mask_path is not None:  # masked_evaluation
         if mask_path.is_file():
             mask = io.read_volume(mask_path).array
+            io.check_label_shape(mask_path, mask, shape, "mask")
         else:  # the evaluator prints a note and scores SDlogJ unmasked
             notes.append(f"{mask_path}: mask not found; SDlogJ of {pair.key} is unmasked, as the evaluator does")
     return scoring.score_case(fixed_seg, moving_seg, disp, specs, mask), notes
@@ -252,7 +252,8 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise ValueError(f"{disp_dir}: {len(absent)} of {len(pairs)} displacement fields missing under "
                          f"evaluator version {version.name}: {', '.join(names)} "
                          f"(use --missing zero to score them as zero fields)")
-    jobs = [(p, found[p.key], ds.shape, ds.metrics, version.name, ds.masked) for p in pairs]
+    jobs = [(p, found[p.key], ds.shape, ds.metrics, version.name, ds.mask_of(p.fixed) if ds.masked else None)
+            for p in pairs]
     cases: dict[str, dict] = {}
     failed: dict[str, str] = {}
     notes: list[str] = []
