@@ -177,3 +177,23 @@ def test_changing_the_non_ct_iterations_redoes_only_pairs_with_a_non_ct_image(tm
     assert after[mr_key]["status"] == "done" and "iters_non_ct" in after[mr_key]["redone"]
     res = invoke(*args, "--io-iters-non-ct", "4")  # asked the very same: the torch-free quick path
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+def test_pairs_of_the_same_subjects_in_two_channels_get_a_qc_picture_each(tmp_path):
+    # both pairs are 0001 <- 0002; the picture was named by subject ids only, so the second overwrote the first
+    big = smooth_volume((48, 24, 24), seed=8)
+    path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]))
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(big[0, 0, 8:32].numpy().astype(np.float32), np.eye(4)),
+             tmp_path / "mrct" / "imagesTr" / "MRCT_0002_0001.nii.gz")
+    data = json.loads(path.read_text())
+    data["registration_val"].append({"fixed": "./imagesTr/MRCT_0001_0001.nii.gz",
+                                     "moving": "./imagesTr/MRCT_0002_0001.nii.gz"})
+    path.write_text(json.dumps(data))
+    out, qc = tmp_path / "out", tmp_path / "qc"
+    res = invoke("predict", path, "--out", out, "--device", "cpu", "--quiet", "--qc", qc,
+                 "--stages", "search", "--search-grid", "4", "--search-hw", "1")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in qc.glob("qc_*.png")) == ["qc_0001_0001_0002_0000.png", "qc_0001_0001_0002_0001.png"]
+    assert dataset.qc_name("0001_0000<--0002_0000") == "qc_0001_0002.png"  # two 0000 images: the name as before

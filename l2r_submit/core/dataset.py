@@ -55,6 +55,16 @@ class Pair:
         return f"{self.fixed.id}_{self.fixed.modality}<--{self.moving.id}_{self.moving.modality}"
 
 
+def qc_name(case_key: str) -> str:
+    """The picture ``l2r predict --qc`` writes for case key ``FFFF_ffff<--MMMM_mmmm`` (and the report
+    reads): ``qc_FFFF_MMMM.png`` for two ``0000`` images, else ``qc_FFFF_ffff_MMMM_mmmm.png``, so pairs of
+    the same subjects in other channels do not share one picture."""
+    fixed, moving = case_key.split("<--")
+    if fixed.endswith("_0000") and moving.endswith("_0000"):
+        return f"qc_{fixed[:-5]}_{moving[:-5]}.png"
+    return f"qc_{fixed}_{moving}.png"
+
+
 def is_ct_name(modality: str) -> bool:
     """True when a dataset JSON's modality name means Hounsfield units ("CT", any case and spacing)."""
     return modality.strip().upper() == "CT"

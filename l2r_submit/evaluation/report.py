@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core import io
 from ..core.contract import LABEL_NAMES
+from ..core.dataset import qc_name
 
 OFFICIAL = ("LogJacDetStd", "DSC", "HD95", "num_foldings")
 """Aggregate and case names the official evaluator writes (with the default evaluation config)."""
@@ -53,12 +54,6 @@ def load_metrics(path: str | Path) -> dict:
             or not isinstance(metrics.get("aggregates"), dict):
         raise ValueError(f"{path}: not a metrics.json (expected the keys 'aggregates' and 'cases')")
     return metrics
-
-
-def qc_name(case_key: str) -> str:
-    """The QC picture ``l2r predict --qc`` writes for a case key ``FFFF_0000<--MMMM_0000``."""
-    fixed, moving = case_key.split("<--")
-    return f"qc_{fixed.split('_')[0]}_{moving.split('_')[0]}.png"
 
 
 def report_file(metrics_json: str | Path, out: str | Path, qc_dir: Path | None = None) -> Path:

@@ -40,7 +40,7 @@ from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select
 from .run_record import (both_ct, error_line, file_record, mixes_ct, modality_name, pair_inputs,  # noqa: F401
                          pair_settings, redo_reason, request_settings, run_settings, save_manifest, sha256,
                          stage_means, summary)
-from ..core.dataset import Dataset, Pair
+from ..core.dataset import Dataset, Pair, qc_name
 from . import stages as stg
 from .instance import IOConfig
 from .affine import AffineConfig
@@ -222,7 +222,7 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
 
 def qc_path(qc_dir: Path, pair: Pair) -> Path:
     """Where ``--qc`` puts a pair's picture."""
-    return qc_dir / f"qc_{pair.fixed.id}_{pair.moving.id}.png"
+    return qc_dir / qc_name(pair.key)
 
 
 def run(cfg: PredictConfig) -> dict:
