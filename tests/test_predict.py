@@ -202,6 +202,11 @@ def test_qc_on_a_rerun_that_skips_pairs_says_their_pictures_are_missing(tiny_dat
     assert f"note: --qc: 1 pairs skipped (outputs exist) have no QC picture in {qc}" in res.output, res.output
     assert invoke(*args, "--qc", qc, "--overwrite").exit_code == 0 and len(list(qc.glob("qc_*.png"))) == 1
     assert "no QC picture" not in invoke(*args, "--qc", qc).output
+    # asked the same again with every picture there: the quick path (it always took the full one with --qc)
+    assert "checked without loading torch" in invoke(*args, "--qc", qc).output
+    next(qc.glob("qc_*.png")).unlink()  # a picture gone: the full path, which says so
+    res = invoke(*args, "--qc", qc)
+    assert "checked without loading torch" not in res.output and "have no QC picture" in res.output
 
 
 def test_a_second_signal_during_the_clean_up_is_ignored_and_the_handlers_come_back():

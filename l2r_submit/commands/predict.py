@@ -141,8 +141,8 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | 
         request = pa.request_of(click.get_current_context().params, checkpoint)
         from ..registration.quick_rerun import nothing_to_do
 
-        quick = not (overwrite or do_eval or qc_dir)  # --qc: the full path says which pictures are missing
-        kept = nothing_to_do(ds, out_dir, split, wanted, fmt, names, request) if quick else 0
+        quick = not (overwrite or do_eval)
+        kept = nothing_to_do(ds, out_dir, split, wanted, fmt, names, request, qc_dir) if quick else 0
         if kept:
             click.echo(f"0 pairs done, {kept} skipped, 0 failed: nothing to do, every field as {out_dir / 'run.json'} "
                        "records (checked without loading torch)")

@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..core.dataset import Dataset
+from ..core.dataset import Dataset, qc_name
 from .pair_plan import plan_outputs, select_pairs
 from .run_record import _plain, both_ct, pair_inputs, pair_settings, sha256, unchanged
 
@@ -61,11 +61,12 @@ def request_key(options: dict, checkpoint: Path) -> dict:
 
 
 def nothing_to_do(ds: Dataset, out_dir: Path, split: str | None, wanted: tuple[str, ...] | None, fmt: str,
-                  names: str, key: dict | None) -> int:
+                  names: str, key: dict | None, qc_dir: Path | None = None) -> int:
     """The number of pairs selected when ``out_dir/run.json`` was written by a finished run asked exactly
     ``key`` and holds every one of them as finished with that run's settings, from the same images, with
-    its files as recorded; 0 whenever anything differs or cannot be told here (no record, shard records,
-    a selection error: the full run reports it)."""
+    its files as recorded (and, with ``qc_dir``, each pair's QC picture there); 0 whenever anything differs
+    or cannot be told here (no record, shard records, a selection error, a missing picture: the full run
+    reports it)."""
     if key is None or any(out_dir.glob("run.shard*of*.json")):
         return 0
     try:
@@ -92,5 +93,7 @@ def nothing_to_do(ds: Dataset, out_dir: Path, split: str | None, wanted: tuple[s
             if not all(isinstance(files[p.name], dict) and unchanged(p, files[p.name]) for p in plan[pair]):
                 return 0
         except OSError:
+            return 0
+        if qc_dir is not None and not (qc_dir / qc_name(pair.key)).is_file():
             return 0
     return len(pairs)
