@@ -1,5 +1,6 @@
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -101,6 +102,10 @@ def test_rewrite_replaces_atomically(tmp_path, disp):
     (np.zeros((3, 8, 6, 10), np.float16), "npz", "half-resolution"),
     (np.full((*SHAPE, 3), np.nan, np.float32), "npz", "non-finite"),
     (np.zeros((*SHAPE, 3), np.float32), "nii.gz", None),
+    # get_fdata() drops the imaginary part with a warning: a complex field was scored as its real part
+    (np.full((*SHAPE, 3), 1 + 50j, np.complex64), "nii.gz", "dtype complex64 received: .* real numbers"),
+    (np.zeros((3, *SHAPE), np.float32), "nii.gz", "channel-first"),
+    (np.full((*SHAPE, 3), 1e39), "npz", "non-finite"),  # beyond float32 after the official cast, no warning
 ])
 def test_read_disp_rejects_bad_fields(tmp_path, arr, fmt, msg):
     path = tmp_path / f"disp_0001_0004.{fmt}"
@@ -111,8 +116,10 @@ def test_read_disp_rejects_bad_fields(tmp_path, arr, fmt, msg):
     if msg is None:
         assert disp_files.read_disp(path, SHAPE).shape == (3, *SHAPE)
     else:
-        with pytest.raises(ValueError, match=msg) as exc:
-            disp_files.read_disp(path, SHAPE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's own warnings would reach the user's terminal
+            with pytest.raises(ValueError, match=msg) as exc:
+                disp_files.read_disp(path, SHAPE)
         assert str(path) in str(exc.value)
 
 

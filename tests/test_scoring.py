@@ -82,6 +82,16 @@ def test_aggregate_protocols():
     assert old["LogJacDetStd"]["30"] == pytest.approx(np.quantile(values, 0.3))
 
 
+def test_an_infinite_value_aggregates_as_numpy_says_without_a_warning():
+    import warnings
+
+    specs = (MetricSpec("DSC", "dice", (1,)),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning reached the terminal with its source line
+        agg = scoring.aggregate(_cases([0.5, float("inf")]), specs, "2025")
+    assert agg["DSC"]["mean"] == agg["DSC"]["30"] == float("inf") and np.isnan(agg["DSC"]["std"])
+
+
 def test_ranking_dsc30_uses_hardest_zero_field_entries():
     cases = {
         "a": {"DSC": {"detailed": [0.9, 0.8, float("nan")]}, "DSC_zero_field": {"detailed": [0.5, 0.05, 0.1]}},

@@ -153,7 +153,13 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
         return upsample_2020(arr)
     if name.endswith(".nii.gz"):
         try:
-            arr = io.load_nifti(path).get_fdata()
+            img = io.load_nifti(path)
+            dtype = img.get_data_dtype()
+            if np.issubdtype(dtype, np.complexfloating):  # get_fdata would drop the imaginary part
+                raise io.file_error(path, f"dtype {dtype} received: a displacement field must hold real numbers")
+            if img.shape != (*full, 3):  # before the whole volume is read
+                _shape_error(path, img.shape, full)
+            arr = img.get_fdata()
         except ValueError as exc:
             if str(exc).startswith(str(path)):
                 raise
@@ -167,23 +173,28 @@ def read_disp(path: str | os.PathLike, spatial_shape: Sequence[int], protocol: s
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise io.file_error(path, f"dtype {arr.dtype} received: a displacement field must hold numbers")
         if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)  # as the official loader (utils.load_disp) does
+            with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused below
+                arr = arr.astype(np.float32)  # as the official loader (utils.load_disp) does
     else:
         raise io.file_error(path, "a displacement field must be a .nii.gz or .npz file")
     if arr.shape != (*full, 3):
-        hint = ""
-        if arr.shape == (3, *full):
-            hint = " (channel-first; the official format is channel-last (I, J, K, 3))"
-        elif arr.ndim == 4 and arr.shape[0] == 3:
-            hint = (" (channel-first at another size; a half-resolution 2020 field is read only with "
-                    "--protocol 2020)")
-        raise io.file_error(path, f"shape {arr.shape} received, expected {(*full, 3)}{hint}")
+        _shape_error(path, arr.shape, full)
     disp = np.moveaxis(arr, -1, 0)
     try:
         check_disp_array(disp, full, name=str(path))
     except ValueError as exc:
         raise ValueError(str(exc)) from None
     return disp
+
+
+def _shape_error(path: Path, shape: tuple[int, ...], full: tuple[int, ...]) -> None:
+    """Raise the one-line error for a field of ``shape`` where (*full, 3) is expected, with a hint."""
+    hint = ""
+    if tuple(shape) == (3, *full):
+        hint = " (channel-first; the official format is channel-last (I, J, K, 3))"
+    elif len(shape) == 4 and shape[0] == 3:
+        hint = " (channel-first at another size; a half-resolution 2020 field is read only with --protocol 2020)"
+    raise io.file_error(path, f"shape {tuple(shape)} received, expected {(*full, 3)}{hint}")
 
 
 def _read_npz(path: Path, any_key: bool) -> np.ndarray:

@@ -123,8 +123,9 @@ def aggregate(cases: dict[str, dict], specs: Sequence[MetricSpec], protocol: str
     for name in names:
         values = np.array([c[name]["mean"] for c in cases.values()], dtype=np.float64)
         q = version.sdlogj_quantile if name in sdlogj_names else 0.3
-        std = float(values.std(ddof=version.ddof)) if len(values) > version.ddof else float("nan")
-        out[name] = {"mean": float(values.mean()), "std": std, "30": float(np.quantile(values, q))}
+        with np.errstate(invalid="ignore"):  # an inf HD95 gives NaN std and quantile, as the evaluator's numpy does
+            std = float(values.std(ddof=version.ddof)) if len(values) > version.ddof else float("nan")
+            out[name] = {"mean": float(values.mean()), "std": std, "30": float(np.quantile(values, q))}
     for spec in specs:
         if spec.metric == "dice":
             out[f"{spec.name}30_ranking"] = ranking_dsc30(cases, spec.name)
