@@ -19,6 +19,7 @@ from .commands import recipe as recipe_cmd
 from .commands import segment as segment_cmd
 from .commands import train as train_cmd
 from .commands.common import Fail, load_dataset, write_eval
+from .core.folders import check_not_input, same_file
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,7 +101,10 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     ds = load_dataset(dataset_json, data_root, pairs_csv)
     cfg = ev.EvalConfig(ds, disp_dir, split, protocol, missing, workers, progress=not quiet)
     try:
-        for path in (out_json, out_csv):
+        if same_file(out_csv, out_json):
+            raise ValueError(f"{out_csv}: --csv and --out name the same file; give them different paths")
+        for path, option in ((out_json, "--out"), (out_csv, "--csv")):
+            check_not_input(path, ev.input_files(ds, disp_dir, pairs_csv), option)
             ev.check_output(path)
         result = ev.run(cfg)
     except ValueError as exc:
@@ -140,15 +144,15 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
     except ValueError as exc:
         raise Fail(str(exc)) from None
     if write:
-        tolerance = dict(cmp.DEFAULT_TOLERANCE)
-        for item in tols:
-            name, _, value = item.partition("=")
-            try:
-                tolerance[name] = float(value)
-            except ValueError:
-                raise Fail(f"--tol {item}: expected NAME=NUMBER") from None
-        text = json.dumps(cmp.expected_from_metrics(metrics, tolerance), indent=2) + "\n"
-        atomic_write(expected_json, lambda tmp: Path(tmp).write_text(text))
+        try:
+            check_not_input(expected_json, [metrics_json], "EXPECTED_JSON")
+            text = json.dumps(cmp.expected_from_metrics(metrics, cmp.parse_tolerances(tols, metrics),
+                                                        str(metrics_json)), indent=2) + "\n"
+            atomic_write(expected_json, lambda tmp: Path(tmp).write_text(text))
+        except ValueError as exc:
+            raise Fail(str(exc)) from None
+        except OSError as exc:
+            raise Fail(f"{expected_json}: cannot be written ({exc.strerror or exc})") from None
         click.echo(f"wrote {expected_json}")
         return
     problems = cmp.compare(metrics, expected)
@@ -170,6 +174,7 @@ def report(metrics_json: Path, qc_dir: Path | None, out_html: Path) -> None:
     from .evaluation import report as rp
 
     try:
+        check_not_input(out_html, [metrics_json], "--out")
         rp.report_file(metrics_json, out_html, qc_dir)
     except ValueError as exc:
         raise Fail(str(exc)) from None

@@ -51,3 +51,31 @@ def test_evaluate_sh_with_expected_results(tiny_dataset, tmp_path, repo_root):
                           "--expected", str(tmp_path / "exp.json")], capture_output=True, text=True, env=env)
     assert run.returncode == 1
     assert "FAIL 0001_0000<--0002_0000 DSC: got" in run.stdout
+
+
+def test_write_refuses_results_that_cannot_be_a_reference(tmp_path):
+    """Expected results made from a run whose pairs failed held no cases and passed anything; from a NaN,
+    matched any later NaN; tolerances of nan, -1 or an unknown name were taken."""
+    def write(metrics, *extra):
+        src = tmp_path / "m.json"
+        src.write_text(json.dumps(metrics))
+        return CliRunner().invoke(main, ["compare", str(src), str(tmp_path / "e.json"), "--write", *extra])
+
+    failed = {**_metrics(0.5), "partial": True, "failed": {"b": "cannot be read"}}
+    res = write(failed)
+    assert res.exit_code == 2 and "a partial result (1 failed) cannot be the expected results" in res.output
+    res = write({"aggregates": {}, "cases": {}})
+    assert res.exit_code == 2 and "no pairs scored" in res.output
+    res = write(_metrics(float("nan")))
+    assert res.exit_code == 2 and "aggregates.DSC is NaN" in res.output
+    for tol, words in (("DSC=nan", "finite number >= 0"), ("DSC=-1", "finite number >= 0"),
+                       ("FOO=1", "no metric 'FOO'"), ("DSC", "expected NAME=NUMBER")):
+        res = write(_metrics(0.5), "--tol", tol)
+        assert res.exit_code == 2 and words in res.output, (tol, res.output)
+    assert not (tmp_path / "e.json").exists()
+    (tmp_path / "e.json").mkdir()
+    res = write(_metrics(0.5))
+    assert res.exit_code == 2 and "e.json: cannot be written" in res.output and "Traceback" not in res.output
+    (tmp_path / "e.json").rmdir()
+    res = write(_metrics(0.5), "--tol", "DSC=0.05")
+    assert res.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["tolerance"]["DSC"] == 0.05

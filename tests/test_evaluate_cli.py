@@ -200,3 +200,32 @@ def test_label_cache_forgets_a_map_after_its_last_pair(tiny_dataset):
     first = cache.get(pairs[0].fixed.label)[0]
     assert cache.get(pairs[1].fixed.label)[0] is first  # subject 1 read once for its two pairs
     assert pairs[0].fixed.label not in cache._maps  # and forgotten after its last use
+
+
+def test_no_output_may_replace_an_input(tiny_dataset, tmp_path):
+    """A metrics.json written over the field it scores, the dataset JSON, a label map or the other output
+    destroyed it (exit 0); each is refused before any work, the input left as it was."""
+    disp = tmp_path / "disp"
+    write_fields(disp)
+    field = disp / "disp_0001_0000_0002_0000.nii.gz"
+    label = tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0001_0000.nii.gz"
+    before = {p: p.read_bytes() for p in (field, tiny_dataset, label)}
+    for args, words in (
+        (["--out", field], "--out would overwrite an input"),
+        (["--out", tiny_dataset], "--out would overwrite an input"),
+        (["--out", tmp_path / "m.json", "--csv", label], "--csv would overwrite an input"),
+        (["--out", tmp_path / "x" / ".." / "m.json", "--csv", tmp_path / "m.json"], "--csv and --out name the same"),
+    ):
+        res = invoke("evaluate", tiny_dataset, disp, *args, "--quiet")
+        assert res.exit_code == 2 and words in res.output, (args, res.output)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert not (tmp_path / "m.json").exists()
+    # the report and the expected results of compare: never over the metrics they read
+    assert invoke("evaluate", tiny_dataset, disp, "--quiet").exit_code == 0
+    metrics = disp / "metrics.json"
+    kept = metrics.read_bytes()
+    res = invoke("report", metrics, "--out", metrics)
+    assert res.exit_code == 2 and "--out would overwrite an input" in res.output
+    res = invoke("compare", metrics, metrics, "--write")
+    assert res.exit_code == 2 and "EXPECTED_JSON would overwrite an input" in res.output
+    assert metrics.read_bytes() == kept

@@ -1,4 +1,5 @@
-"""Output folders: can they be written, and the temporary files a killed run left in them.
+"""Output folders: can they be written, does an output replace an input, and the temporary files a killed
+run left in them.
 
 :func:`l2r_submit.core.io.atomic_write` names its temporary files ``.tmp-<pid>-XXXXXXXX<suffix>`` beside the
 final file; a process killed between the write and the rename leaves one behind.
@@ -12,6 +13,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 _TMP_NAME = re.compile(r"^\.tmp-(?:(\d+)-)?[A-Za-z0-9_]{6,}(\.nii\.gz|\.[A-Za-z0-9]+)?$")
 LEGACY_TMP_AGE_S = 3600.0  # a temporary file without a pid is taken as stale after an hour
@@ -70,6 +72,30 @@ def check_not_a_file(folder: Path, what: str) -> None:
                 place = "" if parent == folder else f" ({parent} is a file)"
                 raise ValueError(f"{folder}: {what} names an existing file, not a folder{place}")
             return
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """``a`` and ``b`` name one file: the same path once resolved, or (both existing) the same inode."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str) -> None:
+    """An output file must not be one of the command's inputs (it would be replaced before or while
+    it is read).
+
+    Raises:
+        ValueError: naming the output, the option it came from (``what``) and the input.
+    """
+    for path in inputs:
+        if path is not None and same_file(out, path):
+            also = "" if Path(path) == Path(out) else f" ({path})"
+            raise ValueError(f"{out}: {what} would overwrite an input of this command{also}; write to another file")
 
 
 def check_writable(folder: str | os.PathLike, what: str) -> None:

@@ -16,15 +16,55 @@ import math
 DEFAULT_TOLERANCE = {"DSC": 0.02, "HD95": 1.0, "LogJacDetStd": 0.01}
 
 
-def expected_from_metrics(metrics: dict, tolerance: dict[str, float] | None = None) -> dict:
-    """Expected results holding the measured numbers of ``metrics`` for the metrics in ``tolerance``."""
+def expected_from_metrics(metrics: dict, tolerance: dict[str, float] | None = None, where: str = "metrics") -> dict:
+    """Expected results holding the measured numbers of ``metrics`` for the metrics in ``tolerance``.
+
+    Raises:
+        ValueError: a result that cannot be a reference, one line naming ``where``: a partial run (failed
+            or zero-filled pairs), no pairs, or a NaN (any later NaN would match it).
+    """
     tol = dict(tolerance or DEFAULT_TOLERANCE)
-    return {
+    left = {k: len(metrics[k]) for k in ("failed", "zero_filled") if metrics.get(k)}
+    if metrics.get("partial") or left:
+        said = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in left.items()) or "marked partial"
+        raise ValueError(f"{where}: a partial result ({said}) cannot be the expected results; score every pair")
+    if not metrics["cases"]:
+        raise ValueError(f"{where}: no pairs scored; nothing to expect")
+    out = {
         "tolerance": tol,
         "aggregates": {name: metrics["aggregates"][name]["mean"] for name in tol if name in metrics["aggregates"]},
         "cases": {key: {name: case[name]["mean"] for name in tol if name in case}
                   for key, case in metrics["cases"].items()},
     }
+    for here, values in [("aggregates", out["aggregates"])] + [(f"cases['{k}']", v) for k, v in out["cases"].items()]:
+        for name, value in values.items():
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"{where}: {here}.{name} is NaN; an expected value must be a number "
+                                 "(a NaN would match any later NaN)")
+    return out
+
+
+def parse_tolerances(items: tuple[str, ...], metrics: dict) -> dict[str, float]:
+    """:data:`DEFAULT_TOLERANCE` updated by ``--tol NAME=VALUE`` items.
+
+    Raises:
+        ValueError: not NAME=NUMBER, a value that is negative or not finite, or a NAME that is no metric of
+            ``metrics`` (aggregates or cases); one line.
+    """
+    known = set(metrics["aggregates"]) | {name for case in metrics["cases"].values() for name in case}
+    tolerance = dict(DEFAULT_TOLERANCE)
+    for item in items:
+        name, _, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--tol {item}: expected NAME=NUMBER") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--tol {item}: a tolerance must be a finite number >= 0")
+        if name not in known:
+            raise ValueError(f"--tol {item}: no metric '{name}' in the metrics (they have {', '.join(sorted(known))})")
+        tolerance[name] = value
+    return tolerance
 
 
 def check_metrics(data: object, where: str) -> dict:
