@@ -101,7 +101,8 @@ def test_report_flags_a_failed_pair_and_opens_with_no_qc(tiny_dataset, tmp_path)
     assert "Partial result" in text and "<img" not in text
 
 
-@pytest.mark.parametrize("case", ["missing", "not json", "no cases", "qc missing", "out is folder"])
+@pytest.mark.parametrize("case", ["missing", "not json", "no cases", "qc missing", "out is folder",
+                                  "case value a string", "failed a list", "aggregate a number"])
 def test_report_bad_input_is_one_line_exit_2(tmp_path, case):
     metrics = tmp_path / "m.json"
     metrics.write_text(json.dumps({"aggregates": {}, "cases": {}}))
@@ -114,6 +115,12 @@ def test_report_bad_input_is_one_line_exit_2(tmp_path, case):
         metrics.write_text(json.dumps({"aggregates": {}}))
     elif case == "qc missing":
         args += ["--qc", tmp_path / "noqc"]
+    elif case == "case value a string":  # these three were tracebacks (AttributeError), exit 1
+        metrics.write_text(json.dumps({"aggregates": {}, "cases": {"a": {"DSC": "0.5"}}}))
+    elif case == "failed a list":
+        metrics.write_text(json.dumps({"aggregates": {}, "cases": {}, "failed": ["a"]}))
+    elif case == "aggregate a number":
+        metrics.write_text(json.dumps({"aggregates": {"DSC": 0.5}, "cases": {}}))
     else:
         args[2] = tmp_path
     res = CliRunner().invoke(main, ["report", *map(str, args)])

@@ -85,6 +85,13 @@ def check_metrics(data: object, where: str) -> dict:
     for key, case in data["cases"].items():
         if not isinstance(case, dict):
             raise ValueError(f"{where}: cases['{key}']: expected an object")
+        for name, entry in case.items():
+            if name != "vanished_labels" and not isinstance(entry, dict):
+                raise ValueError(f"{where}: cases['{key}'].{name}: expected an object with 'mean', "
+                                 f"got {type(entry).__name__}")
+    for name, entry in data["aggregates"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: aggregates.{name}: expected an object with 'mean', got {type(entry).__name__}")
     return data
 
 

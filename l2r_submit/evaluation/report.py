@@ -41,8 +41,11 @@ def load_metrics(path: str | Path) -> dict:
     """Read a ``metrics.json`` of ``l2r evaluate`` or of the official evaluator.
 
     Raises:
-        ValueError: missing or unreadable file, not JSON, or without ``aggregates`` and ``cases``.
+        ValueError: missing or unreadable file, not JSON, or not shaped as a metrics.json
+            (:func:`l2r_submit.evaluation.compare.check_metrics`; ``failed`` an object, ``zero_filled`` a list).
     """
+    from .compare import check_metrics
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: metrics file not found")
@@ -50,9 +53,11 @@ def load_metrics(path: str | Path) -> dict:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot be read as JSON ({type(exc).__name__}: {exc})") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("cases"), dict) \
-            or not isinstance(metrics.get("aggregates"), dict):
-        raise ValueError(f"{path}: not a metrics.json (expected the keys 'aggregates' and 'cases')")
+    check_metrics(metrics, str(path))
+    for key, kind in (("failed", dict), ("zero_filled", list)):
+        if metrics.get(key) is not None and not isinstance(metrics[key], kind):
+            raise ValueError(f"{path}: '{key}': expected a JSON {'object' if kind is dict else 'array'}, "
+                             f"got {type(metrics[key]).__name__}")
     return metrics
 
 
@@ -73,6 +78,9 @@ def report_file(metrics_json: str | Path, out: str | Path, qc_dir: Path | None =
     check_output(Path(out))
     try:
         return write_report(metrics, out, qc_dir)
+    except (AttributeError, KeyError, TypeError) as exc:  # a value of another kind than evaluate writes
+        raise ValueError(f"{metrics_json}: a metrics.json this report cannot read ({type(exc).__name__}: "
+                         f"{io.one_line(exc, 200)})") from None
     except OSError as exc:
         raise ValueError(f"{out}: cannot be written ({exc.strerror or exc})") from None
 
