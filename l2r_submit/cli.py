@@ -109,13 +109,13 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
         result = ev.run(cfg)
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    write_eval(ev, result, out_json, out_csv)
+    written = write_eval(ev, result, out_json, out_csv)
     for note in ds.notes:
         if note.startswith("no 'labels' key"):
             click.echo(f"note: {ds.source}: {note}", err=True)
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
-               f"wrote {out_json} and {out_csv}")
-    if result.failed:
+               f"wrote {' and '.join(map(str, written)) or 'nothing'}")
+    if result.failed or len(written) < 2:
         sys.exit(1)
 
 

@@ -231,6 +231,47 @@ def test_a_write_failure_fails_that_pair_and_run_json_is_written(tiny_dataset, c
     assert not list(out.glob(".tmp-*"))
 
 
+def test_a_full_disk_at_the_last_pair_and_an_unwritable_record_are_said_as_they_are(tiny_dataset, ckpt, tmp_path,
+                                                                                    monkeypatch):
+    """The summary said 'wrote OUT and OUT/run.json' when run.json could not be written, and '0 pairs not
+    tried: stopped after ...' when the disk filled at the last pair."""
+    out = tmp_path / "out"
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name in (FIELDS[2], "run.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))
+    assert res.exit_code == 1 and not (out / "run.json").exists()
+    assert not any("pairs not tried" in line for line in error_lines(res))
+    assert "the run record was NOT written (" in res.stdout and "wrote" not in res.stdout
+    assert (out / FIELDS[0]).is_file() and (out / FIELDS[1]).is_file()
+
+
+def test_evaluate_keeps_metrics_json_when_the_csv_cannot_be_written(tiny_dataset, tmp_path, monkeypatch):
+    """The CSV's failure was reported as metrics.json's, with exit 2 ('nothing computed') although
+    metrics.json was complete; with predict --evaluate --report, an earlier metrics.json was reported."""
+    disp = tmp_path / "disp"
+    for f, m in (("0001", "0002"), ("0001", "0003"), ("0002", "0003")):
+        disp_files.write_disp(np.zeros((3, *TINY_SHAPE), np.float32), disp, f, m)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).suffix == ".csv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = invoke("evaluate", tiny_dataset, disp, "--out", tmp_path / "m.json", "--quiet")
+    assert res.exit_code == 1 and json.loads((tmp_path / "m.json").read_text())["cases"]
+    assert [line for line in error_lines(res) if line.startswith("error")] == [
+        f"error: {tmp_path / 'm.csv'}: cannot be written (No space left on device)"]
+    assert f"wrote {tmp_path / 'm.json'}" in res.stdout and "m.csv" not in res.stdout
+
+
 def test_same_case_id_in_two_folders_is_a_name_collision(tiny_dataset, ckpt, tmp_path):
     root = tiny_dataset.parent
     (root / "imagesTs").mkdir()

@@ -90,12 +90,19 @@ def check_folder_option(folder: Path | None, option: str) -> None:
 
 
 
-def write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
-    """Write the outputs, print the table, then the notes and failures on stderr."""
-    try:
-        ev.write_outputs(result, out_json, out_csv)
-    except OSError as exc:
-        raise Fail(f"{out_json}: cannot be written ({exc.strerror or exc})") from None
+def write_eval(ev, result, out_json: Path, out_csv: Path) -> list[Path]:
+    """Write metrics.json and the CSV (each atomically, the second even when the first fails), print the
+    table, then the notes, failures and write errors on stderr. Returns the files written."""
+    written, errors = [], []
+    for path, csv_path in ((out_json, None), (out_csv, out_csv)):
+        try:
+            if csv_path is None:
+                ev.write_outputs(result, out_json)
+            else:
+                ev.write_csv(result, csv_path)
+            written.append(path)
+        except OSError as exc:
+            errors.append(f"error: {path}: cannot be written ({exc.strerror or exc})")
     click.echo(ev.summary_table(result.metrics))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
@@ -106,4 +113,7 @@ def write_eval(ev, result, out_json: Path, out_csv: Path) -> None:
     line = ev.partial_line(result)
     if line:
         click.echo(line, err=True)
+    for line in errors:
+        click.echo(line, err=True)
+    return written
 

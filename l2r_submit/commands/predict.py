@@ -176,14 +176,17 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | 
         click.echo(f"{how}: {_kept(out_dir, rank)}; run the same command again to do the rest", err=True)
         sys.exit(code)
     line, failed = pr.summary(manifest)
-    if rank is None:
+    if "manifest_error" in manifest:  # said on stderr when it happened
+        click.echo(f"{line}; the run record was NOT written ({manifest['manifest_error']})")
+    elif rank is None:
         click.echo(f"{line}; wrote {out_dir} and {out_dir / 'run.json'}")
     else:
         merged = ", ".join(manifest.get("merged", [])) or "none"
         click.echo(f"rank {rank[0]}/{rank[1]}: {line}; wrote {out_dir}; run.json merged from ranks {merged}")
     if do_eval:
-        failed += _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
-        if do_report and (out_dir / "metrics.json").is_file():
+        problems, scored = _evaluate_after_predict(ds, out_dir, split, fmt, names, manifest, quiet)
+        failed += problems
+        if do_report and scored:  # never a page of an earlier run's metrics.json
             failed += _report_after_predict(out_dir, qc_dir)
     if failed:
         sys.exit(1)
@@ -215,10 +218,11 @@ def _typed_options() -> list[str]:
 
 
 def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,
-                            quiet: bool) -> int:
+                            quiet: bool) -> tuple[int, bool]:
     """``predict --evaluate``: score exactly the pairs of this run with the evaluator version that reads
     the names written; a pair that failed or was not tried is scored as a zero field and marked (never
-    an earlier run's file left in the folder). Returns the number of problems (one line each on stderr)."""
+    an earlier run's file left in the folder). Returns the number of problems (one line each on stderr) and
+    whether this run's metrics.json was written."""
     from ..evaluation import evaluate as ev
 
     selected = tuple(manifest["selected"])
@@ -229,15 +233,11 @@ def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, name
         result = ev.run(ecfg)
     except ValueError as exc:
         click.echo(f"error: evaluation: {exc}", err=True)
-        return 1
-    try:
-        write_eval(ev, result, out_dir / "metrics.json", out_dir / "metrics.csv")
-    except Fail as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        return 1
+        return 1, False
+    written = write_eval(ev, result, out_dir / "metrics.json", out_dir / "metrics.csv")
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
-               f"wrote {out_dir / 'metrics.json'}")
-    return len(result.failed)
+               f"wrote {' and '.join(map(str, written)) or 'nothing'}")
+    return len(result.failed) + 2 - len(written), out_dir / "metrics.json" in written
 
 
 def _report_after_predict(out_dir: Path, qc_dir: Path | None) -> int:

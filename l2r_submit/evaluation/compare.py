@@ -75,6 +75,9 @@ def check_metrics(data: object, where: str) -> dict:
     """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a metrics.json object, got a JSON {type(data).__name__}")
+    if "tolerance" in data and "eval_version" not in data:
+        raise ValueError(f"{where}: not a metrics.json: it looks like an expected-results file (are the "
+                         "arguments swapped?)")
     if not (isinstance(data.get("aggregates"), dict) and isinstance(data.get("cases"), dict)):
         hint = ""
         if "tolerance" in data:

@@ -328,8 +328,13 @@ def write_outputs(result: EvalResult, json_path: str | os.PathLike, csv_path: st
     text = json.dumps(result.metrics, indent=4, allow_nan=True)
     io.atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     if csv_path is not None:
-        table = csv_table(result.metrics)
-        io.atomic_write(csv_path, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
+        write_csv(result, csv_path)
+
+
+def write_csv(result: EvalResult, csv_path: str | os.PathLike) -> None:
+    """The per-pair CSV (:func:`csv_table`), atomically."""
+    table = csv_table(result.metrics)
+    io.atomic_write(csv_path, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
 
 
 def csv_table(metrics: dict) -> str:

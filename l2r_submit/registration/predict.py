@@ -384,8 +384,9 @@ def run(cfg: PredictConfig) -> dict:
     if no_qc:
         print(f"note: --qc: {len(no_qc)} pairs skipped (outputs exist) have no QC picture in {cfg.qc_dir}; "
               "--overwrite redoes them with one", file=sys.stderr)
-    if stopped:
-        print(f"error: {sum(e['status'] == 'not tried' for e in this_run)} pairs not tried: {stopped}", file=sys.stderr)
+    not_tried = sum(e["status"] == "not tried" for e in this_run)
+    if stopped and not_tried:  # with none left, the pair's own error said it all
+        print(f"error: {not_tried} pairs not tried: {stopped}", file=sys.stderr)
     save_manifest(record, manifest)
     if cfg.shard is not None:
         merged = shards.merge(cfg.out_dir, cfg.shard[1])
