@@ -40,6 +40,42 @@ def test_an_image_replaced_at_the_same_path_is_redone(tiny_dataset, ckpt, tmp_pa
     assert entries[PAIRS[0]]["redone"].startswith("made from other images")
 
 
+def test_an_image_replaced_with_its_size_and_mtime_put_back_is_redone(tiny_dataset, ckpt, tmp_path):
+    """Inputs were recorded by size and mtime only: another image of the same size, its mtime restored
+    (cp -p, touch -r), was taken for the old one and the stale field kept, also by the quick rerun."""
+    import gzip
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    path = image(tiny_dataset, "0002")
+    img = nib.load(path)
+    voxels = np.asarray(img.dataobj)
+
+    def write_stored(array):  # gzip level 0: the file's size depends on the array's size only
+        raw = nib.Nifti1Image(array, img.affine, img.header).to_bytes()
+        path.write_bytes(gzip.compress(raw, compresslevel=0, mtime=0))
+
+    write_stored(voxels)
+    out = tmp_path / "out"
+    args = predict_args(tiny_dataset, out, ckpt, "--pairs", "0001_0002")
+    assert invoke(*args).exit_code == 0
+    st = path.stat()
+    write_stored(np.ascontiguousarray(voxels[::-1]))  # another image, same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    res = invoke(*args)
+    assert res.exit_code == 0 and "1 pairs done, 0 skipped" in res.output, res.output
+    entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]
+    assert entry["redone"].startswith("made from other images")
+    # the same bytes at another inode and ctime (a copied data folder): hashed, found equal, kept
+    shutil.copy2(path, tmp_path / "copy.nii.gz")
+    os.replace(tmp_path / "copy.nii.gz", path)
+    res = invoke(*args)
+    assert res.exit_code == 0 and "0 pairs done, 1 skipped" in res.output, res.output
+
+
 def test_settings_of_a_stage_that_does_not_run_force_no_redo(tiny_dataset, ckpt, tmp_path):
     out = tmp_path / "out"
     assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0  # network only

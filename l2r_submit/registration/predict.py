@@ -296,11 +296,14 @@ def run(cfg: PredictConfig) -> dict:
     own_settings = {pair: pair_settings(settings, both_ct(ds, pair)) for pair in pairs}  # what its field depends on
     chosen: dict[Pair, dict] = {}  # what the stages chose per pair (register_pair's details), for its entry
     todo: list[Pair] = []
+    hashes: dict[Path, str] = {}  # each image hashed once per run, and only when its status changed
     for pair in pairs:
         outputs = plan[pair]
-        entry: dict = {"outputs": [p.name for p in outputs], "inputs": pair_inputs(pair)}
+        before = earlier.get(pair.key)
+        inputs = pair_inputs(pair, before.get("inputs") if isinstance(before, dict) else None, hashes)
+        entry: dict = {"outputs": [p.name for p in outputs], "inputs": inputs}
         own = own_settings[pair]
-        reason = "--overwrite" if cfg.overwrite else redo_reason(earlier.get(pair.key), pair, outputs, own)
+        reason = "--overwrite" if cfg.overwrite else redo_reason(before, outputs, own, inputs)
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
                                            "files": earlier[pair.key]["files"]}

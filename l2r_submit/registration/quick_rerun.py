@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..core.dataset import Dataset, qc_name
 from .pair_plan import plan_outputs, select_pairs
-from .run_record import _plain, both_ct, pair_inputs, pair_settings, sha256, unchanged
+from .run_record import _plain, both_ct, pair_inputs, pair_settings, same_inputs, sha256, unchanged
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # package data: found in an installed wheel too
 
@@ -80,11 +80,12 @@ def nothing_to_do(ds: Dataset, out_dir: Path, split: str | None, wanted: tuple[s
     settings, entries = data.get("field_settings"), data.get("pairs")
     if not isinstance(settings, dict) or not isinstance(entries, dict):
         return 0
+    hashes: dict[Path, str] = {}
     for pair in pairs:
         entry = entries.get(pair.key)
         if (not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)")
                 or entry.get("settings") != pair_settings(settings, both_ct(ds, pair))
-                or entry.get("inputs") != pair_inputs(pair)):
+                or not same_inputs(entry.get("inputs"), pair_inputs(pair, entry.get("inputs"), hashes))):
             return 0
         files = entry.get("files")
         if not isinstance(files, dict) or sorted(files) != sorted(p.name for p in plan[pair]):

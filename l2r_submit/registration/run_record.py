@@ -173,12 +173,12 @@ def settings_diff(old: object, new: dict) -> str:
                      if a.get(k) != b.get(k))
 
 
-def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) -> str | None:
+def redo_reason(entry: object, outputs: list[Path], settings: dict, inputs: dict[str, dict]) -> str | None:
     """Why a pair must be redone, or None when its recorded outputs can be kept.
 
-    Kept only when run.json's entry says the pair was made from the same images with the same settings
-    and every output file still holds what was recorded (:func:`unchanged`: its status, or else its
-    sha256; never decompressed).
+    Kept only when run.json's entry says the pair was made from the same images (``inputs``: the pair's
+    :func:`pair_inputs` now) with the same settings and every output file still holds what was recorded
+    (:func:`unchanged`: its status, or else its sha256; never decompressed).
     """
     if not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)"):
         return "no finished record"
@@ -187,7 +187,7 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
         recorded = {k: v for k, v in recorded.items() if k not in RUN_ONLY_FIELDS}
     if recorded != settings:
         return f"made with other settings: {settings_diff(recorded, settings)}"
-    if entry.get("inputs") != pair_inputs(pair):
+    if not same_inputs(entry.get("inputs"), inputs):
         return "made from other images (or the images changed since)"
     files = entry.get("files")
     if not isinstance(files, dict) or sorted(files) != sorted(p.name for p in outputs):
@@ -202,18 +202,51 @@ def redo_reason(entry: object, pair: Pair, outputs: list[Path], settings: dict) 
     return None
 
 
-def pair_inputs(pair: Pair) -> dict[str, dict]:
-    """The pair's images: absolute paths (so a rerun from another working folder still matches), size and
-    modification time in ns (so an image replaced at the same path is noticed without reading it)."""
+def pair_inputs(pair: Pair, earlier: object = None, hashes: dict[Path, str] | None = None) -> dict[str, dict]:
+    """The pair's images: absolute paths (so a rerun from another working folder still matches), size,
+    status (:data:`STAT_KEYS`) and sha256, so that an image replaced at the same path is noticed even with
+    its size and mtime put back (``cp -p``, ``touch -r``: the ctime and inode still move).
+
+    The sha256 is taken over from ``earlier`` (the pair's ``inputs`` in the last run.json) when the image's
+    path, size and status are still as recorded there, else computed once per image (``hashes``: a cache
+    shared over the pairs of a run)."""
     out: dict[str, dict] = {}
+    before = earlier if isinstance(earlier, dict) else {}
     for role, case in (("fixed", pair.fixed), ("moving", pair.moving)):
         path = Path(case.image).absolute()
         try:
             st = path.stat()
-            out[role] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         except OSError:
             out[role] = {"path": str(path)}
+            continue
+        now = {"path": str(path), "size": st.st_size, **_stat_record(st)}
+        old = before.get(role)
+        if isinstance(old, dict) and "sha256" in old and all(old.get(k) == v for k, v in now.items()):
+            now["sha256"] = old["sha256"]
+        else:
+            cache = hashes if hashes is not None else {}
+            try:
+                now["sha256"] = cache[path] if path in cache else cache.setdefault(path, sha256(path))
+            except OSError:
+                pass
+        out[role] = now
     return out
+
+
+def same_inputs(recorded: object, current: dict[str, dict]) -> bool:
+    """The images a field was made from (``recorded``, its run.json ``inputs``) are those of ``current``
+    (:func:`pair_inputs` now): the same paths and contents (sha256). A record of an earlier version,
+    without sha256, is compared by path, size and mtime, as that version did."""
+    if not isinstance(recorded, dict) or set(recorded) != set(current):
+        return False
+    for role, now in current.items():
+        old = recorded[role]
+        if not isinstance(old, dict) or old.get("path") != now["path"] or "size" not in now:
+            return False
+        keys = ("sha256",) if "sha256" in old else ("size", "mtime_ns")
+        if any(old.get(k) is None or old.get(k) != now.get(k) for k in keys):
+            return False
+    return True
 
 
 def previous_pairs(out_dir: Path) -> dict:
