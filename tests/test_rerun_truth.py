@@ -146,3 +146,17 @@ def test_a_pair_of_another_modality_index_is_written_under_its_planned_name(tiny
     assert (out / "disp_0001_0000_0002_0001.nii.gz").is_file()
     assert not (out / "disp_0001_0000_0002_0000.nii.gz").exists()
     assert "0 pairs done, 1 skipped" in invoke(*predict_args(other, out, ckpt)).output
+
+
+def test_an_unreadable_run_json_is_set_aside_with_a_note_not_dropped_silently(tiny_dataset, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*predict_args(tiny_dataset, out, ckpt)).exit_code == 0
+    text = (out / "run.json").read_text()
+    (out / "run.json").write_text(text[:300])  # truncated: it held every pair's record
+    res = invoke(*predict_args(tiny_dataset, out, ckpt, "--pairs", "0001_0002"))
+    assert res.exit_code == 0, res.output
+    notes = [line for line in error_lines(res) if "not a readable run record" in line]
+    assert notes == [f"note: {out / 'run.json'}: not a readable run record (truncated or not a run.json); kept as "
+                     "run.json.unreadable, its pairs are redone"]
+    assert (out / "run.json.unreadable").read_text() == text[:300]
+    assert json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]["status"] == "done"

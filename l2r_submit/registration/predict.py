@@ -271,6 +271,8 @@ def run(cfg: PredictConfig) -> dict:
     ckpt_sha = sha256(ckpt_path)
     modality = modality_name(ds)
     settings = run_settings(cfg, names, ckpt_sha, modality)
+    for message in shards.set_aside_unreadable(cfg.out_dir):
+        print(f"note: {message}", file=sys.stderr)
     earlier = shards.previous_pairs(cfg.out_dir)
     manifest = {
         "package_version": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha,

@@ -249,15 +249,6 @@ def same_inputs(recorded: object, current: dict[str, dict]) -> bool:
     return True
 
 
-def previous_pairs(out_dir: Path) -> dict:
-    """The per-pair entries of an earlier ``run.json`` in ``out_dir`` ({} when absent or unreadable)."""
-    try:
-        pairs = json.loads((out_dir / "run.json").read_text()).get("pairs", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return pairs if isinstance(pairs, dict) else {}
-
-
 def stage_means(entries: list[dict]) -> dict[str, float]:
     """Mean seconds per pair of each step (read, network, search, adam, write) over the pairs done."""
     steps = [{"read": e.get("io_seconds", {}).get("read", 0.0), **e.get("stage_seconds", {}),

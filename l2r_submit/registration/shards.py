@@ -80,6 +80,28 @@ def _read(path: Path) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("pairs"), dict) else None
 
 
+def set_aside_unreadable(out_dir: Path) -> list[str]:
+    """Rename each run record in ``out_dir`` that is a file but not a readable record (truncated, not
+    JSON, another JSON) to ``NAME.unreadable`` and return one note per file. Its pairs are then redone,
+    and the next run.json, which keeps every readable entry, does not silently replace what it held.
+    Records are written atomically, so such a file was damaged outside a run."""
+    notes = []
+    for path in [out_dir / "run.json", *out_dir.glob("run.shard*of*.json")]:
+        if path.name != "run.json" and not _RECORD.match(path.name):
+            continue
+        if path.is_file() and _read(path) is None:
+            kept = path.with_name(path.name + ".unreadable")
+            try:
+                os.replace(path, kept)
+            except OSError as exc:
+                notes.append(f"{path}: not a readable run record, and it cannot be set aside "
+                             f"({exc.strerror or exc}); its pairs are redone")
+                continue
+            notes.append(f"{path}: not a readable run record (truncated or not a run.json); kept as "
+                         f"{kept.name}, its pairs are redone")
+    return notes
+
+
 def _records(out_dir: Path) -> list[tuple[Path, dict]]:
     """run.json and every shard record in ``out_dir``, oldest first (by modification time)."""
     paths = [out_dir / "run.json", *(p for p in out_dir.glob("run.shard*of*.json") if _RECORD.match(p.name))]
