@@ -118,6 +118,8 @@ def test_every_planned_command_parses_with_the_real_cli(tmp_path):
     (["--cohort", "msd_liver=.", "--cohort", "msd_liver=."], "given twice"),
     (["--cohort", "msd_liver=.", "--epochs", "pseudo-labels=3"], "no step 'pseudo-labels'"),
     (["--cohort", "msd_liver=.", "--epochs", "all=0"], "not a positive integer"),
+    (["--cohort", "msd_liver=.", "--crop", "all=abc"], "--crop all=abc: crop: abc received, expected three positive"),
+    (["--cohort", "msd_liver=.", "--crop", "segment-train=1,2"], "--crop segment-train=1,2: crop: 1,2 received"),
     (["--cohort", "msd_liver=.", "--rows", "best"], "--rows best"),
     (["--cohort", "msd_liver=.", "--redo", "finetune"], "--redo finetune: no such step"),
     ([], "no --cohort"),
@@ -127,6 +129,39 @@ def test_bad_options_are_one_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_out_that_cannot_be_written_is_refused_before_any_step(tmp_path, monkeypatch, dry_run):
+    """--out a file, under a file or not writable: one line, exit 2, no step run, with or without --dry-run
+    (the dry run printed its plan, the real run ended in a traceback)."""
+    import errno
+    import tempfile
+
+    args = ["recipe", "paper", "--data", REPO / "test_data", "--rows", "symmetric", "--model", "tiny",
+            "--epochs", "all=1", "--device", "cpu", "--quiet", *(["--dry-run"] if dry_run else [])]
+    monkeypatch.setattr(execute, "run", lambda *a, **k: pytest.fail("a step started"))
+    afile, denied = tmp_path / "afile", tmp_path / "denied"
+    afile.write_text("")
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **kw):
+        if dir is not None and Path(dir) == denied:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    for out, message in ((afile, f"{afile}: --out names an existing file, not a folder"),
+                         (afile / "sub", f"{afile / 'sub'}: --out names an existing file, not a folder ({afile} is a "
+                                         "file)"),
+                         (denied, f"{denied}: --out is not writable (Permission denied)")):
+        result = invoke(*args, "--out", out)
+        assert result.exit_code == 2 and result.output.splitlines() == [f"error: {message}"], result.output
+    assert denied.exists() != dry_run  # a dry run leaves nothing behind
+    if dry_run:
+        result = invoke(*args, "--out", tmp_path / "new" / "out")
+        assert result.exit_code == 0 and "symmetric: to run" in result.output, result.output
+        assert not (tmp_path / "new").exists()
 
 
 def _dry_run_commands(output: str) -> list[list[str]]:

@@ -196,3 +196,57 @@ def test_a_challenge_json_whose_subjects_all_validate_has_nothing_to_train(tiny_
                     "--device", "cpu")
     assert result.exit_code == 2
     assert "no training case outside the val pairs' subjects" in result.output and str(tiny_dataset) in result.output
+
+
+def _seg_train_args(tmp_path: Path, out: Path) -> list[str]:
+    challenge, cohort = challenge_and_cohort(tmp_path)
+    return ["segment", "train", str(challenge), str(cohort), "--out", str(out), "--model", "tiny", "--epochs", "1",
+            "--crop", "16,16,16", "--workers", "0", "--device", "cpu", "--quiet"]
+
+
+def _one_line(result, message: str) -> None:
+    """Exit 2 and one line, ``error: <message>...``."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "lr: nan received, expected a finite learning rate above 0"),
+    (["--lr", "inf"], "lr: inf received, expected a finite learning rate above 0"),
+    (["--crop", "16,16"], "crop: 16,16 received, expected three positive sizes like 144,144,144"),
+    (["--crop", "abc"], "crop: abc received, expected three positive sizes like 144,144,144"),
+])
+def test_bad_learning_rates_and_crops_are_refused_before_training(tmp_path, args, message):
+    out = tmp_path / "run"
+    _one_line(invoke(*_seg_train_args(tmp_path, out), *args), message)
+    assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """As ``l2r predict``: one line, exit 2, before any epoch (a traceback when the first checkpoint was written)."""
+    import errno
+    import tempfile
+
+    out = tmp_path / "run"
+    real = tempfile.mkstemp
+
+    def denied(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    monkeypatch.setattr(segment.trainer, "fit", lambda *a, **k: pytest.fail("training started"))
+    _one_line(invoke(*_seg_train_args(tmp_path, out)), f"{out}: --out is not writable (Permission denied)")
+
+
+def test_segment_import_refuses_an_out_it_cannot_write_before_converting(tmp_path):
+    from test_segnet import authors_keys, fake_original
+
+    src = tmp_path / "Train_seg.pth.tar"
+    torch.save(fake_original(authors_keys()), src)
+    (tmp_path / "afile").write_text("")
+    _one_line(invoke("segment", "import", str(src), "--out", str(tmp_path / "afile" / "ours.pt")),
+              f"{tmp_path / 'afile'}: --out's folder names an existing file, not a folder")
+    _one_line(invoke("segment", "import", str(src), "--out", str(tmp_path)),
+              f"{tmp_path}: --out is a folder; it names the checkpoint file to write")

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,53 @@ def test_train_cli_bad_settings_are_one_line_errors(ds4, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["train", *base, "--crop", "16,16,16", "--lr", "1e-3", "--epochs", "2", "--resume"])
     _one_line_error(res, "last.pt: the run was started with other settings (lr: 0.0001 -> 0.001)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "loss.similarity=bogus"], "loss.similarity: 'bogus' received, expected mse or ncc"),
+    (["--set", "loss.dice=nan"], "loss.dice: nan received, expected a finite weight of 0 or more"),
+    (["--set", "loss.dice=-5"], "loss.dice: -5.0 received"),
+    (["--set", "loss.sim=inf"], "loss.sim: inf received"),
+    (["--set", "loss.reg=-0.01"], "loss.reg: -0.01 received"),
+    (["--set", "loss.n_classes=1"], "loss.n_classes: 1 received"),
+    (["--lr", "inf"], "lr: inf received, expected a finite learning rate above 0"),
+    (["--lr", "nan"], "lr: nan received"),
+    (["--lr", "0"], "lr: 0.0 received"),
+    (["--lr", "-1e-4"], "lr: -0.0001 received"),
+    (["--set", "lr=inf"], "lr: inf received"),
+    (["--set", "grad_clip=inf"], "grad_clip: inf received"),
+    (["--set", "labels=bogus"], "labels: 'bogus' received, expected dataset, folder or none"),
+    (["--set", "epochs=0"], "epochs: 0 received"),
+    (["--set", "num_workers=-1"], "num_workers: -1 received"),
+    (["--crop", "abc"], "crop: abc received, expected three positive sizes"),
+])
+def test_bad_loss_settings_and_learning_rates_are_refused_before_training(ds4, tmp_path, args, message):
+    """An unknown similarity (it fell through to NCC), a loss weight or learning rate that is not finite or
+    out of range (an infinite lr crashed after an epoch in the metrics): one line, exit 2, no run folder."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", str(ds4.source), "--out", str(out), "--model", "tiny", "--epochs", "1",
+                                    "--crop", "16,16,16", "--workers", "0", "--device", "cpu",
+                                    "--set", "loss.n_classes=5", "--quiet", *args])
+    _one_line_error(res, message)
+    assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_training(ds4, tmp_path, monkeypatch):
+    """As ``l2r predict``: an --out where no file can be created is one line, exit 2, before any epoch (it was
+    a traceback when the first checkpoint was written)."""
+    import errno
+    import tempfile
+
+    out = tmp_path / "run"
+    real = tempfile.mkstemp
+
+    def denied(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    monkeypatch.setattr(train.trainer, "fit", lambda *a, **k: pytest.fail("training started"))
+    res = CliRunner().invoke(main, ["train", str(ds4.source), "--out", str(out), "--model", "tiny", "--epochs", "1",
+                                    "--crop", "16,16,16", "--workers", "0", "--device", "cpu", "--quiet"])
+    _one_line_error(res, f"{out}: --out is not writable (Permission denied)")

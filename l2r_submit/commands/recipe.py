@@ -5,6 +5,8 @@ Only click is imported here; the plan, torch and the steps' modules are imported
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from pathlib import Path
 
 import click
@@ -83,6 +85,7 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
         unknown = [r for r in redo if r not in names]
         if unknown:
             raise ValueError(f"--redo {unknown[0]}: no such step; steps: {', '.join(names)}")
+        _check_out(opts.out, dry_run)
         if dry_run:
             status = markers.statuses(steps, opts.out, frozenset(redo))
             click.echo("\n".join(markers.describe(steps, status)))
@@ -93,6 +96,25 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
     except ValueError as exc:
         raise Fail(str(exc)) from None
     ctx.exit(code)
+
+
+def _check_out(out: Path, dry_run: bool) -> None:
+    """--out must be a folder that can be written, checked before any step, as ``l2r predict`` checks its own
+    (a dry run checks it too, then removes the folders the check created: it leaves nothing behind).
+
+    Raises:
+        ValueError: the path or a parent is a file, or the folder cannot be created or written.
+    """
+    from ..core.folders import check_writable
+
+    created = list(itertools.takewhile(lambda p: not p.exists(), (out, *out.parents)))  # deepest first
+    try:
+        check_writable(out, "--out")
+    finally:
+        if dry_run:
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _options(plan, data: Path, cohorts: tuple[str, ...], out_dir: Path, model: str, rows: str,
@@ -122,7 +144,7 @@ def _options(plan, data: Path, cohorts: tuple[str, ...], out_dir: Path, model: s
                or n.startswith(("pretrain-", "finetune-"))]
     return plan.Options(**{**base.__dict__,
                            "epochs": plan.parse_step_values(epochs, "--epochs", trained, int),
-                           "crop": plan.parse_step_values(crop, "--crop", trained, str),
+                           "crop": plan.parse_step_values(crop, "--crop", trained, plan.crop_text),
                            "batch_size": plan.parse_step_values(batch_size, "--batch-size", trained, int)})
 
 

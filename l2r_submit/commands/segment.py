@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, load_dataset
+from .common import Fail, check_folder_option, load_dataset
 
 
 @click.group()
@@ -43,12 +43,7 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
     The FIRST json is the challenge's: the subjects of its val pairs validate (Dice per organ) and do
     not train. A training entry with an "annotated" list teaches only those organs.
     """
-    from ..core.folders import check_not_a_file
-
-    try:
-        check_not_a_file(out_dir, "--out")
-    except ValueError as exc:
-        raise Fail(str(exc)) from None
+    check_folder_option(out_dir, "--out")
     datasets = [load_dataset(p, None) for p in dataset_jsons]
     from ..training import segment as seg
 
@@ -97,9 +92,13 @@ def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, de
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")
 def import_(original: Path, out_path: Path) -> None:
     """Convert the authors' segmenter checkpoint (their SegNet .pth.tar) into an l2r_submit one."""
+    from ..core.folders import check_writable
     from ..nets import seg_checkpoint
 
+    if out_path.is_dir():
+        raise Fail(f"{out_path}: --out is a folder; it names the checkpoint file to write")
     try:
+        check_writable(out_path.parent, "--out's folder")
         net = seg_checkpoint.import_original(original)
     except ValueError as exc:
         raise Fail(str(exc)) from None

@@ -22,10 +22,11 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
     Checks the images of every split's pairs (only ``split``'s when given), the training images and
     labels, and the label maps of the splits that are scored (``val``, ``eval``), never the test labels;
     with ``masked_evaluation``, the fixed images' masks of the scored splits (a missing mask is a note: the
-    evaluator then scores that pair's SDlogJ unmasked). With ``read``, every file that exists is also read in full, as predict and evaluate read it: a damaged
-    file (gzip CRC or length, a truncated or malformed volume), an image of another shape than the
-    dataset's or with NaN or inf values, a label map of another shape or with values that are not whole
-    numbers, a mask of another shape. ``progress`` is called with each file before it is read.
+    evaluator then scores that pair's SDlogJ unmasked). With ``read``, every file that exists is also read
+    in full, as predict and evaluate read it: a damaged file (gzip CRC or length, a truncated or malformed
+    volume), an image of another shape than the dataset's or with NaN or inf values, a label map of another
+    shape or with values that are not whole numbers, a mask of another shape. ``progress`` is called with
+    each file before it is read.
 
     Returns:
         Lines, each starting with ``error:`` or ``note:``.

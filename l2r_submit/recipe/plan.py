@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from ..training.checks import parse_crop
 
 COHORT_LAYOUTS = ("msd_liver", "msd_pancreas", "msd_hepatic_vessel", "msd_spleen", "msd_colon", "kits19",
                   "tcia_pancreas")
@@ -111,11 +114,12 @@ def parse_cohort(text: str) -> tuple[str, Path]:
     return layout, Path(path)
 
 
-def parse_step_values(items: tuple[str, ...], option: str, names: list[str], kind: type) -> dict:
-    """``STEP=VALUE`` items of a per-step option -> {step: value}; STEP is a step name or ``all``.
+def parse_step_values(items: tuple[str, ...], option: str, names: list[str], kind: Callable[[str], object]) -> dict:
+    """``STEP=VALUE`` items of a per-step option -> {step: value}; STEP is a step name or ``all``; ``kind``
+    is ``int`` (a positive integer), ``str`` or a check that returns the value (e.g. :func:`crop_text`).
 
     Raises:
-        ValueError: a malformed item, an unknown step or a value that is not of ``kind`` (positive int).
+        ValueError: a malformed item, an unknown step or a value that ``kind`` refuses.
     """
     out: dict = {}
     for item in items:
@@ -129,8 +133,22 @@ def parse_step_values(items: tuple[str, ...], option: str, names: list[str], kin
                 raise ValueError(f"{option} {item}: '{value}' is not a positive integer")
             out[step] = int(value)
         else:
-            out[step] = value
+            try:
+                out[step] = kind(value)
+            except ValueError as exc:
+                raise ValueError(f"{option} {item}: {exc}") from None
     return out
+
+
+def crop_text(text: str) -> str:
+    """A training step's ``--crop`` text as given, once it reads as three positive sizes or ``none``: a typo is
+    refused when the plan is made (also by ``--dry-run``), not hours later when the training step starts.
+
+    Raises:
+        ValueError: :func:`l2r_submit.training.checks.parse_crop`'s one line.
+    """
+    parse_crop(text)
+    return text
 
 
 def challenge_json_of(data: Path) -> Path:

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.spatial import warp_image
+from .checks import check_number
+
+SIMILARITIES = ("mse", "ncc")
 
 
 def mse(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
@@ -139,13 +142,25 @@ def folded_fraction(disp: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the paper for abdominal CT; ``similarity`` is ``mse`` or ``ncc``."""
+    """Weights of the paper for abdominal CT; ``similarity`` is ``mse`` or ``ncc``.
+
+    Raises:
+        ValueError: another similarity, a weight that is not a finite number of 0 or more, fewer than 2 classes.
+    """
 
     similarity: str = "mse"
     sim: float = 1.0
     dice: float = 1.0
     reg: float = 1e-2
     n_classes: int = 14
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"loss.similarity: '{self.similarity}' received, expected {' or '.join(SIMILARITIES)}")
+        for name in ("sim", "dice", "reg"):
+            check_number(f"loss.{name}", getattr(self, name), "a finite weight of 0 or more", positive=False)
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 2:
+            raise ValueError(f"loss.n_classes: {self.n_classes} received, expected 2 or more (background + labels)")
 
 
 def similarity_term(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, w: LossWeights) -> torch.Tensor:

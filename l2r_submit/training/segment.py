@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from ..core import io, runtime
+from ..core import folders, io, runtime
 from ..core.dataset import Case, Dataset
 from ..evaluation.metrics import dice
 from ..nets import seg_checkpoint, segnet
@@ -41,6 +41,7 @@ from ..nets.config import SEG_PRESETS, SegConfig
 from ..nets.inputs import preprocess
 from . import distributed, trainer
 from .augment import flip_rot, random_flip_rot
+from .checks import check_crop, check_number, parse_crop
 from .data import random_crop_box
 from .distributed import Dist
 from .losses import one_hot
@@ -80,11 +81,8 @@ class SegTrainConfig:
     datasets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.crop is not None:
-            crop = tuple(self.crop)
-            if len(crop) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in crop):
-                raise ValueError(f"crop: {','.join(map(str, crop))} received, expected three positive sizes "
-                                 "like 144,144,144 (or none for whole volumes)")
+        check_crop(self.crop, "144,144,144")
+        check_number("lr", self.lr, "a finite learning rate above 0")
         for name in ("epochs", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} received, expected 1 or more")
@@ -233,10 +231,10 @@ def run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume:
     data parallel (``cfg.batch_size`` is the global batch; rank 0 writes).
 
     Raises:
-        ValueError: no training case, a missing label map, a crop larger than the volumes, a resumed run
-            with other settings, an inconsistent launch environment; one line.
+        ValueError: ``out_dir`` cannot be written, no training case, a missing label map, a crop larger than
+            the volumes, a resumed run with other settings, an inconsistent launch environment; one line.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folders.check_writable(out_dir, "--out")
     runtime.configure_threads(cfg.threads)
     dist, device = distributed.start(runtime.resolve_device(cfg.device))
     try:
@@ -300,11 +298,5 @@ def config_from_options(model: str, crop: str | None = None, **overrides) -> Seg
         raise ValueError(f"segmenter preset '{model}' unknown; presets: {', '.join(SEG_PRESETS)}")
     fields_ = {k: v for k, v in overrides.items() if v is not None}
     if crop is not None:
-        if crop.strip().lower() == "none":
-            fields_["crop"] = None
-        else:
-            try:
-                fields_["crop"] = tuple(int(v) for v in crop.split(","))
-            except ValueError:
-                raise ValueError(f"--crop {crop}: expected three sizes like 144,144,144, or none") from None
+        fields_["crop"] = parse_crop(crop, "144,144,144")
     return replace(SegTrainConfig(model=SEG_PRESETS[model]), **fields_)

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..core import io, runtime, spatial
+from ..core import folders, io, runtime, spatial
 from ..core.dataset import Dataset
 from ..evaluation import scoring
 from ..nets import checkpoint, inputs, regnet
@@ -152,10 +152,11 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
     given, rank 0 writes, and ``world_size`` is recorded in ``config.json``, the checkpoints and each log row.
 
     Raises:
-        ValueError: too few training images, a config that does not match a resumed run, bad checkpoints,
-            an inconsistent launch environment or a batch that does not split over the processes.
+        ValueError: ``out_dir`` cannot be written, too few training images, a config that does not match a
+            resumed run, bad checkpoints, an inconsistent launch environment or a batch that does not split
+            over the processes.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folders.check_writable(out_dir, "--out")
     runtime.configure_threads(cfg.threads)
     dist, device = distributed.start(runtime.resolve_device(cfg.device))
     try:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..nets import config
 from . import losses
+from .checks import check_crop, check_number, parse_crop
 
 TRAIN_PRESETS = {
     "baseline": dict(symmetric=False),
@@ -65,15 +66,21 @@ class TrainConfig:
     accumulate: int = 1
 
     def __post_init__(self) -> None:
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip: {self.grad_clip} received, expected a positive norm (or none)")
+        check_number("lr", self.lr, "a finite learning rate above 0")
+        if self.grad_clip is not None:
+            check_number("grad_clip", self.grad_clip, "a finite positive norm (or none)")
         if self.accumulate < 1:
             raise ValueError(f"accumulate: {self.accumulate} received, expected 1 or more batches per step")
-        if self.crop is not None:
-            crop = tuple(self.crop)
-            if len(crop) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in crop):
-                raise ValueError(f"crop: {','.join(map(str, crop))} received, expected three positive sizes "
-                                 "like 128,128,128 (or none for whole volumes)")
+        for name in ("epochs", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} received, expected 1 or more")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers: {self.num_workers} received, expected 0 or more")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: {self.threads} received, expected 1 or more (or none for all)")
+        if self.labels not in ("dataset", "folder", "none"):
+            raise ValueError(f"labels: '{self.labels}' received, expected dataset, folder or none")
+        check_crop(self.crop, "128,128,128")
 
     @property
     def selects_on_val(self) -> bool:
@@ -126,8 +133,8 @@ def preset_config(name: str, model_preset: str = "paper", **overrides) -> TrainC
 def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
     """Parse ``--set key=text`` against the type of the current value of ``key``.
 
-    Booleans accept true/false/1/0 (never a truthy string); tuples are comma lists; ``none`` clears
-    optional fields.
+    Booleans accept true/false/1/0 (never a truthy string); tuples are comma lists (``crop``: three sizes,
+    :func:`~l2r_submit.training.checks.parse_crop`); ``none`` clears optional fields.
 
     Raises:
         ValueError: unknown key or a value that does not parse as the field's type.
@@ -141,9 +148,11 @@ def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
         known = sorted(f.name for f in fields(obj))
         raise ValueError(f"unknown training setting '{key}'; known: {', '.join(known)}")
     current = getattr(obj, name)
+    if name == "crop":
+        return parse_crop(text)
     low = text.strip().lower()
     try:
-        if low == "none" and name in ("crop", "labels_dir", "init", "threads", "grad_clip"):
+        if low == "none" and name in ("labels_dir", "init", "threads", "grad_clip"):
             return None
         if name == "grad_clip":
             return float(text)
@@ -157,7 +166,7 @@ def parse_setting(cfg: TrainConfig, key: str, text: str) -> object:
             return int(text)
         if isinstance(current, float):
             return float(text)
-        if isinstance(current, tuple) or name == "crop":
+        if isinstance(current, tuple):
             kind = type(current[0]) if current else int
             return tuple(kind(v) for v in text.split(","))
         if name == "threads":
