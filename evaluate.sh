@@ -23,6 +23,9 @@ need_value() {  # OPTION [VALUE...]: the option must be followed by a value
 }
 while [ $# -gt 0 ]; do
   case "$1" in
+    --image=* | --expected=* | --out=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;  # --opt=value as --opt value
+  esac
+  case "$1" in
     --image) need_value "$@"; image="$2"; shift 2 ;;
     --expected) need_value "$@"; expected="$2"; shift 2 ;;
     --out) need_value "$@"; out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
@@ -33,7 +36,8 @@ if [ -n "$expected" ] && [ ! -f "$expected" ]; then  # checked before the (long)
   echo "error: $expected: expected-results file not found" >&2
   exit 2
 fi
-[ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass+=(--out "$out_json"); }
+[ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass=(--out "$out_json" "${pass[@]}"); }  # before
+# the user's options, so that one of them missing its value is still reported as such
 if [ -n "$image" ]; then
   data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"
   mkdir -p "$disp_dir"

@@ -34,6 +34,27 @@ def test_evaluate_sh_checks_expected_before_evaluating(repo_root, fake_bin, tmp_
     assert "unbound variable" not in res.stderr and not (tmp_path / "l2r-ran").exists()
 
 
+def test_evaluate_sh_reads_option_equals_value_and_passes_its_own_out_first(repo_root, fake_bin, tmp_path):
+    """--out=FILE was passed on and then overridden by the script's own --out DISP_DIR/metrics.json;
+    --expected=FILE was refused by l2r; the default --out came last, so '--missing' without its value
+    was reported by click as "'--out' is not one of error, zero"."""
+    args_file = tmp_path / "args"
+    (fake_bin / "l2r").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >> {args_file}\n")
+    script = repo_root / "evaluate.sh"
+    expected = tmp_path / "e.json"
+    expected.write_text("{}")
+    res = run(script, "d.json", tmp_path / "d", "--out=" + str(tmp_path / "mine.json"), "--expected=" + str(expected),
+              path=fake_bin)
+    assert res.returncode == 0, res.stderr
+    calls = args_file.read_text().split("evaluate\n")[1].split("compare\n")
+    assert calls[0].split() == ["d.json", str(tmp_path / "d"), "--out", str(tmp_path / "mine.json")]
+    assert calls[1].split() == [str(tmp_path / "mine.json"), str(expected)]
+    args_file.unlink()
+    run(script, "d.json", tmp_path / "d", "--missing", path=fake_bin)
+    assert args_file.read_text().split() == ["evaluate", "d.json", str(tmp_path / "d"), "--out",
+                                             str(tmp_path / "d" / "metrics.json"), "--missing"]
+
+
 def test_docker_ci_fails_instead_of_skipping_under_ci(repo_root, fake_bin):
     script = repo_root / ".ci" / "docker.sh"
     res = run(script, env_extra={"CI": "true"}, path=fake_bin)

@@ -288,3 +288,13 @@ def test_same_case_id_in_two_folders_is_a_name_collision(tiny_dataset, ckpt, tmp
     assert line.startswith(f"error: {FIELDS[0]}: two pairs would write this file:")
     assert "imagesTs/AbdomenCTCT_0001_0000.nii.gz" in line and "imagesTr/AbdomenCTCT_0001_0000.nii.gz" in line
     assert not (tmp_path / "out" / FIELDS[0]).exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_a_refinement_weight_that_is_not_finite_is_refused_before_any_work(tiny_dataset, tmp_path, value):
+    """--io-reg nan passed click's range check; every pair was computed, then failed on a non-finite field."""
+    out = tmp_path / "out"
+    res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
+                 "--io-iters", "1", "--io-reg", value)
+    assert res.exit_code == 2 and "--io-reg" in res.output and "finite" in res.output
+    assert not out.exists() or not list(out.iterdir())

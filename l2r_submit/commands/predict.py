@@ -161,7 +161,7 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | 
                                                               ("prior", search_prior), ("centre_axes", centre))
                                      if v is not None})
     except ValueError as exc:
-        raise Fail(f"--stages/--search-*: {exc}") from None
+        raise Fail(f"--stages/--io-*/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,
                            network=not no_network, stages=names_run, search=search_cfg, qc_dir=qc_dir,
                            affine=AffineConfig() if affine_model is None else AffineConfig(model=affine_model),

@@ -83,6 +83,10 @@ class IOConfig:
             raise ValueError(f"similarity: '{self.similarity}' received, expected one of {', '.join(SIMILARITIES)}")
         if self.iters_non_ct is not None and self.iters_non_ct < 0:
             raise ValueError(f"iters_non_ct: {self.iters_non_ct} received, expected >= 0 or None")
+        if not 0 < self.lr < float("inf"):  # also refuses NaN: every pair would fail after its work
+            raise ValueError(f"refinement lr: {self.lr} received, expected a finite number > 0")
+        if not 0 <= self.reg < float("inf"):
+            raise ValueError(f"refinement reg: {self.reg} received, expected a finite number >= 0 (--io-reg)")
         if self.iters < 0 or not 0.0 <= self.coarse_fraction <= 1.0:
             raise ValueError(f"iters {self.iters} and coarse_fraction {self.coarse_fraction}: expected iters >= 0 "
                              "and 0 <= coarse_fraction <= 1")
