@@ -101,6 +101,8 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     ds = load_dataset(dataset_json, data_root, pairs_csv)
     cfg = ev.EvalConfig(ds, disp_dir, split, protocol, missing, workers, progress=not quiet)
     try:
+        if disp_dir.exists() and not disp_dir.is_dir():
+            raise ValueError(f"{disp_dir}: is a file; DISP_DIR is the folder of displacement fields")
         if same_file(out_csv, out_json):
             raise ValueError(f"{out_csv}: --csv and --out name the same file; give them different paths")
         for path, option in ((out_json, "--out"), (out_csv, "--csv")):

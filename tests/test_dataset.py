@@ -95,8 +95,7 @@ def test_integrity_report_reads_every_file_with_read(tiny_dataset):
     report = integrity.integrity_report(ds, "val", read=True)
     assert report[0] == f"error: {empty}: empty file" and len(report) == 4, report
     assert f"error: {cut}: cannot be read" in report[1] and "\n" not in report[1]
-    assert report[2] == f"error: {short}: label map of shape (24, 20, 5), expected (24, 20, 28) (the dataset's " \
-                        "tensorImageShape)"
+    assert report[2] == f"error: {short}: label map of shape (24, 20, 5), expected (24, 20, 28) (the dataset's shape)"
     assert report[3] == f"error: {nan}: image holds NaN or inf values"
     from conftest import invoke
 

@@ -118,7 +118,7 @@ def test_a_label_map_of_another_shape_is_named_in_the_error(tiny_dataset, tmp_pa
     io.write_label_map(np.zeros((TINY_SHAPE[0], TINY_SHAPE[1], 9), np.uint8), np.eye(4), label)
     res = invoke("evaluate", tiny_dataset, d, "--out", tmp_path / "m.json", "--quiet")
     assert res.exit_code == 1
-    assert (f"{label}: label map of shape (24, 20, 9), expected (24, 20, 28) (the dataset's tensorImageShape)"
+    assert (f"{label}: label map of shape (24, 20, 9), expected (24, 20, 28) (the dataset's shape)"
             in res.output), res.output
 
 
@@ -229,3 +229,32 @@ def test_no_output_may_replace_an_input(tiny_dataset, tmp_path):
     res = invoke("compare", metrics, metrics, "--write")
     assert res.exit_code == 2 and "EXPECTED_JSON would overwrite an input" in res.output
     assert metrics.read_bytes() == kept
+
+
+def test_inputs_of_the_wrong_kind_are_named_for_what_they_are(tiny_dataset, tmp_path):
+    """Each of these said something else ('embedded null byte' without the file, a bare codec error, a
+    'missing file' line per image, 'file not found' for a folder, 'QC folder not found' for a file)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    data = json.loads(tiny_dataset.read_text())
+    data["registration_val"][0]["fixed"] += "\0x"
+    nul = tiny_dataset.parent / "nul.json"
+    nul.write_text(json.dumps(data))
+    (tmp_path / "bin.csv").write_bytes(b"fixed,moving\n\xff\xfe1,2\n")
+    write_fields(tmp_path / "disp")
+    cases = [
+        (["check", nul], f"{nul}: registration_val[0]: path "),
+        (["evaluate", tmp_path, tmp_path / "disp", "--pairs-csv", tmp_path / "bin.csv", "--protocol", "2020"],
+         f"{tmp_path / 'bin.csv'}: not UTF-8 text"),
+        (["check", tiny_dataset, "--data-root", tmp_path / "nowhere"], f"{tmp_path / 'nowhere'}: data folder not found"),
+        (["check", tiny_dataset.parent], f"{tiny_dataset.parent}: is a folder; expected the dataset JSON"),
+        (["evaluate", tiny_dataset, afile], f"{afile}: is a file; DISP_DIR is the folder"),
+        (["report", tmp_path / "disp" / "m.json", "--qc", afile, "--out", tmp_path / "r.html"], f"{afile}: is a file"),
+    ]
+    assert invoke("evaluate", tiny_dataset, tmp_path / "disp", "--out", tmp_path / "disp" / "m.json",
+                  "--quiet").exit_code == 0
+    assert b"\r" not in (tmp_path / "disp" / "m.csv").read_bytes()  # plain \n line ends
+    for args, words in cases:
+        res = invoke(*args)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), (args, res.output)

@@ -7,6 +7,7 @@ resolved inside the data root, and a path that escapes it is an error.
 from __future__ import annotations
 
 import csv
+import io as _io
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -168,6 +169,8 @@ def inside_root(root: Path, rel: str, where: str) -> Path:
     """
     if not isinstance(rel, str) or not rel:
         raise ValueError(f"{where}: path must be a non-empty string, got {rel!r}")
+    if "\0" in rel:
+        raise ValueError(f"{where}: path {rel!r} holds a NUL character")
     if os.path.isabs(rel):
         raise ValueError(f"{where}: absolute path '{rel}' is not allowed; paths are relative to {root}")
     resolved = (root / rel).resolve()
@@ -197,6 +200,8 @@ def case_from_path(root: Path, rel: str, where: str) -> Case:
 
 
 def _read_json(path: Path) -> dict:
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; expected the dataset JSON (or an evaluation config) file")
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
@@ -250,6 +255,8 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     path = Path(path)
     data = _read_json(path)
     root_path = Path(root) if root is not None else path.parent
+    if not root_path.is_dir():
+        raise ValueError(f"{root_path}: data folder not found (the folder the paths of {path.name} are relative to)")
     if "eval_pairs" in data:
         return _load_config(path, data, root_path)
     missing = [k for k in REQUIRED_KEYS if k not in data]
@@ -390,9 +397,15 @@ def load_2020(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> Dataset:
     """
     root_path = Path(root)
     csv_path = Path(pairs_csv)
+    if not root_path.is_dir():
+        raise ValueError(f"{root_path}: data folder not found (the 2020 layout's root: Training/img, Training/label)")
     if not csv_path.is_file():
         raise ValueError(f"{csv_path}: file not found")
-    with open(csv_path, newline="", encoding="utf-8") as fh:
+    try:
+        text = csv_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{csv_path}: not UTF-8 text") from None
+    with _io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in (reader.fieldnames or [])]
         if not {"fixed", "moving"} <= set(fields):

@@ -191,8 +191,7 @@ def check_label_shape(path: str | os.PathLike, seg: np.ndarray, shape: tuple[int
         ValueError: another shape (one line naming the file).
     """
     if seg.shape != tuple(shape):
-        raise file_error(path, f"{what} of shape {seg.shape}, expected {tuple(shape)} (the dataset's "
-                               "tensorImageShape)")
+        raise file_error(path, f"{what} of shape {seg.shape}, expected {tuple(shape)} (the dataset's shape)")
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

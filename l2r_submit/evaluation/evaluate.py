@@ -342,7 +342,7 @@ def csv_table(metrics: dict) -> str:
     cases = metrics["cases"]
     names = [k for k in next(iter(cases.values()), {}) if isinstance(cases[next(iter(cases))][k], dict)]
     buf = _io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, lineterminator="\n")  # not the csv module's default \r\n
     writer.writerow(["case", *names, "vanished_labels"])
     for key, case in cases.items():
         writer.writerow([key, *[f"{case[n]['mean']:.6f}" for n in names],

@@ -71,7 +71,8 @@ def report_file(metrics_json: str | Path, out: str | Path, qc_dir: Path | None =
     from .evaluate import check_output
 
     if qc_dir is not None and not Path(qc_dir).is_dir():
-        raise ValueError(f"{qc_dir}: QC folder not found")
+        problem = "is a file; --qc names the folder of QC pictures" if Path(qc_dir).exists() else "QC folder not found"
+        raise ValueError(f"{qc_dir}: {problem}")
     metrics = load_metrics(metrics_json)
     if Path(out).is_dir():
         raise ValueError(f"{out}: is a folder; --out names the HTML file to write")
