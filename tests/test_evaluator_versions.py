@@ -282,6 +282,18 @@ def test_masks_are_found_as_the_evaluator_finds_them_and_a_mask_of_another_shape
     assert "masksTr/AbdomenCTCT_0001_0000.nii.gz: mask of shape" in m["failed"][KEYS[0]]
 
 
+def test_a_config_without_pairs_is_an_error_for_check_as_for_evaluate(tiny_dataset, tmp_path):
+    cfg = _config(tiny_dataset, tmp_path)
+    data = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**data, "eval_pairs": []}))
+    res = run_cli("check", cfg)  # it said ok
+    assert res.exit_code == 2 and f"error: {cfg}: eval_pairs is empty: nothing to score" in res.stdout + res.stderr
+    write_fields(tmp_path / "d")
+    res = evaluate(cfg, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 2
+    one_line_error(res, str(cfg), "no pairs to score (eval: empty)")
+
+
 # --------------------------------------------------------------------------------- 12: partial
 
 

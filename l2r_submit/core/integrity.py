@@ -37,6 +37,8 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
     lines = [f"note: unknown top-level key '{k}' ignored" for k in ds.unknown_keys]
     if split is not None:
         ds.pairs(split)  # raises on an unknown split
+    if "eval" in ds.splits and not ds.splits["eval"]:  # an evaluation config exists to score its pairs
+        lines.append(f"error: {ds.source}: eval_pairs is empty: nothing to score")
     names = [split] if split is not None else list(ds.splits)
     paths: dict[Path, str] = {}  # path -> what it is: image, label map or mask
     for name in names:

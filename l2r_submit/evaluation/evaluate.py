@@ -241,7 +241,8 @@ def run(cfg: EvalConfig) -> EvalResult:
         wanted = set(cfg.only)
         pairs = [p for p in pairs if p.key in wanted]
     if not pairs:
-        raise ValueError(f"{ds.source}: no pairs in split '{cfg.split or 'default'}'")
+        which = [cfg.split] if cfg.split else list(ds.splits)
+        raise ValueError(f"{ds.source}: no pairs to score ({', '.join(which)}: empty)")
     missing_labels = ds.missing_files(pairs, images=False, labels=True)
     if missing_labels:
         raise ValueError("missing label files: " + ", ".join(map(str, missing_labels)))
