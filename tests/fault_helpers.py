@@ -50,3 +50,37 @@ def flip_crc(path: Path) -> None:
 
 def image(ds: Path, case: str) -> Path:
     return ds.parent / "imagesTr" / f"AbdomenCTCT_{case}_0000.nii.gz"
+
+
+def deny_files_in(monkeypatch, folder: Path) -> None:
+    """Make every file creation in ``folder`` fail as in a folder without write permission (root ignores
+    chmod, so the tests cannot make one): ``tempfile.mkstemp(dir=folder)``, the writability probe of
+    :func:`l2r_submit.core.folders.check_writable`, raises EACCES."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == Path(folder):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def fail_replace(monkeypatch, hit, code: int | None = None) -> None:
+    """Make ``os.replace`` (the last step of every atomic write) fail with OSError ``code`` (ENOSPC by
+    default, a full disk) for each destination ``hit(Path)`` is true of."""
+    import errno
+    import os
+
+    code = errno.ENOSPC if code is None else code
+    real = os.replace
+
+    def replace(src, dst):
+        if hit(Path(dst)):
+            raise OSError(code, os.strerror(code))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)

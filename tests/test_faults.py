@@ -11,7 +11,6 @@ import errno
 import gzip
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ from l2r_submit.core import disp_files, io
 from l2r_submit.registration import predict
 
 from conftest import TINY_SHAPE, write_tiny_dataset
-from fault_helpers import (FIELDS, PAIRS, ckpt, error_lines, flip_byte, flip_crc, image,  # noqa: F401
-                           invoke, predict_args)
+from fault_helpers import (FIELDS, PAIRS, ckpt, deny_files_in, error_lines, fail_replace, flip_byte,  # noqa: F401
+                           flip_crc, image, invoke, predict_args)
 
 
 # ------------------------------------------------------------------------------ 1: corrupt gzip
@@ -189,18 +188,9 @@ def test_an_output_option_naming_a_file_is_refused_before_any_work(tiny_dataset,
 
 
 def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_dataset, ckpt, tmp_path, monkeypatch):
-    import tempfile
-
     out = tmp_path / "out"
     out.mkdir()
-    real = tempfile.mkstemp
-
-    def denied(*args, dir=None, **kwargs):
-        if Path(dir) == out:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    deny_files_in(monkeypatch, out)
     res = invoke(*predict_args(tiny_dataset, out, ckpt))
     assert res.exit_code == 2
     assert error_lines(res) == [f"error: {out}: --out is not writable (Permission denied)"]
@@ -209,14 +199,7 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_dataset, ck
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
 def test_a_write_failure_fails_that_pair_and_run_json_is_written(tiny_dataset, ckpt, tmp_path, monkeypatch, code):
     out = tmp_path / "out"
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(dst).name == FIELDS[1]:
-            raise OSError(code, os.strerror(code))
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    fail_replace(monkeypatch, lambda dst: dst.name == FIELDS[1], code)
     res = invoke(*predict_args(tiny_dataset, out, ckpt))
     assert res.exit_code == 1
     lines = error_lines(res)
@@ -236,14 +219,7 @@ def test_a_full_disk_at_the_last_pair_and_an_unwritable_record_are_said_as_they_
     """The summary said 'wrote OUT and OUT/run.json' when run.json could not be written, and '0 pairs not
     tried: stopped after ...' when the disk filled at the last pair."""
     out = tmp_path / "out"
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(dst).name in (FIELDS[2], "run.json"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    fail_replace(monkeypatch, lambda dst: dst.name in (FIELDS[2], "run.json"))
     res = invoke(*predict_args(tiny_dataset, out, ckpt))
     assert res.exit_code == 1 and not (out / "run.json").exists()
     assert not any("pairs not tried" in line for line in error_lines(res))
@@ -257,14 +233,7 @@ def test_evaluate_keeps_metrics_json_when_the_csv_cannot_be_written(tiny_dataset
     disp = tmp_path / "disp"
     for f, m in (("0001", "0002"), ("0001", "0003"), ("0002", "0003")):
         disp_files.write_disp(np.zeros((3, *TINY_SHAPE), np.float32), disp, f, m)
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(dst).suffix == ".csv":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    fail_replace(monkeypatch, lambda dst: dst.suffix == ".csv")
     res = invoke("evaluate", tiny_dataset, disp, "--out", tmp_path / "m.json", "--quiet")
     assert res.exit_code == 1 and json.loads((tmp_path / "m.json").read_text())["cases"]
     assert [line for line in error_lines(res) if line.startswith("error")] == [

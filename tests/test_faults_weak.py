@@ -3,7 +3,6 @@ say what is wrong (overflow, minimum size, another split), notes, early argument
 
 from __future__ import annotations
 
-import errno
 import gzip
 import json
 import os
@@ -19,7 +18,7 @@ from l2r_submit.core import disp_files
 from l2r_submit.registration import predict
 
 from conftest import TINY_SHAPE, write_tiny_dataset
-from fault_helpers import FIELDS, PAIRS, ROOT, ckpt, error_lines, image, invoke, predict_args  # noqa: F401
+from fault_helpers import FIELDS, PAIRS, ROOT, ckpt, error_lines, fail_replace, image, invoke, predict_args  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- weak items
@@ -135,14 +134,7 @@ print("torch" in sys.modules, "scipy" in sys.modules, "nibabel" in sys.modules)
 
 def test_a_run_json_that_cannot_be_written_is_one_line_and_exit_1(tiny_dataset, ckpt, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(dst).name == "run.json":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    fail_replace(monkeypatch, lambda dst: dst.name == "run.json")
     res = invoke(*predict_args(tiny_dataset, out, ckpt))
     assert res.exit_code == 1
     assert error_lines(res) == [f"error: {out / 'run.json'}: cannot be written or read (No space left on device)"]

@@ -135,22 +135,14 @@ def test_bad_options_are_one_line(tmp_path, args, message):
 def test_an_out_that_cannot_be_written_is_refused_before_any_step(tmp_path, monkeypatch, dry_run):
     """--out a file, under a file or not writable: one line, exit 2, no step run, with or without --dry-run
     (the dry run printed its plan, the real run ended in a traceback)."""
-    import errno
-    import tempfile
+    from fault_helpers import deny_files_in
 
     args = ["recipe", "paper", "--data", REPO / "test_data", "--rows", "symmetric", "--model", "tiny",
             "--epochs", "all=1", "--device", "cpu", "--quiet", *(["--dry-run"] if dry_run else [])]
     monkeypatch.setattr(execute, "run", lambda *a, **k: pytest.fail("a step started"))
     afile, denied = tmp_path / "afile", tmp_path / "denied"
     afile.write_text("")
-    real = tempfile.mkstemp
-
-    def mkstemp(*a, dir=None, **kw):
-        if dir is not None and Path(dir) == denied:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(*a, dir=dir, **kw)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    deny_files_in(monkeypatch, denied)
     for out, message in ((afile, f"{afile}: --out names an existing file, not a folder"),
                          (afile / "sub", f"{afile / 'sub'}: --out names an existing file, not a folder ({afile} is a "
                                          "file)"),

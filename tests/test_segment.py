@@ -224,18 +224,10 @@ def test_bad_learning_rates_and_crops_are_refused_before_training(tmp_path, args
 
 def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
     """As ``l2r predict``: one line, exit 2, before any epoch (a traceback when the first checkpoint was written)."""
-    import errno
-    import tempfile
+    from fault_helpers import deny_files_in
 
     out = tmp_path / "run"
-    real = tempfile.mkstemp
-
-    def denied(*args, dir=None, **kwargs):
-        if dir is not None and Path(dir) == out:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    deny_files_in(monkeypatch, out)
     monkeypatch.setattr(segment.trainer, "fit", lambda *a, **k: pytest.fail("training started"))
     _one_line(invoke(*_seg_train_args(tmp_path, out)), f"{out}: --out is not writable (Permission denied)")
 

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,18 +224,10 @@ def test_bad_loss_settings_and_learning_rates_are_refused_before_training(ds4, t
 def test_an_out_that_cannot_be_written_is_refused_before_training(ds4, tmp_path, monkeypatch):
     """As ``l2r predict``: an --out where no file can be created is one line, exit 2, before any epoch (it was
     a traceback when the first checkpoint was written)."""
-    import errno
-    import tempfile
+    from fault_helpers import deny_files_in
 
     out = tmp_path / "run"
-    real = tempfile.mkstemp
-
-    def denied(*args, dir=None, **kwargs):
-        if dir is not None and Path(dir) == out:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    deny_files_in(monkeypatch, out)
     monkeypatch.setattr(train.trainer, "fit", lambda *a, **k: pytest.fail("training started"))
     res = CliRunner().invoke(main, ["train", str(ds4.source), "--out", str(out), "--model", "tiny", "--epochs", "1",
                                     "--crop", "16,16,16", "--workers", "0", "--device", "cpu", "--quiet"])
