@@ -210,3 +210,13 @@ def test_a_malformed_modality_is_refused_not_read_as_ct(tiny_dataset, value):
         data["modality"] = good
         tiny_dataset.write_text(json.dumps(data))
         assert dataset.load(tiny_dataset).modality == (good if isinstance(good, str) else "MR" if good else "CT")
+
+
+def test_a_pair_listed_twice_is_noted_once_per_split(tiny_dataset):
+    data = json.loads(tiny_dataset.read_text())
+    data["registration_val"] += data["registration_val"][:1] * 2
+    tiny_dataset.write_text(json.dumps(data))
+    ds = dataset.load(tiny_dataset)
+    assert len(ds.splits["val"]) == 5  # as listed; predict and evaluate take each pair once
+    assert [n for n in ds.notes if "more than once" in n] == [
+        "val: 1 pairs listed more than once (first: 0001_0000<--0002_0000); each is registered and scored once"]

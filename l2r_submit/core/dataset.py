@@ -10,6 +10,7 @@ import csv
 import io as _io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     return Dataset(
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
         splits=splits, metrics=_default_metrics(labels), training=training, test_images=test_images,
-        unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes,
+        unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes + _repeated(splits),
         modality=_modality(data.get("modality")), modalities=_modalities(data.get("modality")),
     )
 
@@ -380,12 +381,25 @@ def _load_config(path: Path, data: dict, root: Path) -> Dataset:
     masked = data.get("masked_evaluation", False)
     if not isinstance(masked, bool):
         raise ValueError(f"{path}: masked_evaluation: expected true or false, got {masked!r}")
+    splits = {"eval": _pairs(root, data["eval_pairs"], f"{path}: eval_pairs")}
     return Dataset(
         root=root, name=str(data["task_name"]), shape=_shape(expected, f"{path}: expected_shape"),
-        splits={"eval": _pairs(root, data["eval_pairs"], f"{path}: eval_pairs")}, metrics=methods,
+        splits=splits, metrics=methods,
         unknown_keys=tuple(sorted(set(data) - set(CONFIG_KEYS) - {"masked_evaluation"})), source=path,
-        masked=masked,
+        masked=masked, notes=_repeated(splits),
     )
+
+
+def _repeated(splits: dict[str, list[Pair]]) -> tuple[str, ...]:
+    """A note per split that names a pair more than once: its field and its scores exist once (the
+    evaluator keys its results by pair, so it counts such a pair once too)."""
+    notes = []
+    for name, pairs in splits.items():
+        twice = sorted(k for k, n in Counter(p.key for p in pairs).items() if n > 1)
+        if twice:
+            notes.append(f"{name}: {len(twice)} pairs listed more than once (first: {twice[0]}); each is "
+                         "registered and scored once")
+    return tuple(notes)
 
 
 def load_2020(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> Dataset:
