@@ -36,7 +36,7 @@ if [ -n "$expected" ] && [ ! -f "$expected" ]; then  # checked before the (long)
   echo "error: $expected: expected-results file not found" >&2
   exit 2
 fi
-[ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass=(--out "$out_json" "${pass[@]}"); }  # before
+[ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass=(--out "$out_json" ${pass[@]+"${pass[@]}"}); }  # before
 # the user's options, so that one of them missing its value is still reported as such
 if [ -n "$image" ]; then
   data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"

@@ -97,6 +97,7 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     from .evaluation import evaluate as ev
 
     out_json = out_json or disp_dir / "metrics.json"
+    csv_said = out_csv is not None
     out_csv = out_csv or out_json.with_suffix(".csv")
     ds = load_dataset(dataset_json, data_root, pairs_csv)
     cfg = ev.EvalConfig(ds, disp_dir, split, protocol, missing, workers, progress=not quiet)
@@ -104,7 +105,8 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
         if disp_dir.exists() and not disp_dir.is_dir():
             raise ValueError(f"{disp_dir}: is a file; DISP_DIR is the folder of displacement fields")
         if same_file(out_csv, out_json):
-            raise ValueError(f"{out_csv}: --csv and --out name the same file; give them different paths")
+            raise ValueError(f"{out_csv}: --csv and --out name the same file; give them different paths"
+                             + ("" if csv_said else " (--csv defaults to --out with .csv)"))
         for path, option in ((out_json, "--out"), (out_csv, "--csv")):
             check_not_input(path, ev.input_files(ds, disp_dir, pairs_csv), option)
             ev.check_output(path)

@@ -15,7 +15,7 @@ from conftest import TINY_SHAPE
 
 def _metrics(dsc):
     return {"aggregates": {"DSC": {"mean": dsc}, "HD95": {"mean": float("inf")}},
-            "cases": {"a": {"DSC": {"mean": dsc}, "HD95": {"mean": float("inf")}}}}
+            "cases": {"a": {"DSC": {"mean": dsc}, "HD95": {"mean": float("inf")}, "vanished_labels": [3]}}}
 
 
 def test_compare_tolerance_and_inf():
@@ -69,7 +69,8 @@ def test_write_refuses_results_that_cannot_be_a_reference(tmp_path):
     res = write(_metrics(float("nan")))
     assert res.exit_code == 2 and "aggregates.DSC is NaN" in res.output
     for tol, words in (("DSC=nan", "finite number >= 0"), ("DSC=-1", "finite number >= 0"),
-                       ("FOO=1", "no metric 'FOO'"), ("DSC", "expected NAME=NUMBER")):
+                       ("FOO=1", "no metric 'FOO'"), ("DSC", "expected NAME=NUMBER"),
+                       ("vanished_labels=1", "no metric 'vanished_labels'")):
         res = write(_metrics(0.5), "--tol", tol)
         assert res.exit_code == 2 and words in res.output, (tol, res.output)
     assert not (tmp_path / "e.json").exists()

@@ -220,6 +220,11 @@ def test_no_output_may_replace_an_input(tiny_dataset, tmp_path):
         assert res.exit_code == 2 and words in res.output, (args, res.output)
     assert all(p.read_bytes() == data for p, data in before.items())
     assert not (tmp_path / "m.json").exists()
+    res = invoke("evaluate", tiny_dataset, disp, "--out", tmp_path / "m.csv", "--quiet")
+    assert res.exit_code == 2 and "(--csv defaults to --out with .csv)" in res.output
+    # an output of an earlier evaluate named disp_* in the fields' folder is not an input: rerun allowed
+    for _ in range(2):
+        assert invoke("evaluate", tiny_dataset, disp, "--out", disp / "disp_summary.json", "--quiet").exit_code == 0
     # the report and the expected results of compare: never over the metrics they read
     assert invoke("evaluate", tiny_dataset, disp, "--quiet").exit_code == 0
     metrics = disp / "metrics.json"

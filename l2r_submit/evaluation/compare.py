@@ -51,7 +51,8 @@ def parse_tolerances(items: tuple[str, ...], metrics: dict) -> dict[str, float]:
         ValueError: not NAME=NUMBER, a value that is negative or not finite, or a NAME that is no metric of
             ``metrics`` (aggregates or cases); one line.
     """
-    known = set(metrics["aggregates"]) | {name for case in metrics["cases"].values() for name in case}
+    known = set(metrics["aggregates"]) | {name for case in metrics["cases"].values() for name, entry in case.items()
+                                          if isinstance(entry, dict) and "mean" in entry}
     tolerance = dict(DEFAULT_TOLERANCE)
     for item in items:
         name, _, text = item.partition("=")

@@ -112,12 +112,15 @@ def missing_hint(disp_dir: Path, pair: Pair, protocol: str) -> str:
 
 def input_files(ds: Dataset, disp_dir: Path, pairs_csv: Path | None = None) -> list[Path]:
     """The files an evaluation may read, which its outputs must not replace: the dataset JSON or config,
-    the pairs CSV, every label map and image the dataset names, and every ``disp_*`` file in ``disp_dir``."""
+    the pairs CSV, every label map and image the dataset names, the masks of a masked evaluation, and every
+    field file (``disp_*.nii.gz``, ``disp_*.npz``) in ``disp_dir``."""
     files = [p for p in (ds.source, pairs_csv) if p is not None]
     files += [path for pairs in ds.splits.values() for p in pairs for c in (p.fixed, p.moving)
               for path in (c.image, c.label)]
+    if ds.masked:
+        files += [ds.mask_of(p.fixed) for pairs in ds.splits.values() for p in pairs]
     if disp_dir.is_dir():
-        files += sorted(p for p in disp_dir.glob("disp_*") if p.is_file())
+        files += sorted(p for p in disp_dir.glob("disp_*") if p.is_file() and p.name.endswith((".nii.gz", ".npz")))
     return files
 
 

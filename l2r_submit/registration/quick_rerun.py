@@ -97,4 +97,6 @@ def nothing_to_do(ds: Dataset, out_dir: Path, split: str | None, wanted: tuple[s
             return 0
         if qc_dir is not None and not (qc_dir / qc_name(pair.key)).is_file():
             return 0
+    if hashes:  # an image's status moved (same contents): the full path records its new status once
+        return 0
     return len(pairs)

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Mapping, Sequence, TypeVar
 
@@ -82,23 +83,30 @@ def _read(path: Path) -> dict | None:
 
 def set_aside_unreadable(out_dir: Path) -> list[str]:
     """Rename each run record in ``out_dir`` that is a file but not a readable record (truncated, not
-    JSON, another JSON) to ``NAME.unreadable`` and return one note per file. Its pairs are then redone,
-    and the next run.json, which keeps every readable entry, does not silently replace what it held.
-    Records are written atomically, so such a file was damaged outside a run."""
+    JSON, another JSON) to ``NAME.unreadable-<time>`` and return one note per file: the pairs only it
+    recorded are then redone, and the next run.json, which keeps every readable entry, does not silently
+    replace what it held. Records are written atomically, so such a file was damaged outside a run. Done
+    under the lock of :func:`merge` (ranks may start together), and only when a damaged record is seen."""
+    def damaged() -> list[Path]:
+        paths = [out_dir / "run.json", *(p for p in out_dir.glob("run.shard*of*.json") if _RECORD.match(p.name))]
+        return [p for p in paths if p.is_file() and _read(p) is None]
+
+    if not damaged():
+        return []
     notes = []
-    for path in [out_dir / "run.json", *out_dir.glob("run.shard*of*.json")]:
-        if path.name != "run.json" and not _RECORD.match(path.name):
-            continue
-        if path.is_file() and _read(path) is None:
-            kept = path.with_name(path.name + ".unreadable")
-            try:
+    try:
+        with open(out_dir / ".run.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for path in damaged():  # again under the lock: another rank may have set it aside already
+                stem = f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+                names = (path.with_name(stem + (f"-{n}" if n else "")) for n in range(1000))
+                kept = next(k for k in names if not k.exists())  # an earlier copy is never replaced
                 os.replace(path, kept)
-            except OSError as exc:
-                notes.append(f"{path}: not a readable run record, and it cannot be set aside "
-                             f"({exc.strerror or exc}); its pairs are redone")
-                continue
-            notes.append(f"{path}: not a readable run record (truncated or not a run.json); kept as "
-                         f"{kept.name}, its pairs are redone")
+                notes.append(f"{path}: not a readable run record (truncated or not a run.json); kept as "
+                             f"{kept.name}, the pairs only it recorded are redone")
+    except OSError as exc:
+        notes.append(f"{out_dir}: a damaged run record cannot be set aside ({exc.strerror or exc}); "
+                     "the pairs only it recorded are redone")
     return notes
 
 
