@@ -280,6 +280,17 @@ def test_masks_are_found_as_the_evaluator_finds_them_and_a_mask_of_another_shape
     m = json.loads((tmp_path / "m.json").read_text())
     assert set(m["failed"]) == {KEYS[0], KEYS[1]}  # both pairs with fixed image 0001
     assert "masksTr/AbdomenCTCT_0001_0000.nii.gz: mask of shape" in m["failed"][KEYS[0]]
+    # masks behind a symlink out of the data folder: refused as any such path, but per pair (it stopped
+    # the whole evaluation before any pair), and named by l2r check
+    outside = tmp_path / "outside"
+    (root / "masksTr").rename(outside)
+    (root / "masksTr").symlink_to(outside)
+    res = evaluate(cfg, tmp_path / "d", tmp_path / "m.json")
+    assert res.exit_code == 1 and "Traceback" not in res.stdout + res.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m["failed"]) == set(KEYS) and "escapes the data folder" in m["failed"][KEYS[2]]
+    res = run_cli("check", cfg)
+    assert res.exit_code == 2 and "escapes the data folder" in res.stdout + res.stderr
 
 
 def test_a_config_without_pairs_is_an_error_for_check_as_for_evaluate(tiny_dataset, tmp_path):

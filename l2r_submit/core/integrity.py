@@ -48,7 +48,10 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
                 if labels and name in LABELLED_SPLITS:
                     paths[c.label] = "label map"
             if labels and ds.masked and name in LABELLED_SPLITS:
-                paths.setdefault(ds.mask_of(p.fixed), "mask")
+                try:
+                    paths.setdefault(ds.mask_of(p.fixed), "mask")
+                except ValueError as exc:  # a mask path that leaves the data folder
+                    lines.append(f"error: {exc}")
     for c in ds.training:
         paths[c.image] = "image"
         if labels:

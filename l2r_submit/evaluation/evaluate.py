@@ -118,10 +118,19 @@ def input_files(ds: Dataset, disp_dir: Path, pairs_csv: Path | None = None) -> l
     files += [path for pairs in ds.splits.values() for p in pairs for c in (p.fixed, p.moving)
               for path in (c.image, c.label)]
     if ds.masked:
-        files += [ds.mask_of(p.fixed) for pairs in ds.splits.values() for p in pairs]
+        files += [m for pairs in ds.splits.values() for p in pairs if isinstance(m := _mask(ds, p), Path)]
     if disp_dir.is_dir():
         files += sorted(p for p in disp_dir.glob("disp_*") if p.is_file() and p.name.endswith((".nii.gz", ".npz")))
     return files
+
+
+def _mask(ds: Dataset, pair: Pair) -> Path | ValueError:
+    """The fixed image's mask path (masked evaluation), or the error that fails only this pair (a path
+    that leaves the data folder)."""
+    try:
+        return ds.mask_of(pair.fixed)
+    except ValueError as exc:
+        return exc
 
 
 def check_output(path: Path) -> None:
@@ -176,7 +185,7 @@ def read_labels(path: Path) -> tuple[np.ndarray, list[int]]:
 
 
 def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, protocol: str,
-                mask_path: Path | None, labels: LabelCache | None = None) -> tuple[dict, list[str]]:
+                mask_path: Path | ValueError | None, labels: LabelCache | None = None) -> tuple[dict, list[str]]:
     notes: list[str] = []
     if disp_path is None:
         disp = np.zeros((3, *shape), np.float32)
@@ -195,6 +204,8 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
                 shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
                 notes.append(f"{path}: labels {shown} are not evaluated and were ignored")
     mask = None
+    if isinstance(mask_path, ValueError):
+        raise mask_path
     if mask_path is not None:  # masked_evaluation
         if mask_path.is_file():
             mask = io.read_volume(mask_path).array
@@ -267,7 +278,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise ValueError(f"{disp_dir}: {len(absent)} of {len(pairs)} displacement fields missing under "
                          f"evaluator version {version.name}: {', '.join(names)} "
                          f"(use --missing zero to score them as zero fields)")
-    jobs = [(p, found[p.key], ds.shape, ds.metrics, version.name, ds.mask_of(p.fixed) if ds.masked else None)
+    jobs = [(p, found[p.key], ds.shape, ds.metrics, version.name, _mask(ds, p) if ds.masked else None)
             for p in pairs]
     cases: dict[str, dict] = {}
     failed: dict[str, str] = {}
