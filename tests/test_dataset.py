@@ -220,3 +220,17 @@ def test_a_pair_listed_twice_is_noted_once_per_split(tiny_dataset):
     assert len(ds.splits["val"]) == 5  # as listed; predict and evaluate take each pair once
     assert [n for n in ds.notes if "more than once" in n] == [
         "val: 1 pairs listed more than once (first: 0001_0000<--0002_0000); each is registered and scored once"]
+
+
+def test_check_read_notes_a_label_map_whose_affine_is_not_its_images(tiny_dataset):
+    import nibabel as nib
+
+    label = tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0001_0000.nii.gz"
+    img = nib.load(label)
+    flipped = img.affine.copy()
+    flipped[0, 0] *= -1  # another orientation: a label map of another image, or flipped by a converter
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), flipped), label)
+    report = integrity.integrity_report(dataset.load(tiny_dataset), read=True)
+    notes = [line for line in report if "affine differs" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {label}: its affine differs from its image's")
+    assert not any(line.startswith("error") for line in report)

@@ -41,12 +41,14 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
         lines.append(f"error: {ds.source}: eval_pairs is empty: nothing to score")
     names = [split] if split is not None else list(ds.splits)
     paths: dict[Path, str] = {}  # path -> what it is: image, label map or mask
+    image_of: dict[Path, Path] = {}  # label map -> its image
     for name in names:
         for p in ds.splits[name]:
             for c in (p.fixed, p.moving):
                 paths[c.image] = "image"
                 if labels and name in LABELLED_SPLITS:
                     paths[c.label] = "label map"
+                    image_of[c.label] = c.image
             if labels and ds.masked and name in LABELLED_SPLITS:
                 try:
                     paths.setdefault(ds.mask_of(p.fixed), "mask")
@@ -56,6 +58,8 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
         paths[c.image] = "image"
         if labels:
             paths[c.label] = "label map"
+            image_of[c.label] = c.image
+    affines: dict[Path, object] = {}
     for path, kind in paths.items():
         if not path.exists() and kind == "mask":
             lines.append(f"note: {path}: mask not found; SDlogJ of the pairs with this fixed image will be "
@@ -68,21 +72,33 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
             if progress is not None:
                 progress(path)
             try:
-                _read_checked(path, kind, ds.shape)
+                affines[path] = _read_checked(path, kind, ds.shape)
             except ValueError as exc:
                 lines.append(f"error: {exc}")
+                continue
+            image = image_of.get(path)
+            if image in affines and not np.allclose(affines[path], affines[image], rtol=1e-3, atol=1e-2):
+                lines.append(f"note: {path}: its affine differs from its image's ({image}): the metrics compare "
+                             "voxel arrays, so check that this label map belongs to that image")
     return lines
 
 
-def _read_checked(path: Path, kind: str, shape: tuple[int, ...]) -> None:
+def _read_checked(path: Path, kind: str, shape: tuple[int, ...]) -> np.ndarray:
     """Read one file as predict (an image) or evaluate (a label map, a mask) would, and check it.
+
+    Returns:
+        The file's affine.
 
     Raises:
         ValueError: what is wrong, one line naming the file.
     """
     if kind == "label map":
-        io.check_label_shape(path, io.read_labels(path), shape)
+        vol = io.read_label_volume(path)
+        io.check_label_shape(path, vol.array, shape)
     elif kind == "mask":
-        io.check_label_shape(path, io.read_volume(path).array, shape, "mask")
+        vol = io.read_volume(path)
+        io.check_label_shape(path, vol.array, shape, "mask")
     else:
-        io.check_image(path, io.read_volume(path, np.float32).array, shape)
+        vol = io.read_volume(path, np.float32)
+        io.check_image(path, vol.array, shape)
+    return vol.affine

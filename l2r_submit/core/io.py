@@ -201,6 +201,15 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ValueError: unreadable file, or values that are not whole numbers.
     """
+    return read_label_volume(path).array
+
+
+def read_label_volume(path: str | os.PathLike) -> Volume:
+    """:func:`read_labels`, with the file's affine.
+
+    Raises:
+        ValueError: unreadable file, or values that are not whole numbers.
+    """
     vol = read_volume(path)
     arr = vol.array
     if np.issubdtype(arr.dtype, np.floating):
@@ -214,7 +223,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     fits = arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)
     if not fits and np.issubdtype(arr.dtype, np.unsignedinteger) and arr.max() > np.iinfo(np.int64).max:
         raise file_error(path, "label map holds values beyond 64-bit integers")
-    return np.ascontiguousarray(arr, dtype=np.int32 if fits else np.int64)
+    return Volume(np.ascontiguousarray(arr, dtype=np.int32 if fits else np.int64), vol.affine)
 
 
 def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
