@@ -263,3 +263,26 @@ def test_inputs_of_the_wrong_kind_are_named_for_what_they_are(tiny_dataset, tmp_
         res = invoke(*args)
         lines = res.output.strip().splitlines()
         assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), (args, res.output)
+
+
+def test_a_pair_with_no_label_in_both_maps_is_noted_and_scored_nan_as_the_evaluator(tiny_dataset, tmp_path):
+    import nibabel as nib
+
+    label = tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0001_0000.nii.gz"
+    img = nib.load(label)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), label)  # e.g. an empty export
+    write_fields(tmp_path / "disp")
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    res = runner.invoke(main, ["evaluate", str(tiny_dataset), str(tmp_path / "disp"), "--out",
+                               str(tmp_path / "m.json"), "--quiet"])
+    assert res.exit_code == 0  # a NaN pair is a result, as for the official evaluator
+    cases = json.loads((tmp_path / "m.json").read_text())["cases"]
+    assert math.isnan(cases["0001_0000<--0002_0000"]["DSC"]["mean"])
+    notes = [line for line in res.stderr.splitlines() if "no evaluated label" in line]
+    assert notes == [f"note: 0001_0000<--0002_0000: no evaluated label is present in both label maps (none in "
+                     f"{label}); its DSC and HD95 are NaN, as the evaluator gives them",
+                     f"note: 0001_0000<--0003_0000: no evaluated label is present in both label maps (none in "
+                     f"{label}); its DSC and HD95 are NaN, as the evaluator gives them"]

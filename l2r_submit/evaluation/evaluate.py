@@ -197,6 +197,12 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
     moving_seg, moving_present = read(pair.moving.label)
     for path, seg in ((pair.fixed.label, fixed_seg), (pair.moving.label, moving_seg)):
         io.check_label_shape(path, seg, shape)  # named here: scoring only knows which side
+    if evaluated and not evaluated & set(fixed_present) & set(moving_present):
+        empty = [str(p) for p, present in ((pair.fixed.label, fixed_present), (pair.moving.label, moving_present))
+                 if not evaluated & set(present)]
+        notes.append(f"{pair.key}: no evaluated label is present in both label maps"
+                     + (f" (none in {' nor '.join(empty)})" if empty else "")
+                     + "; its DSC and HD95 are NaN, as the evaluator gives them")
     for path, present in ((pair.fixed.label, fixed_present), (pair.moving.label, moving_present)):
         if evaluated:
             extra = sorted(set(present) - evaluated - {0})
