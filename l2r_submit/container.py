@@ -3,7 +3,8 @@
     docker run [--gpus all] -v DATA:/l2r/data:ro -v OUT:/l2r/output IMAGE [DATASET_JSON] [l2r predict options]
 
 Without DATASET_JSON, the dataset JSON is looked for in /l2r/data (``*_dataset.json`` first, then the
-only ``*.json``); without ``--out``, fields go to /l2r/output. Every other option is passed to
+only ``*.json``); a relative DATASET_JSON that is not found from the working folder is taken from /l2r/data;
+without ``--out`` (or ``--out=DIR``), fields go to /l2r/output. Every other option is passed to
 ``l2r predict`` unchanged (``--format``, ``--names``, ``--split``, ``--io-iters``, ``--evaluate``, ...).
 """
 
@@ -38,7 +39,9 @@ def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OU
     positional = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if positional else list(args)
     dataset_json = Path(positional) if positional else find_dataset_json(data_dir)
-    if "--out" not in rest:
+    if not dataset_json.is_absolute() and not dataset_json.exists() and (data_dir / dataset_json).exists():
+        dataset_json = data_dir / dataset_json  # `docker run ... IMAGE AbdomenCTCT_dataset.json`
+    if not any(a == "--out" or a.startswith("--out=") for a in rest):  # a second --out would win over the user's
         rest = [*rest, "--out", str(output_dir)]
     return ["predict", str(dataset_json), *rest]
 

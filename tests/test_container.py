@@ -15,6 +15,16 @@ def test_explicit_json_and_out_pass_through(tmp_path):
     assert argv == ["predict", "/x/d.json", "--out", "/o", "--io-iters", "3"]
 
 
+def test_out_equals_form_is_kept_and_a_bare_json_name_is_read_from_the_data_mount(tmp_path, monkeypatch):
+    (tmp_path / "My_dataset.json").write_text("{}")
+    # --out=/o was followed by the default --out /l2r/output, which click takes (the last wins)
+    argv = container.build_argv(["--out=/o"], data_dir=tmp_path, output_dir=tmp_path / "out")[2:]
+    assert "--out=/o" in argv and str(tmp_path / "out") not in argv
+    monkeypatch.chdir(tmp_path / "..")  # the image's working folder is not the data mount
+    argv = container.build_argv(["My_dataset.json"], data_dir=tmp_path, output_dir=tmp_path / "out")
+    assert argv[1] == str(tmp_path / "My_dataset.json")
+
+
 def test_missing_or_ambiguous_json(tmp_path):
     with pytest.raises(ValueError, match="no dataset JSON"):
         container.find_dataset_json(tmp_path)
