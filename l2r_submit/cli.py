@@ -63,6 +63,24 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None, read_fi
     click.echo("ok")
 
 
+class _FilePath(click.ParamType):
+    """An output file's path: one that ends with a slash names a folder, refused here (pathlib would drop
+    the slash and the file would take the folder's name)."""
+
+    name = "file"
+
+    def __init__(self, example: str) -> None:
+        self.example = example
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path):
+            return value
+        if str(value).endswith(("/", "\\")):
+            self.fail(f"'{value}' ends with a slash, a folder; name the file to write (e.g. {value}{self.example})",
+                      param, ctx)
+        return Path(value)
+
+
 @main.command()
 @click.argument("dataset_json", type=click.Path(path_type=Path))
 @click.argument("disp_dir", type=click.Path(path_type=Path))
@@ -73,9 +91,9 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None, read_fi
                    "With --pairs-csv: the 2020 layout's root (Training/img, Training/label).")
 @click.option("--pairs-csv", type=click.Path(path_type=Path), default=None,
               help="2020 layout: a CSV with columns fixed,moving (then DATASET_JSON is the data root).")
-@click.option("--out", "out_json", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_json", type=_FilePath("metrics.json"), default=None,
               help="metrics.json in the official schema [default: DISP_DIR/metrics.json, beside the fields].")
-@click.option("--csv", "out_csv", type=click.Path(path_type=Path), default=None,
+@click.option("--csv", "out_csv", type=_FilePath("metrics.csv"), default=None,
               help="Per-pair CSV [default: --out with .csv].")
 @click.option("--protocol", type=click.Choice(["2025", "2024", "2022", "2020"]), default="2025", show_default=True,
               help="Official evaluator version whose rules apply: 2025 (current: long names for same-modality "
@@ -172,7 +190,7 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
 @click.argument("metrics_json", type=click.Path(path_type=Path))
 @click.option("--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of QC pictures (l2r predict --qc): shown per pair.")
-@click.option("--out", "out_html", type=click.Path(path_type=Path), required=True, help="The HTML page to write.")
+@click.option("--out", "out_html", type=_FilePath("report.html"), required=True, help="The HTML page to write.")
 def report(metrics_json: Path, qc_dir: Path | None, out_html: Path) -> None:
     """One self-contained HTML page of a metrics.json: aggregates, per-organ box plots, sortable pairs, QC."""
     from .evaluation import report as rp

@@ -286,3 +286,13 @@ def test_a_pair_with_no_label_in_both_maps_is_noted_and_scored_nan_as_the_evalua
                      f"{label}); its DSC and HD95 are NaN, as the evaluator gives them",
                      f"note: 0001_0000<--0003_0000: no evaluated label is present in both label maps (none in "
                      f"{label}); its DSC and HD95 are NaN, as the evaluator gives them"]
+
+
+def test_an_output_file_named_with_a_trailing_slash_is_refused(tiny_dataset, tmp_path):
+    """pathlib drops the slash: 'newdir/' became a file named newdir."""
+    write_fields(tmp_path / "disp")
+    res = invoke("evaluate", tiny_dataset, tmp_path / "disp", "--out", f"{tmp_path / 'newdir'}/")
+    assert res.exit_code == 2 and "ends with a slash, a folder" in res.output and "newdir/metrics.json" in res.output
+    assert not (tmp_path / "newdir").exists()
+    res = invoke("report", tmp_path / "m.json", "--out", f"{tmp_path}/")
+    assert res.exit_code == 2 and "report.html" in res.output
