@@ -190,6 +190,13 @@ def test_train_cli_bad_settings_are_one_line_errors(ds4, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["train", *base, "--crop", "16,16,16", "--lr", "1e-3", "--epochs", "2", "--resume"])
     _one_line_error(res, "last.pt: the run was started with other settings (lr: 0.0001 -> 0.001)")
+    # the same command again without --resume replaced the finished run's checkpoints and log silently
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    res = runner.invoke(main, ["train", *base, "--crop", "16,16,16"])
+    _one_line_error(res, f"{run}: holds a training run (last.pt, best.pt); continue it with --resume, or give "
+                         "another --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize("args, message", [

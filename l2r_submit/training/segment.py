@@ -235,6 +235,7 @@ def run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume:
             the volumes, a resumed run with other settings, an inconsistent launch environment; one line.
     """
     folders.check_writable(out_dir, "--out")
+    trainer.check_fresh(out_dir, resume)
     runtime.configure_threads(cfg.threads)
     dist, device = distributed.start(runtime.resolve_device(cfg.device))
     try:

@@ -157,6 +157,7 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
             over the processes.
     """
     folders.check_writable(out_dir, "--out")
+    trainer.check_fresh(out_dir, resume)
     runtime.configure_threads(cfg.threads)
     dist, device = distributed.start(runtime.resolve_device(cfg.device))
     try:

@@ -105,6 +105,19 @@ class Loop:
     progress: bool = True
 
 
+def check_fresh(out_dir: Path, resume: bool) -> None:
+    """A run started without ``resume`` must not write over an earlier run's checkpoints in ``out_dir``
+    (its config.json and first epoch replaced them, and its log, without a word).
+
+    Raises:
+        ValueError: ``out_dir`` holds ``last.pt`` or ``best.pt`` and ``resume`` is False; one line.
+    """
+    found = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
+    if found and not resume:
+        raise ValueError(f"{out_dir}: holds a training run ({', '.join(found)}); continue it with --resume, "
+                         "or give another --out")
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
     """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` when distributed, else itself."""
     if not dist.distributed:
