@@ -231,3 +231,16 @@ def test_a_second_signal_during_the_clean_up_is_ignored_and_the_handlers_come_ba
             cleaned.append(True)
     assert cleaned == [True]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_evaluate_with_missing_label_maps_is_refused_before_any_registration(tiny_dataset, tmp_path):
+    """A test split has no labels: --evaluate registered every pair, then failed (exit 1)."""
+    (tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz").unlink()
+    out = tmp_path / "out"
+    res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
+                 "--io-iters", "1", "--evaluate")
+    assert res.exit_code == 2 and "--evaluate: 1 label maps of the selected pairs are missing" in res.output
+    assert not out.exists()
+    res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
+                 "--io-iters", "1", "--evaluate", "--pairs", "0001_0002")  # pairs whose labels exist: go on
+    assert res.exit_code == 0, res.output

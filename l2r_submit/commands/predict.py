@@ -136,6 +136,8 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | 
     check_folder_option(out_dir, "--out")
     check_folder_option(qc_dir, "--qc")
     ds = load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once
+    if do_eval:
+        _check_labels_for_evaluate(ds, split, wanted)
     request = None
     if rank is None:
         request = pa.request_of(click.get_current_context().params, checkpoint)
@@ -215,6 +217,21 @@ def _typed_options() -> list[str]:
     return ["--" + n.replace("_", "-") for n in names
             if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
             and not (n.startswith("io_iters") and ctx.params[n] == 0)]
+
+
+def _check_labels_for_evaluate(ds, split: str | None, wanted: tuple[str, ...] | None) -> None:
+    """``--evaluate`` scores the selected pairs against their label maps: all of them must exist before
+    any registration (a test split has none; it was found after every pair was registered)."""
+    from ..registration.pair_plan import select_pairs
+
+    try:
+        selected = select_pairs(ds, split, wanted)
+    except ValueError:
+        return  # the run reports the selection, in its own words
+    missing = ds.missing_files(selected, images=False, labels=True)
+    if missing:
+        raise Fail(f"--evaluate: {len(missing)} label maps of the selected pairs are missing (first: {missing[0]}); "
+                   "a test split has none: drop --evaluate")
 
 
 def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,
