@@ -18,7 +18,7 @@ from .commands import predict as predict_cmd
 from .commands import recipe as recipe_cmd
 from .commands import segment as segment_cmd
 from .commands import train as train_cmd
-from .commands.common import Fail, load_dataset, write_eval
+from .commands.common import Fail, check_new_file, load_dataset, write_eval
 from .core.folders import check_not_input, same_file
 
 
@@ -214,6 +214,7 @@ def import_weights(original: Path, out_path: Path, keep_deep_supervision: bool, 
     """Convert a checkpoint of Estienne et al. (their .pth) into an l2r_submit checkpoint."""
     from .nets import checkpoint
 
+    check_new_file(out_path, "--out")
     try:
         net = checkpoint.import_original(original, keep_deep_supervision=keep_deep_supervision, source=source)
     except ValueError as exc:

@@ -242,8 +242,14 @@ def test_import_weights_source_brain_and_ambiguous_files(tmp_path, repo_root):
     assert res.exit_code == 0 and "1-channel input" in res.output
     assert checkpoint.load(out)[0].cfg.in_channels == 1  # our file loads without asking again
     three = _original_file(tmp_path / "three.pth", repo_root, "abdo_frontiersnet_cm8_classic_in_3ch_nods")
-    res = CliRunner().invoke(main, ["import-weights", str(three), "--out", str(out), "--source", "brain"])
+    res = CliRunner().invoke(main, ["import-weights", str(three), "--out", str(tmp_path / "b.pt"), "--source", "brain"])
     assert res.exit_code == 2 and "brain" in res.output
+    # an existing file (a trained run's best.pt was replaced silently), a folder: refused before converting
+    kept = out.read_bytes()
+    for target, words in ((out, "--out exists; remove it first"), (tmp_path, "--out is a folder")):
+        res = CliRunner().invoke(main, ["import-weights", str(three), "--out", str(target)])
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert out.read_bytes() == kept
 
 
 def test_numpy_val_loss_imports_and_other_pickles_are_refused_in_our_words(tmp_path, repo_root):

@@ -78,6 +78,25 @@ def checked(check, value):
     return value
 
 
+def check_new_file(path: Path, option: str) -> None:
+    """An output file option (a converted checkpoint) must name a new file in a folder that can be written:
+    not a folder, not an existing file (a trained run's best.pt was replaced silently). Checked before work.
+
+    Raises:
+        Fail: one line naming the path and the option.
+    """
+    from ..core.folders import check_writable
+
+    if path.is_dir():
+        raise Fail(f"{path}: {option} is a folder; it names the checkpoint file to write")
+    if path.exists():
+        raise Fail(f"{path}: {option} exists; remove it first or name a new file (it is not replaced)")
+    try:
+        check_writable(path.parent, f"{option}'s folder")
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+
+
 def check_folder_option(folder: Path | None, option: str) -> None:
     """An output folder option must not name an existing file, nor lie under one (checked before any work)."""
     from ..core.folders import check_not_a_file

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, load_dataset
+from .common import Fail, check_folder_option, check_new_file, load_dataset
 
 
 @click.group()
@@ -92,13 +92,10 @@ def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, de
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Our checkpoint file.")
 def import_(original: Path, out_path: Path) -> None:
     """Convert the authors' segmenter checkpoint (their SegNet .pth.tar) into an l2r_submit one."""
-    from ..core.folders import check_writable
     from ..nets import seg_checkpoint
 
-    if out_path.is_dir():
-        raise Fail(f"{out_path}: --out is a folder; it names the checkpoint file to write")
+    check_new_file(out_path, "--out")
     try:
-        check_writable(out_path.parent, "--out's folder")
         net = seg_checkpoint.import_original(original)
     except ValueError as exc:
         raise Fail(str(exc)) from None
