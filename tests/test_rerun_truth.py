@@ -167,3 +167,19 @@ def test_an_unreadable_run_json_is_set_aside_with_a_note_not_dropped_silently(ti
     (out / "run.json").write_text("{")  # damaged again: the first copy is not overwritten
     assert invoke(*predict_args(tiny_dataset, out, ckpt, "--pairs", "0001_0002")).exit_code == 0
     assert len(list(out.glob("run.json.unreadable-*"))) == 2
+
+
+def test_a_field_redone_in_another_format_replaces_the_earlier_file(tiny_dataset, ckpt, tmp_path):
+    """The .nii.gz stayed beside the new .npz, unrecorded, and l2r evaluate then refused the pair
+    ('two candidate fields')."""
+    out = tmp_path / "out"
+    args = predict_args(tiny_dataset, out, ckpt, "--pairs", "0001_0002")
+    assert invoke(*args).exit_code == 0 and (out / FIELDS[0]).is_file()
+    res = invoke(*args, "--format", "npz")
+    assert res.exit_code == 0, res.output
+    npz = FIELDS[0].replace(".nii.gz", ".npz")
+    assert (out / npz).is_file() and not (out / FIELDS[0]).exists()
+    entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]
+    assert entry["outputs"] == [npz] and entry["replaced"] == [FIELDS[0]]
+    res = invoke("evaluate", tiny_dataset, out, "--quiet", "--missing", "zero")
+    assert "two candidate" not in res.output and res.exit_code == 0, res.output

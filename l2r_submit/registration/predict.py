@@ -220,6 +220,26 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     return pairs, plan
 
 
+def superseded_outputs(before: object, outputs: list[str], out_dir: Path) -> list[str]:
+    """Remove the field files an earlier run wrote for a pair (its run.json entry's ``outputs``) under
+    names that the pair's new field no longer has (another ``--format`` or ``--names``), once the new
+    field is written: left beside it, ``l2r evaluate`` would find two candidate fields for the pair.
+    Only plain ``disp_*.nii.gz``/``disp_*.npz`` names directly in ``out_dir`` are touched. Returns the
+    names removed."""
+    old = before.get("outputs") if isinstance(before, dict) else None
+    removed = []
+    for name in old if isinstance(old, list) else []:
+        path = out_dir / str(name)
+        if (name not in outputs and isinstance(name, str) and Path(name).name == name
+                and name.startswith("disp_") and name.endswith((".nii.gz", ".npz")) and path.is_file()):
+            try:
+                path.unlink()
+                removed.append(name)
+            except OSError:
+                continue
+    return removed
+
+
 def qc_path(qc_dir: Path, pair: Pair) -> Path:
     """Where ``--qc`` puts a pair's picture."""
     return qc_dir / qc_name(pair.key)
@@ -346,6 +366,9 @@ def run(cfg: PredictConfig) -> dict:
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
             entry.update(settings=own_settings[pair], files=outcome.value, status="done")
+            replaced = superseded_outputs(earlier.get(pair.key), entry["outputs"], cfg.out_dir)
+            if replaced:
+                entry["replaced"] = replaced
         else:
             exc = outcome.error
             message = error_line(exc)
