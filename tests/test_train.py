@@ -239,3 +239,23 @@ def test_an_out_that_cannot_be_written_is_refused_before_training(ds4, tmp_path,
     res = CliRunner().invoke(main, ["train", str(ds4.source), "--out", str(out), "--model", "tiny", "--epochs", "1",
                                     "--crop", "16,16,16", "--workers", "0", "--device", "cpu", "--quiet"])
     _one_line_error(res, f"{out}: --out is not writable (Permission denied)")
+
+
+def test_ctrl_c_and_sigterm_during_training_say_what_is_kept_with_their_exit_codes(tmp_path, capsys):
+    """It was click's 'Aborted!' with exit 1 (Ctrl-C) and a silent 143 (SIGTERM)."""
+    from l2r_submit.commands.common import Terminated, training_stops
+
+    for exc, code in ((KeyboardInterrupt(), 130), (Terminated(), 143)):
+        with pytest.raises(SystemExit) as stopped:
+            with training_stops(tmp_path):
+                raise exc
+        assert stopped.value.code == code
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"interrupted: no epoch had finished, nothing is kept in {tmp_path}",
+                   f"stopped by SIGTERM: no epoch had finished, nothing is kept in {tmp_path}"]
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        with training_stops(tmp_path):
+            raise KeyboardInterrupt()
+    assert capsys.readouterr().err.strip() == (f"interrupted: {tmp_path / 'last.pt'} holds the last finished epoch; "
+                                               "run the same command with --resume to go on")

@@ -6,6 +6,7 @@ Torch-free (only click at module level), so that ``l2r --help`` stays instant.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,23 @@ def stop_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def training_stops(out_dir: Path):
+    """Ctrl-C or SIGTERM during a training command: one line saying what is kept and the exit code of
+    :func:`stop_words` (130, 143), not click's ``Aborted!`` and exit 1. ``last.pt`` is written atomically at
+    the end of each epoch, so it holds the last finished one."""
+    try:
+        with stop_signals():
+            yield
+    except KeyboardInterrupt as exc:
+        how, code = stop_words(exc)
+        last = out_dir / "last.pt"
+        kept = (f"{last} holds the last finished epoch; run the same command with --resume to go on"
+                if last.is_file() else f"no epoch had finished, nothing is kept in {out_dir}")
+        click.echo(f"{how}: {kept}", err=True)
+        sys.exit(code)
 
 
 def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, check_new_file, load_dataset
+from .common import Fail, check_folder_option, check_new_file, load_dataset, training_stops
 
 
 @click.group()
@@ -52,7 +52,8 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
                                       augment=False if no_augment else None, num_workers=workers, seed=seed,
                                       device=device, threads=threads,
                                       datasets=tuple(str(p) for p in dataset_jsons))
-        row = seg.run(cfg, datasets, out_dir, resume=resume, progress=not quiet)
+        with training_stops(out_dir):
+            row = seg.run(cfg, datasets, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
     click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

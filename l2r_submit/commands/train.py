@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, load_dataset
+from .common import Fail, check_folder_option, load_dataset, training_stops
 
 
 @click.command()
@@ -64,7 +64,8 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
                 raise ValueError(f"--set {item}: expected KEY=VALUE")
             overrides[key.strip()] = tr.parse_setting(base, key.strip(), value)
         cfg = tr.preset_config(preset, model_preset, init=base.init, labels_dir=base.labels_dir, **overrides)
-        row = tr.run(cfg, ds, out_dir, resume=resume, progress=not quiet)
+        with training_stops(out_dir):
+            row = tr.run(cfg, ds, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
     click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
