@@ -259,3 +259,27 @@ def test_ctrl_c_and_sigterm_during_training_say_what_is_kept_with_their_exit_cod
             raise KeyboardInterrupt()
     assert capsys.readouterr().err.strip() == (f"interrupted: {tmp_path / 'last.pt'} holds the last finished epoch; "
                                                "run the same command with --resume to go on")
+
+
+def test_resume_refuses_other_training_images_and_records_what_ran(ds4, tmp_path):
+    """A resume on a dataset with other training images was accepted; config.json and the checkpoints named
+    no dataset, and the device as asked ('auto'), not as used; --device cpu after auto was refused."""
+    import torch
+
+    out = tmp_path / "run"
+    base = ["train", "--out", str(out), "--model", "tiny", "--crop", "16,16,16", "--workers", "0", "--quiet",
+            "--set", "loss.n_classes=5", "--final-submission"]
+    res = CliRunner().invoke(main, [base[0], str(ds4.source), *base[1:], "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == str(ds4.source) and config["device_used"] == "cpu" and config["training_images"] == 4
+    assert len(torch.load(out / "last.pt", weights_only=True)["training_images"]) == 4
+    data = json.loads(ds4.source.read_text())
+    data["training"] = data["training"][:3]
+    fewer = ds4.source.with_name("three.json")
+    fewer.write_text(json.dumps(data))
+    res = CliRunner().invoke(main, [base[0], str(fewer), *base[1:], "--epochs", "2", "--resume", "--device", "cpu"])
+    _one_line_error(res, "last.pt: the run was started on other training images (4 then, 3 now; e.g. ")
+    res = CliRunner().invoke(main, [base[0], str(ds4.source), *base[1:], "--epochs", "2", "--resume",
+                                    "--device", "cpu", "--threads", "1"])
+    assert res.exit_code == 0, res.output

@@ -186,6 +186,7 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
         net.load_state_dict(init_net.state_dict())
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    images = _image_list(ds, cases)
     state = None
     last_path = out_dir / "last.pt"
     if resume:
@@ -198,7 +199,13 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
                                _without_epochs(_jsonable(cfg.to_dict())) or {})
         if changed:
             raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
-                             "resume with the same ones (only --epochs may change)")
+                             "resume with the same ones (only --epochs, --device, --threads, --workers may change)")
+        recorded = state.get("training_images")
+        if isinstance(recorded, list) and recorded != images:
+            other = sorted(set(recorded) ^ set(images))
+            raise ValueError(f"{last_path}: the run was started on other training images ({len(recorded)} then, "
+                             f"{len(images)} now{'; e.g. ' + other[0] if other else ', in another order'}); resume "
+                             "with the same dataset")
         net.load_state_dict(state["state_dict"])
     labels = _label_source(cfg)
     train_config = _jsonable(cfg.to_dict())
@@ -210,14 +217,16 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
         return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
 
     def save(path: Path, **extra) -> None:
-        checkpoint.save(path, net, train_config=train_config, world_size=dist.world_size, **extra)
+        checkpoint.save(path, net, train_config=train_config, world_size=dist.world_size,
+                        dataset=str(ds.source), training_images=images, device_used=str(device), **extra)
 
     task = trainer.Task(
         model=TrainingForward(net, cfg.symmetric), optimizer=opt, epoch_items=epoch_items,
         step=registration_step(cfg.loss, device.type == "cuda", device.type),
         validate=lambda d: validate(net, ds, device, cfg.loss, d),
         score=lambda row, epoch: row.get("DSC", -row["val_loss"]) if cfg.selects_on_val else float(epoch),
-        save=save, config=train_config)
+        save=save, config={**train_config, "dataset": str(ds.source), "training_images": len(images),
+                           "device_used": str(device)})
     loop = trainer.Loop(epochs=cfg.epochs, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                         val_every=cfg.val_every, grad_clip=cfg.grad_clip, accumulate=cfg.accumulate,
                         max_steps=max_steps, max_seconds=max_seconds, progress=progress)
@@ -229,10 +238,22 @@ def _with_defaults(saved: dict) -> dict:
     return {**{k: v for k, v in _jsonable(TrainConfig().to_dict()).items() if k not in saved}, **saved}
 
 
+RESUME_FREE = ("epochs", "device", "threads", "num_workers")
+"""Settings a resumed run may change: ``epochs`` (no learning-rate schedule depends on it, and items are
+derived from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it),
+and where and how fast it runs (``device``: ``auto`` and ``cpu`` were refused as different on a CPU machine;
+``threads``, ``num_workers``: the items do not depend on them)."""
+
+
 def _without_epochs(cfg: dict | None) -> dict | None:
-    """A run's settings less ``epochs``: no learning-rate schedule depends on it, and items are derived
-    from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it."""
-    return None if cfg is None else {k: v for k, v in cfg.items() if k != "epochs"}
+    """A run's settings less :data:`RESUME_FREE`, as a resume compares them."""
+    return None if cfg is None else {k: v for k, v in cfg.items() if k not in RESUME_FREE}
+
+
+def _image_list(ds: Dataset, cases: list) -> list[str]:
+    """The training images as recorded in the checkpoints: relative to the data folder when inside it (so a
+    moved data folder still resumes), else absolute."""
+    return [str(c.image.relative_to(ds.root)) if c.image.is_relative_to(ds.root) else str(c.image) for c in cases]
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
