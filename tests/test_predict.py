@@ -192,21 +192,30 @@ def test_summary_says_its_wall_time_is_per_pair_tried_when_a_pair_failed():
     assert "6.10 s per pair (read 0.50, adam 10.00, write 1.50 s; pipelined)" in summary(manifest)[0]
 
 
-def test_qc_on_a_rerun_that_skips_pairs_says_their_pictures_are_missing(tiny_dataset, tmp_path):
+def test_qc_on_a_rerun_that_skips_pairs_draws_missing_or_stale_pictures_from_the_kept_fields(tiny_dataset, tmp_path):
+    """A skipped pair with no picture needed --overwrite (every field computed again) to get one; a picture of
+    an earlier field (the pair redone without --qc) was kept as if it showed the current one."""
     out, qc = tmp_path / "out", tmp_path / "qc"
     args = ["predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
             "--io-iters", "1", "--pairs", "0001_0002"]
     assert invoke(*args).exit_code == 0
+    field = out / "disp_0001_0000_0002_0000.nii.gz"
+    made = field.read_bytes()
     res = invoke(*args, "--qc", qc)
     assert res.exit_code == 0 and "0 pairs done, 1 skipped" in res.output
-    assert f"note: --qc: 1 pairs skipped (outputs exist) have no QC picture in {qc}" in res.output, res.output
-    assert invoke(*args, "--qc", qc, "--overwrite").exit_code == 0 and len(list(qc.glob("qc_*.png"))) == 1
-    assert "no QC picture" not in invoke(*args, "--qc", qc).output
-    # asked the same again with every picture there: the quick path (it always took the full one with --qc)
+    assert "note: --qc: 1 pictures drawn from the fields kept on disk" in res.output, res.output
+    picture = qc / "qc_0001_0002.png"
+    assert picture.is_file() and field.read_bytes() == made  # drawn, not registered again
+    # asked the same again with the picture recorded: the quick path
     assert "checked without loading torch" in invoke(*args, "--qc", qc).output
-    next(qc.glob("qc_*.png")).unlink()  # a picture gone: the full path, which says so
-    res = invoke(*args, "--qc", qc)
-    assert "checked without loading torch" not in res.output and "have no QC picture" in res.output
+    first = picture.read_bytes()
+    assert invoke(*args[:-4], "--io-iters", "3", "--pairs", "0001_0002").exit_code == 0  # redone, no --qc
+    res = invoke(*args[:-4], "--io-iters", "3", "--pairs", "0001_0002", "--qc", qc)
+    assert "0 pairs done, 1 skipped" in res.output and "1 pictures drawn" in res.output, res.output
+    assert picture.read_bytes() != first  # the stale picture of the earlier field is replaced
+    picture.unlink()  # a picture gone: the full path draws it again
+    res = invoke(*args[:-4], "--io-iters", "3", "--pairs", "0001_0002", "--qc", qc)
+    assert "checked without loading torch" not in res.output and picture.is_file()
 
 
 def test_a_second_signal_during_the_clean_up_is_ignored_and_the_handlers_come_back():

@@ -240,6 +240,30 @@ def superseded_outputs(before: object, outputs: list[str], out_dir: Path) -> lis
     return removed
 
 
+def draw_missing_qc(cfg: PredictConfig, ds: Dataset, skipped: list[Pair], entries: dict,
+                    plan: dict[Pair, list[Path]]) -> int:
+    """``--qc`` for pairs whose field is kept: a picture that run.json does not record as drawn from that
+    field at that path (none yet, or one of an earlier field: a pair redone without ``--qc``) is drawn
+    from the field file, not from a new registration. A field that cannot be read is noted and left.
+    Returns the number drawn."""
+    from .qc import write_qc
+
+    drawn = 0
+    for pair in skipped:
+        path, entry = qc_path(cfg.qc_dir, pair), entries[pair.key]
+        if entry.get("qc") == str(path.absolute()) and path.is_file():
+            continue
+        try:
+            disp = disp_files.read_disp(plan[pair][0], ds.shape, "2020" if cfg.fmt == "npz2020" else "2025")
+            write_qc(path, pair, disp)
+        except (OSError, ValueError) as exc:
+            print(f"note: --qc: {pair.key}: no picture ({error_line(exc)})", file=sys.stderr)
+            continue
+        entry["qc"] = str(path.absolute())
+        drawn += 1
+    return drawn
+
+
 def qc_path(qc_dir: Path, pair: Pair) -> Path:
     """Where ``--qc`` puts a pair's picture."""
     return qc_dir / qc_name(pair.key)
@@ -329,7 +353,7 @@ def run(cfg: PredictConfig) -> dict:
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
                                            "files": earlier[pair.key]["files"]}
-            for key in ("search_start", "affine"):  # how the field on disk was made
+            for key in ("search_start", "affine", "qc"):  # how the field on disk was made, its picture
                 if key in earlier[pair.key]:
                     manifest["pairs"][pair.key][key] = earlier[pair.key][key]
             continue
@@ -366,6 +390,8 @@ def run(cfg: PredictConfig) -> dict:
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
             entry.update(settings=own_settings[pair], files=outcome.value, status="done")
+            if cfg.qc_dir is not None:  # the picture drawn from this field (a later --qc rerun keeps it)
+                entry["qc"] = str(qc_path(cfg.qc_dir, pair).absolute())
             replaced = superseded_outputs(earlier.get(pair.key), entry["outputs"], cfg.out_dir)
             if replaced:
                 entry["replaced"] = replaced
@@ -407,11 +433,12 @@ def run(cfg: PredictConfig) -> dict:
     redone = [e["redone"] for e in this_run if e["status"] == "done" and e.get("redone", "").startswith("made with")]
     if redone:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
-    no_qc = [p for p in pairs if cfg.qc_dir is not None and manifest["pairs"][p.key]["status"].startswith("skipped")
-             and not qc_path(cfg.qc_dir, p).exists()]
-    if no_qc:
-        print(f"note: --qc: {len(no_qc)} pairs skipped (outputs exist) have no QC picture in {cfg.qc_dir}; "
-              "--overwrite redoes them with one", file=sys.stderr)
+    if cfg.qc_dir is not None:
+        drawn = draw_missing_qc(cfg, ds, [p for p in pairs if manifest["pairs"][p.key]["status"].startswith("skipped")],
+                                manifest["pairs"], plan)
+        if drawn:
+            print(f"note: --qc: {drawn} pictures drawn from the fields kept on disk (pairs skipped, whose "
+                  f"picture in {cfg.qc_dir} was missing or not of that field)", file=sys.stderr)
     not_tried = sum(e["status"] == "not tried" for e in this_run)
     if stopped and not_tried:  # with none left, the pair's own error said it all
         print(f"error: {not_tried} pairs not tried: {stopped}", file=sys.stderr)

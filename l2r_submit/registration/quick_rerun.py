@@ -95,8 +95,9 @@ def nothing_to_do(ds: Dataset, out_dir: Path, split: str | None, wanted: tuple[s
                 return 0
         except OSError:
             return 0
-        if qc_dir is not None and not (qc_dir / qc_name(pair.key)).is_file():
-            return 0
+        picture = None if qc_dir is None else qc_dir / qc_name(pair.key)
+        if picture is not None and (entry.get("qc") != str(picture.absolute()) or not picture.is_file()):
+            return 0  # missing, or not drawn from this field: the full path draws it
     if hashes:  # an image's status moved (same contents): the full path records its new status once
         return 0
     return len(pairs)
