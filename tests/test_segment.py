@@ -95,7 +95,7 @@ def test_train_then_resume_then_predict(tmp_path):
     pred = invoke("segment", "predict", str(run / "best.pt"), str(challenge), str(cohort), "--out", str(out),
                   "--device", "cpu", "--quiet")
     assert pred.exit_code == 0, pred.output
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.glob("*.nii.gz"))
     assert names == sorted([f"AbdomenCTCT_000{i}_0000.nii.gz" for i in (1, 2, 3)] +
                            ["cohorta_0007_0000.nii.gz", "cohorta_0008_0000.nii.gz"])
     img = nib.load(out / names[0])
@@ -108,6 +108,17 @@ def test_train_then_resume_then_predict(tmp_path):
                    "--quiet")
     assert again.exit_code == 0 and "0 written, 3 already there" in again.output
     assert (out / names[0]).stat().st_mtime_ns == before
+    # a damaged file, and every file under another checkpoint, are made again (they were skipped as existing)
+    (out / names[1]).write_bytes((out / names[1]).read_bytes()[:1000])
+    again = invoke("segment", "predict", str(run / "best.pt"), str(challenge), "--out", str(out), "--device", "cpu",
+                   "--quiet")
+    assert again.exit_code == 0 and "1 written, 2 already there" in again.output and "1 existing" in again.output
+    again = invoke("segment", "predict", str(run / "last.pt"), str(challenge), "--out", str(out), "--device", "cpu",
+                   "--quiet")
+    assert "3 written, 0 already there" in again.output  # last.pt is another file (it holds the optimizer too)
+    again = invoke("segment", "predict", str(run / "last.pt"), str(challenge), "--out", str(out), "--device", "cpu",
+                   "--quiet", "--overwrite")
+    assert again.exit_code == 0 and "3 written, 0 already there" in again.output
 
 
 def test_predict_goes_on_after_a_failing_case_and_exit_code_says_so(tmp_path):
@@ -120,7 +131,7 @@ def test_predict_goes_on_after_a_failing_case_and_exit_code_says_so(tmp_path):
     result = invoke("segment", "predict", str(ckpt), str(challenge), "--out", str(out), "--device", "cpu", "--quiet")
     assert result.exit_code == 1
     assert "error: AbdomenCTCT_0002_0000.nii.gz:" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["AbdomenCTCT_0001_0000.nii.gz", "AbdomenCTCT_0003_0000.nii.gz"]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["AbdomenCTCT_0001_0000.nii.gz", "AbdomenCTCT_0003_0000.nii.gz"]
 
 
 def test_predict_refuses_a_registration_checkpoint_in_one_line(tmp_path, tiny_ckpt):

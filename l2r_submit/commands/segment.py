@@ -67,21 +67,26 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
               help="Folder of the label maps (one per case, named like its image).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all].")
+@click.option("--overwrite", is_flag=True, help="Make every label map again.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, device: str, threads: int | None,
-            quiet: bool) -> None:
+            overwrite: bool, quiet: bool) -> None:
     """Write the segmenter's label map (pseudo-labels) of every training and test case of DATASET_JSONs.
 
-    Whole volumes, one uint8 NIfTI per case in --out, named like its image; existing files are skipped.
+    Whole volumes, one uint8 NIfTI per case in --out, named like its image; a file recorded in
+    --out/pseudo_labels.json as made by this checkpoint from the same image, and unchanged, is skipped.
     """
     datasets = [load_dataset(p, None) for p in dataset_jsons]
     from ..recipe import pseudo_labels
 
     try:
         summary = pseudo_labels.predict(checkpoint, datasets, out_dir, device=device, threads=threads,
-                                        progress=not quiet)
+                                        progress=not quiet, overwrite=overwrite)
     except ValueError as exc:
         raise Fail(str(exc)) from None
+    if summary.redone:
+        click.echo(f"note: {summary.redone} existing label maps were made again: not recorded as made by this "
+                   "checkpoint from the same image, or changed since", err=True)
     click.echo(f"pseudo-labels in {out_dir}: {len(summary.written)} written, {len(summary.skipped)} already there, "
                f"{len(summary.failed)} failed")
     if summary.exit_code:

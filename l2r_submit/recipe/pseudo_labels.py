@@ -7,12 +7,17 @@ never predicted), with the image's affine. Whole-volume inference, one pass per 
 window: the paper's segmenter sees the whole 192x160x256 volume, as the authors predicted), the argmax
 of the class scores (:func:`l2r_submit.nets.segnet.segment`).
 
-Each file is written atomically; a file that exists is skipped (a killed run is resumed by running it
-again); a case that fails (unreadable image, ...) is reported in one line and the others go on.
+Each file is written atomically and recorded in ``OUT/pseudo_labels.json`` (the checkpoint's sha256; per
+file, its image's path, size and mtime and the label map's size and sha256). A rerun skips a file only
+when that record says it was made by the same checkpoint from the same image and the file still holds
+what was written (a killed run is resumed by running it again); any other file of a case is made again,
+and ``overwrite`` makes every one again. A case that fails (unreadable image, ...) is reported in one line
+and the others go on.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +29,9 @@ import numpy as np
 from ..core import io
 from ..core.dataset import Case, Dataset
 from ..core.folders import check_writable, clean_stale_tmp
+from ..registration.run_record import sha256
+
+RECORD = "pseudo_labels.json"
 
 
 @dataclass
@@ -33,6 +41,7 @@ class Summary:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    redone: int = 0  # files that existed but were not recorded as made by this checkpoint from this image
 
     @property
     def exit_code(self) -> int:
@@ -57,8 +66,30 @@ def cases_to_predict(datasets: Sequence[Dataset]) -> list[Case]:
     return list(seen.values())
 
 
+def _image_stamp(case: Case) -> dict:
+    st = case.image.stat()
+    return {"image": str(case.image.absolute()), "image_size": st.st_size, "image_mtime_ns": st.st_mtime_ns}
+
+
+def _kept(record: dict, name: str, case: Case, out_dir: Path) -> bool:
+    """The label map ``name`` is as :func:`predict` recorded it, from ``case``'s image as it is now."""
+    entry = record.get("files", {}).get(name)
+    path = out_dir / name
+    try:
+        return (isinstance(entry, dict) and path.is_file() and {k: entry.get(k) for k in _image_stamp(case)}
+                == _image_stamp(case) and entry.get("size") == path.stat().st_size
+                and entry.get("sha256") == sha256(path))
+    except OSError:
+        return False
+
+
+def _save_record(out_dir: Path, record: dict) -> None:
+    text = json.dumps(record, indent=2) + "\n"
+    io.atomic_write(out_dir / RECORD, lambda tmp: Path(tmp).write_text(text))
+
+
 def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir: Path, device: str = "auto",
-            threads: int | None = None, progress: bool = True) -> Summary:
+            threads: int | None = None, progress: bool = True, overwrite: bool = False) -> Summary:
     """Write the pseudo-labels of every case (see the module docstring).
 
     Raises:
@@ -77,8 +108,19 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
     check_writable(out_dir, "--out")
     clean_stale_tmp(out_dir)
     summary = Summary()
-    todo = [c for c in cases if not (out_dir / c.image.name).exists()]
-    summary.skipped = [c.image.name for c in cases if (out_dir / c.image.name).exists()]
+    ckpt_sha = sha256(Path(checkpoint))
+    try:
+        record = json.loads((out_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict) or record.get("checkpoint_sha256") != ckpt_sha:
+        record = {}  # another checkpoint's (or no) record: nothing in the folder is known to be this one's
+    record = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
+              "files": record.get("files", {}) if isinstance(record.get("files"), dict) else {}}
+    keep = {c.image.name for c in cases if not overwrite and _kept(record, c.image.name, c, out_dir)}
+    todo = [c for c in cases if c.image.name not in keep]
+    summary.skipped = [c.image.name for c in cases if c.image.name in keep]
+    summary.redone = sum((out_dir / c.image.name).exists() for c in todo)
     from tqdm import tqdm
 
     for case in tqdm(todo, desc="pseudo-labels", file=sys.stderr, disable=not progress):
@@ -87,7 +129,9 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
             vol = io.read_volume(case.image, np.float32)
             with torch.inference_mode():
                 labels = segnet.segment(net, torch.from_numpy(vol.array)[None, None].to(dev))[0]
-            io.write_label_map(labels.cpu().numpy().astype(np.uint8), vol.affine, out_dir / name)
+            path = io.write_label_map(labels.cpu().numpy().astype(np.uint8), vol.affine, out_dir / name)
+            record["files"][name] = {**_image_stamp(case), "size": path.stat().st_size, "sha256": sha256(path)}
+            _save_record(out_dir, record)
         except (ValueError, OSError, RuntimeError) as exc:
             line = io.one_line(exc, 300) or type(exc).__name__
             summary.failed.append((name, line))
