@@ -206,7 +206,7 @@ def test_import_weights_cli(tmp_path, repo_root):
     assert ckpt["format"] == checkpoint.FORMAT and net.cfg.orientation == "estienne2020"
     (tmp_path / "junk.pth").write_bytes(b"junk")
     res = CliRunner().invoke(main, ["import-weights", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pt")])
-    assert res.exit_code == 2 and "junk.pth: not a readable checkpoint" in res.output
+    assert res.exit_code == 2 and "junk.pth: not a torch checkpoint file" in res.output
 
 
 def test_deep_supervision_outputs():
@@ -267,3 +267,24 @@ def test_numpy_val_loss_imports_and_other_pickles_are_refused_in_our_words(tmp_p
     msg = str(err.value)
     assert msg.startswith(f"{tmp_path / 'obj.pt'}: not a plain-tensor checkpoint") and "not loaded" in msg
     assert "weights_only" not in msg and "Re-running" not in msg and "\n" not in msg
+
+
+def test_files_that_are_not_a_registration_checkpoint_are_named_for_what_they_are(tmp_path, repo_root):
+    """A JSON or an image said 'holds Python objects ... unpickling can run code'; a folder 'not found'; a
+    segmenter 'not an l2r_submit checkpoint'; importing our own checkpoint asked for --source abdominal."""
+    from l2r_submit.nets import seg_checkpoint, segnet
+    from l2r_submit.registration.quick_rerun import resolve_checkpoint
+
+    (tmp_path / "config.json").write_text('{"lr": 1}')
+    with pytest.raises(ValueError, match=r"config.json: not a torch checkpoint file \(it starts with b'\{\"lr'\)"):
+        checkpoint.load(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="is a folder; a checkpoint is a file"):
+        checkpoint.load(tmp_path)
+    with pytest.raises(ValueError, match="is a folder; --checkpoint names a checkpoint file"):
+        resolve_checkpoint(tmp_path, tmp_path)
+    seg = seg_checkpoint.save(tmp_path / "seg.pt", segnet.build("tiny"))
+    with pytest.raises(ValueError, match="seg.pt: a segmenter checkpoint"):
+        checkpoint.load(seg)
+    ours = checkpoint.save(tmp_path / "ours.pt", regnet.build("tiny"))
+    with pytest.raises(ValueError, match="ours.pt: already an l2r_submit checkpoint, nothing to import"):
+        checkpoint.import_original(ours)

@@ -36,6 +36,7 @@ from .config import ModelConfig
 from .regnet import RegistrationNet
 
 FORMAT = "l2r_submit-checkpoint"
+SEG_FORMAT = "l2r_submit-segmenter"  # :data:`l2r_submit.nets.seg_checkpoint.FORMAT`, named here to be told apart
 FORMAT_VERSION = 1
 
 
@@ -75,8 +76,14 @@ def _torch_load(path: Path) -> dict:
     Raises:
         ValueError: missing, unreadable, or holding other objects than tensors and plain containers.
     """
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; a checkpoint is a file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # a torch zip archive or a legacy pickle
+        raise ValueError(f"{path}: not a torch checkpoint file (it starts with {head!r})")
     try:
         with warnings.catch_warnings(), _allow_numpy_val_loss():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not the user's concern
@@ -125,6 +132,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     path = Path(path)
     ckpt = _torch_load(path)
     if ckpt.get("format") != FORMAT:
+        if ckpt.get("format") == SEG_FORMAT:
+            raise ValueError(f"{path}: a segmenter checkpoint (l2r segment), not a registration network")
         if "state_dict" in ckpt and ("optizmizer" in ckpt or any("encoder.input" in k for k in ckpt["state_dict"])):
             model = import_original(path, ckpt)
             return model.to(map_location).eval(), ckpt
@@ -196,6 +205,9 @@ def import_original(path: str | os.PathLike, ckpt: dict | None = None, keep_deep
     if source not in SOURCES:
         raise ValueError(f"source: '{source}' received, expected one of {', '.join(SOURCES)}")
     ckpt = ckpt if ckpt is not None else _torch_load(path)
+    if ckpt.get("format") in (FORMAT, SEG_FORMAT):
+        what = "an l2r_submit checkpoint" if ckpt["format"] == FORMAT else "an l2r_submit segmenter checkpoint"
+        raise ValueError(f"{path}: already {what}, nothing to import; use it as it is (--checkpoint)")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: no 'state_dict' in the checkpoint")

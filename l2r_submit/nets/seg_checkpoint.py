@@ -26,11 +26,11 @@ import torch
 
 from .. import __version__
 from ..core.io import atomic_write, one_line
-from .checkpoint import _torch_load, rename_original_key
+from .checkpoint import SEG_FORMAT, _torch_load, rename_original_key
 from .config import SegConfig
 from .segnet import SegmentationNet
 
-FORMAT = "l2r_submit-segmenter"
+FORMAT = SEG_FORMAT
 FORMAT_VERSION = 1
 
 

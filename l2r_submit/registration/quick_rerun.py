@@ -37,6 +37,8 @@ def resolve_checkpoint(path: Path | None, weights_dir: Path) -> Path:
             raise ValueError(f"{manifest_path}: no shipped weights; pass --checkpoint")
         path = weights_dir / manifest["default"]
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; --checkpoint names a checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
     listed = manifest["files"].get(path.name) if path.resolve().parent == weights_dir.resolve() else None
