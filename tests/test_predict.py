@@ -242,6 +242,16 @@ def test_a_second_signal_during_the_clean_up_is_ignored_and_the_handlers_come_ba
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_pairs_given_twice_are_both_taken(tiny_dataset, tmp_path):
+    """--pairs A --pairs B ran only B."""
+    out = tmp_path / "out"
+    res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
+                 "--io-iters", "1", "--pairs", "0001_0002", "--pairs", "0002_0003")
+    assert res.exit_code == 0 and "2 pairs done" in res.output, res.output
+    assert sorted(json.loads((out / "run.json").read_text())["selected"]) == ["0001_0000<--0002_0000",
+                                                                              "0002_0000<--0003_0000"]
+
+
 def test_evaluate_with_missing_label_maps_is_refused_before_any_registration(tiny_dataset, tmp_path):
     """A test split has no labels: --evaluate registered every pair, then failed (exit 1)."""
     (tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz").unlink()

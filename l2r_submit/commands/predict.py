@@ -18,7 +18,7 @@ from .common import Fail, check_folder_option, checked, load_dataset, stop_signa
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder for the fields.")
 @click.option("--split", type=click.Choice(["val", "test"]), default=None,
               help="[default: val when it has pairs, else test]")
-@click.option("--pairs", default=None, help="Comma-separated subset, e.g. 0001_0004,0002_0004.")
+@click.option("--pairs", multiple=True, help="Comma-separated subset, e.g. 0001_0004,0002_0004 (repeatable).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Weights of the network stage (refused when it does not run) [default: the shipped weights, "
                    "l2r_submit/weights/].")
@@ -95,7 +95,7 @@ def predict(**options) -> None:
             sys.exit(code)
 
 
-def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | None, checkpoint: Path | None,
+def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: tuple[str, ...], checkpoint: Path | None,
              fmt: str, names: str | None, device: str, io_iters: int | None, io_iters_non_ct: int | None,
              io_similarity: str, io_field: str,
              io_reg: float | None, no_network: bool,
@@ -125,9 +125,9 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: str | 
         pa.check_options_used(stages, checkpoint, io_iters, _typed_options(), no_network)
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    wanted = tuple(p.strip() for p in pairs.split(",") if p.strip()) if pairs is not None else None
+    wanted = tuple(p.strip() for text in pairs for p in text.split(",") if p.strip()) if pairs else None
     if wanted == ():
-        raise Fail(f"--pairs {pairs!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
+        raise Fail(f"--pairs {','.join(pairs)!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
     if names is None:
         names = "short" if fmt == "npz2020" else "long"
     elif fmt == "npz2020" and names == "long":
