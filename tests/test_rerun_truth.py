@@ -67,6 +67,7 @@ def test_an_image_replaced_with_its_size_and_mtime_put_back_is_redone(tiny_datas
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     res = invoke(*args)
     assert res.exit_code == 0 and "1 pairs done, 0 skipped" in res.output, res.output
+    assert "note: 1 pairs redone, e.g. because made from other images" in res.output  # it was silent
     entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]
     assert entry["redone"].startswith("made from other images")
     # the same bytes at another inode and ctime (a copied data folder): hashed, found equal, kept; the full

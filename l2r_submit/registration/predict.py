@@ -433,6 +433,10 @@ def run(cfg: PredictConfig) -> dict:
     redone = [e["redone"] for e in this_run if e["status"] == "done" and e.get("redone", "").startswith("made with")]
     if redone:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
+    other = [e["redone"] for e in this_run if e["status"] == "done"
+             and not e.get("redone", "made with").startswith(("made with", "--overwrite"))]
+    if other:  # a field changed or unreadable, other images, no record: said too (run.json has each reason)
+        print(f"note: {len(other)} pairs redone, e.g. because {other[0]}", file=sys.stderr)
     if cfg.qc_dir is not None:
         drawn = draw_missing_qc(cfg, ds, [p for p in pairs if manifest["pairs"][p.key]["status"].startswith("skipped")],
                                 manifest["pairs"], plan)
