@@ -242,6 +242,16 @@ def test_a_second_signal_during_the_clean_up_is_ignored_and_the_handlers_come_ba
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_stages_given_in_another_order_are_said_to_run_in_pipeline_order(tiny_dataset, tmp_path):
+    """--stages adam,search ran search then adam without a word."""
+    res = invoke("predict", tiny_dataset, "--out", tmp_path / "out", "--device", "cpu", "--quiet",
+                 "--stages", "adam,search", "--io-iters", "1", "--search-grid", "4", "--search-hw", "1",
+                 "--pairs", "0001_0002")
+    assert res.exit_code == 0 and ("note: --stages adam,search: stages always run in the order network, affine, "
+                                   "search, adam; running search,adam") in res.output, res.output
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["stages"] == ["search", "adam"]
+
+
 def test_pairs_given_twice_are_both_taken(tiny_dataset, tmp_path):
     """--pairs A --pairs B ran only B."""
     out = tmp_path / "out"

@@ -116,6 +116,10 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: tuple[
     if rank is not None and do_eval:
         raise Fail("--evaluate with several ranks: score the merged folder afterwards with l2r evaluate")
     checked(pa.check_stages, stages)
+    order = pa.pipeline_order(stages)
+    if order is not None and order != tuple(s.strip() for s in stages.split(",") if s.strip()):
+        click.echo(f"note: --stages {stages}: stages always run in the order {', '.join(pa.STAGE_NAMES)}; "
+                   f"running {','.join(order)}", err=True)
     if io_iters == 0 and io_iters_non_ct:
         raise Fail("--io-iters 0 turns the refinement off for every pair, so --io-iters-non-ct "
                    f"{io_iters_non_ct} would not run; give --io-iters N > 0 or leave one out")

@@ -11,6 +11,14 @@ STAGE_NAMES = ("network", "affine", "search", "adam")
 test keeps the two equal; the stages module parses the names again)."""
 
 
+def pipeline_order(text: str | None) -> tuple[str, ...] | None:
+    """The stages of ``--stages`` (checked by :func:`check_stages`) in the order they run; None without it."""
+    if text is None:
+        return None
+    names = {s.strip() for s in text.split(",")}
+    return tuple(n for n in STAGE_NAMES if n in names)
+
+
 def check_stages(text: str | None) -> None:
     """``--stages``: a comma list of distinct known names.
 
