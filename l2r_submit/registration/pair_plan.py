@@ -85,3 +85,23 @@ def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Pa
     ext = disp_files.disp_extension(fmt)
     return [out_dir / (stem + ext) for stem in disp_files.disp_names(pair.fixed.id, pair.moving.id, names,
                                                                pair.fixed.modality, pair.moving.modality)]
+
+
+def superseded_outputs(before: object, outputs: list[str], out_dir: Path) -> list[str]:
+    """Remove the field files an earlier run wrote for a pair (its run.json entry's ``outputs``) under
+    names that the pair's new field no longer has (another ``--format`` or ``--names``), once the new
+    field is written: left beside it, ``l2r evaluate`` would find two candidate fields for the pair.
+    Only plain ``disp_*.nii.gz``/``disp_*.npz`` names directly in ``out_dir`` are touched. Returns the
+    names removed."""
+    old = before.get("outputs") if isinstance(before, dict) else None
+    removed = []
+    for name in old if isinstance(old, list) else []:
+        path = out_dir / str(name)
+        if (name not in outputs and isinstance(name, str) and Path(name).name == name
+                and name.startswith("disp_") and name.endswith((".nii.gz", ".npz")) and path.is_file()):
+            try:
+                path.unlink()
+                removed.append(name)
+            except OSError:
+                continue
+    return removed

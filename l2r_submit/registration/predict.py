@@ -36,11 +36,12 @@ from .. import __version__
 from ..core import disp_files, folders, io, runtime
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
-from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs
+from .pair_plan import check_format_shape, check_min_shape, plan_outputs, select_pairs, superseded_outputs
+from .qc import draw_missing_qc, qc_path, write_qc
 from .run_record import (both_ct, error_line, file_record, mixes_ct, modality_name, pair_inputs,  # noqa: F401
                          pair_settings, redo_reason, request_settings, run_settings, save_manifest, sha256,
                          stage_means, summary)
-from ..core.dataset import Dataset, Pair, qc_name
+from ..core.dataset import Dataset, Pair
 from . import stages as stg
 from .instance import IOConfig
 from .affine import AffineConfig
@@ -220,55 +221,6 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     return pairs, plan
 
 
-def superseded_outputs(before: object, outputs: list[str], out_dir: Path) -> list[str]:
-    """Remove the field files an earlier run wrote for a pair (its run.json entry's ``outputs``) under
-    names that the pair's new field no longer has (another ``--format`` or ``--names``), once the new
-    field is written: left beside it, ``l2r evaluate`` would find two candidate fields for the pair.
-    Only plain ``disp_*.nii.gz``/``disp_*.npz`` names directly in ``out_dir`` are touched. Returns the
-    names removed."""
-    old = before.get("outputs") if isinstance(before, dict) else None
-    removed = []
-    for name in old if isinstance(old, list) else []:
-        path = out_dir / str(name)
-        if (name not in outputs and isinstance(name, str) and Path(name).name == name
-                and name.startswith("disp_") and name.endswith((".nii.gz", ".npz")) and path.is_file()):
-            try:
-                path.unlink()
-                removed.append(name)
-            except OSError:
-                continue
-    return removed
-
-
-def draw_missing_qc(cfg: PredictConfig, ds: Dataset, skipped: list[Pair], entries: dict,
-                    plan: dict[Pair, list[Path]]) -> int:
-    """``--qc`` for pairs whose field is kept: a picture that run.json does not record as drawn from that
-    field at that path (none yet, or one of an earlier field: a pair redone without ``--qc``) is drawn
-    from the field file, not from a new registration. A field that cannot be read is noted and left.
-    Returns the number drawn."""
-    from .qc import write_qc
-
-    drawn = 0
-    for pair in skipped:
-        path, entry = qc_path(cfg.qc_dir, pair), entries[pair.key]
-        if entry.get("qc") == str(path.absolute()) and path.is_file():
-            continue
-        try:
-            disp = disp_files.read_disp(plan[pair][0], ds.shape, "2020" if cfg.fmt == "npz2020" else "2025")
-            write_qc(path, pair, disp)
-        except (OSError, ValueError) as exc:
-            print(f"note: --qc: {pair.key}: no picture ({error_line(exc)})", file=sys.stderr)
-            continue
-        entry["qc"] = str(path.absolute())
-        drawn += 1
-    return drawn
-
-
-def qc_path(qc_dir: Path, pair: Pair) -> Path:
-    """Where ``--qc`` puts a pair's picture."""
-    return qc_dir / qc_name(pair.key)
-
-
 def run(cfg: PredictConfig) -> dict:
     """Predict every selected pair (of this shard); returns the run manifest (also written to
     ``out_dir/run.json``, or to this shard's record, merged into run.json: :mod:`l2r_submit.registration.shards`).
@@ -375,8 +327,6 @@ def run(cfg: PredictConfig) -> dict:
             raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
         files = file_record(written)
         if cfg.qc_dir is not None:
-            from .qc import write_qc
-
             write_qc(qc_path(cfg.qc_dir, pair), pair, disp)
         return files
 
@@ -438,8 +388,8 @@ def run(cfg: PredictConfig) -> dict:
     if other:  # a field changed or unreadable, other images, no record: said too (run.json has each reason)
         print(f"note: {len(other)} pairs redone, e.g. because {other[0]}", file=sys.stderr)
     if cfg.qc_dir is not None:
-        drawn = draw_missing_qc(cfg, ds, [p for p in pairs if manifest["pairs"][p.key]["status"].startswith("skipped")],
-                                manifest["pairs"], plan)
+        skipped = [p for p in pairs if manifest["pairs"][p.key]["status"].startswith("skipped")]
+        drawn = draw_missing_qc(cfg.qc_dir, cfg.fmt, ds.shape, skipped, manifest["pairs"], plan)
         if drawn:
             print(f"note: --qc: {drawn} pictures drawn from the fields kept on disk (pairs skipped, whose "
                   f"picture in {cfg.qc_dir} was missing or not of that field)", file=sys.stderr)

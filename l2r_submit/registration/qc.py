@@ -3,13 +3,15 @@ the Jacobian determinant with folds (J <= 0) marked."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..core import io
-from ..core.dataset import Pair
+from ..core import disp_files, io
+from ..core.dataset import Pair, qc_name
 from ..evaluation import metrics
+from .run_record import error_line
 
 
 def _warp_image_np(moving: np.ndarray, disp: np.ndarray) -> np.ndarray:
@@ -73,3 +75,30 @@ def write_qc(path: Path, pair: Pair, disp: np.ndarray) -> Path:
     io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=70))
     plt.close(fig)
     return path
+
+
+def qc_path(qc_dir: Path, pair: Pair) -> Path:
+    """Where ``--qc`` puts a pair's picture."""
+    return qc_dir / qc_name(pair.key)
+
+
+def draw_missing_qc(qc_dir: Path, fmt: str, shape: tuple[int, ...], skipped: list[Pair], entries: dict,
+                    plan: dict[Pair, list[Path]]) -> int:
+    """``--qc`` for pairs whose field is kept: a picture that run.json (``entries``) does not record as drawn
+    from that field at that path (none yet, or one of an earlier field: a pair redone without ``--qc``) is
+    drawn from the field file (``plan``: the pair's files, format ``fmt``), not from a new registration. A
+    field that cannot be read is noted and left. Returns the number drawn."""
+    drawn = 0
+    for pair in skipped:
+        path, entry = qc_path(qc_dir, pair), entries[pair.key]
+        if entry.get("qc") == str(path.absolute()) and path.is_file():
+            continue
+        try:
+            disp = disp_files.read_disp(plan[pair][0], shape, "2020" if fmt == "npz2020" else "2025")
+            write_qc(path, pair, disp)
+        except (OSError, ValueError) as exc:
+            print(f"note: --qc: {pair.key}: no picture ({error_line(exc)})", file=sys.stderr)
+            continue
+        entry["qc"] = str(path.absolute())
+        drawn += 1
+    return drawn
