@@ -228,6 +228,35 @@ def test_a_full_disk_at_the_last_pair_and_an_unwritable_record_are_said_as_they_
     assert (out / FIELDS[0]).is_file() and (out / FIELDS[1]).is_file()
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+def test_an_interrupt_records_the_pairs_it_did_not_reach_as_not_tried(tiny_dataset, ckpt, tmp_path, monkeypatch,
+                                                                      overlap):
+    """run.json of an interrupted run had no entry for the pairs after the one being computed, although
+    a run stopped by a full disk records them as not tried."""
+    out = tmp_path / "out"
+    register = predict.register_pair
+
+    def interrupt_at_the_second(stages, pair, *args):
+        if pair.key == PAIRS[1]:
+            raise KeyboardInterrupt
+        return register(stages, pair, *args)
+
+    monkeypatch.setattr(predict, "register_pair", interrupt_at_the_second)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt, *(() if overlap else ("--sequential",))))
+    assert res.exit_code == 130
+    assert error_lines(res) == [f"interrupted: 1 pairs done are kept in {out} and recorded in run.json; "
+                                "run the same command again to do the rest"]
+    entries = json.loads((out / "run.json").read_text())["pairs"]
+    assert [entries[k]["status"] for k in PAIRS] == ["done", "failed", "not tried"]
+    assert entries[PAIRS[1]]["error"] == entries[PAIRS[2]]["error"] == "interrupted"
+    assert (out / FIELDS[0]).is_file() and not (out / FIELDS[2]).exists()
+    monkeypatch.setattr(predict, "register_pair", register)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt))  # the rerun does the rest
+    assert res.exit_code == 0 and "1 skipped" in res.stdout
+    assert {e["status"] for e in json.loads((out / "run.json").read_text())["pairs"].values()} == {
+        "done", "skipped (outputs exist)"}
+
+
 def test_evaluate_keeps_metrics_json_when_the_csv_cannot_be_written(tiny_dataset, tmp_path, monkeypatch):
     """The CSV's failure was reported as metrics.json's, with exit 2 ('nothing computed') although
     metrics.json was complete; with predict --evaluate --report, an earlier metrics.json was reported."""

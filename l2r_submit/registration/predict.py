@@ -371,6 +371,9 @@ def run(cfg: PredictConfig) -> dict:
         current = next((p for p in todo if manifest["pairs"].get(p.key) is not entries[p]), None)
         if current is not None:  # the pair being computed (the one being written was recorded first)
             manifest["pairs"][current.key] = {**entries[current], "status": "failed", "error": "interrupted"}
+        for pair in todo:  # the pairs after it: recorded as not tried, as when a full disk stops the run
+            if pair is not current and manifest["pairs"].get(pair.key) is not entries[pair]:
+                manifest["pairs"][pair.key] = {**entries[pair], "status": "not tried", "error": "interrupted"}
         save_manifest(record, manifest)
         raise
     finally:
