@@ -179,3 +179,32 @@ def test_a_rerun_from_another_working_folder_still_skips(tiny_dataset, ckpt, tmp
     monkeypatch.chdir(tmp_path)
     res = invoke(*predict_args(tiny_dataset, out, ckpt))
     assert res.exit_code == 0 and "0 pairs done, 3 skipped" in res.output
+
+
+def test_a_refused_command_leaves_no_empty_output_folder(tiny_dataset, ckpt, tmp_path):
+    """predict (unreadable weights), train (unreadable --init), segment train (no training case) and cohort
+    prepare (unreadable --reference) made their --out folder, parents included, before refusing with exit 2;
+    an existing folder stays."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    reference = tmp_path / "ref.nii.gz"
+    reference.write_bytes(b"junk")
+    train = ("--model", "tiny", "--epochs", "1", "--crop", "8,8,8", "--workers", "0")
+    commands = {
+        "predict": lambda out: predict_args(tiny_dataset, out, junk, "--stages", "network"),
+        "train": lambda out: ["train", tiny_dataset, "--out", out, "--preset", "finetune", "--init", junk, *train,
+                              "--final-submission"],
+        "segment": lambda out: ["segment", "train", tiny_dataset, "--out", out, *train],
+        "cohort": lambda out: ["cohort", "prepare", "nifti", tiny_dataset.parent, "--out", out, "--reference",
+                               reference, "--label-map", "1=1", "--limit", "1"],
+    }
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for name, args in commands.items():
+        for out in (tmp_path / name / "deeper", existing):
+            res = invoke(*args(out))
+            assert res.exit_code == 2, (name, res.output)
+            [line] = [s for s in error_lines(res) if s.startswith("error")]
+            assert "junk" in line or "no training case" in line or str(reference) in line, (name, line)
+            assert not (tmp_path / name).exists(), name
+            assert existing.is_dir() and not list(existing.iterdir()), name

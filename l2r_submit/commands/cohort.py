@@ -64,15 +64,10 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
         raise Fail(f"{src}: SRC folder not found")
     if not reference.is_file():
         raise Fail(f"{reference}: --reference file not found")
-    from ..core.folders import check_writable
-
-    try:
-        check_writable(out_dir, "--out")
-    except ValueError as exc:
-        raise Fail(str(exc)) from None
     prefix = name or (layout if layout != "nifti" else src.resolve().name.lower())
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix):
         raise Fail(f"--name '{prefix}': use letters, digits, '_' and '-' (it starts every written file name)")
+    from ..core.folders import writable_folder
 
     def log(line: str) -> None:
         if not (quiet and line.startswith("[")):
@@ -80,7 +75,8 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
 
     cfg = prep.PrepareConfig(lay, src, out_dir, reference, prefix, limit, skip_failed, log)
     try:
-        code = prep.run(cfg)
+        with writable_folder(out_dir, "--out"):  # a refusal (e.g. an unreadable --reference) leaves no empty folder
+            code = prep.run(cfg)
     except ValueError as exc:
         raise Fail(str(exc)) from None
     sys.exit(code)

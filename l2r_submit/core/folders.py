@@ -12,8 +12,9 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 _TMP_NAME = re.compile(r"^\.tmp-(?:(\d+)-)?[A-Za-z0-9_]{6,}(\.nii\.gz|\.[A-Za-z0-9]+)?$")
 LEGACY_TMP_AGE_S = 3600.0  # a temporary file without a pid is taken as stale after an hour
@@ -98,8 +99,9 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],
             raise ValueError(f"{out}: {what} would overwrite an input of this command{also}; write to another file")
 
 
-def check_writable(folder: str | os.PathLike, what: str) -> None:
-    """Create ``folder`` if needed and prove a file can be created and removed in it.
+def check_writable(folder: str | os.PathLike, what: str) -> list[Path]:
+    """Create ``folder`` if needed and prove a file can be created and removed in it. Returns the folders
+    it made (``folder`` and missing parents, deepest first).
 
     Raises:
         ValueError: the path (or a parent) is a file, or the folder cannot be created or written,
@@ -107,6 +109,7 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
     """
     folder = Path(folder)
     check_not_a_file(folder, what)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".probe", dir=folder)
@@ -114,6 +117,24 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise ValueError(f"{folder}: {what} is not writable ({exc.strerror or exc})") from None
+    return made
+
+
+@contextmanager
+def writable_folder(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """:func:`check_writable`, then the block; when the block raises ValueError (a refusal: bad weights,
+    too few images) the folders made here are removed again as far as they are still empty, so a refused
+    command leaves no empty output folder behind. Anything written in them is kept."""
+    made = check_writable(folder, what)
+    try:
+        yield
+    except ValueError:
+        for path in made:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (something was written), or gone: keep it and its parents
+                break
+        raise
 
 
 NO_FURTHER_WRITES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

@@ -15,7 +15,8 @@ that fails is recorded and skipped; the others go on. A write failure that no la
 ``run.json`` is written in every case.
 
 Before any work: the pairs exist, no two pairs map to the same output file, the format suits the
-volume shape, and every output folder is a writable folder. Each pair's entry in ``run.json``
+volume shape, the weights load, and every output folder is a writable folder (made last, so that a
+refusal leaves none behind). Each pair's entry in ``run.json``
 records the settings its field was made with (:func:`run_record.run_settings`) and the size and sha256 of
 each file written; a rerun skips a pair only when both still match (no decompression needed), and
 redoes it otherwise.
@@ -191,7 +192,8 @@ def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, sha
 
 
 def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[Path]]]:
-    """Everything that can be known wrong before loading weights: pairs, images, names, format, folders.
+    """Everything that can be known wrong before loading weights: pairs, images, names, format (the output
+    folders are made and probed later, once the weights are read: a refusal leaves no empty folder behind).
 
     Returns:
         The pairs to predict and each pair's output files.
@@ -215,9 +217,6 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     missing = ds.missing_files(pairs, images=True, labels=False)
     if missing:
         raise ValueError("missing image files: " + ", ".join(map(str, missing)))
-    folders.check_writable(cfg.out_dir, "--out")
-    if cfg.qc_dir is not None:
-        folders.check_writable(cfg.qc_dir, "--qc")
     return pairs, plan
 
 
@@ -261,6 +260,9 @@ def run(cfg: PredictConfig) -> dict:
     if mixed and "adam" in names and cfg.io.similarity == "mse":
         raise ValueError(f"--io-similarity mse compares intensities, and {len(mixed)} pairs are CT against "
                          f"another modality (first: {mixed[0]}): use mind")
+    for folder, option in ((cfg.out_dir, "--out"), (cfg.qc_dir, "--qc")):  # the last refusals: made only now
+        if folder is not None:
+            folders.check_writable(folder, option)
     for folder in (cfg.out_dir, cfg.qc_dir):
         if folder is not None:
             folders.clean_stale_tmp(folder)

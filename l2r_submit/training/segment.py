@@ -234,14 +234,14 @@ def run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume:
         ValueError: ``out_dir`` cannot be written, no training case, a missing label map, a crop larger than
             the volumes, a resumed run with other settings, an inconsistent launch environment; one line.
     """
-    folders.check_writable(out_dir, "--out")
-    trainer.check_fresh(out_dir, resume)
-    runtime.configure_threads(cfg.threads)
-    dist, device = distributed.start(runtime.resolve_device(cfg.device))
-    try:
-        return _run(cfg, datasets, out_dir, resume, progress, max_steps, dist, device)
-    finally:
-        distributed.stop(dist)
+    with folders.writable_folder(out_dir, "--out"):  # a refusal leaves no empty folder
+        trainer.check_fresh(out_dir, resume)
+        runtime.configure_threads(cfg.threads)
+        dist, device = distributed.start(runtime.resolve_device(cfg.device))
+        try:
+            return _run(cfg, datasets, out_dir, resume, progress, max_steps, dist, device)
+        finally:
+            distributed.stop(dist)
 
 
 def _run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume: bool, progress: bool,

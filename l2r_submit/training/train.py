@@ -156,14 +156,14 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
             resumed run, bad checkpoints, an inconsistent launch environment or a batch that does not split
             over the processes.
     """
-    folders.check_writable(out_dir, "--out")
-    trainer.check_fresh(out_dir, resume)
-    runtime.configure_threads(cfg.threads)
-    dist, device = distributed.start(runtime.resolve_device(cfg.device))
-    try:
-        return _run(cfg, ds, out_dir, resume, progress, max_steps, epoch_data, max_seconds, dist, device)
-    finally:
-        distributed.stop(dist)
+    with folders.writable_folder(out_dir, "--out"):  # a refusal (bad --init, too few images) leaves no empty folder
+        trainer.check_fresh(out_dir, resume)
+        runtime.configure_threads(cfg.threads)
+        dist, device = distributed.start(runtime.resolve_device(cfg.device))
+        try:
+            return _run(cfg, ds, out_dir, resume, progress, max_steps, epoch_data, max_seconds, dist, device)
+        finally:
+            distributed.stop(dist)
 
 
 def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: bool, max_steps: int | None,
