@@ -18,7 +18,7 @@ from .commands import predict as predict_cmd
 from .commands import recipe as recipe_cmd
 from .commands import segment as segment_cmd
 from .commands import train as train_cmd
-from .commands.common import Fail, check_new_file, load_dataset, write_eval
+from .commands.common import Fail, check_new_file, checked, load_dataset, write_eval
 from .core.folders import check_not_input, same_file
 
 
@@ -99,26 +99,31 @@ class _FilePath(click.ParamType):
               help="Official evaluator version whose rules apply: 2025 (current: long names for same-modality "
                    "pairs, SDlogJ 30 = 0.7 quantile), 2024 (short names, 0.7), 2022 (short names, 0.3), "
                    "2020 (half-resolution float16 npz, ddof 1).")
+@click.option("--pairs", multiple=True,
+              help="Score only these pairs of the split, comma-separated, e.g. 0001_0004,0002_0004 (repeatable); "
+                   "the aggregates are over them.")
 @click.option("--missing", type=click.Choice(["error", "zero"]), default="error", show_default=True,
               help="Missing fields: stop before any work, or score them as zero fields.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel processes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: Path | None,
-             pairs_csv: Path | None, out_json: Path | None, out_csv: Path | None, protocol: str, missing: str,
-             workers: int, quiet: bool) -> None:
+             pairs_csv: Path | None, out_json: Path | None, out_csv: Path | None, protocol: str,
+             pairs: tuple[str, ...], missing: str, workers: int, quiet: bool) -> None:
     """Score the displacement fields in DISP_DIR with the official Learn2Reg metrics.
 
     DATASET_JSON is a dataset JSON (AbdomenCTCT_dataset.json) or an official evaluation config
     (task_name, evaluation_methods, expected_shape, eval_pairs).
     """
+    from .core.selection import parse_pairs_option
     from .evaluation import evaluate as ev
 
+    only = checked(parse_pairs_option, pairs)
     out_json = out_json or disp_dir / "metrics.json"
     csv_said = out_csv is not None
     out_csv = out_csv or out_json.with_suffix(".csv")
     ds = load_dataset(dataset_json, data_root, pairs_csv)
-    cfg = ev.EvalConfig(ds, disp_dir, split, protocol, missing, workers, progress=not quiet)
+    cfg = ev.EvalConfig(ds, disp_dir, split, protocol, missing, workers, progress=not quiet, only=only)
     try:
         if disp_dir.exists() and not disp_dir.is_dir():
             raise ValueError(f"{disp_dir}: is a file; DISP_DIR is the folder of displacement fields")
@@ -135,6 +140,9 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     for note in ds.notes:
         if note.startswith("no 'labels' key"):
             click.echo(f"note: {ds.source}: {note}", err=True)
+    if only is not None:
+        click.echo(f"note: --pairs: {len(result.metrics['cases']) + len(result.failed)} of the "
+                   f"{len(ds.pairs(split))} pairs of the split scored; the aggregates are over them only", err=True)
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
                f"wrote {' and '.join(map(str, written)) or 'nothing'}")
     if result.failed or len(written) < 2:

@@ -296,3 +296,26 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused(tiny_dataset, tmp
     assert not (tmp_path / "newdir").exists()
     res = invoke("report", tmp_path / "m.json", "--out", f"{tmp_path}/")
     assert res.exit_code == 2 and "report.html" in res.output
+
+
+def test_pairs_scores_only_the_named_pairs_and_their_aggregates(tiny_dataset, tmp_path):
+    """``l2r evaluate --pairs`` (predict had it, evaluate had not): the named pairs only, with the same per-pair
+    numbers as a run over all of them, their mean as the aggregate, the split's order, names as predict takes
+    them; a name not in the split is one line, exit 2, nothing written."""
+    disp = tmp_path / "disp"
+    write_fields(disp)
+    assert invoke("evaluate", tiny_dataset, disp, "--out", tmp_path / "all.json", "--quiet").exit_code == 0
+    full = json.loads((tmp_path / "all.json").read_text())["cases"]
+    res = CliRunner().invoke(main, ["evaluate", str(tiny_dataset), str(disp), "--out", str(tmp_path / "two.json"),
+                                    "--quiet", "--pairs", "0002_0003", "--pairs", "0001_0000<--0002_0000"])
+    assert res.exit_code == 0, res.output
+    assert "note: --pairs: 2 of the 3 pairs of the split scored" in res.stderr
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert list(two["cases"]) == ["0001_0000<--0002_0000", "0002_0000<--0003_0000"]
+    for key, case in two["cases"].items():
+        assert case == full[key]
+    assert two["aggregates"]["DSC"]["mean"] == pytest.approx(np.mean([c["DSC"]["mean"] for c in two["cases"].values()]))
+    bad = CliRunner().invoke(main, ["evaluate", str(tiny_dataset), str(disp), "--out", str(tmp_path / "bad.json"),
+                                    "--pairs", "0001_0002,0003_0001"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: --pairs: not in split 'val': 0003_0001"
+    assert not (tmp_path / "bad.json").exists()

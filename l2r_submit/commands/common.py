@@ -88,12 +88,11 @@ def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = No
 
 
 def checked(check, value):
-    """``check(value)`` (a torch-free check of :mod:`l2r_submit.registration.predict_args`), its ValueError as one line."""
+    """``check(value)`` (a torch-free check or parser of an option), its result; its ValueError as one line."""
     try:
-        check(value)
+        return check(value)
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    return value
 
 
 def check_new_file(path: Path, option: str) -> None:

@@ -129,9 +129,9 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: tuple[
         pa.check_options_used(stages, checkpoint, io_iters, _typed_options(), no_network)
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    wanted = tuple(p.strip() for text in pairs for p in text.split(",") if p.strip()) if pairs else None
-    if wanted == ():
-        raise Fail(f"--pairs {','.join(pairs)!r}: no pair names given (expected e.g. 0001_0004,0002_0004)")
+    from ..core.selection import parse_pairs_option
+
+    wanted = checked(parse_pairs_option, pairs)
     if names is None:
         names = "short" if fmt == "npz2020" else "long"
     elif fmt == "npz2020" and names == "long":
@@ -226,7 +226,7 @@ def _typed_options() -> list[str]:
 def _check_labels_for_evaluate(ds, split: str | None, wanted: tuple[str, ...] | None) -> None:
     """``--evaluate`` scores the selected pairs against their label maps: all of them must exist before
     any registration (a test split has none; it was found after every pair was registered)."""
-    from ..registration.pair_plan import select_pairs
+    from ..core.selection import select_pairs
 
     try:
         selected = select_pairs(ds, split, wanted)

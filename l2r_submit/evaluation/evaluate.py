@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core import disp_files, io, versions
 from ..core.dataset import Dataset, Pair
+from ..core.selection import select_pairs
 from . import scoring
 
 EVAL_VERSION = "2.0"
@@ -45,7 +46,8 @@ class EvalConfig:
         missing: ``error`` stops before any work when a field is missing; ``zero`` scores it as a zero field.
         workers: parallel processes (1 = in this process).
         progress: show a progress bar on stderr.
-        only: score only these pairs of the split (case keys); None: all of them.
+        only: score only these pairs of the split (case keys, or ``FFFF_MMMM`` as ``--pairs`` names them);
+            None: all of them.
         zero: pairs scored as zero fields whatever file exists for them, and listed as zero-filled (for
             ``predict --evaluate``: the pairs whose prediction failed in this run, so an earlier run's file
             left in the folder is not taken for this run's result).
@@ -246,8 +248,9 @@ def run(cfg: EvalConfig) -> EvalResult:
     """Evaluate every pair of the split (or the pairs in ``cfg.only``).
 
     Raises:
-        ValueError: before any work, listing in one message every missing label file, or every missing
-            field when ``missing='error'``, or every pair with two candidate fields. Per-pair problems
+        ValueError: before any work: a pair of ``cfg.only`` not in the split; listing in one message
+            every missing label file, or every missing field when ``missing='error'``, or every pair with
+            two candidate fields. Per-pair problems
             (bad shape, dtype, NaNs, unreadable files) do not raise: the pair is recorded in
             ``EvalResult.failed`` and left out of the aggregates, and ``metrics["partial"]`` is true.
     """
@@ -257,8 +260,8 @@ def run(cfg: EvalConfig) -> EvalResult:
     if not disp_dir.is_dir():
         raise ValueError(f"{disp_dir}: displacement folder not found")
     pairs = ds.pairs(cfg.split)
-    if cfg.only is not None:
-        wanted = set(cfg.only)
+    if cfg.only is not None:  # named as --pairs names them (FFFF_0000<--MMMM_0000 or FFFF_MMMM); split order kept
+        wanted = {p.key for p in select_pairs(ds, cfg.split, cfg.only)}
         pairs = [p for p in pairs if p.key in wanted]
     if not pairs:
         which = [cfg.split] if cfg.split else list(ds.splits)

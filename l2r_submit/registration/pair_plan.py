@@ -1,7 +1,8 @@
 """Which pairs to predict and which files each writes: the checks made before any work.
 
-Pure functions of the dataset, the options and the volume shape (no torch): pair selection by name,
-output names per pair and their collisions, and the shapes a format or a network accepts.
+Pure functions of the dataset, the options and the volume shape (no torch): output names per pair and
+their collisions, and the shapes a format or a network accepts (pair selection by name:
+:mod:`l2r_submit.core.selection`).
 """
 
 from __future__ import annotations
@@ -10,32 +11,6 @@ from pathlib import Path
 
 from ..core import disp_files
 from ..core.dataset import Dataset, Pair
-
-
-def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None) -> list[Pair]:
-    """Pairs of the split, optionally only those named (``FFFF_0000<--MMMM_0000`` or ``FFFF_MMMM``).
-
-    Raises:
-        ValueError: a named pair that is not in the split.
-    """
-    pairs = ds.pairs(split)
-    if wanted is not None and not wanted:
-        raise ValueError("--pairs: no pair names given (expected e.g. 0001_0004,0002_0004)")
-    if not wanted:
-        return list(dict.fromkeys(pairs))
-
-    def names(ps: list[Pair]) -> dict[str, Pair]:
-        return {p.key: p for p in ps} | {f"{p.fixed.id}_{p.moving.id}": p for p in ps}
-
-    by_name = names(pairs)
-    unknown = [w for w in wanted if w not in by_name]
-    if unknown:
-        here = split or next((n for n, ps in ds.splits.items() if ps == pairs and ps), "default")
-        elsewhere = [f"{w} (in split '{n}')" for w in unknown
-                     for n, ps in ds.splits.items() if ps is not pairs and w in names(ps)]
-        hint = f"; found elsewhere: {', '.join(elsewhere)}; pass --split" if elsewhere else ""
-        raise ValueError(f"--pairs: not in split '{here}': {', '.join(unknown)}{hint}")
-    return list(dict.fromkeys(by_name[w] for w in wanted))
 
 
 def plan_outputs(out_dir: Path, pairs: list[Pair], fmt: str, names: str) -> dict[Pair, list[Path]]:

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 from ..core.dataset import Dataset, qc_name
-from .pair_plan import plan_outputs, select_pairs
+from ..core.selection import select_pairs
+from .pair_plan import plan_outputs
 from .run_record import _plain, both_ct, pair_inputs, pair_settings, same_inputs, sha256, unchanged
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # package data: found in an installed wheel too
