@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import disp_files
-from ..core.dataset import Dataset, Pair
+from ..core.dataset import Pair
 
 
 def plan_outputs(out_dir: Path, pairs: list[Pair], fmt: str, names: str) -> dict[Pair, list[Path]]:
