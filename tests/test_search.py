@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from l2r_submit.core import dataset
 from l2r_submit.registration import features, instance, predict, search, stages
-from l2r_submit.core.spatial import compose, warp_image
+from l2r_submit.core.spatial import warp_image
 
 from conftest import invoke
 
