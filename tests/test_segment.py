@@ -134,6 +134,34 @@ def test_predict_goes_on_after_a_failing_case_and_exit_code_says_so(tmp_path):
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["AbdomenCTCT_0001_0000.nii.gz", "AbdomenCTCT_0003_0000.nii.gz"]
 
 
+def test_predict_never_replaces_an_input_and_replaces_unlisted_files_only_when_told(tmp_path):
+    """--out naming the folder of the images or of the true labels (same file names) replaced them, exit 0."""
+    from l2r_submit.nets import seg_checkpoint, segnet
+
+    challenge, _ = challenge_and_cohort(tmp_path)
+    ckpt = seg_checkpoint.save(tmp_path / "seg.pt", segnet.build("tiny"))
+    name = "AbdomenCTCT_0001_0000.nii.gz"
+    for folder in ("imagesTr", "labelsTr"):
+        src = tmp_path / "challenge" / folder
+        before = {p.name: p.read_bytes() for p in src.iterdir()}
+        for extra in ((), ("--overwrite",)):
+            res = invoke("segment", "predict", str(ckpt), str(challenge), "--out", str(src), "--device", "cpu",
+                         "--quiet", *extra)
+            assert res.exit_code == 2, res.output
+            [line] = res.output.strip().splitlines()
+            assert line.startswith(f"error: {src / name}: --out would overwrite an input of this run")
+            assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    other = tmp_path / "other"  # e.g. another cohort's label folder, whose file names happen to match
+    other.mkdir()
+    (other / name).write_bytes(b"someone else's file")
+    res = invoke("segment", "predict", str(ckpt), str(challenge), "--out", str(other), "--device", "cpu", "--quiet")
+    assert res.exit_code == 2 and "1 files that pseudo_labels.json does not list" in res.output
+    assert (other / name).read_bytes() == b"someone else's file" and not (other / "pseudo_labels.json").exists()
+    res = invoke("segment", "predict", str(ckpt), str(challenge), "--out", str(other), "--device", "cpu", "--quiet",
+                 "--overwrite")
+    assert res.exit_code == 0 and nib.load(other / name).get_data_dtype() == np.uint8
+
+
 def test_predict_refuses_a_registration_checkpoint_in_one_line(tmp_path, tiny_ckpt):
     challenge, _ = challenge_and_cohort(tmp_path)
     result = invoke("segment", "predict", str(tiny_ckpt), str(challenge), "--out", str(tmp_path / "p"),

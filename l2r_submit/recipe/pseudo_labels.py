@@ -11,7 +11,8 @@ Each file is written atomically and recorded in ``OUT/pseudo_labels.json`` (the 
 file, its image's path, size and mtime and the label map's size and sha256). A rerun skips a file only
 when that record says it was made by the same checkpoint from the same image and the file still holds
 what was written (a killed run is resumed by running it again); any other file of a case is made again,
-and ``overwrite`` makes every one again. A case that fails (unreadable image, ...) is reported in one line
+and ``overwrite`` makes every one again. A file the record does not list is never replaced without
+``overwrite``, and an input of the run (an image or a true label map) never. A case that fails (unreadable image, ...) is reported in one line
 and the others go on.
 """
 
@@ -83,6 +84,37 @@ def _kept(record: dict, name: str, case: Case, out_dir: Path) -> bool:
         return False
 
 
+def check_replaceable(cases: Sequence[Case], out_dir: Path, ours: set[str], overwrite: bool) -> None:
+    """Before any case: no label map may replace an input of the run (``--out`` naming the folder of the
+    images or of the true labels, whose file names are the same), and without ``overwrite`` no file that
+    ``pseudo_labels.json`` does not list (``ours``: made by an earlier ``segment predict``, whatever its
+    checkpoint) may be replaced.
+
+    Raises:
+        ValueError: one line naming the first such file and what it is.
+    """
+    def inode(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    inputs = {inode(p): p for c in cases for p in (c.image, c.label) if p is not None}
+    inputs.pop(None, None)
+    existing = [c.image.name for c in cases if inode(out_dir / c.image.name) is not None]
+    for name in existing:
+        source = inputs.get(inode(out_dir / name))
+        if source is not None:
+            raise ValueError(f"{out_dir / name}: --out would overwrite an input of this run ({source}); write "
+                             "the pseudo-labels to a folder of their own")
+    foreign = [name for name in existing if name not in ours]
+    if foreign and not overwrite:
+        raise ValueError(f"{out_dir}: {len(foreign)} files that {RECORD} does not list as made by l2r segment "
+                         f"predict would be replaced (first: {foreign[0]}); write to a folder of their own, or pass "
+                         "--overwrite to replace them")
+
+
 def _save_record(out_dir: Path, record: dict) -> None:
     text = json.dumps(record, indent=2) + "\n"
     io.atomic_write(out_dir / RECORD, lambda tmp: Path(tmp).write_text(text))
@@ -93,8 +125,8 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
     """Write the pseudo-labels of every case (see the module docstring).
 
     Raises:
-        ValueError: an unreadable checkpoint, colliding image names, an unwritable ``out_dir`` (before any
-            case is done).
+        ValueError: an unreadable checkpoint, colliding image names, an unwritable ``out_dir``, a file it
+            must not replace (:func:`check_replaceable`), before any case is done.
     """
     import torch
 
@@ -113,6 +145,8 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
         record = json.loads((out_dir / RECORD).read_text())
     except (OSError, ValueError):
         record = {}
+    ours = set(record.get("files", {})) if isinstance(record, dict) and isinstance(record.get("files"), dict) else set()
+    check_replaceable(cases, out_dir, ours, overwrite)
     if not isinstance(record, dict) or record.get("checkpoint_sha256") != ckpt_sha:
         record = {}  # another checkpoint's (or no) record: nothing in the folder is known to be this one's
     record = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
