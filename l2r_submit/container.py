@@ -4,14 +4,19 @@
 
 Without DATASET_JSON, the dataset JSON is looked for in /l2r/data (``*_dataset.json`` first, then the
 only ``*.json``); a relative DATASET_JSON that is not found from the working folder is taken from /l2r/data;
-without ``--out`` (or ``--out=DIR``), fields go to /l2r/output. Every other option is passed to
-``l2r predict`` unchanged (``--format``, ``--names``, ``--split``, ``--io-iters``, ``--evaluate``, ...).
+without ``--out`` (or ``--out=DIR``), fields go to /l2r/output, which must then be a mounted folder (else
+the fields would be lost with the container: refused). Paths are the container's, not the host's. Every
+other option is passed to ``l2r predict`` unchanged (``--format``, ``--names``, ``--split``, ``--io-iters``,
+``--evaluate``, ...). Add ``--user "$(id -u):$(id -g)"`` so that the fields belong to you (the default user
+is uid 10001). Without a GPU, or without the NVIDIA container runtime, leave ``--gpus all`` out.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 DATA_DIR = Path("/l2r/data")
 OUTPUT_DIR = Path("/l2r/output")
@@ -34,14 +39,53 @@ def find_dataset_json(data_dir: Path) -> Path:
     return candidates[0]
 
 
-def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OUTPUT_DIR) -> list[str]:
-    """The ``l2r predict`` argument list for the container's arguments."""
+def is_mounted(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether ``path`` lies on a mounted volume (``docker run -v HOST:PATH``, or a volume on a folder
+    above it) rather than on the container's own root file system, which goes with the container. From
+    the kernel's mount table (field 5 of each line, spaces written as ``\\040``); ``os.path.ismount`` of
+    the path itself where there is no table."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return os.path.ismount(path)
+    points = {Path(line.split()[4].replace("\\040", " ")) for line in lines if len(line.split()) > 4}
+    below = [p for p in points if p == path or p in path.parents]
+    return max(below, key=lambda p: len(p.parts), default=Path("/")) != Path("/")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc}) by uid {os.getuid()}; make the data "
+                         "readable to the --user the container runs as") from None
+
+
+def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OUTPUT_DIR,
+               mounted: Callable[[Path], bool] | None = None) -> list[str]:
+    """The ``l2r predict`` argument list for the container's arguments. ``mounted(output_dir)`` is asked
+    when the fields go to the default folder (None: not checked, for tests).
+
+    Raises:
+        ValueError: no dataset JSON found, a data folder this user cannot read, or the default output
+            folder is not a mounted one (the fields would vanish with the container).
+    """
     positional = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if positional else list(args)
+    if _exists(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
+        raise ValueError(f"{data_dir}: cannot be read by uid {os.getuid()} (permission denied); make the data "
+                         "readable to the --user the container runs as")
     dataset_json = Path(positional) if positional else find_dataset_json(data_dir)
-    if not dataset_json.is_absolute() and not dataset_json.exists() and (data_dir / dataset_json).exists():
+    if not dataset_json.is_absolute() and not _exists(dataset_json) and _exists(data_dir / dataset_json):
         dataset_json = data_dir / dataset_json  # `docker run ... IMAGE AbdomenCTCT_dataset.json`
+    elif not _exists(dataset_json):
+        inside = "" if dataset_json.is_absolute() else f" (nor in {data_dir})"
+        raise ValueError(f"{dataset_json}: not found in the container{inside}; paths are the container's: "
+                         f"mount the data folder (-v HOST_DIR:{data_dir}:ro) and name the JSON inside it")
     if not any(a == "--out" or a.startswith("--out=") for a in rest):  # a second --out would win over the user's
+        if mounted is not None and not mounted(output_dir):
+            raise ValueError(f"{output_dir}: no folder is mounted there, so the fields would be lost with the "
+                             f"container; add -v HOST_DIR:{output_dir} (or --out to a mounted folder)")
         rest = [*rest, "--out", str(output_dir)]
     return ["predict", str(dataset_json), *rest]
 
@@ -51,12 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     from .cli import main as l2r
     from .commands.common import stop_signals
 
-    if args[:1] in (["-h"], ["--help"]):
+    if "-h" in args or "--help" in args:  # wherever it is: help needs no data mount
         print(USAGE.strip() + "\n\nOptions of l2r predict:\n")
         l2r(["predict", "--help"], prog_name="l2r")
         return
     try:
-        l2r_args = build_argv(args)
+        l2r_args = build_argv(args, DATA_DIR, OUTPUT_DIR, mounted=is_mounted)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from l2r_submit import container
@@ -11,8 +13,11 @@ def test_defaults_follow_the_organisers_mounts(tmp_path):
 
 
 def test_explicit_json_and_out_pass_through(tmp_path):
-    argv = container.build_argv(["/x/d.json", "--out", "/o", "--io-iters", "3"], data_dir=tmp_path)
-    assert argv == ["predict", "/x/d.json", "--out", "/o", "--io-iters", "3"]
+    (tmp_path / "d.json").write_text("{}")
+    json_path = str(tmp_path / "d.json")
+    argv = container.build_argv([json_path, "--out", "/o", "--io-iters", "3"], data_dir=tmp_path,
+                                mounted=lambda p: False)  # --out given: the default folder is not asked about
+    assert argv == ["predict", json_path, "--out", "/o", "--io-iters", "3"]
 
 
 def test_out_equals_form_is_kept_and_a_bare_json_name_is_read_from_the_data_mount(tmp_path, monkeypatch):
@@ -40,3 +45,52 @@ def test_help_mentions_pass_through(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "/l2r/data" in out and "--io-iters" in out
+
+
+MOUNTINFO = """\
+1170 1089 0:120 / / rw,relatime master:1 - overlay overlay rw,lowerdir=/var/lib/docker/l
+1171 1170 0:123 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+1180 1170 8:1 /srv/ct\\040data /l2r/data ro,relatime - ext4 /dev/sda1 rw
+{extra}"""
+
+
+def test_without_an_output_mount_the_run_is_refused_before_any_work(tmp_path):
+    """Without -v HOST:/l2r/output the fields went to the container's own folder, lost with --rm, exit 0."""
+    (tmp_path / "AbdomenCTCT_dataset.json").write_text("{}")
+    table = tmp_path / "mountinfo"
+    cases = {"": False, "1181 1170 8:1 /home/o/out /l2r/output rw - ext4 /dev/sda1 rw": True,
+             "1181 1170 8:1 /home/o/l2r /l2r rw - ext4 /dev/sda1 rw": True,  # a volume on the folder above
+             "1181 1170 8:1 /home/o/x /l2r/output2 rw - ext4 /dev/sda1 rw": False}
+    for extra, expected in cases.items():
+        table.write_text(MOUNTINFO.format(extra=extra))
+        assert container.is_mounted(Path("/l2r/output"), table) is expected, extra
+    assert container.is_mounted(Path("/l2r/data"), table)  # \\040 is a space in the host path, not in this one
+    with pytest.raises(ValueError, match="/l2r/output: no folder is mounted there, so the fields would be lost"):
+        container.build_argv([], data_dir=tmp_path, output_dir=Path("/l2r/output"), mounted=lambda p: False)
+    assert container.build_argv([], data_dir=tmp_path, output_dir=Path("/l2r/output"), mounted=lambda p: True)[-1] \
+        == "/l2r/output"
+
+
+def test_an_unreadable_data_folder_or_a_host_path_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "AbdomenCTCT_dataset.json").write_text("{}")
+    monkeypatch.setattr(container.os, "access", lambda path, mode: False)  # as for another --user (tests run as root)
+    with pytest.raises(ValueError, match=rf"{data}: cannot be read by uid \d+ \(permission denied\)"):
+        container.build_argv([], data_dir=data, mounted=lambda p: True)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="/home/me/AbdomenCTCT_dataset.json: not found in the container; paths are"):
+        container.build_argv(["/home/me/AbdomenCTCT_dataset.json"], data_dir=data, mounted=lambda p: True)
+    monkeypatch.setattr(container, "DATA_DIR", data)
+    monkeypatch.setattr(container, "is_mounted", lambda p: False)
+    with pytest.raises(SystemExit) as exc:
+        container.main([])
+    assert exc.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: /l2r/output: no folder is mounted there")
+
+
+def test_help_anywhere_in_the_arguments_shows_help_without_a_data_mount(capsys):
+    with pytest.raises(SystemExit) as exc:
+        container.main(["--split", "test", "--help"])
+    assert exc.value.code == 0 and "/l2r/data" in capsys.readouterr().out

@@ -201,12 +201,14 @@ def case_from_path(root: Path, rel: str, where: str) -> Case:
 
 
 def _read_json(path: Path) -> dict:
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder; expected the dataset JSON (or an evaluation config) file")
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
     try:
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; expected the dataset JSON (or an evaluation config) file")
+        if not path.is_file():
+            raise ValueError(f"{path}: file not found")
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # e.g. a folder on the way that this user may not enter
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
