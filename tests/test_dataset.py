@@ -36,6 +36,22 @@ def test_malformed_json(tmp_path):
         dataset.load(_write(tmp_path, '{"name": '))
 
 
+def test_a_json_this_user_may_not_read_is_one_line(tmp_path, monkeypatch):
+    """A folder on the way that the user may not enter (a container's --user): pathlib's PermissionError went
+    up as a traceback."""
+    from pathlib import Path
+
+    path = tmp_path / "AbdomenCTCT_dataset.json"
+    path.write_text("{}")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", denied)
+    with pytest.raises(ValueError, match=rf"^{path}: cannot be read \(Permission denied\)$"):
+        dataset.load(path)
+
+
 def test_missing_keys_listed_together(tmp_path):
     with pytest.raises(ValueError, match="missing required keys: tensorImageShape, training, registration_val"):
         dataset.load(_write(tmp_path, {"name": "x"}))
