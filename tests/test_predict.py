@@ -74,12 +74,19 @@ def test_one_failed_pair_is_isolated(tiny_dataset, tiny_ckpt, tmp_path):
     assert manifest["pairs"]["0001_0000<--0003_0000"]["status"] == "failed"
 
 
-def test_2020_format_both_names_and_pair_subset(tiny_dataset, tiny_ckpt, tmp_path):
+def test_2020_format_short_names_only_and_pair_subset(tiny_dataset, tiny_ckpt, tmp_path):
+    """--names both wrote the half-resolution float16 field under the long name too, which the current
+    evaluator fails on every pair; refused as --names long is."""
     out = tmp_path / "out"
+    for names in ("both", "long"):
+        res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--format", "npz2020",
+                     "--names", names)
+        assert res.exit_code == 2 and f"--format npz2020 --names {names}: the 2020 evaluator" in res.output
+    assert not out.exists()
     res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--quiet",
-                 "--format", "npz2020", "--names", "both", "--pairs", "0001_0002", "--io-iters", "0")
+                 "--format", "npz2020", "--pairs", "0001_0002", "--io-iters", "0")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.glob("disp_*")) == ["disp_0001_0000_0002_0000.npz", "disp_0001_0002.npz"]
+    assert sorted(p.name for p in out.glob("disp_*")) == ["disp_0001_0002.npz"]
     with np.load(out / "disp_0001_0002.npz") as f:
         assert f["arr_0"].dtype == np.float16 and f["arr_0"].shape == (3, 12, 10, 14)
     res = invoke("predict", tiny_dataset, "--out", out, "--checkpoint", tiny_ckpt, "--pairs", "0009_0001")

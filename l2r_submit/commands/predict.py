@@ -134,9 +134,9 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: tuple[
     wanted = checked(parse_pairs_option, pairs)
     if names is None:
         names = "short" if fmt == "npz2020" else "long"
-    elif fmt == "npz2020" and names == "long":
-        raise Fail("--format npz2020 --names long: the 2020 evaluator reads only disp_FFFF_MMMM.npz; "
-                    "use --names short or both")
+    elif fmt == "npz2020" and names != "short":  # a long name on a half-resolution file: no evaluator reads it
+        raise Fail(f"--format npz2020 --names {names}: the 2020 evaluator reads only disp_FFFF_MMMM.npz, and "
+                   "the later ones fail a half-resolution field under the long name; use --names short")
     check_folder_option(out_dir, "--out")
     check_folder_option(qc_dir, "--qc")
     ds = load_dataset(dataset_json, data_root)  # before torch is imported: bad input is reported at once

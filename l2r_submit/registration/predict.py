@@ -210,9 +210,9 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     if not active_stages(cfg):
         raise ValueError("no registration stage left to run: --stages, --no-network and --io-iters 0 remove "
                          "them all (it would write zero fields)")
-    if cfg.fmt == "npz2020" and cfg.names == "long":
-        raise ValueError("format npz2020 with long names: the 2020 evaluator reads only disp_FFFF_MMMM.npz; "
-                         "use names short or both")
+    if cfg.fmt == "npz2020" and cfg.names != "short":
+        raise ValueError(f"format npz2020 with names {cfg.names}: the 2020 evaluator reads only disp_FFFF_MMMM.npz, "
+                         "and the later ones fail a half-resolution field under the long name; use names short")
     check_format_shape(cfg.fmt, ds.shape, ds.source)
     plan = plan_outputs(cfg.out_dir, pairs, cfg.fmt, cfg.names)
     missing = ds.missing_files(pairs, images=True, labels=False)
