@@ -181,5 +181,9 @@ def test_a_field_redone_in_another_format_replaces_the_earlier_file(tiny_dataset
     assert (out / npz).is_file() and not (out / FIELDS[0]).exists()
     entry = json.loads((out / "run.json").read_text())["pairs"][PAIRS[0]]
     assert entry["outputs"] == [npz] and entry["replaced"] == [FIELDS[0]]
+    assert error_lines(res) == [  # the README's promise: a note names the settings that differed (none was said)
+        'note: 1 pairs redone, their fields were made with other settings: fmt "nii.gz" -> "npz"',
+        f"note: 1 earlier field files removed, each replaced by its pair's field under this run's format and names "
+        f"(e.g. {FIELDS[0]}; run.json lists them under 'replaced')"]
     res = invoke("evaluate", tiny_dataset, out, "--quiet", "--missing", "zero")
     assert "two candidate" not in res.output and res.exit_code == 0, res.output

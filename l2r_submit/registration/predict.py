@@ -312,7 +312,10 @@ def run(cfg: PredictConfig) -> dict:
                 if key in earlier[pair.key]:
                     manifest["pairs"][pair.key][key] = earlier[pair.key][key]
             continue
-        if any(p.exists() for p in outputs):
+        earlier_files = before.get("outputs") if isinstance(before, dict) else None
+        if any(p.exists() for p in outputs) or any(  # its field on disk, under this run's names or earlier ones
+                isinstance(n, str) and Path(n).name == n and (cfg.out_dir / n).is_file()
+                for n in (earlier_files if isinstance(earlier_files, list) else [])):
             entry["redone"] = reason
         entries[pair] = entry
         todo.append(pair)
@@ -391,6 +394,10 @@ def run(cfg: PredictConfig) -> dict:
         print(f"note: {len(redone)} pairs redone, their fields were {redone[0]}", file=sys.stderr)
     other = [e["redone"] for e in this_run if e["status"] == "done"
              and not e.get("redone", "made with").startswith(("made with", "--overwrite"))]
+    replaced = [n for e in this_run if e["status"] == "done" for n in e.get("replaced", [])]
+    if replaced:  # another --format or --names: the earlier file is gone, not left beside the new one
+        print(f"note: {len(replaced)} earlier field files removed, each replaced by its pair's field under this "
+              f"run's format and names (e.g. {replaced[0]}; run.json lists them under 'replaced')", file=sys.stderr)
     if other:  # a field changed or unreadable, other images, no record: said too (run.json has each reason)
         print(f"note: {len(other)} pairs redone, e.g. because {other[0]}", file=sys.stderr)
     if cfg.qc_dir is not None:
