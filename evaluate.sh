@@ -3,12 +3,15 @@
 # the container, optionally checking the numbers against expected results.
 #   ./evaluate.sh DATASET_JSON DISP_DIR [--image IMAGE] [--expected EXPECTED.json] [l2r evaluate options]
 #     --image IMAGE        first run the container on the dataset's folder (read-only, no network),
-#                          writing the fields to DISP_DIR (extra container options: L2R_DOCKER_ARGS)
+#                          writing the fields to DISP_DIR; it gets --split, and the names or format that
+#                          --protocol reads; docker options in L2R_DOCKER_ARGS, l2r predict options in
+#                          L2R_PREDICT_ARGS (e.g. "--checkpoint /l2r/data/weights.pt"). Pairs the container
+#                          failed are scored as zero fields (exit 1); if it stopped, nothing is scored.
 #     --expected FILE      then compare metrics.json with FILE; exit 1 with a diff when a metric is off
 # DATASET_JSON may also be an official evaluation config (with --data-root DATA).
 set -euo pipefail
 if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,9s/^# \{0,1\}//p' "$0"
+  sed -n '2,13s/^# \{0,1\}//p' "$0"
   exit 2
 fi
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,18 +20,22 @@ elif [ -x "$here/.venv/bin/l2r" ]; then l2r="$here/.venv/bin/l2r"
 else echo "error: l2r is not installed; run: bash scripts/setup.sh" >&2; exit 2
 fi
 dataset_json="$1"; disp_dir="$2"; shift 2
-image=""; expected=""; pass=(); out_json=""
+image=""; expected=""; pass=(); out_json=""; predict=()
 need_value() {  # OPTION [VALUE...]: the option must be followed by a value
   if [ $# -lt 2 ] || [ -z "$2" ]; then echo "error: $1 needs a value" >&2; exit 2; fi
 }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --image=* | --expected=* | --out=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;  # --opt=value as --opt value
-  esac
+    --image=* | --expected=* | --out=* | --split=* | --protocol=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+  esac  # --opt=value as --opt value
   case "$1" in
     --image) need_value "$@"; image="$2"; shift 2 ;;
     --expected) need_value "$@"; expected="$2"; shift 2 ;;
     --out) need_value "$@"; out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
+    --split) need_value "$@"; predict+=(--split "$2"); pass+=("$1" "$2"); shift 2 ;;  # the same pairs for both
+    --protocol) need_value "$@"; pass+=("$1" "$2")  # the container writes the files that version reads
+      case "$2" in 2024 | 2022) predict+=(--names short) ;; 2020) predict+=(--format npz2020) ;; esac
+      shift 2 ;;
     *) pass+=("$1"); shift ;;
   esac
 done
@@ -38,14 +45,26 @@ if [ -n "$expected" ] && [ ! -f "$expected" ]; then  # checked before the (long)
 fi
 [ -n "$out_json" ] || { out_json="$disp_dir/metrics.json"; pass=(--out "$out_json" ${pass[@]+"${pass[@]}"}); }  # before
 # the user's options, so that one of them missing its value is still reported as such
+status=0
 if [ -n "$image" ]; then
   data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"
+  made=""; [ -d "$disp_dir" ] || made=1
   mkdir -p "$disp_dir"
   # shellcheck disable=SC2086
   docker run --rm --network none --user "$(id -u):$(id -g)" ${L2R_DOCKER_ARGS:-} -v "$data_dir":/l2r/data:ro \
-    -v "$(cd "$disp_dir" && pwd)":/l2r/output "$image" "/l2r/data/$(basename "$dataset_json")"
+    -v "$(cd "$disp_dir" && pwd)":/l2r/output "$image" "/l2r/data/$(basename "$dataset_json")" \
+    ${predict[@]+"${predict[@]}"} ${L2R_PREDICT_ARGS:-} || status=$?
+  if [ "$status" = 1 ]; then  # some pairs failed, the others were written: score them
+    echo "evaluate.sh: the container failed some pairs (exit 1); scoring the fields it wrote, the failed pairs as zero fields" >&2
+    pass+=(--missing zero)
+  elif [ "$status" != 0 ]; then
+    [ -z "$made" ] || rmdir "$disp_dir" 2>/dev/null || true
+    echo "evaluate.sh: the container stopped (exit $status); nothing scored" >&2
+    exit "$status"
+  fi
 fi
-"$l2r" evaluate "$dataset_json" "$disp_dir" "${pass[@]}"
+"$l2r" evaluate "$dataset_json" "$disp_dir" "${pass[@]}" || exit $?
 if [ -n "$expected" ]; then
-  "$l2r" compare "$out_json" "$expected"
+  "$l2r" compare "$out_json" "$expected" || exit $?
 fi
+exit "$status"

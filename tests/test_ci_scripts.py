@@ -55,6 +55,41 @@ def test_evaluate_sh_reads_option_equals_value_and_passes_its_own_out_first(repo
                                              str(tmp_path / "d" / "metrics.json"), "--missing"]
 
 
+def test_evaluate_sh_gives_the_container_the_split_and_names_it_scores_and_scores_what_it_wrote(
+        repo_root, fake_bin, tmp_path):
+    """With --image, --split and --protocol reached only l2r evaluate (the container registered the val pairs,
+    then the test pairs were 'missing'), no l2r predict option could reach the container, one failed pair
+    meant nothing was scored, and a container that did not start left an empty DISP_DIR."""
+    args_file = tmp_path / "args"
+    (fake_bin / "l2r").write_text(f"#!/bin/sh\nprintf '%s ' l2r \"$@\" >> {args_file}; echo >> {args_file}\n")
+    (fake_bin / "docker").write_text(f"#!/bin/sh\nprintf '%s ' docker \"$@\" >> {args_file}; echo >> {args_file}\n"
+                                     "exit ${FAKE_DOCKER_RC:-0}\n")
+    (fake_bin / "docker").chmod(0o755)
+    (fake_bin / "l2r").chmod(0o755)
+    script = repo_root / "evaluate.sh"
+    data = tmp_path / "data"
+    data.mkdir()
+    disp = tmp_path / "disp"
+    res = run(script, data / "d.json", disp, "--image", "img", "--split=test", "--protocol", "2024", path=fake_bin,
+              env_extra={"L2R_PREDICT_ARGS": "--checkpoint /l2r/data/w.pt"})
+    assert res.returncode == 0, res.stderr
+    docker, evaluate = args_file.read_text().splitlines()
+    assert docker.split()[-7:] == ["/l2r/data/d.json", "--split", "test", "--names", "short", "--checkpoint",
+                                   "/l2r/data/w.pt"]
+    assert evaluate.split()[-4:] == ["--split", "test", "--protocol", "2024"]
+    args_file.unlink()
+    res = run(script, data / "d.json", disp, "--image", "img", "--protocol", "2020", path=fake_bin,
+              env_extra={"FAKE_DOCKER_RC": "1"})
+    assert res.returncode == 1 and "the container failed some pairs (exit 1); scoring" in res.stderr
+    docker, evaluate = args_file.read_text().splitlines()
+    assert docker.split()[-2:] == ["--format", "npz2020"] and evaluate.split()[-2:] == ["--missing", "zero"]
+    args_file.unlink()
+    res = run(script, data / "d.json", tmp_path / "new" / "disp", "--image", "nosuch", path=fake_bin,
+              env_extra={"FAKE_DOCKER_RC": "125"})
+    assert res.returncode == 125 and "the container stopped (exit 125); nothing scored" in res.stderr
+    assert len(args_file.read_text().splitlines()) == 1 and not (tmp_path / "new" / "disp").exists()
+
+
 def test_docker_ci_fails_instead_of_skipping_under_ci(repo_root, fake_bin):
     script = repo_root / ".ci" / "docker.sh"
     res = run(script, env_extra={"CI": "true"}, path=fake_bin)
