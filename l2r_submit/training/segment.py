@@ -262,12 +262,12 @@ def _run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume
         if not last.exists():
             raise ValueError(f"{last}: nothing to resume")
         loaded, state = seg_checkpoint.load(last)
-        old = {k: v for k, v in (state.get("train_config") or {}).items() if k != "epochs"}
-        new = {k: v for k, v in train_config.items() if k != "epochs"}
-        if old != new:
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ValueError(f"{last}: the run was started with other settings ({', '.join(changed)}); "
-                             "resume with the same ones (only --epochs may change)")
+        saved = state.get("train_config")
+        changed = trainer.resume_differences(saved if isinstance(saved, dict) else {}, json.loads(json.dumps(
+            train_config)))
+        if changed:
+            raise ValueError(f"{last}: the run was started with other settings ({'; '.join(changed)}); resume "
+                             "with the same ones (only --epochs, --device, --threads, --workers may change)")
         net.load_state_dict(loaded.state_dict())
     names = class_names(datasets[0], cfg.model.n_classes)
 

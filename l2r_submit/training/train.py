@@ -195,8 +195,7 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
         _, state = checkpoint.load(last_path)
         if not isinstance(state.get("train_config"), dict):
             raise ValueError(f"{last_path}: no recorded training settings; it cannot be resumed")
-        changed = _differences(_without_epochs(_with_defaults(state["train_config"])) or {},
-                               _without_epochs(_jsonable(cfg.to_dict())) or {})
+        changed = trainer.resume_differences(_with_defaults(state["train_config"]), _jsonable(cfg.to_dict()))
         if changed:
             raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
                              "resume with the same ones (only --epochs, --device, --threads, --workers may change)")
@@ -238,34 +237,10 @@ def _with_defaults(saved: dict) -> dict:
     return {**{k: v for k, v in _jsonable(TrainConfig().to_dict()).items() if k not in saved}, **saved}
 
 
-RESUME_FREE = ("epochs", "device", "threads", "num_workers")
-"""Settings a resumed run may change: ``epochs`` (no learning-rate schedule depends on it, and items are
-derived from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it),
-and where and how fast it runs (``device``: ``auto`` and ``cpu`` were refused as different on a CPU machine;
-``threads``, ``num_workers``: the items do not depend on them)."""
-
-
-def _without_epochs(cfg: dict | None) -> dict | None:
-    """A run's settings less :data:`RESUME_FREE`, as a resume compares them."""
-    return None if cfg is None else {k: v for k, v in cfg.items() if k not in RESUME_FREE}
-
-
 def _image_list(ds: Dataset, cases: list) -> list[str]:
     """The training images as recorded in the checkpoints: relative to the data folder when inside it (so a
     moved data folder still resumes), else absolute."""
     return [str(c.image.relative_to(ds.root)) if c.image.is_relative_to(ds.root) else str(c.image) for c in cases]
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every setting that differs between two config dicts (nested keys dotted)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
-    return out
 
 
 def _jsonable(d: dict) -> dict:

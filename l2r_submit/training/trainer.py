@@ -118,6 +118,28 @@ def check_fresh(out_dir: Path, resume: bool) -> None:
                          "or give another --out")
 
 
+RESUME_FREE = ("epochs", "device", "threads", "num_workers")
+"""Settings a resumed run may change: ``epochs`` (no learning-rate schedule depends on it, and items are
+derived from (seed, epoch, index), so a run resumed with a new epoch count equals a run started with it),
+and where and how fast it runs (``device``: ``auto`` and ``cpu`` were refused as different on a CPU machine;
+``threads``, ``num_workers``: the items do not depend on them)."""
+
+
+def resume_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between a run's saved config and the one asked
+    for now (nested keys dotted), leaving out :data:`RESUME_FREE` at the top level; empty: it may resume."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in RESUME_FREE:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += resume_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
     """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` when distributed, else itself."""
     if not dist.distributed:
