@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -242,6 +243,20 @@ def test_a_changed_command_is_refused_in_one_line_and_redo_moves_work_aside(tmp_
     kept = list(opts.out.glob("pretrain_noisy.replaced-*"))
     assert len(kept) == 1 and (kept[0] / "best.pt").read_text() == "old"
     assert {s.state for s in markers.statuses(longer, opts.out).values()} == {"done"}
+
+
+def test_a_done_step_whose_outputs_were_deleted_is_not_done(tmp_path):
+    """It stayed 'done, skipped' and the recipe ended 'every step done' (exit 0) without its final model."""
+    opts, steps = _run_all(tmp_path, epochs={"all": 1})
+    shutil.rmtree(opts.out / "finetune_noisy")
+    status = markers.statuses(steps, opts.out)
+    assert status["finetune-noisy"] == markers.Status(
+        "changed", f"it was done, but 4 of its outputs are gone (first: {opts.out / 'finetune_noisy' / 'best.pt'})")
+    with pytest.raises(ValueError, match="finetune-noisy \\(it was done, but 4 of its outputs are gone .*give --redo"):
+        execute.run(steps, opts.out, _fake_invoke(steps, []), lambda line: None, "cpu")
+    assert execute.run(steps, opts.out, _fake_invoke(steps, []), lambda line: None, "cpu",
+                       frozenset({"finetune-noisy"})) == 0
+    assert {s.state for s in markers.statuses(steps, opts.out).values()} == {"done"}
 
 
 def test_a_stopped_training_step_resumes_and_a_missing_output_fails(tmp_path):

@@ -104,7 +104,7 @@ def _run(steps: list[plan.Step], out: Path, invoke: Invoke, say: Callable[[str],
         raise ValueError(found)
     changed = [f"{n} ({s.why})" for n, s in found.items() if s.state == "changed"]
     if changed:
-        raise ValueError(f"{out}: done with other settings: {'; '.join(changed)}; give --redo STEP to run it "
+        raise ValueError(f"{out}: steps done before cannot be kept: {'; '.join(changed)}; give --redo STEP to run it "
                          "again (its outputs are moved aside, and the steps that read from it run again too)")
     log(f"recipe: {len(steps)} steps, world size {dist.world_size}")
     for n, step in enumerate(steps, 1):

@@ -1,8 +1,8 @@
 """Done-markers of the recipe's steps, and what each step's state is: done, to run, to resume, or changed.
 
 A step is done when its marker ``OUT/steps/<step>.done.json`` exists (written atomically after the step's
-outputs) and records the same command (less the options that do not change results: :data:`NO_EFFECT`) and
-the same finish times of the steps it reads from. Nothing here imports torch or numpy.
+outputs), records the same command (less the options that do not change results: :data:`NO_EFFECT`) and
+the same finish times of the steps it reads from, and the step's outputs still exist. Nothing here imports torch or numpy.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def write_marker(out: Path, step: Step, command: tuple[str, ...], seconds: float
 @dataclass(frozen=True)
 class Status:
     """Where a step stands. ``state``: ``done``, ``run``, ``resume`` or ``changed`` (done with another
-    command or from other inputs: refused without ``--redo``); ``why`` says why (``redo`` for a step asked
-    to run again)."""
+    command, from other inputs, or its outputs deleted since: refused without ``--redo``); ``why`` says why
+    (``redo`` for a step asked to run again)."""
 
     state: str
     why: str = ""
@@ -111,6 +111,10 @@ def statuses(steps: list[Step], out: Path, redo: set[str] | frozenset[str] = fro
         elif any(recorded.get(n) != stamps.get(n) for n in step.needs):
             result[step.name] = Status("changed", "it was made from earlier outputs of " + ", ".join(
                 n for n in step.needs if recorded.get(n) != stamps.get(n)))
+        elif any(not p.exists() for p in step.outputs):  # deleted since: its marker no longer describes the folder
+            gone = [str(p) for p in step.outputs if not p.exists()]
+            result[step.name] = Status("changed", f"it was done, but {len(gone)} of its outputs are gone "
+                                                  f"(first: {gone[0]})")
         else:
             result[step.name] = Status("done")
     return result
