@@ -198,6 +198,27 @@ def test_bad_annotated_entry_is_refused_before_training(tmp_path):
     assert result.exit_code == 2 and "annotated[0]: 'liver'" in result.output and str(cohort) in result.output
 
 
+def test_cohorts_that_annotate_nothing_it_predicts_are_refused_before_training(tmp_path):
+    """Every training case with an empty 'annotated' list (image-only cohorts): the loss was 0 throughout,
+    best.pt was written and the exit code was 0."""
+    challenge, cohort = challenge_and_cohort(tmp_path)
+    data = json.loads(challenge.read_text())
+    data["registration_val"] = [{"fixed": "./imagesTr/AbdomenCTCT_0001_0000.nii.gz",
+                                 "moving": "./imagesTr/AbdomenCTCT_0003_0000.nii.gz"}]  # 0002 trains
+    data["training"] = [t for t in data["training"] if "0002" not in t["image"]]  # ... no more: no challenge case
+    challenge.write_text(json.dumps(data))
+    cohort_data = json.loads(cohort.read_text())
+    for annotated in ([], [12, 13]):  # none, or only organs the paper's segmenter does not predict
+        for entry in cohort_data["training"]:
+            entry["annotated"] = annotated
+        cohort.write_text(json.dumps(cohort_data))
+        result = invoke("segment", "train", str(challenge), str(cohort), "--out", str(tmp_path / "run"), "--model",
+                        "tiny", "--epochs", "1", "--crop", "16,16,16", "--workers", "0", "--device", "cpu")
+        assert result.exit_code == 2, result.output
+        assert f"error: {cohort}: no training case annotates an organ the segmenter predicts" in result.output
+        assert not (tmp_path / "run").exists()
+
+
 def test_two_processes_train_what_one_process_trains(tmp_path):
     """torchrun, 2 processes, global batch 2 of partly annotated cases: the one-process weights and logs
     (the per-organ counts of annotated images are summed over the ranks)."""

@@ -113,7 +113,7 @@ def split_cases(datasets: Sequence[Dataset]) -> tuple[list[Case], list[Case]]:
     of appearance), every other training case of every dataset trains.
 
     Raises:
-        ValueError: no datasets, no training case, a training case whose label map is missing.
+        ValueError: no datasets, no training case, a training case whose image or label map is missing.
     """
     if not datasets:
         raise ValueError("segment train: give at least one dataset JSON (the challenge's first)")
@@ -128,6 +128,8 @@ def split_cases(datasets: Sequence[Dataset]) -> tuple[list[Case], list[Case]]:
     if not train:
         raise ValueError(f"{first.source}: no training case outside the val pairs' subjects")
     for case in train:
+        if not case.image.exists():
+            raise ValueError(f"{case.image}: image not found (training case)")
         if not case.label.exists():
             raise ValueError(f"{case.label}: label map not found (training case {case.image.name})")
     return train, [c for c in val_cases if c.label.exists()]
@@ -248,6 +250,10 @@ def _run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume
          max_steps: int | None, dist: Dist, device: torch.device) -> dict:
     distributed.check_batch(cfg.batch_size, dist.world_size)
     train, val = split_cases(datasets)
+    if not any(annotated_vector(c, cfg.model.n_classes).any() for c in train):  # the loss would be 0 throughout
+        raise ValueError(f"{datasets[-1].source}: no training case annotates an organ the segmenter predicts (labels "
+                         f"1..{cfg.model.n_classes - 1}: every 'annotated' list is empty or outside them); nothing "
+                         "would be learned")
     shape = datasets[0].shape
     if cfg.crop is not None and any(c > n for c, n in zip(cfg.crop, shape)):
         raise ValueError(f"crop {','.join(map(str, cfg.crop))} is larger than the volumes "
