@@ -166,6 +166,42 @@ def test_predict_never_replaces_an_input_and_replaces_unlisted_files_only_when_t
     assert res.exit_code == 0 and nib.load(other / name).get_data_dtype() == np.uint8
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_predict_stopped_by_sigterm_says_what_it_kept_and_a_rerun_does_the_rest(tmp_path, monkeypatch, when):
+    """SIGTERM killed segment predict without a word (and Ctrl-C was click's 'Aborted!', exit 1); a stop
+    just after a file's rename, before its record, must not make the rerun refuse that file as not ours."""
+    import os
+    import signal
+
+    from l2r_submit.core import io
+    from l2r_submit.nets import seg_checkpoint, segnet
+
+    challenge, _ = challenge_and_cohort(tmp_path)
+    ckpt = seg_checkpoint.save(tmp_path / "seg.pt", segnet.build("tiny"))
+    write, calls = io.write_label_map, []
+
+    def write_then_stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 and when == "before":
+            os.kill(os.getpid(), signal.SIGTERM)
+        path = write(*args, **kwargs)
+        if len(calls) == 2 and when == "after":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return path
+
+    monkeypatch.setattr(io, "write_label_map", write_then_stopped)
+    out = tmp_path / "pseudo"
+    args = ["segment", "predict", str(ckpt), str(challenge), "--out", str(out), "--device", "cpu", "--quiet"]
+    res = invoke(*args)
+    assert res.exit_code == 143
+    assert res.output.strip().splitlines()[-1] == (f"stopped by SIGTERM: 1 label maps are kept in {out} and recorded "
+                                                   "in pseudo_labels.json; run the same command again to do the rest")
+    assert len(list(out.glob("*.nii.gz"))) == (1 if when == "before" else 2)
+    monkeypatch.setattr(io, "write_label_map", write)
+    res = invoke(*args)
+    assert res.exit_code == 0 and "2 written, 1 already there, 0 failed" in res.output, res.output
+
+
 def test_predict_refuses_a_registration_checkpoint_in_one_line(tmp_path, tiny_ckpt):
     challenge, _ = challenge_and_cohort(tmp_path)
     result = invoke("segment", "predict", str(tiny_ckpt), str(challenge), "--out", str(tmp_path / "p"),

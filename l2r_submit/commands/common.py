@@ -10,6 +10,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -56,6 +57,20 @@ def stop_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def file_by_file_stops(kept: Callable[[], str]):
+    """Ctrl-C or SIGTERM during a command that writes one file per case, each atomically and recorded: one
+    line, ``kept()`` (what is kept, read once stopped) and the exit code of :func:`stop_words` (130, 143),
+    not click's ``Aborted!`` (exit 1) or a silent death."""
+    try:
+        with stop_signals():
+            yield
+    except KeyboardInterrupt as exc:
+        how, code = stop_words(exc)
+        click.echo(f"{how}: {kept()}; run the same command again to do the rest", err=True)
+        sys.exit(code)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, check_new_file, load_dataset, training_stops
+from .common import Fail, check_folder_option, check_new_file, file_by_file_stops, load_dataset, training_stops
 
 
 @click.group()
@@ -79,9 +79,13 @@ def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, de
     datasets = [load_dataset(p, None) for p in dataset_jsons]
     from ..recipe import pseudo_labels
 
+    def kept() -> str:
+        return f"{pseudo_labels.recorded(out_dir)} label maps are kept in {out_dir} and recorded in {pseudo_labels.RECORD}"
+
     try:
-        summary = pseudo_labels.predict(checkpoint, datasets, out_dir, device=device, threads=threads,
-                                        progress=not quiet, overwrite=overwrite)
+        with file_by_file_stops(kept):
+            summary = pseudo_labels.predict(checkpoint, datasets, out_dir, device=device, threads=threads,
+                                            progress=not quiet, overwrite=overwrite)
     except ValueError as exc:
         raise Fail(str(exc)) from None
     if summary.redone:

@@ -115,6 +115,15 @@ def check_replaceable(cases: Sequence[Case], out_dir: Path, ours: set[str], over
                          "--overwrite to replace them")
 
 
+def recorded(out_dir: Path) -> int:
+    """How many label maps ``out_dir``'s record lists as written (0 without a readable record)."""
+    try:
+        files = json.loads((out_dir / RECORD).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sum(isinstance(e, dict) and "sha256" in e for e in files.values()) if isinstance(files, dict) else 0
+
+
 def _save_record(out_dir: Path, record: dict) -> None:
     text = json.dumps(record, indent=2) + "\n"
     io.atomic_write(out_dir / RECORD, lambda tmp: Path(tmp).write_text(text))
@@ -163,6 +172,8 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
             vol = io.read_volume(case.image, np.float32)
             with torch.inference_mode():
                 labels = segnet.segment(net, torch.from_numpy(vol.array)[None, None].to(dev))[0]
+            record["files"][name] = {**_image_stamp(case), "writing": True}  # listed first: a stop between the
+            _save_record(out_dir, record)  # file's rename and the record leaves a file the record calls ours
             path = io.write_label_map(labels.cpu().numpy().astype(np.uint8), vol.affine, out_dir / name)
             record["files"][name] = {**_image_stamp(case), "size": path.stat().st_size, "sha256": sha256(path)}
             _save_record(out_dir, record)
