@@ -225,6 +225,17 @@ def test_segment_import_command(tmp_path):
     assert result.exit_code == 2 and "missing key" in result.output and not (tmp_path / "bad.pt").exists()
 
 
+def test_segment_import_of_one_of_our_checkpoints_says_what_it_is(tmp_path, tiny_ckpt):
+    """Both were 'extra key: unknown key ...'."""
+    from l2r_submit.nets import seg_checkpoint, segnet
+
+    ours = seg_checkpoint.save(tmp_path / "seg.pt", segnet.build("tiny"))
+    for path, what in ((ours, "already an l2r_submit segmenter checkpoint, nothing to import"),
+                       (tiny_ckpt, "an l2r_submit registration checkpoint, not a segmenter of the authors")):
+        result = invoke("segment", "import", str(path), "--out", str(tmp_path / "x.pt"))
+        assert result.exit_code == 2 and result.output.strip() == f"error: {path}: {what}", result.output
+
+
 def test_bad_annotated_entry_is_refused_before_training(tmp_path):
     challenge, cohort = challenge_and_cohort(tmp_path)
     data = json.loads(cohort.read_text())

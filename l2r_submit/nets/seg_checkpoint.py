@@ -26,6 +26,7 @@ import torch
 
 from .. import __version__
 from ..core.io import atomic_write, one_line
+from .checkpoint import FORMAT as REG_FORMAT
 from .checkpoint import SEG_FORMAT, _torch_load, rename_original_key
 from .config import SegConfig
 from .segnet import SegmentationNet
@@ -109,6 +110,10 @@ def import_original(path: str | os.PathLike, ckpt: dict | None = None) -> Segmen
     """
     path = Path(path)
     ckpt = ckpt if ckpt is not None else _torch_load(path)
+    if ckpt.get("format") == FORMAT:
+        raise ValueError(f"{path}: already an l2r_submit segmenter checkpoint, nothing to import; use it as it is")
+    if ckpt.get("format") == REG_FORMAT:
+        raise ValueError(f"{path}: an l2r_submit registration checkpoint, not a segmenter of the authors")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path}: no 'state_dict' in the checkpoint")
