@@ -230,7 +230,7 @@ def test_segment_import_of_one_of_our_checkpoints_says_what_it_is(tmp_path, tiny
     from l2r_submit.nets import seg_checkpoint, segnet
 
     ours = seg_checkpoint.save(tmp_path / "seg.pt", segnet.build("tiny"))
-    for path, what in ((ours, "already an l2r_submit segmenter checkpoint, nothing to import"),
+    for path, what in ((ours, "already an l2r_submit segmenter checkpoint, nothing to import; use it as it is"),
                        (tiny_ckpt, "an l2r_submit registration checkpoint, not a segmenter of the authors")):
         result = invoke("segment", "import", str(path), "--out", str(tmp_path / "x.pt"))
         assert result.exit_code == 2 and result.output.strip() == f"error: {path}: {what}", result.output
