@@ -50,7 +50,8 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
     Each case: 2 mm (linear image, nearest labels), reoriented by its affine to the reference's axes,
     translated onto the reference (masked cross-correlation), cropped or padded to its shape (-1024 HU,
     label 0 outside), labels mapped to challenge ids with the organs annotated listed per case.
-    Resumable: cases already written are skipped. Exit 0: every usable case written; 1: some failed
+    Resumable: cases already written with the same reference, label map and layout are skipped (others are
+    made again). --out must lie outside SRC. Exit 0: every usable case written; 1: some failed
     (the others are written, dataset.json is not unless --skip-failed); 2: bad arguments.
     """
     from ..recipe import cohorts, prepare as prep
@@ -75,6 +76,7 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
 
     cfg = prep.PrepareConfig(lay, src, out_dir, reference, prefix, limit, skip_failed, log)
     try:
+        prep.check_out_outside_src(src, out_dir)  # before writable_folder makes anything
         with writable_folder(out_dir, "--out"):  # a refusal (e.g. an unreadable --reference) leaves no empty folder
             code = prep.run(cfg)
     except ValueError as exc:

@@ -113,6 +113,9 @@ class SourceCase:
         source_name: its name in the source (lower case, as the exclusion lists name it).
         case_id: the id in the written names (``<cohort>_<case_id>_0000.nii.gz``): at least four digits,
             so that the challenge's name parser (``core.dataset``, ids at fixed places from the end) reads it.
+            The last number of the source name once an nnU-Net channel suffix (``_0000``) is cut off; two
+            files with one id are refused (:func:`find_cases`), except in the nifti layout, which numbers
+            its cases in name order then.
         image: image file (or DICOM folder); None when missing.
         label: label file; None when the case has none (written image-only, ``annotated: []``).
         skip: a reason to skip the case, or None.
@@ -126,10 +129,10 @@ class SourceCase:
 
 
 def parse_label_map(text: str) -> dict[int, int]:
-    """``"1=6,2=6"`` -> {1: 6, 2: 6}; challenge ids must be 1..13.
+    """``"1=6,2=6"`` -> {1: 6, 2: 6}; challenge ids must be 1..13, source ids 1 and up, each given once.
 
     Raises:
-        ValueError: a malformed entry, quoting it.
+        ValueError: a malformed entry, source id 0 or a source id given twice, quoting it.
     """
     table: dict[int, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -139,6 +142,10 @@ def parse_label_map(text: str) -> dict[int, int]:
         src, dst = int(match.group(1)), int(match.group(2))
         if not 1 <= dst <= 13:
             raise ValueError(f"--label-map: '{item}': challenge ids are 1..13")
+        if src == 0:  # the background would become an organ
+            raise ValueError(f"--label-map: '{item}': source id 0 is the background; map organ ids (1 and up)")
+        if src in table:
+            raise ValueError(f"--label-map: source id {src} given twice ({src}={table[src]} and '{item}')")
         table[src] = dst
     if not table:
         raise ValueError("--label-map: empty (expected SRC_ID=CHALLENGE_ID,...)")
@@ -176,16 +183,35 @@ def _stem(path: Path) -> str:
     return name[:-7] if name.lower().endswith(".nii.gz") else name[:-4] if name.lower().endswith(".nii") else name
 
 
+def _base(stem: str) -> str:
+    """The name without an nnU-Net channel suffix: ``spleen_1_0000`` -> ``spleen_1``. The suffix is cut only
+    when another number is left before it (``PANCREAS_0001`` keeps its number)."""
+    match = re.fullmatch(r"(.*\d.*)_\d{4}", stem)
+    return match.group(1) if match else stem
+
+
 def _digits(name: str, width: int) -> str:
-    found = re.findall(r"\d+", name)
+    found = re.findall(r"\d+", _base(name))
     return f"{int(found[-1]):0{width}d}" if found else re.sub(r"[^A-Za-z0-9]+", "-", name)
+
+
+def _by_id(entries: list[tuple[str, Path]]) -> dict[str, Path]:
+    """Case id -> file, refusing two files with one id (one would overwrite the other)."""
+    out: dict[str, Path] = {}
+    for case_id, path in entries:
+        if case_id in out:
+            raise ValueError(f"{out[case_id]} and {path} both give case id {case_id}: one would overwrite the "
+                             "other; rename or move one of them")
+        out[case_id] = path
+    return out
 
 
 def find_cases(layout: Layout, src: Path) -> list[SourceCase]:
     """Every case of ``src`` in ``layout``'s folder structure, the skipped ones with their reason.
 
     Raises:
-        ValueError: ``src`` is not a folder of that layout (one line naming what is missing).
+        ValueError: ``src`` is not a folder of that layout (one line naming what is missing), or two of its
+            files give one case id (naming both).
     """
     if not src.is_dir():
         raise ValueError(f"{src}: not a folder")
@@ -197,11 +223,28 @@ def find_cases(layout: Layout, src: Path) -> list[SourceCase]:
         cases = _tcia_cases(src)
     else:
         cases = _nifti_cases(src)
+    _by_id([(c.case_id, c.image or c.label or Path(c.source_name)) for c in cases])
     out = []
     for case in cases:
         reason = case.skip or layout.excluded.get(case.source_name)
         out.append(SourceCase(case.source_name, case.case_id, case.image, case.label, reason))
     return out
+
+
+def nothing_to_prepare(layout: Layout, src: Path, cases: list[SourceCase]) -> str:
+    """The one line refusing a cohort none of whose cases can be prepared (every case skipped, or none)."""
+    if not cases:
+        return f"{src}: no case found ({layout.name})"
+    if layout.name == "kits19" and all(case.image is None for case in cases):
+        return (f"{src}: no imaging.nii.gz in any of its {len(cases)} case_XXXXX folders: run kits19's "
+                "starter_code.get_imaging first")
+    reasons: dict[str, int] = {}
+    for case in cases:
+        kind = re.sub(r"\S*/\S*", "...", case.skip or "").split(" (")[0]  # the reason without its paths
+        reasons[kind] = reasons.get(kind, 0) + 1
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    first = cases[0]
+    return f"{src}: no case to prepare, all {len(cases)} skipped ({counts}; e.g. {first.source_name}: {first.skip})"
 
 
 def _msd_cases(layout: Layout, src: Path) -> list[SourceCase]:
@@ -224,7 +267,7 @@ def _msd_cases(layout: Layout, src: Path) -> list[SourceCase]:
         pairs = [(i, lab) for i, lab in training if not i.name.startswith("._")]
     else:
         pairs = [(i, src / "labelsTr" / i.name) for i in _nii(src / "imagesTr")]
-    return [SourceCase(_stem(i).lower(), _digits(_stem(i), 4), i if i.exists() else None, lab, None
+    return [SourceCase(_base(_stem(i)).lower(), _digits(_stem(i), 4), i if i.exists() else None, lab, None
                        if i.exists() else f"image file {i} not found") for i, lab in pairs]
 
 
@@ -246,13 +289,10 @@ def _tcia_cases(src: Path) -> list[SourceCase]:
     images, labels = src / "images", src / "labels"
     if not images.is_dir():
         raise ValueError(f"{src}: no images/ folder ({TCIA_HELP})")
-    found: dict[str, Path] = {}
-    for entry in sorted(images.iterdir()):
-        if entry.name.startswith("._"):
-            continue
-        if entry.is_dir() or entry.name.lower().endswith((".nii.gz", ".nii")):
-            found.setdefault(_digits(_stem(entry), 4), entry)
-    label_files = {_digits(_stem(p), 4): p for p in _nii(labels)}
+    found = _by_id([(_digits(_stem(entry), 4), entry) for entry in sorted(images.iterdir())
+                    if not entry.name.startswith("._")
+                    and (entry.is_dir() or entry.name.lower().endswith((".nii.gz", ".nii")))])
+    label_files = _by_id([(_digits(_stem(p), 4), p) for p in _nii(labels)])
     out = []
     for num in sorted(set(found) | set(label_files)):
         image = found.get(num)

@@ -30,9 +30,16 @@ from ..core.folders import NO_FURTHER_WRITES, clean_stale_tmp
 from ..core.frame import SPACING_MM, place, remap, reorient_like, resample_to_2mm, resampled_affine, world_axis
 from ..core.io import Volume, atomic_write, read_labels, read_volume, write_volume
 from .align import BODY_HU, AlignConfig, find_shift
-from .cohorts import Layout, SourceCase, find_cases
+from .cohorts import Layout, SourceCase, find_cases, nothing_to_prepare
+from .prepare_checks import case_settings, check_ct, check_out_outside_src, check_volume, other_settings
 
 HU_RANGE = (-1024, 3071)
+LOW_NCC = 0.45
+"""An alignment scoring under this gets a warning (the case is still written). Measured on test_data's 0004 as
+the reference: right placements score 0.93-0.95 (0001, 0003: the same patient), 0.67 (0006) and 0.62 (the chest
+CT of ../shared/data), other patients; wrong ones 0.25 (a header with wrong voxel sizes) and 0.30 (a label map
+given as the reference, now refused). A small reference box scores lower: 0.41 for the vertebra test's right
+placement of the chest CT."""
 
 
 @dataclass
@@ -79,9 +86,12 @@ def load_reference(path: Path) -> Reference:
     """Read the reference image (a header whose voxels are not 2 mm gives a note, not an error).
 
     Raises:
-        ValueError: unreadable (one line naming the file).
+        ValueError: unreadable, a singular affine, NaN or inf values, or not a CT in HU (no value below
+            -500 HU: a label map, say); one line naming the file.
     """
     vol = read_volume(path, dtype=np.float32)
+    check_volume(path, vol)
+    check_ct(path, vol.array)
     note = None
     if not np.allclose(vol.spacing, SPACING_MM, atol=0.01):
         note = (f"note: {path}: its header gives {tuple(round(s, 3) for s in vol.spacing)} mm voxels; taken as "
@@ -127,14 +137,20 @@ def prepare_case(case: SourceCase, layout: Layout, ref: Reference,
                  align: AlignConfig = AlignConfig()) -> tuple[np.ndarray, np.ndarray, dict]:
     """One case in the reference's frame.
 
+    ``annotated`` lists the layout's organs that the written label map holds; a mapped organ it lacks (not in
+    the source's labels, or outside the reference's box once placed) is left out with a warning, and so is an
+    alignment whose NCC is under :data:`LOW_NCC`; ``warnings`` holds those (printed), ``notes`` the rest.
+
     Shape: -> image (reference shape) int16 HU, labels (reference shape) uint8 challenge ids, and the record.
 
     Raises:
-        ValueError: an unreadable file or a label map that does not fit its image (one line, naming it).
+        ValueError: an unreadable file, a singular affine, NaN or inf voxels, or a label map that does not fit
+            its image (one line, naming it).
     """
     assert case.image is not None
     vol = read_volume(case.image, dtype=np.float32)
-    record: dict = {"source_name": case.source_name, "image": str(case.image), "notes": []}
+    check_volume(case.image, vol)
+    record: dict = {"source_name": case.source_name, "image": str(case.image), "notes": [], "warnings": []}
     annotated: tuple[int, ...] = ()
     mapped = np.zeros(vol.array.shape, np.uint8)
     if case.label is not None:
@@ -175,7 +191,22 @@ def prepare_case(case: SourceCase, layout: Layout, ref: Reference,
     image = np.clip(np.round(image), *HU_RANGE).astype(np.int16)
     record["shift_vox"] = [int(v) for v in shift]
     record["ncc"] = round(score, 4)
-    return place(image, centre, HU_RANGE[0], shape), place(labels, centre, 0, shape), record
+    labels = place(labels, centre, 0, shape)
+    written = set(np.unique(labels).tolist()) - {0}
+    missing = [organ for organ in annotated if organ not in written]
+    if missing:
+        source = set(np.unique(mapped).tolist())
+        source |= {3} if layout.split_kidneys and 2 in source else set()  # the left kidney comes from the split
+        gone = [organ for organ in missing if organ not in source]
+        cut = [organ for organ in missing if organ in source]
+        why = "; ".join(text for text in (f"{gone} not in its label map" if gone else "",
+                                          f"{cut} outside the reference's box once placed" if cut else "") if text)
+        record["warnings"].append(f"mapped organs {why}: not annotated (unknown, not background)")
+        record["annotated"] = [organ for organ in annotated if organ in written]
+    if score < LOW_NCC:
+        record["warnings"].append(f"alignment NCC {score:.2f} is under {LOW_NCC}: check its placement (a header "
+                                  "with wrong voxel sizes, another body part, or not a CT)")
+    return place(image, centre, HU_RANGE[0], shape), labels, record
 
 
 def _write_text_if_changed(path: Path, text: str) -> bool:
@@ -206,8 +237,12 @@ def run(cfg: PrepareConfig) -> int:
         ValueError: bad source folder or reference (before any case is read).
     """
     say = cfg.log or (lambda _line: None)
+    check_out_outside_src(cfg.src, cfg.out)
     cases = find_cases(cfg.layout, cfg.src)
+    if not any(c.skip is None for c in cases):
+        raise ValueError(nothing_to_prepare(cfg.layout, cfg.src, cases))
     ref = load_reference(cfg.reference)
+    settings = case_settings(cfg.layout, cfg.reference)
     if ref.note:
         say(ref.note)
     if tuple(ref.array.shape) != L2R_SHAPE:
@@ -226,6 +261,13 @@ def run(cfg: PrepareConfig) -> int:
         if case.skip is not None:
             records[f"{cfg.cohort}_{case.case_id}"] = {"status": "skipped", "source_name": case.source_name,
                                                        "reason": case.skip}
+            say(f"[-] {cfg.cohort}_{case.case_id}: skipped: {case.skip}")
+    redo = {name: what for name, rec in old.items() if rec.get("status") == "ok"
+            and (what := other_settings(rec.get("settings"), settings))}
+    if redo:
+        kinds = sorted(set(redo.values()))
+        say(f"note: {len(redo)} cases in {out} were made with another {' / '.join(kinds)}: those this run "
+            "prepares are made again")
     failed = 0
     stop = None
     for k, case in enumerate(usable, 1):
@@ -236,7 +278,7 @@ def run(cfg: PrepareConfig) -> int:
             records[name] = {"status": "failed", "source_name": case.source_name, "reason": f"not tried: {stop}"}
             failed += 1
             continue
-        if prev.get("status") == "ok" and img_path.is_file() and lab_path.is_file():
+        if prev.get("status") == "ok" and img_path.is_file() and lab_path.is_file() and name not in redo:
             records[name] = prev
             say(f"[{k}/{len(usable)}] {name}: done already")
             continue
@@ -259,12 +301,18 @@ def run(cfg: PrepareConfig) -> int:
             say(f"error: {name}: {text}")
             _write_text_if_changed(integrity_path, _integrity_text(cfg, records, old))
             continue
+        if name in redo:
+            rec["notes"].append(f"made again: the earlier files were made with another {redo[name]}")
         rec["status"] = "ok"
+        rec["settings"] = settings
         rec["seconds"] = round(time.perf_counter() - start, 2)
         records[name] = rec
         _write_text_if_changed(integrity_path, _integrity_text(cfg, records, old))
-        say(f"[{k}/{len(usable)}] {name}: written, shift {rec['shift_vox']} voxels, NCC {rec['ncc']}, "
+        again = f" again (another {redo[name]} before)" if name in redo else ""
+        say(f"[{k}/{len(usable)}] {name}: written{again}, shift {rec['shift_vox']} voxels, NCC {rec['ncc']}, "
             f"annotated {rec['annotated']}, {rec['seconds']} s")
+        for warning in rec["warnings"]:
+            say(f"note: {name}: {warning}")
     _write_text_if_changed(integrity_path, _integrity_text(cfg, records, old))
     done = {n: r for n, r in records.items() if r["status"] == "ok"}
     skipped = sum(r["status"] == "skipped" for r in records.values())
