@@ -247,3 +247,35 @@ def test_out_in_the_source_folder_is_refused(scan, reference, tmp_path):
         code, output = _prepare("nifti", src, "--out", out, "--reference", reference, "--label-map", "1=1")
         assert code == 2 and len(output.splitlines()) == 1 and "--out" in output, output
         assert sorted(src.rglob("*")) == before
+
+
+def test_sigterm_stops_with_one_line_and_the_cases_written_are_kept(scan, reference, tmp_path, monkeypatch):
+    """SIGTERM killed cohort prepare without a word, Ctrl-C was click's 'Aborted!' with exit 1 (the exit code
+    of 'some cases failed')."""
+    import os
+    import signal
+
+    from l2r_submit.recipe import prepare
+
+    src = tmp_path / "src"
+    for n in (1, 2):
+        _save(src / "imagesTr" / f"case_{n:03d}.nii.gz", scan[0][SRC_BOX], _affine(SRC_BOX))
+        _save(src / "labelsTr" / f"case_{n:03d}.nii.gz", scan[1][SRC_BOX], _affine(SRC_BOX))
+    write, calls = prepare.write_volume, []
+
+    def write_then_stopped(*args, **kwargs):
+        calls.append(1)
+        path = write(*args, **kwargs)
+        if len(calls) == 2:  # the first case's image and label map are written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return path
+
+    monkeypatch.setattr(prepare, "write_volume", write_then_stopped)
+    out = tmp_path / "out"
+    code, output = _prepare("nifti", src, "--out", out, "--reference", reference, "--label-map", "1=1")
+    assert code == 143, output
+    assert output.strip().splitlines()[-1] == (f"stopped by SIGTERM: the cases written are kept in {out}; run the "
+                                               "same command again to do the rest")
+    monkeypatch.setattr(prepare, "write_volume", write)
+    code, output = _prepare("nifti", src, "--out", out, "--reference", reference, "--label-map", "1=1")
+    assert code == 0 and len(_cases(out)) == 2, output

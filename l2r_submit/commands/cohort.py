@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail
+from .common import Fail, file_by_file_stops
 
 LAYOUT_NAMES = ("msd_liver", "msd_pancreas", "msd_hepatic_vessel", "msd_spleen", "msd_colon", "kits19",
                 "tcia_pancreas", "nifti")
@@ -77,8 +77,8 @@ def prepare(layout: str, src: Path, out_dir: Path, reference: Path, label_map: s
     cfg = prep.PrepareConfig(lay, src, out_dir, reference, prefix, limit, skip_failed, log)
     try:
         prep.check_out_outside_src(src, out_dir)  # before writable_folder makes anything
-        with writable_folder(out_dir, "--out"):  # a refusal (e.g. an unreadable --reference) leaves no empty folder
-            code = prep.run(cfg)
+        with writable_folder(out_dir, "--out"), file_by_file_stops(lambda: f"the cases written are kept in {out_dir}"):
+            code = prep.run(cfg)  # a refusal (e.g. an unreadable --reference) leaves no empty folder
     except ValueError as exc:
         raise Fail(str(exc)) from None
     sys.exit(code)

@@ -2,7 +2,8 @@
 
 A step is done when its marker ``OUT/steps/<step>.done.json`` exists (written atomically after the step's
 outputs), records the same command (less the options that do not change results: :data:`NO_EFFECT`) and
-the same finish times of the steps it reads from, and the step's outputs still exist. Nothing here imports torch or numpy.
+the same finish times of the steps it reads from, and the step's outputs still exist. Nothing here imports
+torch or numpy.
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ and values must be, and which settings a written case depends on (a rerun with o
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..core.folders import same_file
 from ..core.io import Volume
+from ..registration.run_record import sha256
 from .align import BODY_HU
 from .cohorts import Layout
 
@@ -63,12 +63,8 @@ def check_out_outside_src(src: Path, out: Path) -> None:
 def case_settings(layout: Layout, reference: Path) -> dict:
     """What a written case depends on besides its source files: the layout, its label map and the reference
     (its content's sha256; the path is kept for the reader). Recorded with each case of ``integrity.json``."""
-    digest = hashlib.sha256()
-    with open(reference, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return {"layout": layout.name, "label_map": {str(k): v for k, v in sorted(layout.label_map.items())},
-            "reference": str(reference.resolve()), "reference_sha256": digest.hexdigest()}
+            "reference": str(reference.resolve()), "reference_sha256": sha256(reference)}
 
 
 def other_settings(recorded: dict | None, current: dict) -> str:

@@ -12,8 +12,8 @@ file, its image's path, size and mtime and the label map's size and sha256). A r
 when that record says it was made by the same checkpoint from the same image and the file still holds
 what was written (a killed run is resumed by running it again); any other file of a case is made again,
 and ``overwrite`` makes every one again. A file the record does not list is never replaced without
-``overwrite``, and an input of the run (an image or a true label map) never. A case that fails (unreadable image, ...) is reported in one line
-and the others go on.
+``overwrite``, and an input of the run (an image or a true label map) never. A case that fails
+(unreadable image, ...) is reported in one line and the others go on.
 """
 
 from __future__ import annotations
