@@ -257,6 +257,30 @@ def test_an_interrupt_records_the_pairs_it_did_not_reach_as_not_tried(tiny_datas
         "done", "skipped (outputs exist)"}
 
 
+def test_a_qc_picture_that_fails_keeps_its_written_field_done(tiny_dataset, ckpt, tmp_path, monkeypatch):
+    """A read-only container (matplotlib without a writable cache folder) failed the pair whose field was just
+    written, and run.json called that new field 'stale'."""
+    out, qc = tmp_path / "out", tmp_path / "qc"
+    draw = predict.write_qc
+
+    def fails_for_the_second(path, pair, disp):
+        if pair.key == PAIRS[1]:
+            raise RuntimeError("Matplotlib requires access to a writable cache directory")
+        return draw(path, pair, disp)
+
+    monkeypatch.setattr(predict, "write_qc", fails_for_the_second)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt, "--qc", qc))
+    assert res.exit_code == 1 and "3 pairs done, 0 skipped, 0 failed, 1 QC pictures not drawn" in res.stdout
+    [line] = [s for s in error_lines(res) if s.startswith("error")]
+    assert line.startswith(f"error: {PAIRS[1]}: QC picture {qc}/") and "writable cache directory" in line
+    entries = json.loads((out / "run.json").read_text())["pairs"]
+    assert {e["status"] for e in entries.values()} == {"done"} and all((out / f).is_file() for f in FIELDS)
+    assert "stale_outputs" not in entries[PAIRS[1]] and "qc" not in entries[PAIRS[1]] and "qc" in entries[PAIRS[0]]
+    monkeypatch.setattr(predict, "write_qc", draw)
+    res = invoke(*predict_args(tiny_dataset, out, ckpt, "--qc", qc))  # the rerun draws the missing picture
+    assert res.exit_code == 0 and "0 pairs done, 3 skipped" in res.stdout and len(list(qc.glob("*.png"))) == 3
+
+
 def test_evaluate_keeps_metrics_json_when_the_csv_cannot_be_written(tiny_dataset, tmp_path, monkeypatch):
     """The CSV's failure was reported as metrics.json's, with exit 2 ('nothing computed') although
     metrics.json was complete; with predict --evaluate --report, an earlier metrics.json was reported."""

@@ -324,6 +324,7 @@ def run(cfg: PredictConfig) -> dict:
 
     bar = tqdm(total=len(todo), desc="predict", unit="pair", file=sys.stderr, disable=not cfg.progress)
     stopped: str | None = None
+    qc_failed: dict[Pair, str] = {}  # pairs whose field was written but whose QC picture failed
 
     def write(pair: Pair, disp: np.ndarray) -> dict:
         outputs = plan[pair]
@@ -333,7 +334,10 @@ def run(cfg: PredictConfig) -> dict:
             raise RuntimeError(f"wrote {[p.name for p in written]}, planned {[p.name for p in outputs]}")
         files = file_record(written)
         if cfg.qc_dir is not None:
-            write_qc(qc_path(cfg.qc_dir, pair), pair, disp)
+            try:
+                write_qc(qc_path(cfg.qc_dir, pair), pair, disp)
+            except Exception as exc:  # the field is written and kept: only its picture failed (said in done())
+                qc_failed[pair] = error_line(exc)
         return files
 
     def done(pair: Pair, outcome: pipeline.Outcome) -> bool:
@@ -346,7 +350,11 @@ def run(cfg: PredictConfig) -> dict:
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
             entry.update(settings=own_settings[pair], files=outcome.value, status="done")
-            if cfg.qc_dir is not None:  # the picture drawn from this field (a later --qc rerun keeps it)
+            if pair in qc_failed:  # the run's exit code says it (run_record.summary)
+                entry["qc_error"] = qc_failed[pair]
+                bar.write(f"error: {pair.key}: QC picture {qc_path(cfg.qc_dir, pair)} not drawn ({qc_failed[pair]}); "
+                          "the field is written", file=sys.stderr)
+            elif cfg.qc_dir is not None:  # the picture drawn from this field (a later --qc rerun keeps it)
                 entry["qc"] = str(qc_path(cfg.qc_dir, pair).absolute())
             replaced = superseded_outputs(earlier.get(pair.key), entry["outputs"], cfg.out_dir)
             if replaced:

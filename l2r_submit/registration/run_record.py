@@ -258,7 +258,8 @@ def stage_means(entries: list[dict]) -> dict[str, float]:
 
 
 def summary(manifest: dict) -> tuple[str, int]:
-    """A one-line summary of a predict run and the number of failed pairs: the pairs' states, this run's
+    """A one-line summary of a predict run and the number of problems (pairs failed or not tried, QC pictures
+    not drawn, an unwritten record): the pairs' states, this run's
     wall seconds per pair tried and each step's mean seconds per pair done (steps overlap when pipelined)."""
     run_pairs = [manifest["pairs"][k] for k in manifest.get("selected", manifest["pairs"]) if k in manifest["pairs"]]
     states = [p["status"] for p in run_pairs]
@@ -275,8 +276,9 @@ def summary(manifest: dict) -> tuple[str, int]:
                 else f", {wall:.2f} s per pair tried (per pair done: {steps} s; {how})")
     elif done:
         rate = f", {sum(done) / len(done):.1f} s per pair"
-    extra = f", {not_tried} not tried" if not_tried else ""
-    bad = failed + not_tried + ("manifest_error" in manifest)
+    no_qc = sum("qc_error" in p for p in run_pairs if p["status"] == "done")
+    extra = (f", {not_tried} not tried" if not_tried else "") + (f", {no_qc} QC pictures not drawn" if no_qc else "")
+    bad = failed + not_tried + no_qc + ("manifest_error" in manifest)
     return f"{len(done)} pairs done, {skipped} skipped, {failed} failed{extra}{rate} ({manifest['device']})", bad
 
 
