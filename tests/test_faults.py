@@ -152,7 +152,19 @@ def test_predict_evaluate_reports_a_truncated_label_file(tiny_dataset, ckpt, tmp
     lines = [x for x in error_lines(res) if x.startswith("error")]
     assert len(lines) == 2 and all(str(label) in x for x in lines)
     assert any(x.startswith("warning: partial result") for x in error_lines(res))
-    assert "1 pairs scored, 2 failed" in res.output
+    assert "1 pairs scored, 2 could not be scored" in res.output
+
+
+def test_predict_evaluate_says_which_pairs_it_scored_as_zero_fields(tiny_dataset, ckpt, tmp_path):
+    """After 'failed' pairs predict's evaluation said '0 failed' and 'field missing'."""
+    flip_crc(image(tiny_dataset, "0003"))
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt, "--evaluate"))
+    assert res.exit_code == 1
+    assert "1 pairs done, 0 skipped, 2 failed" in res.stdout
+    assert "3 pairs scored (2 as zero fields: not registered), 0 could not be scored" in res.stdout
+    notes = [x for x in error_lines(res) if "scored as a zero field" in x]
+    assert notes == [f"note: {k}: no field: its registration failed or was not tried in this run, scored as a zero "
+                     "field" for k in PAIRS[1:]]
 
 
 # ---------------------------------------------------- 5, 7, 8, 15: refused before any work

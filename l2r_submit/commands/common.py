@@ -141,9 +141,10 @@ def check_folder_option(folder: Path | None, option: str) -> None:
 
 
 
-def write_eval(ev, result, out_json: Path, out_csv: Path) -> list[Path]:
+def write_eval(ev, result, out_json: Path, out_csv: Path, why_zero: str = "field missing") -> list[Path]:
     """Write metrics.json and the CSV (each atomically, the second even when the first fails), print the
-    table, then the notes, failures and write errors on stderr. Returns the files written."""
+    table, then the notes (``why_zero``: why a zero-filled pair had no field), failures and write errors on
+    stderr. Returns the files written."""
     written, errors = [], []
     for path, csv_path in ((out_json, None), (out_csv, out_csv)):
         try:
@@ -158,7 +159,7 @@ def write_eval(ev, result, out_json: Path, out_csv: Path) -> list[Path]:
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     for key in result.zero_filled:
-        click.echo(f"note: {key}: field missing, scored as a zero field", err=True)
+        click.echo(f"note: {key}: {why_zero}, scored as a zero field", err=True)
     for key, err in result.failed.items():
         click.echo(f"error: {key}: {err}", err=True)
     line = ev.partial_line(result)

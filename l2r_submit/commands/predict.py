@@ -255,8 +255,10 @@ def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, name
     except ValueError as exc:
         click.echo(f"error: evaluation: {exc}", err=True)
         return 1, False
-    written = write_eval(ev, result, out_dir / "metrics.json", out_dir / "metrics.csv")
-    click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
+    written = write_eval(ev, result, out_dir / "metrics.json", out_dir / "metrics.csv",
+                         why_zero="no field: its registration failed or was not tried in this run")
+    zero = f" ({len(not_made)} as zero fields: not registered)" if not_made else ""
+    click.echo(f"{len(result.metrics['cases'])} pairs scored{zero}, {len(result.failed)} could not be scored; "
                f"wrote {' and '.join(map(str, written)) or 'nothing'}")
     return len(result.failed) + 2 - len(written), out_dir / "metrics.json" in written
 
