@@ -361,11 +361,17 @@ def test_merge_refusals_are_one_line(tmp_path):
     outside = _fake_cohort(tmp_path / "elsewhere", "msd_liver", ["0001"], [6])
     result = invoke("recipe", "merge", challenge, outside, "--out", tmp_path / "out" / "data" / "pretrain_dataset.json")
     assert result.exit_code == 2 and "must lie under" in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # refused before the challenge's files were linked (they were)
     inside = _fake_cohort(tmp_path / "out" / "data" / "cohorts" / "a", "msd_liver", ["0001"], [6])
     twin = _fake_cohort(tmp_path / "out" / "data" / "cohorts" / "b", "msd_liver", ["0001"], [6])
     result = invoke("recipe", "merge", challenge, inside, twin, "--out", tmp_path / "out" / "data" / "m.json")
     assert result.exit_code == 2 and "msd_liver_0001_0000.nii.gz appears twice" in result.output
-    assert not (tmp_path / "out" / "data" / "m.json").exists()
+    assert not (tmp_path / "out" / "data" / "m.json").exists() and not (tmp_path / "out" / "data" / "challenge").exists()
+    result = invoke("recipe", "merge", challenge, inside, "--out", tmp_path / "out" / "data")  # a folder
+    assert result.exit_code == 2 and "data: is a folder; --out names the merged dataset JSON" in result.output
+    result = invoke("recipe", "merge", inside, "--out", tmp_path / "out" / "data" / "m.json")  # a cohort's JSON first
+    assert result.exit_code == 2 and "no registration_val pairs (a cohort's JSON?)" in result.output
+    assert not (tmp_path / "out" / "data" / "challenge").exists()
 
 
 def test_merge_falls_back_to_a_copy_when_a_link_fails(tmp_path, monkeypatch):

@@ -63,36 +63,28 @@ def merge(challenge_json: Path, cohort_jsons: list[Path], out_json: Path) -> dic
     of all cases share one folder, named by them).
 
     Raises:
-        ValueError: one line naming the file and the problem (an unreadable JSON, a cohort JSON outside
-            ``out_json``'s folder, another volume shape, a file name twice).
+        ValueError: one line naming the file and the problem (an unreadable JSON, a challenge JSON without
+            val pairs, a missing challenge file, a cohort JSON outside ``out_json``'s folder, another volume
+            shape, a file name twice, ``out_json`` a folder), found before any file is linked.
         OSError: a file could not be linked or copied.
     """
     root = out_json.parent
-    root.mkdir(parents=True, exist_ok=True)
+    if out_json.is_dir():
+        raise ValueError(f"{out_json}: is a folder; --out names the merged dataset JSON to write")
     challenge = dataset.load(challenge_json)
-    counts = {"kept": 0, "linked": 0, "copied": 0}
-    brought: dict[Path, str] = {}
-
-    def bring(path: Path) -> str:
-        """``path`` (a challenge file) linked under ``challenge/``; its path relative to the merged JSON."""
-        if path not in brought:
-            rel = Path(os.path.relpath(path, challenge.root))
-            if not path.is_file():
-                raise ValueError(f"{challenge_json}: {rel} does not exist")
-            counts[link_or_copy(path, root / CHALLENGE_DIR / rel)] += 1
-            brought[path] = _rel(root / CHALLENGE_DIR / rel, root)
-        return brought[path]
-
-    training: list[dict] = []
-    for case in challenge.training:
-        training.append({"image": bring(case.image), "label": bring(case.label)})
-    val = []
-    for pair in challenge.splits.get("val", []):
-        for case in (pair.fixed, pair.moving):
-            if case.label.is_file():
-                bring(case.label)
-        val.append({"fixed": bring(pair.fixed.image), "moving": bring(pair.moving.image)})
-    per_source = {"challenge": len(training)}
+    if not challenge.splits.get("val"):
+        raise ValueError(f"{challenge_json}: no registration_val pairs (a cohort's JSON?); the first JSON must be "
+                         "the challenge's, whose val pairs validate every training step")
+    # everything is checked before the first file is linked: a refusal leaves nothing behind
+    wanted: list[Path] = [p for case in challenge.training for p in (case.image, case.label)]
+    for pair in challenge.splits["val"]:
+        wanted += [p for case in (pair.fixed, pair.moving) for p in (case.label,) if p.is_file()]
+        wanted += [pair.fixed.image, pair.moving.image]
+    for path in wanted:
+        if not path.is_file():
+            raise ValueError(f"{challenge_json}: {os.path.relpath(path, challenge.root)} does not exist")
+    cohort_items: list[dict] = []
+    per_source = {"challenge": len(challenge.training)}
     for path in cohort_jsons:
         if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
             raise ValueError(f"{path}: a cohort's dataset JSON must lie under {root} (its paths must resolve there)")
@@ -105,12 +97,33 @@ def merge(challenge_json: Path, cohort_jsons: list[Path], out_json: Path) -> dic
             item = {"image": _rel(case.image, root), "label": _rel(case.label, root)}
             if "annotated" in entry:
                 item["annotated"] = entry["annotated"]
-            training.append(item)
+            cohort_items.append(item)
         per_source[path.parent.name] = len(cohort.training)
-    names = [Path(e["image"]).name for e in training]
+    names = [c.image.name for c in challenge.training] + [Path(e["image"]).name for e in cohort_items]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"{out_json}: image file name {twice[0]} appears twice; pseudo-labels are named by it")
+
+    root.mkdir(parents=True, exist_ok=True)
+    counts = {"kept": 0, "linked": 0, "copied": 0}
+    brought: dict[Path, str] = {}
+
+    def bring(path: Path) -> str:
+        """``path`` (a challenge file) linked under ``challenge/``; its path relative to the merged JSON."""
+        if path not in brought:
+            rel = Path(os.path.relpath(path, challenge.root))
+            counts[link_or_copy(path, root / CHALLENGE_DIR / rel)] += 1
+            brought[path] = _rel(root / CHALLENGE_DIR / rel, root)
+        return brought[path]
+
+    training = [{"image": bring(case.image), "label": bring(case.label)} for case in challenge.training]
+    val = []
+    for pair in challenge.splits["val"]:
+        for case in (pair.fixed, pair.moving):
+            if case.label.is_file():
+                bring(case.label)
+        val.append({"fixed": bring(pair.fixed.image), "moving": bring(pair.moving.image)})
+    training += cohort_items
     src = _raw(challenge_json)
     merged = {
         "name": f"{challenge.name}_pretraining",
