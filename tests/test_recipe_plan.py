@@ -366,7 +366,8 @@ def test_merge_refusals_are_one_line(tmp_path):
     twin = _fake_cohort(tmp_path / "out" / "data" / "cohorts" / "b", "msd_liver", ["0001"], [6])
     result = invoke("recipe", "merge", challenge, inside, twin, "--out", tmp_path / "out" / "data" / "m.json")
     assert result.exit_code == 2 and "msd_liver_0001_0000.nii.gz appears twice" in result.output
-    assert not (tmp_path / "out" / "data" / "m.json").exists() and not (tmp_path / "out" / "data" / "challenge").exists()
+    assert not (tmp_path / "out" / "data" / "m.json").exists()
+    assert not (tmp_path / "out" / "data" / "challenge").exists()
     result = invoke("recipe", "merge", challenge, inside, "--out", tmp_path / "out" / "data")  # a folder
     assert result.exit_code == 2 and "data: is a folder; --out names the merged dataset JSON" in result.output
     result = invoke("recipe", "merge", inside, "--out", tmp_path / "out" / "data" / "m.json")  # a cohort's JSON first
