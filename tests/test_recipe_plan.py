@@ -119,6 +119,8 @@ def test_every_planned_command_parses_with_the_real_cli(tmp_path):
     (["--cohort", "msd_liver=.", "--cohort", "msd_liver=."], "given twice"),
     (["--cohort", "msd_liver=.", "--epochs", "pseudo-labels=3"], "no step 'pseudo-labels'"),
     (["--cohort", "msd_liver=.", "--epochs", "all=0"], "not a positive integer"),
+    (["--cohort", "msd_liver=.", "--epochs", "segment-train=3", "--epochs", "segment-train=5"],
+     "--epochs segment-train=5: segment-train given twice"),  # the last one won silently
     (["--cohort", "msd_liver=.", "--crop", "all=abc"], "--crop all=abc: crop: abc received, expected three positive"),
     (["--cohort", "msd_liver=.", "--crop", "segment-train=1,2"], "--crop segment-train=1,2: crop: 1,2 received"),
     (["--cohort", "msd_liver=.", "--rows", "best"], "--rows best"),

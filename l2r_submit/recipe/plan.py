@@ -119,7 +119,7 @@ def parse_step_values(items: tuple[str, ...], option: str, names: list[str], kin
     is ``int`` (a positive integer), ``str`` or a check that returns the value (e.g. :func:`crop_text`).
 
     Raises:
-        ValueError: a malformed item, an unknown step or a value that ``kind`` refuses.
+        ValueError: a malformed item, an unknown step, a step given twice or a value that ``kind`` refuses.
     """
     out: dict = {}
     for item in items:
@@ -128,6 +128,8 @@ def parse_step_values(items: tuple[str, ...], option: str, names: list[str], kin
             raise ValueError(f"{option} {item}: expected STEP=VALUE, e.g. {option} {names[0]}=2")
         if step != "all" and step not in names:
             raise ValueError(f"{option} {item}: no step '{step}'; steps: all, {', '.join(names)}")
+        if step in out:  # the last one won silently
+            raise ValueError(f"{option} {item}: {step} given twice; give each step one value")
         if kind is int:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{option} {item}: '{value}' is not a positive integer")
