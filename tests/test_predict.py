@@ -1,4 +1,5 @@
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -280,3 +281,19 @@ def test_evaluate_with_missing_label_maps_is_refused_before_any_registration(tin
     res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
                  "--io-iters", "1", "--evaluate", "--pairs", "0001_0002")  # pairs whose labels exist: go on
     assert res.exit_code == 0, res.output
+
+
+def test_predict_config_takes_string_paths_and_refuses_the_wrong_kind_in_one_line(tiny_dataset, tmp_path):
+    """From Python: a str out_dir failed deep inside ('str' / 'str'), a str dataset with an AttributeError,
+    pairs="0001_0002" was split into characters, threads=0 was accepted."""
+    from l2r_submit.core import dataset
+
+    ds = dataset.load(tiny_dataset)
+    cfg = predict.PredictConfig(ds, str(tmp_path / "out"), qc_dir=str(tmp_path / "qc"))
+    assert cfg.out_dir == tmp_path / "out" and cfg.qc_dir == tmp_path / "qc"
+    for kwargs, message in (({"pairs": "0001_0002"}, "pairs: a tuple of names, e.g. ('0001_0002',), not a string"),
+                            ({"threads": 0}, "threads: 0 received, expected at least 1")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            predict.PredictConfig(ds, tmp_path / "out", **kwargs)
+    with pytest.raises(ValueError, match="dataset: a loaded Dataset"):
+        predict.PredictConfig(str(tiny_dataset), tmp_path / "out")

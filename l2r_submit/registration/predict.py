@@ -110,6 +110,23 @@ class PredictConfig:
     keep_freed_memory: bool = False
 
     def __post_init__(self) -> None:
+        """Paths given as strings become Paths; the wrong kind of value is refused here, in one line, rather
+        than deep inside the run (a string of pairs was split into its characters).
+
+        Raises:
+            ValueError: ``dataset`` not a loaded Dataset, ``pairs`` a single string, ``threads`` below 1.
+        """
+        if not isinstance(self.dataset, Dataset):
+            raise ValueError(f"dataset: a loaded Dataset (l2r_submit.core.dataset.load(path)), not "
+                             f"{type(self.dataset).__name__}")
+        for name in ("out_dir", "checkpoint", "weights_dir", "qc_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        if isinstance(self.pairs, str):
+            raise ValueError(f"pairs: a tuple of names, e.g. ({self.pairs!r},), not a string")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: {self.threads} received, expected at least 1 (None: all)")
         if self.io is None:  # predict's default for the stages that will run (frozen: set once, here)
             object.__setattr__(self, "io", io_for_stages(self.stages, self.checkpoint))
 
