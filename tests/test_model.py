@@ -288,3 +288,21 @@ def test_files_that_are_not_a_registration_checkpoint_are_named_for_what_they_ar
     ours = checkpoint.save(tmp_path / "ours.pt", regnet.build("tiny"))
     with pytest.raises(ValueError, match="ours.pt: already an l2r_submit checkpoint, nothing to import"):
         checkpoint.import_original(ours)
+
+
+def test_register_refuses_inputs_outside_its_contract_in_one_line():
+    """A batch of 2 moving against 1 fixed passed silently (broadcast), channels were counted after the input
+    windows ('6 channels received, expected 3' for 2), numpy arrays and tiny volumes failed inside torch."""
+    import numpy as np
+
+    net = regnet.build("tiny").eval()
+    ok = torch.zeros(1, 1, 16, 16, 16)
+    cases = [((torch.zeros(2, 1, 16, 16, 16), ok), r"moving \(2, 1, 16, 16, 16\) and fixed \(1, 1, 16, 16, 16\)"),
+             ((torch.zeros(1, 2, 16, 16, 16), ok), "moving: 2 channels received, expected 1"),
+             ((ok, np.zeros((1, 1, 16, 16, 16))), "fixed: a torch.Tensor .* not ndarray"),
+             ((torch.zeros(1, 16, 16, 16), ok), r"moving: shape \(1, 16, 16, 16\) received, expected \(B, C, I, J, K\)"),
+             ((torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)), "fixed: volumes of .* too small")]
+    for (moving, fixed), message in cases:
+        with pytest.raises(ValueError, match=message):
+            regnet.register(net, moving, fixed)
+    assert regnet.register(net, ok, ok).shape == (1, 3, 16, 16, 16)

@@ -143,3 +143,15 @@ SEG_PRESETS: dict[str, SegConfig] = {
     "paper": SegConfig(),  # 7.69 M parameters, as the authors' SegNet (channel_multiplication=4, classic vnet)
     "tiny": SegConfig(base_channels=(4, 8, 16), channel_multiplier=1, encoder_convs=(1, 1)),
 }
+
+
+def check_min_shape(shape: tuple[int, ...], divisor: int, source: object) -> None:
+    """The network pads volumes to a multiple of ``divisor`` and halves them down to 1/``divisor``; its
+    instance norm needs more than one voxel there, so at least one size must exceed ``divisor``.
+
+    Raises:
+        ValueError: a smaller volume, naming the smallest size accepted.
+    """
+    if max(shape) <= divisor:
+        raise ValueError(f"{source}: volumes of {tuple(shape)} are too small for this network; at least one size "
+                         f"must be {divisor + 1} voxels or more (e.g. {(divisor + 1, *tuple(shape)[1:])})")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..core.contract import check_volume_batch
 from .blocks import Decoder, Encoder
-from .config import ModelConfig, PRESETS
+from .config import ModelConfig, PRESETS, check_min_shape
 from .inputs import disp_from_model_frame, integrate, preprocess, to_model_frame
 
 
@@ -84,8 +84,25 @@ class RegistrationNet(nn.Module):
 
 
 def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tensor) -> torch.Tensor:
-    """Moving and fixed CT in HU (B, 1, I, J, K) -> displacement (B, 3, I, J, K) in our contract."""
+    """Moving and fixed CT in HU (B, 1, I, J, K) -> displacement (B, 3, I, J, K) in our contract.
+
+    Raises:
+        ValueError: not tensors, another rank, not one channel, shapes that differ, a volume too small for
+            the network (one line each; torch's own errors came from deep inside, and a batch of 2 moving
+            against 1 fixed passed silently).
+    """
     cfg = net.cfg
+    for name, x in (("moving", moving_hu), ("fixed", fixed_hu)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name}: a torch.Tensor (B, 1, I, J, K) of HU expected, not {type(x).__name__}")
+        check_volume_batch(x, name)
+        if x.shape[1] != 1:
+            raise ValueError(f"{name}: {x.shape[1]} channels received, expected 1 (CT in HU; the network's input "
+                             "windows are made from it)")
+    if moving_hu.shape != fixed_hu.shape:
+        raise ValueError(f"moving {tuple(moving_hu.shape)} and fixed {tuple(fixed_hu.shape)}: expected the same "
+                         "shape (B, 1, I, J, K)")
+    check_min_shape(tuple(fixed_hu.shape[2:]), cfg.divisor, "fixed")
     moving = to_model_frame(preprocess(moving_hu, cfg.in_channels), cfg.orientation)
     fixed = to_model_frame(preprocess(fixed_hu, cfg.in_channels), cfg.orientation)
     return disp_from_model_frame(net(moving, fixed, deep=False)[0], cfg.orientation)

@@ -1,8 +1,8 @@
 """Which pairs to predict and which files each writes: the checks made before any work.
 
 Pure functions of the dataset, the options and the volume shape (no torch): output names per pair and
-their collisions, and the shapes a format or a network accepts (pair selection by name:
-:mod:`l2r_submit.core.selection`).
+their collisions, and the shapes a format accepts (pair selection by name: :mod:`l2r_submit.core.selection`;
+the smallest volume a network takes: :func:`l2r_submit.nets.config.check_min_shape`).
 """
 
 from __future__ import annotations
@@ -41,18 +41,6 @@ def check_format_shape(fmt: str, shape: tuple[int, ...], source: object) -> None
     if fmt == "npz2020" and any(n % 2 for n in shape):
         raise ValueError(f"{source}: --format npz2020 needs even volume sizes (the 2020 evaluator upsamples the "
                          f"half-resolution field by 2), the volumes are {tuple(shape)}; use --format nii.gz or npz")
-
-
-def check_min_shape(shape: tuple[int, ...], divisor: int, source: object) -> None:
-    """The network pads volumes to a multiple of ``divisor`` and halves them down to 1/``divisor``; its
-    instance norm needs more than one voxel there, so at least one size must exceed ``divisor``.
-
-    Raises:
-        ValueError: a smaller volume, naming the smallest size accepted.
-    """
-    if max(shape) <= divisor:
-        raise ValueError(f"{source}: volumes of {tuple(shape)} are too small for this network; at least one size "
-                         f"must be {divisor + 1} voxels or more (e.g. {(divisor + 1, *tuple(shape)[1:])})")
 
 
 def expected_outputs(out_dir: Path, pair: Pair, fmt: str, names: str) -> list[Path]:

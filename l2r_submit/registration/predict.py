@@ -38,7 +38,8 @@ from ..core import disp_files, folders, io, runtime
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from ..core.selection import select_pairs
-from .pair_plan import check_format_shape, check_min_shape, plan_outputs, superseded_outputs
+from ..nets.config import check_min_shape
+from .pair_plan import check_format_shape, plan_outputs, superseded_outputs
 from .qc import draw_missing_qc, qc_path, write_qc
 from .run_record import (both_ct, error_line, file_record, mixes_ct, modality_name, pair_inputs,  # noqa: F401
                          pair_settings, redo_reason, request_settings, run_settings, save_manifest, sha256,
