@@ -208,3 +208,14 @@ def test_a_refused_command_leaves_no_empty_output_folder(tiny_dataset, ckpt, tmp
             assert "junk" in line or "no training case" in line or str(reference) in line, (name, line)
             assert not (tmp_path / name).exists(), name
             assert existing.is_dir() and not list(existing.iterdir()), name
+
+
+def test_a_dataset_without_pairs_says_which_lists_are_empty(tiny_dataset, ckpt, tmp_path):
+    """It said "no pairs to predict in split 'default'", a split no JSON has."""
+    data = json.loads(tiny_dataset.read_text())
+    data["registration_val"] = data["registration_test"] = []
+    tiny_dataset.write_text(json.dumps(data))
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt))
+    assert res.exit_code == 2
+    assert error_lines(res) == [f"error: {tiny_dataset}: no pairs to predict in registration_val nor "
+                                "registration_test (both empty)"]

@@ -74,7 +74,8 @@ from .common import Fail, check_folder_option, checked, load_dataset, stop_signa
               help="Predict only rank K's share of N (0 <= K < N; every N-th pair from the K-th); each rank "
                    "records run.shardKofN.json and merges them into run.json [default: under torchrun, "
                    "its RANK/WORLD_SIZE; else all pairs].")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Data folder the JSON's paths are relative to [default: the JSON's folder].")
 @click.option("--evaluate", "do_eval", is_flag=True, help="Then score the fields (needs labels): metrics.json in --out.")
 @click.option("--report", "do_report", is_flag=True,
               help="With --evaluate: also write report.html in --out (l2r report, with the --qc pictures).")

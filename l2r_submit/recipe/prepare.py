@@ -333,8 +333,8 @@ def run(cfg: PrepareConfig) -> int:
 
 def _integrity_text(cfg: PrepareConfig, records: dict[str, dict], old: dict[str, dict]) -> str:
     cases = {**{n: r for n, r in old.items() if r.get("status") == "ok" and n not in records}, **records}
-    body = {"layout": cfg.layout.name, "cohort": cfg.cohort, "source": str(cfg.src),
-            "reference": str(cfg.reference), "cases": dict(sorted(cases.items()))}
+    body = {"layout": cfg.layout.name, "cohort": cfg.cohort, "source": str(cfg.src.absolute()),  # wherever read
+            "reference": str(cfg.reference.absolute()), "cases": dict(sorted(cases.items()))}
     return json.dumps(body, indent=2) + "\n"
 
 

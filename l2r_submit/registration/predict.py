@@ -223,7 +223,8 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
     ds = cfg.dataset
     pairs = select_pairs(ds, cfg.split, cfg.pairs)
     if not pairs:
-        raise ValueError(f"{ds.source}: no pairs to predict in split '{cfg.split or 'default'}'")
+        which = f"split '{cfg.split}'" if cfg.split else "registration_val nor registration_test (both empty)"
+        raise ValueError(f"{ds.source}: no pairs to predict in {which}")
     stg.parse_stages(",".join(cfg.stages or DEFAULT_STAGES))  # unknown or repeated names: one line, before any work
     if not active_stages(cfg):
         raise ValueError("no registration stage left to run: --stages, --no-network and --io-iters 0 remove "
