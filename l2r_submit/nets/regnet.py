@@ -87,8 +87,8 @@ def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tens
     """Moving and fixed CT in HU (B, 1, I, J, K) -> displacement (B, 3, I, J, K) in our contract.
 
     Raises:
-        ValueError: not tensors, another rank, not one channel, shapes that differ, a volume too small for
-            the network (one line each; torch's own errors came from deep inside, and a batch of 2 moving
+        ValueError: not tensors, another rank, not one channel, NaN or inf values, shapes that differ, a
+            volume too small for the network (one line each; torch's own errors came from deep inside, and a batch of 2 moving
             against 1 fixed passed silently).
     """
     cfg = net.cfg
@@ -99,6 +99,8 @@ def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tens
         if x.shape[1] != 1:
             raise ValueError(f"{name}: {x.shape[1]} channels received, expected 1 (CT in HU; the network's input "
                              "windows are made from it)")
+        if not torch.isfinite(x).all():  # a NaN field came back without a word
+            raise ValueError(f"{name}: holds NaN or inf values")
     if moving_hu.shape != fixed_hu.shape:
         raise ValueError(f"moving {tuple(moving_hu.shape)} and fixed {tuple(fixed_hu.shape)}: expected the same "
                          "shape (B, 1, I, J, K)")
