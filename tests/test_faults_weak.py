@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from l2r_submit.core import disp_files
 from l2r_submit.registration import predict
@@ -219,3 +220,15 @@ def test_a_dataset_without_pairs_says_which_lists_are_empty(tiny_dataset, ckpt, 
     assert res.exit_code == 2
     assert error_lines(res) == [f"error: {tiny_dataset}: no pairs to predict in registration_val nor "
                                 "registration_test (both empty)"]
+
+
+def test_a_refusal_never_removes_a_folder_that_existed(tmp_path, monkeypatch):
+    """'a/../b' with b existing and a not: b was taken as made by the check and removed after a refusal."""
+    from l2r_submit.core import folders
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="refused"):
+        with folders.writable_folder(Path("a") / ".." / "b", "--out"):
+            raise ValueError("refused")
+    assert (tmp_path / "b").is_dir()

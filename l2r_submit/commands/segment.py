@@ -80,7 +80,8 @@ def predict(checkpoint: Path, dataset_jsons: tuple[Path, ...], out_dir: Path, de
     from ..recipe import pseudo_labels
 
     def kept() -> str:
-        return f"{pseudo_labels.recorded(out_dir)} label maps are kept in {out_dir} and recorded in {pseudo_labels.RECORD}"
+        count = pseudo_labels.recorded(out_dir)
+        return f"{count} label maps are kept in {out_dir} and recorded in {pseudo_labels.RECORD}"
 
     try:
         with file_by_file_stops(kept):

@@ -109,7 +109,8 @@ def check_writable(folder: str | os.PathLike, what: str) -> list[Path]:
     """
     folder = Path(folder)
     check_not_a_file(folder, what)
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    whole = Path(os.path.abspath(folder))  # '..' resolved first: 'a/../b' must not count an existing b as made
+    made = [p for p in (whole, *whole.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".probe", dir=folder)

@@ -88,8 +88,8 @@ def register(net: RegistrationNet, moving_hu: torch.Tensor, fixed_hu: torch.Tens
 
     Raises:
         ValueError: not tensors, another rank, not one channel, NaN or inf values, shapes that differ, a
-            volume too small for the network (one line each; torch's own errors came from deep inside, and a batch of 2 moving
-            against 1 fixed passed silently).
+            volume too small for the network (one line each; torch's own errors came from deep inside, and
+            a batch of 2 moving against 1 fixed passed silently).
     """
     cfg = net.cfg
     for name, x in (("moving", moving_hu), ("fixed", fixed_hu)):
