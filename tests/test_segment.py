@@ -166,6 +166,27 @@ def test_predict_never_replaces_an_input_and_replaces_unlisted_files_only_when_t
     assert res.exit_code == 0 and nib.load(other / name).get_data_dtype() == np.uint8
 
 
+def test_files_an_earlier_checkpoint_made_stay_replaceable_after_a_failed_run(tmp_path):
+    """After a run with another checkpoint failed a case, the rerun refused that case's file (made by the
+    first checkpoint) as 'not listed': the record had forgotten it."""
+    from l2r_submit.nets import seg_checkpoint, segnet
+
+    challenge, _ = challenge_and_cohort(tmp_path)
+    first = seg_checkpoint.save(tmp_path / "a.pt", segnet.build("tiny"))
+    torch.manual_seed(1)
+    second = seg_checkpoint.save(tmp_path / "b.pt", segnet.build("tiny"))
+    out = tmp_path / "pseudo"
+    args = [str(challenge), "--out", str(out), "--device", "cpu", "--quiet"]
+    assert invoke("segment", "predict", str(first), *args).exit_code == 0
+    image = tmp_path / "challenge" / "imagesTr" / "AbdomenCTCT_0002_0000.nii.gz"
+    good = image.read_bytes()
+    image.write_bytes(b"not a nifti")
+    assert invoke("segment", "predict", str(second), *args).exit_code == 1
+    image.write_bytes(good)
+    res = invoke("segment", "predict", str(second), *args)
+    assert res.exit_code == 0 and "1 written, 2 already there, 0 failed" in res.output, res.output
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_predict_stopped_by_sigterm_says_what_it_kept_and_a_rerun_does_the_rest(tmp_path, monkeypatch, when):
     """SIGTERM killed segment predict without a word (and Ctrl-C was click's 'Aborted!', exit 1); a stop

@@ -8,7 +8,8 @@ window: the paper's segmenter sees the whole 192x160x256 volume, as the authors 
 of the class scores (:func:`l2r_submit.nets.segnet.segment`).
 
 Each file is written atomically and recorded in ``OUT/pseudo_labels.json`` (the checkpoint's sha256; per
-file, its image's path, size and mtime and the label map's size and sha256). A rerun skips a file only
+file, its image's path, size and mtime and the label map's size and sha256; ``made_before``: the names of
+every file an earlier run wrote, whatever its checkpoint). A rerun skips a file only
 when that record says it was made by the same checkpoint from the same image and the file still holds
 what was written (a killed run is resumed by running it again); any other file of a case is made again,
 and ``overwrite`` makes every one again. A file the record does not list is never replaced without
@@ -154,12 +155,15 @@ def predict(checkpoint: str | os.PathLike, datasets: Sequence[Dataset], out_dir:
         record = json.loads((out_dir / RECORD).read_text())
     except (OSError, ValueError):
         record = {}
-    ours = set(record.get("files", {})) if isinstance(record, dict) and isinstance(record.get("files"), dict) else set()
+    record = record if isinstance(record, dict) else {}
+    earlier = [n for key in ("files", "made_before") if isinstance(record.get(key), (dict, list)) for n in record[key]]
+    ours = {n for n in earlier if isinstance(n, str)}  # every file a segment predict wrote here, any checkpoint
     check_replaceable(cases, out_dir, ours, overwrite)
-    if not isinstance(record, dict) or record.get("checkpoint_sha256") != ckpt_sha:
+    if record.get("checkpoint_sha256") != ckpt_sha:
         record = {}  # another checkpoint's (or no) record: nothing in the folder is known to be this one's
     record = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
-              "files": record.get("files", {}) if isinstance(record.get("files"), dict) else {}}
+              "files": record.get("files", {}) if isinstance(record.get("files"), dict) else {},
+              "made_before": sorted(ours)}  # kept across checkpoints: they stay ours to replace
     keep = {c.image.name for c in cases if not overwrite and _kept(record, c.image.name, c, out_dir)}
     todo = [c for c in cases if c.image.name not in keep]
     summary.skipped = [c.image.name for c in cases if c.image.name in keep]
