@@ -3,15 +3,16 @@
 # the container, optionally checking the numbers against expected results.
 #   ./evaluate.sh DATASET_JSON DISP_DIR [--image IMAGE] [--expected EXPECTED.json] [l2r evaluate options]
 #     --image IMAGE        first run the container on the dataset's folder (read-only, no network),
-#                          writing the fields to DISP_DIR; it gets --split, and the names or format that
-#                          --protocol reads; docker options in L2R_DOCKER_ARGS, l2r predict options in
+#                          writing the fields to DISP_DIR; it gets --split, --pairs, and the names or format
+#                          that --protocol reads; docker options in L2R_DOCKER_ARGS, l2r predict options in
 #                          L2R_PREDICT_ARGS (e.g. "--checkpoint /l2r/data/weights.pt"). Pairs the container
-#                          failed are scored as zero fields (exit 1); if it stopped, nothing is scored.
+#                          failed are scored as zero fields (exit 1) when DISP_DIR held no earlier fields;
+#                          otherwise, or if it stopped, nothing is scored.
 #     --expected FILE      then compare metrics.json with FILE; exit 1 with a diff when a metric is off
 # DATASET_JSON may also be an official evaluation config (with --data-root DATA).
 set -euo pipefail
 if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,13s/^# \{0,1\}//p' "$0"
+  sed -n '2,14s/^# \{0,1\}//p' "$0"
   exit 2
 fi
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -26,13 +27,14 @@ need_value() {  # OPTION [VALUE...]: the option must be followed by a value
 }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --image=* | --expected=* | --out=* | --split=* | --protocol=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+    --image=* | --expected=* | --out=* | --split=* | --protocol=* | --pairs=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
   esac  # --opt=value as --opt value
   case "$1" in
     --image) need_value "$@"; image="$2"; shift 2 ;;
     --expected) need_value "$@"; expected="$2"; shift 2 ;;
     --out) need_value "$@"; out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
-    --split) need_value "$@"; predict+=(--split "$2"); pass+=("$1" "$2"); shift 2 ;;  # the same pairs for both
+    --split | --pairs) need_value "$@"; pass+=("$1" "$2")  # the same pairs for both (predict has no split eval)
+      [ "$1 $2" = "--split eval" ] || predict+=("$1" "$2"); shift 2 ;;
     --protocol) need_value "$@"; pass+=("$1" "$2")  # the container writes the files that version reads
       case "$2" in 2024 | 2022) predict+=(--names short) ;; 2020) predict+=(--format npz2020) ;; esac
       shift 2 ;;
@@ -50,13 +52,21 @@ if [ -n "$image" ]; then
   data_dir="$(cd "$(dirname "$dataset_json")" && pwd)"
   made=""; [ -d "$disp_dir" ] || made=1
   mkdir -p "$disp_dir"
+  earlier=$(find "$disp_dir" -maxdepth 1 -name 'disp_*' -print -quit)  # fields of an earlier run
+  read -r -a extra <<< "${L2R_PREDICT_ARGS:-}"  # split on spaces, never glob-expanded
+  start_mark="$(mktemp)"
   # shellcheck disable=SC2086
   docker run --rm --network none --user "$(id -u):$(id -g)" ${L2R_DOCKER_ARGS:-} -v "$data_dir":/l2r/data:ro \
     -v "$(cd "$disp_dir" && pwd)":/l2r/output "$image" "/l2r/data/$(basename "$dataset_json")" \
-    ${predict[@]+"${predict[@]}"} ${L2R_PREDICT_ARGS:-} || status=$?
-  if [ "$status" = 1 ]; then  # some pairs failed, the others were written: score them
-    echo "evaluate.sh: the container failed some pairs (exit 1); scoring the fields it wrote, the failed pairs as zero fields" >&2
+    ${predict[@]+"${predict[@]}"} ${extra[@]+"${extra[@]}"} || status=$?
+  recorded=""; [ "$disp_dir/run.json" -nt "$start_mark" ] && recorded=1
+  rm -f "$start_mark"
+  if [ "$status" = 1 ] && [ -n "$recorded" ] && [ -z "$earlier" ]; then  # some pairs failed, the rest written
+    echo "evaluate.sh: the container failed some pairs (exit 1; see $disp_dir/run.json); scoring the fields it wrote, the failed pairs as zero fields" >&2
     pass+=(--missing zero)
+  elif [ "$status" = 1 ] && [ -n "$recorded" ]; then  # a failed pair's earlier field would be scored as its result
+    echo "evaluate.sh: the container failed some pairs (exit 1; see $disp_dir/run.json); not scored, since $disp_dir holds fields of an earlier run; score with l2r evaluate after removing them, or predict into a new folder" >&2
+    exit 1
   elif [ "$status" != 0 ]; then
     [ -z "$made" ] || rmdir "$disp_dir" 2>/dev/null || true
     echo "evaluate.sh: the container stopped (exit $status); nothing scored" >&2

@@ -63,6 +63,7 @@ def test_evaluate_sh_gives_the_container_the_split_and_names_it_scores_and_score
     args_file = tmp_path / "args"
     (fake_bin / "l2r").write_text(f"#!/bin/sh\nprintf '%s ' l2r \"$@\" >> {args_file}; echo >> {args_file}\n")
     (fake_bin / "docker").write_text(f"#!/bin/sh\nprintf '%s ' docker \"$@\" >> {args_file}; echo >> {args_file}\n"
+                                     "sleep 0.01; [ -z \"$FAKE_RUN_JSON\" ] || echo {{}} > \"$FAKE_RUN_JSON\"\n"
                                      "exit ${FAKE_DOCKER_RC:-0}\n")
     (fake_bin / "docker").chmod(0o755)
     (fake_bin / "l2r").chmod(0o755)
@@ -70,19 +71,29 @@ def test_evaluate_sh_gives_the_container_the_split_and_names_it_scores_and_score
     data = tmp_path / "data"
     data.mkdir()
     disp = tmp_path / "disp"
+    (tmp_path / "glob_me").write_text("")  # L2R_PREDICT_ARGS is split on spaces, not glob-expanded
     res = run(script, data / "d.json", disp, "--image", "img", "--split=test", "--protocol", "2024", path=fake_bin,
-              env_extra={"L2R_PREDICT_ARGS": "--checkpoint /l2r/data/w.pt"})
+              env_extra={"L2R_PREDICT_ARGS": f"--checkpoint /l2r/data/w.pt {tmp_path}/glob_*"})
     assert res.returncode == 0, res.stderr
     docker, evaluate = args_file.read_text().splitlines()
-    assert docker.split()[-7:] == ["/l2r/data/d.json", "--split", "test", "--names", "short", "--checkpoint",
-                                   "/l2r/data/w.pt"]
+    assert docker.split()[-8:] == ["/l2r/data/d.json", "--split", "test", "--names", "short", "--checkpoint",
+                                   "/l2r/data/w.pt", f"{tmp_path}/glob_*"]
     assert evaluate.split()[-4:] == ["--split", "test", "--protocol", "2024"]
     args_file.unlink()
-    res = run(script, data / "d.json", disp, "--image", "img", "--protocol", "2020", path=fake_bin,
-              env_extra={"FAKE_DOCKER_RC": "1"})
-    assert res.returncode == 1 and "the container failed some pairs (exit 1); scoring" in res.stderr
+    failed = {"FAKE_DOCKER_RC": "1", "FAKE_RUN_JSON": str(disp / "run.json")}
+    res = run(script, data / "d.json", disp, "--image", "img", "--protocol", "2020", "--pairs", "0001_0004",
+              path=fake_bin, env_extra=failed)
+    assert res.returncode == 1 and "the container failed some pairs (exit 1; see" in res.stderr
     docker, evaluate = args_file.read_text().splitlines()
-    assert docker.split()[-2:] == ["--format", "npz2020"] and evaluate.split()[-2:] == ["--missing", "zero"]
+    assert docker.split()[-4:] == ["--format", "npz2020", "--pairs", "0001_0004"]
+    assert evaluate.split()[-2:] == ["--missing", "zero"]
+    args_file.unlink()
+    (disp / "disp_0001_0000_0004_0000.nii.gz").write_text("an earlier run's field")  # would be scored as its result
+    res = run(script, data / "d.json", disp, "--image", "img", path=fake_bin, env_extra=failed)
+    assert res.returncode == 1 and "not scored, since" in res.stderr and len(args_file.read_text().splitlines()) == 1
+    args_file.unlink()
+    res = run(script, data / "d.json", disp, "--image", "img", "--split", "eval", path=fake_bin)  # predict has none
+    assert "--split" not in args_file.read_text().splitlines()[0]
     args_file.unlink()
     res = run(script, data / "d.json", tmp_path / "new" / "disp", "--image", "nosuch", path=fake_bin,
               env_extra={"FAKE_DOCKER_RC": "125"})
