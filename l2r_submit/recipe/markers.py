@@ -2,8 +2,10 @@
 
 A step is done when its marker ``OUT/steps/<step>.done.json`` exists (written atomically after the step's
 outputs), records the same command (less the options that do not change results: :data:`NO_EFFECT`) and
-the same finish times of the steps it reads from, and the step's outputs still exist. Nothing here imports
-torch or numpy.
+the same finish times of the steps it reads from, and its main output (the first listed) still exists
+while it is needed: the step is the last of its chain, or a step that reads from it is still to run. An
+intermediate output deleted once every reader is done (pseudo-labels, to save space) changes nothing.
+Nothing here imports torch or numpy.
 """
 
 from __future__ import annotations
@@ -112,12 +114,13 @@ def statuses(steps: list[Step], out: Path, redo: set[str] | frozenset[str] = fro
         elif any(recorded.get(n) != stamps.get(n) for n in step.needs):
             result[step.name] = Status("changed", "it was made from earlier outputs of " + ", ".join(
                 n for n in step.needs if recorded.get(n) != stamps.get(n)))
-        elif any(not p.exists() for p in step.outputs):  # deleted since: its marker no longer describes the folder
-            gone = [str(p) for p in step.outputs if not p.exists()]
-            result[step.name] = Status("changed", f"it was done, but {len(gone)} of its outputs are gone "
-                                                  f"(first: {gone[0]})")
         else:
             result[step.name] = Status("done")
+    for step in steps:  # a main output (best.pt, the merged JSON, ...) deleted since, while it is still needed
+        later = [s.name for s in steps if step.name in s.needs]
+        needed = not later or any(result[n].state != "done" for n in later)  # a final product, or still to be read
+        if result[step.name].state == "done" and step.outputs and not step.outputs[0].exists() and needed:
+            result[step.name] = Status("changed", f"it was done, but its output {step.outputs[0]} is gone")
     return result
 
 
