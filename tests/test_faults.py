@@ -267,6 +267,16 @@ def test_an_interrupt_records_the_pairs_it_did_not_reach_as_not_tried(tiny_datas
     assert res.exit_code == 0 and "1 skipped" in res.stdout
     assert {e["status"] for e in json.loads((out / "run.json").read_text())["pairs"].values()} == {
         "done", "skipped (outputs exist)"}
+    import torch
+
+    from l2r_submit.nets import checkpoint, regnet
+
+    torch.manual_seed(5)
+    other = checkpoint.save(tmp_path / "other.pt", regnet.build("tiny"))  # every pair is redone with it
+    monkeypatch.setattr(predict, "register_pair", interrupt_at_the_second)
+    assert invoke(*predict_args(tiny_dataset, out, other)).exit_code == 130
+    entries = json.loads((out / "run.json").read_text())["pairs"]
+    assert entries[PAIRS[2]]["status"] == "not tried" and entries[PAIRS[2]]["stale_outputs"] == [FIELDS[2]]
 
 
 def test_a_qc_picture_that_fails_keeps_its_written_field_done(tiny_dataset, ckpt, tmp_path, monkeypatch):

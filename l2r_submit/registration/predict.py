@@ -393,6 +393,13 @@ def run(cfg: PredictConfig) -> dict:
         bar.update()
         return stopped is not None
 
+    def not_tried(pair: Pair, why: str | None) -> dict:
+        entry = {**entries[pair], "status": "not tried", "error": why}
+        stale = [p.name for p in plan[pair] if p.exists()]
+        if stale:  # an earlier run's field, kept: not made with this run's settings
+            entry["stale_outputs"] = stale
+        return entry
+
     t0 = time.perf_counter()
     try:
         left = pipeline.run_items(
@@ -406,13 +413,13 @@ def run(cfg: PredictConfig) -> dict:
             manifest["pairs"][current.key] = {**entries[current], "status": "failed", "error": "interrupted"}
         for pair in todo:  # the pairs after it: recorded as not tried, as when a full disk stops the run
             if pair is not current and manifest["pairs"].get(pair.key) is not entries[pair]:
-                manifest["pairs"][pair.key] = {**entries[pair], "status": "not tried", "error": "interrupted"}
+                manifest["pairs"][pair.key] = not_tried(pair, "interrupted")
         save_manifest(record, manifest)
         raise
     finally:
         bar.close()
     for pair in left:
-        manifest["pairs"][pair.key] = {**entries[pair], "status": "not tried", "error": stopped}
+        manifest["pairs"][pair.key] = not_tried(pair, stopped)
     manifest["run_seconds"] = round(time.perf_counter() - t0, 3)
     manifest["seconds_per_pair"] = stage_means([manifest["pairs"][p.key] for p in todo])
     this_run = [manifest["pairs"][p.key] for p in pairs]
