@@ -207,6 +207,12 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_dataset, ck
     res = invoke(*predict_args(tiny_dataset, out, ckpt))
     assert res.exit_code == 2
     assert error_lines(res) == [f"error: {out}: --out is not writable (Permission denied)"]
+    qc, fresh = tmp_path / "qc", tmp_path / "fresh"  # a refused --qc left the new --out folder behind
+    qc.mkdir()
+    deny_files_in(monkeypatch, qc)
+    res = invoke(*predict_args(tiny_dataset, fresh, ckpt, "--qc", qc))
+    assert res.exit_code == 2 and error_lines(res) == [f"error: {qc}: --qc is not writable (Permission denied)"]
+    assert not fresh.exists()
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])

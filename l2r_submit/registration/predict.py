@@ -280,9 +280,9 @@ def run(cfg: PredictConfig) -> dict:
     if mixed and "adam" in names and cfg.io.similarity == "mse":
         raise ValueError(f"--io-similarity mse compares intensities, and {len(mixed)} pairs are CT against "
                          f"another modality (first: {mixed[0]}): use mind")
-    for folder, option in ((cfg.out_dir, "--out"), (cfg.qc_dir, "--qc")):  # the last refusals: made only now
-        if folder is not None:
-            folders.check_writable(folder, option)
+    with folders.writable_folder(cfg.out_dir, "--out"):  # the last refusals: made only now (a refused --qc
+        if cfg.qc_dir is not None:  # removes the --out folder made for it)
+            folders.check_writable(cfg.qc_dir, "--qc")
     for folder in (cfg.out_dir, cfg.qc_dir):
         if folder is not None:
             folders.clean_stale_tmp(folder)
