@@ -279,3 +279,30 @@ def test_sigterm_stops_with_one_line_and_the_cases_written_are_kept(scan, refere
     monkeypatch.setattr(prepare, "write_volume", write)
     code, output = _prepare("nifti", src, "--out", out, "--reference", reference, "--label-map", "1=1")
     assert code == 0 and len(_cases(out)) == 2, output
+
+
+def test_cases_an_older_version_wrote_are_kept_when_their_settings_can_be_told(scan, reference, tmp_path):
+    """An older integrity.json records no settings per case; every case was made again on upgrade (hours for a
+    real cohort). A fixed layout (its label map is its own) with the same reference path keeps them."""
+    image, labels = scan
+    src = tmp_path / "Task09_Spleen"
+    _save(src / "imagesTr" / "spleen_1.nii.gz", image[SRC_BOX], _affine(SRC_BOX))
+    _save(src / "labelsTr" / "spleen_1.nii.gz", (labels[SRC_BOX] == 1).astype(np.uint8), _affine(SRC_BOX))
+    out = tmp_path / "out"
+    assert _prepare("msd_spleen", src, "--out", out, "--reference", reference)[0] == 0
+    record = json.loads((out / "integrity.json").read_text())
+    for case in record["cases"].values():  # as the older version wrote it
+        del case["settings"]
+    (out / "integrity.json").write_text(json.dumps(record))
+    stamp = (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").stat().st_mtime_ns
+    code, output = _prepare("msd_spleen", src, "--out", out, "--reference", reference)
+    assert code == 0 and "done already" in output and "made again" not in output, output
+    assert (out / "imagesTr" / "msd_spleen_0001_0000.nii.gz").stat().st_mtime_ns == stamp
+    assert _cases(out)["msd_spleen_0001"]["settings"]["reference_sha256"] == hashlib.sha256(
+        reference.read_bytes()).hexdigest()
+    for case in record["cases"].values():
+        case.pop("settings", None)
+    record["reference"] = str(tmp_path / "another_reference.nii.gz")  # not the reference of this run
+    (out / "integrity.json").write_text(json.dumps(record))
+    code, output = _prepare("msd_spleen", src, "--out", out, "--reference", reference)
+    assert code == 0 and "done already" not in output and "version (no settings recorded)" in output, output

@@ -31,7 +31,8 @@ from ..core.frame import SPACING_MM, place, remap, reorient_like, resample_to_2m
 from ..core.io import Volume, atomic_write, read_labels, read_volume, write_volume
 from .align import BODY_HU, AlignConfig, find_shift
 from .cohorts import Layout, SourceCase, find_cases, nothing_to_prepare
-from .prepare_checks import case_settings, check_ct, check_out_outside_src, check_volume, other_settings
+from .prepare_checks import (case_settings, check_ct, check_out_outside_src, check_volume, legacy_settings,
+                             other_settings)
 
 HU_RANGE = (-1024, 3071)
 LOW_NCC = 0.45
@@ -252,7 +253,9 @@ def run(cfg: PrepareConfig) -> int:
         sub.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(sub)
     integrity_path = out / "integrity.json"
-    old = _read_json(integrity_path).get("cases", {})
+    top = _read_json(integrity_path)
+    old = top.get("cases", {}) if isinstance(top.get("cases"), dict) else {}
+    legacy = legacy_settings(top, cfg.layout, cfg.reference, settings)  # an older version's cases, if knowable
     records: dict[str, dict] = {}
     usable = [c for c in cases if c.skip is None]
     if cfg.limit is not None:
@@ -263,7 +266,7 @@ def run(cfg: PrepareConfig) -> int:
                                                        "reason": case.skip}
             say(f"[-] {cfg.cohort}_{case.case_id}: skipped: {case.skip}")
     redo = {name: what for name, rec in old.items() if rec.get("status") == "ok"
-            and (what := other_settings(rec.get("settings"), settings))}
+            and (what := other_settings(rec.get("settings", legacy), settings))}
     if redo:
         kinds = sorted(set(redo.values()))
         say(f"note: {len(redo)} cases in {out} were made with another {' / '.join(kinds)}: those this run "
@@ -279,7 +282,7 @@ def run(cfg: PrepareConfig) -> int:
             failed += 1
             continue
         if prev.get("status") == "ok" and img_path.is_file() and lab_path.is_file() and name not in redo:
-            records[name] = prev
+            records[name] = prev if "settings" in prev else {**prev, "settings": settings}  # known via legacy
             say(f"[{k}/{len(usable)}] {name}: done already")
             continue
         start = time.perf_counter()

@@ -73,3 +73,14 @@ def other_settings(recorded: dict | None, current: dict) -> str:
         return "version (no settings recorded)"
     names = {"layout": "layout", "label_map": "label map", "reference_sha256": "reference"}
     return " and ".join(text for key, text in names.items() if recorded.get(key) != current[key])
+
+
+def legacy_settings(top: dict, layout: Layout, reference: Path, current: dict) -> dict | None:
+    """The settings of the cases an older version wrote (it recorded none per case), where its
+    integrity.json tells them: a layout with a fixed label map (not ``nifti``, whose map the user gave) and
+    the same reference path as now; then ``current``. None when they cannot be told (those cases are made
+    again): resampling a cohort again costs hours, so a folder that can be trusted is kept."""
+    ref = top.get("reference")
+    if top.get("layout") != layout.name or layout.name == "nifti" or not isinstance(ref, str):
+        return None
+    return current if Path(ref).resolve() == reference.resolve() else None
