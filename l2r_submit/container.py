@@ -14,6 +14,7 @@ is uid 10001). Without a GPU, or without the NVIDIA container runtime, leave ``-
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -42,13 +43,16 @@ def find_dataset_json(data_dir: Path) -> Path:
 def is_mounted(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
     """Whether ``path`` lies on a mounted volume (``docker run -v HOST:PATH``, or a volume on a folder
     above it) rather than on the container's own root file system, which goes with the container. From
-    the kernel's mount table (field 5 of each line, spaces written as ``\\040``); ``os.path.ismount`` of
+    the kernel's mount table (field 5 of each line, a space written as ``\\040``); ``os.path.ismount`` of
     the path itself where there is no table."""
     try:
         lines = mountinfo.read_text().splitlines()
     except OSError:
         return os.path.ismount(path)
-    points = {Path(line.split()[4].replace("\\040", " ")) for line in lines if len(line.split()) > 4}
+    def unescape(field: str) -> str:  # the kernel writes space, tab, newline and backslash as \\ooo
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+    points = {Path(unescape(line.split()[4])) for line in lines if len(line.split()) > 4}
     below = [p for p in points if p == path or p in path.parents]
     return max(below, key=lambda p: len(p.parts), default=Path("/")) != Path("/")
 

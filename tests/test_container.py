@@ -64,7 +64,9 @@ def test_without_an_output_mount_the_run_is_refused_before_any_work(tmp_path):
     for extra, expected in cases.items():
         table.write_text(MOUNTINFO.format(extra=extra))
         assert container.is_mounted(Path("/l2r/output"), table) is expected, extra
-    assert container.is_mounted(Path("/l2r/data"), table)  # \\040 is a space in the host path, not in this one
+    table.write_text(MOUNTINFO.format(extra="1181 1170 8:1 /x /l2r/my\\040out rw - ext4 /dev/sda1 rw"))
+    assert container.is_mounted(Path("/l2r/my out"), table)  # the kernel writes the space as \\040
+    assert not container.is_mounted(Path("/l2r/output"), table)
     with pytest.raises(ValueError, match="/l2r/output: no folder is mounted there, so the fields would be lost"):
         container.build_argv([], data_dir=tmp_path, output_dir=Path("/l2r/output"), mounted=lambda p: False)
     assert container.build_argv([], data_dir=tmp_path, output_dir=Path("/l2r/output"), mounted=lambda p: True)[-1] \
