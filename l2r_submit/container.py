@@ -49,7 +49,8 @@ def is_mounted(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bo
         lines = mountinfo.read_text().splitlines()
     except OSError:
         return os.path.ismount(path)
-    def unescape(field: str) -> str:  # the kernel writes space, tab, newline and backslash as \\ooo
+
+    def unescape(field: str) -> str:  # the kernel writes space, tab, newline and backslash as \ooo
         return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
     points = {Path(unescape(line.split()[4])) for line in lines if len(line.split()) > 4}
