@@ -20,6 +20,10 @@ if command -v l2r >/dev/null 2>&1; then l2r=l2r
 elif [ -x "$here/.venv/bin/l2r" ]; then l2r="$here/.venv/bin/l2r"
 else echo "error: l2r is not installed; run: bash scripts/setup.sh" >&2; exit 2
 fi
+if [[ "$1" == -* || "$2" == -* ]]; then  # else an option (--image) would go to l2r evaluate, which knows none of ours
+  echo "error: DATASET_JSON and DISP_DIR come first: $0 DATASET_JSON DISP_DIR [--image IMAGE] [options]" >&2
+  exit 2
+fi
 dataset_json="$1"; disp_dir="$2"; shift 2
 image=""; expected=""; pass=(); out_json=""; predict=()
 need_value() {  # OPTION [VALUE...]: the option must be followed by a value

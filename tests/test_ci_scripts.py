@@ -31,6 +31,8 @@ def test_evaluate_sh_checks_expected_before_evaluating(repo_root, fake_bin, tmp_
     assert not (tmp_path / "l2r-ran").exists()
     res = run(script, "d.json", tmp_path, "--expected", path=fake_bin)
     assert res.returncode == 2 and "error: --expected needs a value" in res.stderr
+    res = run(script, "--image", "img", "d.json", tmp_path, path=fake_bin)  # was l2r's "No such option '--image'"
+    assert res.returncode == 2 and "error: DATASET_JSON and DISP_DIR come first" in res.stderr
     assert "unbound variable" not in res.stderr and not (tmp_path / "l2r-ran").exists()
 
 
