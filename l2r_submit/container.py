@@ -73,7 +73,7 @@ def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OU
 
     Raises:
         ValueError: no dataset JSON found, a data folder this user cannot read, or the default output
-            folder is not a mounted one (the fields would vanish with the container).
+            folder is not a mounted one (the fields would vanish with the container) or not writable.
     """
     positional = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if positional else list(args)
@@ -91,6 +91,9 @@ def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OU
         if mounted is not None and not mounted(output_dir):
             raise ValueError(f"{output_dir}: no folder is mounted there, so the fields would be lost with the "
                              f"container; add -v HOST_DIR:{output_dir} (or --out to a mounted folder)")
+        if mounted is not None and not os.access(output_dir, os.W_OK | os.X_OK):
+            raise ValueError(f"{output_dir}: not writable by uid {os.getuid()} (permission denied); run with "
+                             "--user \"$(id -u):$(id -g)\" as the owner of the mounted folder, or make it writable")
         rest = [*rest, "--out", str(output_dir)]
     return ["predict", str(dataset_json), *rest]
 

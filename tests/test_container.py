@@ -69,8 +69,9 @@ def test_without_an_output_mount_the_run_is_refused_before_any_work(tmp_path):
     assert not container.is_mounted(Path("/l2r/output"), table)
     with pytest.raises(ValueError, match="/l2r/output: no folder is mounted there, so the fields would be lost"):
         container.build_argv([], data_dir=tmp_path, output_dir=Path("/l2r/output"), mounted=lambda p: False)
-    assert container.build_argv([], data_dir=tmp_path, output_dir=Path("/l2r/output"), mounted=lambda p: True)[-1] \
-        == "/l2r/output"
+    out = tmp_path / "out"
+    out.mkdir()
+    assert container.build_argv([], data_dir=tmp_path, output_dir=out, mounted=lambda p: True)[-1] == str(out)
 
 
 def test_an_unreadable_data_folder_or_a_host_path_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
@@ -80,6 +81,10 @@ def test_an_unreadable_data_folder_or_a_host_path_is_one_line_not_a_traceback(tm
     monkeypatch.setattr(container.os, "access", lambda path, mode: False)  # as for another --user (tests run as root)
     with pytest.raises(ValueError, match=rf"{data}: cannot be read by uid \d+ \(permission denied\)"):
         container.build_argv([], data_dir=data, mounted=lambda p: True)
+    monkeypatch.setattr(container.os, "access", lambda path, mode: not mode & container.os.W_OK)  # read-only
+    with pytest.raises(ValueError, match=rf"{tmp_path}: not writable by uid \d+ \(permission denied\); run with --user"):
+        container.build_argv([str(data / "AbdomenCTCT_dataset.json")], data_dir=data, output_dir=tmp_path,
+                             mounted=lambda p: True)  # the usual cause: --user is not the folder's owner
     monkeypatch.undo()
     with pytest.raises(ValueError, match="/home/me/AbdomenCTCT_dataset.json: not found in the container; paths are"):
         container.build_argv(["/home/me/AbdomenCTCT_dataset.json"], data_dir=data, mounted=lambda p: True)
