@@ -99,7 +99,11 @@ def checks(root: Path) -> int:
                  if p.stem not in ("__init__", "__main__", "cli", "container"))
     if top:
         print(f"modules left at the top (not in MOVES): {', '.join(top)}")
-    leftovers = [f"{f}:{i}" for f in sh("git", "ls-files").splitlines() if Path(f).suffix in (".md", ".py")
+    try:
+        tracked = sh("git", "ls-files").splitlines()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an unpacked source archive)
+        tracked = [str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".md", ".py")]
+    leftovers = [f"{f}:{i}" for f in tracked if Path(f).suffix in (".md", ".py")
                  and f not in SCRIPTS and (root / f).is_file()
                  for i, line in enumerate((root / f).read_text(errors="replace").splitlines(), 1)
                  if re.search(r"`model\.[a-z_]*[A-Z_]\w*`|`model\.[a-z]\w*`|\bmodel\.py\b", line)
