@@ -27,7 +27,8 @@ from scipy.ndimage import map_coordinates
 
 from l2r_submit.core.contract import L2R_SHAPE
 from l2r_submit.core.frame import SPACING_MM, centroid, place, remap, resample_to_2mm
-from l2r_submit.core.io import read_volume, write_disp
+from l2r_submit.core.disp_files import write_disp
+from l2r_submit.core.io import read_volume
 from l2r_submit.training.synthetic import coarse_random_disp, field_from_truth, paint_from_labels, upsample_coarse
 
 TOTALSEG_TO_L2R = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}

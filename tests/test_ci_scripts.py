@@ -124,3 +124,14 @@ def test_requirements_txt_and_pyproject_agree(repo_root):
     listed = [norm(line) for line in (repo_root / "requirements.txt").read_text().splitlines()
               if line.strip() and not line.lstrip().startswith("#")]
     assert sorted(listed) == sorted(norm(d) for d in project["dependencies"])
+
+
+def test_the_scripts_the_readme_runs_start(repo_root):
+    """scripts/make_test_data.py imported write_disp from where it no longer was: it could not start, and no
+    test noticed (the README builds test_data with it)."""
+    import sys
+
+    for script, extra in (("make_test_data.py", ["--help"]), ("layer_check.py", [])):
+        args = [sys.executable, str(repo_root / "scripts" / script), *extra]
+        res = subprocess.run(args, capture_output=True, text=True, cwd=repo_root)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (script, res.stderr[-2000:])
