@@ -115,7 +115,6 @@ def test_every_planned_command_parses_with_the_real_cli(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--cohort", "nifti=."], "nifti needs --label-map"),
     (["--cohort", "msd_liver"], "expected LAYOUT=PATH"),
-    (["--cohort", "msd_liver=/no/such/folder"], "no such folder"),
     (["--cohort", "msd_liver=.", "--cohort", "msd_liver=."], "given twice"),
     (["--cohort", "msd_liver=.", "--epochs", "pseudo-labels=3"], "no step 'pseudo-labels'"),
     (["--cohort", "msd_liver=.", "--epochs", "all=0"], "not a positive integer"),
@@ -132,6 +131,22 @@ def test_bad_options_are_one_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_shows_the_plan_before_the_cohorts_are_downloaded(tmp_path, monkeypatch):
+    """The README's --dry-run line stopped at the first cohort folder not yet downloaded ('no such folder'),
+    so the plan could not be looked at first; the run itself still refuses it before any step."""
+    from l2r_submit.recipe import execute
+
+    monkeypatch.setattr(execute, "run", lambda *a, **k: pytest.fail("a step started"))
+    args = ["recipe", "paper", "--data", REPO / "test_data", "--cohort", f"msd_liver={tmp_path / 'Task03_Liver'}",
+            "--out", tmp_path / "out"]
+    result = invoke(*args, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"note: --cohort msd_liver={tmp_path / 'Task03_Liver'}: no such folder yet" in result.stderr
+    assert "prepare-msd_liver: to run" in result.stdout
+    result = invoke(*args)
+    assert result.exit_code == 2 and "msd_liver" in result.output and ": no such folder" in result.output
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

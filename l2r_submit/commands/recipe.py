@@ -79,7 +79,7 @@ def paper(ctx: click.Context, data: Path, cohorts: tuple[str, ...], out_dir: Pat
 
     try:
         opts = _options(plan, data, cohorts, out_dir, model, rows, epochs, crop, batch_size, skip_failed, device,
-                        threads, workers, quiet)
+                        threads, workers, quiet, dry_run)
         steps = plan.build(opts, plan.reference_image(opts.challenge_json))
         names = [s.name for s in steps]
         unknown = [r for r in redo if r not in names]
@@ -119,9 +119,10 @@ def _check_out(out: Path, dry_run: bool) -> None:
 
 def _options(plan, data: Path, cohorts: tuple[str, ...], out_dir: Path, model: str, rows: str,
              epochs: tuple[str, ...], crop: tuple[str, ...], batch_size: tuple[str, ...], skip_failed: bool,
-             device: str, threads: int | None, workers: int | None, quiet: bool):
+             device: str, threads: int | None, workers: int | None, quiet: bool, dry_run: bool = False):
     """The command's options as a :class:`~l2r_submit.recipe.plan.Options`, paths made absolute (the
-    printed commands work from any folder). Raises ValueError (one line) for a bad option."""
+    printed commands work from any folder). Raises ValueError (one line) for a bad option; a cohort folder
+    that does not exist yet is only a note for a dry run."""
     wanted = tuple(r.strip() for r in rows.split(",") if r.strip())
     bad = [r for r in wanted if r not in plan.ROWS]
     if bad or not wanted:
@@ -132,8 +133,10 @@ def _options(plan, data: Path, cohorts: tuple[str, ...], out_dir: Path, model: s
     if twice:
         raise ValueError(f"--cohort {twice[0]} given twice; each layout is prepared once")
     for layout, src in parsed:
-        if not src.is_dir():
+        if not src.is_dir() and not dry_run:
             raise ValueError(f"--cohort {layout}={src}: no such folder")
+        if not src.is_dir():  # a plan can be looked at before the downloads
+            click.echo(f"note: --cohort {layout}={src}: no such folder yet; the run needs it", err=True)
     if not parsed and ({"pretrain", "noisy"} & set(wanted)):
         raise ValueError("no --cohort: the pretrainings need external cohorts (or give --rows symmetric)")
     base = plan.Options(challenge_json=plan.challenge_json_of(data).absolute(),
