@@ -35,7 +35,7 @@ def sha256(path: Path) -> str:
 RUN_ONLY_FIELDS = frozenset({"dataset", "out_dir", "split", "pairs", "checkpoint", "weights_dir", "device",
                              "qc_dir", "overwrite", "threads", "progress", "pipeline", "shard", "request",
                              "keep_freed_memory"})
-"""PredictConfig (:mod:`l2r_submit.registration.predict`) fields that do not change what a pair's field holds (where
+"""PredictConfig (:mod:`l2r_submit.registration.predict_config`) fields that do not change what a pair's field holds (where
 to read and write, which pairs, how fast, whether the allocator keeps freed memory). Every other field, including
 any added later, is part of :func:`output_settings` and so of the rerun check."""
 
