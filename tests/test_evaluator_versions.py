@@ -317,7 +317,11 @@ def test_zero_filled_and_failed_pairs_mark_the_result_partial(tiny_dataset, tmp_
     assert res.exit_code == 1
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["partial"] is True and m["zero_filled"] == [KEYS[1]] and list(m["failed"]) == [KEYS[2]]
-    assert "partial result: 1 of 3 pairs failed" in res.stderr
+    assert ("warning: partial result: 1 of 3 pairs failed and are not in the aggregates; 1 of 3 scored as zero "
+            "fields (listed in metrics.json)") in res.stderr
+    (d / "disp_0002_0000_0003_0000.nii.gz").unlink()  # zero fields only: no word of failed pairs
+    res = evaluate(tiny_dataset, d, tmp_path / "m.json", "--missing", "zero")
+    assert "warning: partial result: 2 of 3 scored as zero fields (listed in metrics.json)" in res.stderr
     write_fields(d)
     assert evaluate(tiny_dataset, d, tmp_path / "m.json").exit_code == 0
     assert json.loads((tmp_path / "m.json").read_text())["partial"] is False

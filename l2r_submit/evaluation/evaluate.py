@@ -334,8 +334,12 @@ def partial_line(result: EvalResult) -> str | None:
     if not result.metrics.get("partial"):
         return None
     total = len(result.metrics["cases"]) + len(result.failed)
-    return (f"warning: partial result: {len(result.failed)} of {total} pairs failed and are not in the "
-            f"aggregates, {len(result.zero_filled)} scored as zero fields (listed in metrics.json)")
+    parts = []
+    if result.failed:
+        parts.append(f"{len(result.failed)} of {total} pairs failed and are not in the aggregates")
+    if result.zero_filled:
+        parts.append(f"{len(result.zero_filled)} of {total} scored as zero fields")
+    return f"warning: partial result: {'; '.join(parts) or 'the aggregates do not cover every pair'} (listed in metrics.json)"
 
 
 def _progress(it: Iterator, total: int, enabled: bool) -> Iterator:

@@ -1,0 +1,123 @@
+"""Every command's CUDA path, run on a CUDA device simulated on the CPU (tests/fake_cuda.py).
+
+No GPU has run this code in CI: a tensor made on the CPU inside a stage that runs on the GPU, or ``.numpy()``
+of a GPU tensor, would fail every pair of an organiser's ``docker run --gpus all`` and pass every CPU test.
+The simulated device enforces PyTorch's device rules on the CPU; the first test checks that it does, the
+others run the commands with ``--device cuda`` and compare with ``--device cpu`` where the work is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import invoke, write_tiny_dataset
+from fake_cuda import DeviceMixError, OnCuda, simulated_cuda
+from test_segment import challenge_and_cohort
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    with simulated_cuda(monkeypatch):
+        yield
+
+
+def _dataset(root: Path) -> Path:
+    """The tiny dataset with one val pair (0001, 0002), so that subjects 0003 and 0004 train."""
+    path = write_tiny_dataset(root, n_subjects=4)
+    data = json.loads(path.read_text())
+    data["registration_val"] = data["registration_val"][:1]
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _ok(result) -> None:
+    assert result.exit_code == 0, result.output
+
+
+def test_the_simulated_device_refuses_what_cuda_refuses(cuda):
+    x = torch.randn(2, 3).to("cuda")
+    assert isinstance(x, OnCuda) and x.device == torch.device("cuda", 0) and x.is_cuda
+    assert torch.equal((x + torch.zeros(2, 3, device=x.device)).cpu(), x.cpu())
+    assert isinstance(x * torch.tensor(2.0), OnCuda)  # a 0-dim CPU tensor is accepted, as on CUDA
+    with pytest.raises(DeviceMixError, match="add: a CPU tensor of shape \\(2, 3\\)"):
+        x + torch.zeros(2, 3)
+    with pytest.raises(DeviceMixError, match="numpy"):
+        x.numpy()
+    assert type(x.cpu()) is torch.Tensor and x.cpu().numpy().shape == (2, 3)
+    conv = torch.nn.Conv3d(1, 2, 3)
+    image = torch.randn(1, 1, 5, 5, 5, device="cuda")
+    with pytest.raises(DeviceMixError, match="conv3d"):
+        conv(image)  # a module left on the CPU
+    conv.to(image.device)
+    velocity = torch.zeros(3, device="cuda", requires_grad=True)  # a leaf, as the refinement makes it
+    optim = torch.optim.Adam([velocity, *conv.parameters()], lr=0.1)
+    (conv(image).sum() + ((velocity - 1) ** 2).sum()).backward()
+    optim.step()
+    assert velocity.is_leaf and isinstance(velocity.grad, OnCuda) and float(velocity.detach().cpu()[0]) > 0
+
+
+def _field(folder: Path) -> np.ndarray:
+    return np.asarray(nib.load(folder / "disp_0001_0000_0002_0000.nii.gz").dataobj)
+
+
+def test_predict_with_every_stage_on_cuda_gives_the_cpu_field(tmp_path, monkeypatch):
+    ds = _dataset(tmp_path / "data")
+    args = ["predict", ds, "--stages", "network,affine,search,adam", "--io-iters", "5", "--threads", "1"]
+    _ok(invoke(*args, "--out", tmp_path / "cpu", "--device", "cpu"))
+    with simulated_cuda(monkeypatch):
+        result = invoke(*args, "--out", tmp_path / "gpu", "--device", "cuda", "--qc", tmp_path / "qc", "--evaluate")
+    _ok(result)
+    record = json.loads((tmp_path / "gpu" / "run.json").read_text())
+    assert record["device"] == "cuda" and [p["status"] for p in record["pairs"].values()] == ["done"]
+    assert set(record["pairs"]["0001_0000<--0002_0000"]["stage_seconds"]) == {"network", "affine", "search", "adam"}
+    np.testing.assert_allclose(_field(tmp_path / "gpu"), _field(tmp_path / "cpu"), atol=1e-4)
+    assert (tmp_path / "qc" / "qc_0001_0002.png").stat().st_size > 0
+    assert (tmp_path / "gpu" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("options", [
+    ("--io-field", "displacement", "--io-similarity", "mse"),
+    ("--shard", "0/1", "--sequential"),
+])
+def test_predict_options_on_cuda(tmp_path, cuda, options):
+    result = invoke("predict", _dataset(tmp_path / "data"), "--out", tmp_path / "out", "--device", "cuda",
+                    "--io-iters", "5", "--threads", "1", *options)
+    _ok(result)
+    assert _field(tmp_path / "out").shape == (24, 20, 28, 3)
+
+
+def test_predict_mr_on_cuda(tmp_path, cuda):
+    """Percentile normalisation (a non-CT modality) on the device."""
+    ds = _dataset(tmp_path / "data")
+    data = json.loads(ds.read_text())
+    data["modality"] = {"0": "MR"}
+    ds.write_text(json.dumps(data))
+    _ok(invoke("predict", ds, "--out", tmp_path / "out", "--device", "cuda", "--threads", "1"))
+
+
+def test_train_resume_then_predict_with_the_checkpoint_on_cuda(tmp_path, cuda):
+    ds = _dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["train", ds, "--out", run, "--model", "tiny", "--crop", "16,16,16", "--batch-size", "2",
+            "--val-every", "1", "--workers", "0", "--device", "cuda", "--quiet"]
+    _ok(invoke(*args, "--epochs", "1"))
+    _ok(invoke(*args, "--epochs", "2", "--resume"))
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    _ok(invoke("predict", ds, "--out", tmp_path / "pred", "--device", "cuda", "--checkpoint", run / "best.pt",
+               "--stages", "network,adam", "--io-iters", "3", "--threads", "1"))
+
+
+def test_segment_train_and_predict_on_cuda(tmp_path, cuda):
+    challenge, cohort = challenge_and_cohort(tmp_path)
+    _ok(invoke("segment", "train", challenge, cohort, "--out", tmp_path / "seg", "--model", "tiny", "--epochs", "1",
+               "--crop", "16,16,16", "--batch-size", "3", "--workers", "0", "--device", "cuda", "--quiet"))
+    result = invoke("segment", "predict", tmp_path / "seg" / "best.pt", challenge, cohort, "--out",
+                    tmp_path / "labels", "--device", "cuda", "--quiet")
+    _ok(result)
+    assert "5 written, 0 already there, 0 failed" in result.output
