@@ -10,9 +10,10 @@ image with ``--gpus all``. :func:`simulated_cuda` makes those rules hold on the 
 - inside the context, ``.to("cuda")``, ``.cuda()``, a factory given ``device="cuda"`` and ``nn.Module.to``
   give :class:`OnCuda` tensors; ``.cpu()`` and ``.to("cpu")`` give plain ones; ``torch.cuda.is_available()``
   is True and the handful of ``torch.cuda`` calls a run makes (synchronise, memory statistics, device count)
-  answer as one idle device would.
+  answer as one idle device would; ``torch.Generator(device="cuda")`` is a CPU generator.
 
-What it cannot tell: kernels, speed, memory, numerics of CUDA (everything still runs on the CPU), and mixing
+What it cannot tell: kernels, speed, memory, numerics and random streams of CUDA (everything still runs on the
+CPU; a CUDA generator draws other numbers than a CPU one of the same seed), and mixing
 rules of operations it does not list (it is strict: only copies and indexing accept CPU tensors, as CUDA does;
 a 0-dimensional CPU tensor is accepted everywhere, as CUDA does).
 """
@@ -144,6 +145,13 @@ class _Mode(TorchFunctionMode):
         return out.requires_grad_(True) if requires_grad else out
 
 
+class _Generator(torch.Generator):
+    """``torch.Generator(device="cuda")`` gives a CPU generator (a type, not a function: no mode sees it)."""
+
+    def __new__(cls, device: Any = "cpu"):  # noqa: D102
+        return super().__new__(cls, "cpu" if _kind(device) == "cuda" else device)
+
+
 @contextlib.contextmanager
 def simulated_cuda(monkeypatch) -> Iterator[None]:
     """Within: a CUDA device ``cuda:0`` simulated on the CPU (see the module's docstring)."""
@@ -156,6 +164,7 @@ def simulated_cuda(monkeypatch) -> Iterator[None]:
         monkeypatch.setattr(torch.cuda, stat, lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch, "Generator", _Generator)
     previous = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # Module.to keeps the OnCuda class
     try:

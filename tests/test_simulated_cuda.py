@@ -121,3 +121,23 @@ def test_segment_train_and_predict_on_cuda(tmp_path, cuda):
                     tmp_path / "labels", "--device", "cuda", "--quiet")
     _ok(result)
     assert "5 written, 0 already there, 0 failed" in result.output
+
+
+def test_whole_volume_training_items_are_made_on_cuda_and_train(tmp_path, cuda):
+    """``scripts/train_shipped.py --whole --device cuda``: items made on the device, then trained on."""
+    from l2r_submit.core import dataset, io
+    from l2r_submit.training import train
+    from l2r_submit.training.volume_pairs import VolumePairs
+
+    ds = dataset.load(_dataset(tmp_path / "data"))
+    anatomies = [(io.read_volume(c.image, np.float32).array, io.read_labels(c.label)) for c in ds.training[2:]]
+    on_cpu = VolumePairs(anatomies, 2, seed=0, epoch=0, max_disp=3.0)[1]
+    on_gpu = VolumePairs(anatomies, 2, seed=0, epoch=0, max_disp=3.0, device="cuda")[1]
+    for key, value in on_gpu.items():
+        assert isinstance(value, OnCuda), key
+        torch.testing.assert_close(value.cpu(), on_cpu[key], atol=1e-4, rtol=0)
+    cfg = train.preset_config("symmetric", "tiny", epochs=1, crop=None, batch_size=2, val_every=1, num_workers=0,
+                              device="cuda", threads=1, seed=0)
+    last = train.run(cfg, ds, tmp_path / "run", epoch_data=lambda epoch: VolumePairs(
+        anatomies, 2, cfg.seed, epoch, max_disp=3.0, n_windows=cfg.model.in_channels, device="cuda"))
+    assert last["epoch"] == 1 and (tmp_path / "run" / "best.pt").exists()
