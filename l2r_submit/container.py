@@ -5,7 +5,9 @@
 Without DATASET_JSON, the dataset JSON is looked for in /l2r/data (``*_dataset.json`` first, then the
 only ``*.json``); a relative DATASET_JSON that is not found from the working folder is taken from /l2r/data;
 without ``--out`` (or ``--out=DIR``), fields go to /l2r/output, which must then be a mounted folder (else
-the fields would be lost with the container: refused). Paths are the container's, not the host's. Every
+the fields would be lost with the container: refused); a relative ``--out`` or ``--qc`` folder is taken
+inside /l2r/output (not in the image's working folder), and must then be on that mount too. Paths are the
+container's, not the host's. Every
 other option is passed to ``l2r predict`` unchanged (``--format``, ``--names``, ``--split``, ``--io-iters``,
 ``--evaluate``, ...). Add ``--user "$(id -u):$(id -g)"`` so that the fields belong to you (the default user
 is uid 10001). Without a GPU, or without the NVIDIA container runtime, leave ``--gpus all`` out.
@@ -23,6 +25,7 @@ DATA_DIR = Path("/l2r/data")
 OUTPUT_DIR = Path("/l2r/output")
 
 USAGE = __doc__ or ""
+OUTPUT_OPTIONS = ("--out", "--qc")
 
 
 def find_dataset_json(data_dir: Path) -> Path:
@@ -66,10 +69,30 @@ def _exists(path: Path) -> bool:
                          "readable to the --user the container runs as") from None
 
 
+def _relative_outputs_inside(args: list[str], output_dir: Path) -> tuple[list[str], bool]:
+    """``args`` with a relative ``--out``/``--qc`` folder (``--qc DIR`` or ``--qc=DIR``) taken inside
+    ``output_dir``; and whether any was (the image's working folder is neither mounted nor writable)."""
+    out: list[str] = []
+    moved = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        option = next((o for o in OUTPUT_OPTIONS if arg == o or arg.startswith(o + "=")), None)
+        separate = option is not None and arg == option and i + 1 < len(args)
+        value = args[i + 1] if separate else arg[len(option) + 1:] if option and arg != option else ""
+        if value and not Path(value).is_absolute():
+            out += [option, str(output_dir / value)]
+            moved = True
+        else:
+            out += args[i:i + 2] if separate else [arg]
+        i += 2 if separate else 1
+    return out, moved
+
+
 def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OUTPUT_DIR,
                mounted: Callable[[Path], bool] | None = None) -> list[str]:
     """The ``l2r predict`` argument list for the container's arguments. ``mounted(output_dir)`` is asked
-    when the fields go to the default folder (None: not checked, for tests).
+    when the fields go to the default folder or a relative --out/--qc inside it (None: not checked, for tests).
 
     Raises:
         ValueError: no dataset JSON found, a data folder this user cannot read, or the default output
@@ -87,10 +110,12 @@ def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OU
         inside = "" if dataset_json.is_absolute() else f" (nor in {data_dir})"
         raise ValueError(f"{dataset_json}: not found in the container{inside}; paths are the container's: "
                          f"mount the data folder (-v HOST_DIR:{data_dir}:ro) and name the JSON inside it")
-    if not any(a == "--out" or a.startswith("--out=") for a in rest):  # a second --out would win over the user's
-        if mounted is not None and not mounted(output_dir):
-            raise ValueError(f"{output_dir}: no folder is mounted there, so the fields would be lost with the "
-                             f"container; add -v HOST_DIR:{output_dir} (or --out to a mounted folder)")
+    rest, inside = _relative_outputs_inside(rest, output_dir)
+    default_out = not any(a == "--out" or a.startswith("--out=") for a in rest)
+    if (default_out or inside) and mounted is not None and not mounted(output_dir):
+        raise ValueError(f"{output_dir}: no folder is mounted there, so the fields would be lost with the "
+                         f"container; add -v HOST_DIR:{output_dir} (or --out to a mounted folder)")
+    if default_out:  # a second --out would win over the user's
         if mounted is not None and not os.access(output_dir, os.W_OK | os.X_OK):
             raise ValueError(f"{output_dir}: not writable by uid {os.getuid()} (permission denied); run with "
                              "--user \"$(id -u):$(id -g)\" as the owner of the mounted folder, or make it writable")

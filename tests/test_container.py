@@ -101,3 +101,20 @@ def test_help_anywhere_in_the_arguments_shows_help_without_a_data_mount(capsys):
     with pytest.raises(SystemExit) as exc:
         container.main(["--split", "test", "--help"])
     assert exc.value.code == 0 and "/l2r/data" in capsys.readouterr().out
+
+
+def test_relative_out_and_qc_folders_are_taken_inside_the_output_mount(tmp_path):
+    """A relative --qc went to the image's working folder (/opt/l2r_submit): not writable by --user, and lost."""
+    (tmp_path / "AbdomenCTCT_dataset.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = container.build_argv(["--qc", "qc", "--io-iters", "3"], data_dir=tmp_path, output_dir=out,
+                                mounted=lambda p: True)
+    assert argv[2:] == ["--qc", str(out / "qc"), "--io-iters", "3", "--out", str(out)]
+    argv = container.build_argv(["--out=fields", "--qc=/abs/qc"], data_dir=tmp_path, output_dir=out,
+                                mounted=lambda p: True)
+    assert argv[2:] == ["--out", str(out / "fields"), "--qc=/abs/qc"]  # absolute paths are left as given
+    with pytest.raises(ValueError, match="no folder is mounted there"):  # a relative --out needs the mount too
+        container.build_argv(["--out", "fields"], data_dir=tmp_path, output_dir=out, mounted=lambda p: False)
+    argv = container.build_argv(["--out", "/o"], data_dir=tmp_path, output_dir=out, mounted=lambda p: False)
+    assert argv[2:] == ["--out", "/o"]
