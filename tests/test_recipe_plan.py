@@ -308,9 +308,34 @@ def test_a_failing_step_stops_the_recipe_and_keeps_finished_steps(tmp_path):
     def fail_at_segmenter(argv):
         return 2 if argv[:2] == ("segment", "train") else fake(argv)
 
-    assert execute.run(steps, opts.out, fail_at_segmenter, lambda line: None, "cpu") == 2
+    lines: list[str] = []
+    assert execute.run(steps, opts.out, fail_at_segmenter, lines.append, "cpu") == 2
     done = sorted(p.name for p in (opts.out / "steps").iterdir())
     assert done == ["merge.done.json", "prepare-msd_colon.done.json", "prepare-msd_spleen.done.json"]
+    # the way out of a bad file an earlier step wrote is --redo of that step (running again fails again)
+    assert lines[-1].startswith("[4/") and "segment-train: failed (exit 2) after" in lines[-1]
+    assert lines[-1].endswith("run the same recipe command again to continue; if it failed on a file that an "
+                              "earlier step wrote, add --redo naming that step (it reads prepare-msd_spleen)")
+
+
+def test_a_stopped_step_says_that_the_recipe_command_resumes_it(tmp_path):
+    """The training step's own stop line names its `l2r train ... --resume`; the recipe's names the recipe."""
+    opts = _opts(tmp_path)
+    steps = plan.build(opts, tmp_path / "ref.nii.gz")
+    fake = _fake_invoke(steps, [])
+
+    def stop_in_segmenter(argv):
+        if argv[:2] != ("segment", "train"):
+            return fake(argv)
+        step = next(s for s in steps if s.name == "segment-train")
+        step.run_dir.mkdir(parents=True, exist_ok=True)
+        (step.run_dir / "last.pt").write_text("x")  # an epoch had finished
+        return 143
+
+    lines: list[str] = []
+    assert execute.run(steps, opts.out, stop_in_segmenter, lines.append, "cpu") == 143
+    assert lines[-1].endswith("(exit 143); finished steps are kept: run the same recipe command again to "
+                              "continue (this step goes on from its last finished epoch)")
 
 
 def test_unreadable_marker_is_one_line(tmp_path):

@@ -38,6 +38,19 @@ def single_process() -> Iterator[None]:
         os.environ.update(saved)
 
 
+def failure_advice(step: plan.Step, code: int, seconds: float) -> str:
+    """What the recipe says when ``step`` ended with exit ``code``: the recipe command is what to run again (the
+    step's own stop line names the step's ``l2r`` command, which the recipe runs for the user)."""
+    if code in (130, 143):  # Ctrl-C, SIGTERM: the step's own line said what it kept
+        resumes = " (this step goes on from its last finished epoch)" if step.can_resume() else ""
+        return (f"stopped after {seconds:.1f} s (exit {code}); finished steps are kept: run the same recipe "
+                f"command again to continue{resumes}")
+    earlier = (f"; if it failed on a file that an earlier step wrote, add --redo naming that step (it reads "
+               f"{', '.join(step.needs)})") if step.needs else ""
+    return (f"failed (exit {code}) after {seconds:.1f} s; finished steps are kept: run the same recipe command "
+            f"again to continue{earlier}")
+
+
 def move_aside(paths: tuple[Path, ...]) -> list[Path]:
     """Rename each existing path to ``<name>.replaced-<UTC time>`` (``--redo`` never deletes work)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -140,8 +153,7 @@ def _run(steps: list[plan.Step], out: Path, invoke: Invoke, say: Callable[[str],
                 markers.write_marker(out, step, command, seconds, markers.input_stamps(step, out))
         code = dist.gather(code)[0]
         if code:
-            log(f"[{n}/{len(steps)}] {step.name}: failed (exit {code}) after {seconds:.1f} s; "
-                "finished steps are kept: run the same command again to continue")
+            log(f"[{n}/{len(steps)}] {step.name}: {failure_advice(step, code, seconds)}")
             return code
         log(f"[{n}/{len(steps)}] {step.name}: done in {seconds:.1f} s")
     for step in steps:
