@@ -117,6 +117,17 @@ def test_ranking_dsc30_counts_absent_labels_as_zero_and_rounds_as_the_organisers
     assert scoring.ranking_dsc30({})["entries"] == 0 and math.isnan(scoring.ranking_dsc30({})["mean"])
 
 
+def test_each_dice_method_has_its_own_zero_field_entries(pair):
+    # a config may list two Dice methods with different labels; each ranking DSC30 must pair a method's
+    # per-label Dice with the zero-field Dice of the same labels (the second used to overwrite the first)
+    fixed, moving, disp = pair
+    specs = (MetricSpec("DSC", "dice", (1, 2, 3)), MetricSpec("DSC_small", "dice", (4,)))
+    case = scoring.score_case(fixed, moving, disp, specs)
+    assert len(case["DSC_zero_field"]["detailed"]) == 3 and len(case["DSC_small_zero_field"]["detailed"]) == 1
+    agg = scoring.aggregate({"a": case}, specs)
+    assert agg["DSC30_ranking"]["entries"] == 1 and agg["DSC_small30_ranking"]["entries"] == 0
+
+
 def test_identity_field_scores_perfectly(pair):
     fixed, _, _ = pair
     case = scoring.score_case(fixed, fixed, np.zeros((3, *SHAPE), np.float32), DEFAULT_METRICS)

@@ -6,7 +6,8 @@ official evaluator writes it, plus extra entries beside them (never instead of t
 * ``SDlogJ_plain``: std(log J) over voxels with J > 0 (the official number adds 3 to J first);
 * ``jac_nonpos_fraction``: the true fraction of voxels with J <= 0 (the official fold count is always 0);
 * ``vanished_labels``: labels present in fixed and moving that the warp removed (their HD95 is inf);
-* ``DSC_zero_field``: per-label Dice of the unwarped pair, used for the ranking's DSC30.
+* ``<name>_zero_field`` for each Dice method (``DSC_zero_field`` for the default ``DSC``): per-label
+  Dice of the unwarped pair, used for that method's ranking DSC30.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def score_case(fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray,
                     continue
                 box = metrics.union_box(bf, bm, shape)
                 zero.append(metrics.dice(fixed_seg[box] == label, moving_seg[box] == label))
-            case["DSC_zero_field"] = {"mean": _nanmean(zero), "detailed": zero}
+            case[f"{spec.name}_zero_field"] = {"mean": _nanmean(zero), "detailed": zero}
     if label_specs:
         labels = sorted({lab for s in label_specs for lab in s.labels})
         case["vanished_labels"] = [lab for lab in labels if boxes_f[lab - 1] is not None
@@ -150,7 +151,7 @@ def ranking_dsc30(cases: dict[str, dict], dice_name: str = "DSC") -> dict:
     """
     zero, method = [], []
     for case in cases.values():
-        for z, d in zip(case["DSC_zero_field"]["detailed"], case[dice_name]["detailed"]):
+        for z, d in zip(case[f"{dice_name}_zero_field"]["detailed"], case[dice_name]["detailed"]):
             zero.append(0.0 if math.isnan(z) else z)
             method.append(0.0 if math.isnan(d) else d)
     zero_arr, method_arr = np.asarray(zero, dtype=np.float64), np.asarray(method, dtype=np.float64)
