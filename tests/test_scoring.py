@@ -97,8 +97,35 @@ def test_ranking_dsc30_uses_hardest_zero_field_entries():
         "a": {"DSC": {"detailed": [0.9, 0.8, float("nan")]}, "DSC_zero_field": {"detailed": [0.5, 0.05, 0.1]}},
         "b": {"DSC": {"detailed": [0.7, 0.2, 0.6]}, "DSC_zero_field": {"detailed": [0.01, 0.6, 0.7]}},
     }
-    # 5 defined entries -> k = ceil(1.5) = 2: zero-field 0.01 (b, label 1) and 0.05 (a, label 2)
+    # 6 entries -> k = round(1.8) = 2: zero-field 0.01 (b, label 1) and 0.05 (a, label 2)
     assert scoring.ranking_dsc30(cases) == {"mean": pytest.approx((0.7 + 0.8) / 2), "entries": 2}
+
+
+def test_ranking_dsc30_counts_absent_labels_as_zero_and_rounds_as_the_organisers():
+    # The organisers' ranking (MDL-UzL/L2R ranking/ranking_utils.py rubustify and the Ranking_*.ipynb
+    # robustify cells): NaN -> 0 in the zero-field and method Dice alike, every (pair, label) entry counts,
+    # k = round(0.3 * entries). Expected values worked out by hand from that rule.
+    nan = float("nan")
+    zero = {"a": [0.5, nan, 0.3, 0.2, 0.9], "b": [0.1, 0.4, nan, 0.6, 0.7], "c": [0.05, 0.35, 0.45, 0.25, 0.15]}
+    dice = {"a": [0.8, nan, 0.6, 0.5, 0.95], "b": [0.3, 0.7, nan, 0.8, 0.9], "c": [0.2, 0.6, 0.7, 0.4, 0.5]}
+    cases = {k: {"DSC": {"detailed": dice[k]}, "DSC_zero_field": {"detailed": zero[k]}} for k in zero}
+    # 15 entries -> k = round(4.5) = 4 (half to even): a/2 and b/3 (absent: 0), c/1 (0.05), b/1 (0.1)
+    assert scoring.ranking_dsc30(cases) == {"mean": pytest.approx((0 + 0 + 0.2 + 0.3) / 4), "entries": 4}
+    # the test split's 39 pairs x 13 labels: round(152.1) = 152 entries (not 153)
+    many = {str(i): {"DSC": {"detailed": [1.0] * 13}, "DSC_zero_field": {"detailed": [0.5] * 13}} for i in range(39)}
+    assert scoring.ranking_dsc30(many)["entries"] == 152
+    assert scoring.ranking_dsc30({})["entries"] == 0 and math.isnan(scoring.ranking_dsc30({})["mean"])
+
+
+def test_each_dice_method_has_its_own_zero_field_entries(pair):
+    # a config may list two Dice methods with different labels; each ranking DSC30 must pair a method's
+    # per-label Dice with the zero-field Dice of the same labels (the second used to overwrite the first)
+    fixed, moving, disp = pair
+    specs = (MetricSpec("DSC", "dice", (1, 2, 3)), MetricSpec("DSC_small", "dice", (4,)))
+    case = scoring.score_case(fixed, moving, disp, specs)
+    assert len(case["DSC_zero_field"]["detailed"]) == 3 and len(case["DSC_small_zero_field"]["detailed"]) == 1
+    agg = scoring.aggregate({"a": case}, specs)
+    assert agg["DSC30_ranking"]["entries"] == 1 and agg["DSC_small30_ranking"]["entries"] == 0
 
 
 def test_identity_field_scores_perfectly(pair):

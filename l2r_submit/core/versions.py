@@ -23,12 +23,18 @@ version  source                         rules that differ
                                         upsampled by ``zoom(c, 2, order=2)``; std ddof 1; 0.3 quantiles
 ======== ============================== =============================================================
 
-Common to every 2022+ version (unchanged since 8e07b39, 2022-09-09): std with ddof 0 (``np.std``);
-``.npz`` before ``.nii.gz``; non-float32 ``.npz`` arrays cast to float32; ``.nii.gz`` read with
-``get_fdata()``; Dice/HD95 NaN when a label is absent from the fixed or moving labels, pair score
-``np.nanmean``; with ``masked_evaluation: true`` (since e8c7b85, 2022-05-24) SDlogJ is the std over
-the voxels where the fixed image's mask (its path with ``images`` -> ``masks``) equals 1, cropped by
-2; a missing mask file means an unmasked SDlogJ with a printed note; ``num_foldings`` never masked.
+Common to 2025, 2024 and 2022 (aggregation unchanged since 3a37e9a, 2023-05-22): std with ddof 0
+(``np.std``), no NaN skipped in the aggregates; ``.npz`` before ``.nii.gz``; non-float32 ``.npz`` arrays
+cast to float32; ``.nii.gz`` read with ``get_fdata()``; Dice/HD95 NaN when a label is absent from the
+fixed or moving labels, pair score ``np.nanmean``; with ``masked_evaluation: true`` (since e8c7b85,
+2022-05-24) SDlogJ is the std over the voxels where the fixed image's mask (its path with ``images`` ->
+``masks``) equals 1, cropped by 2; a missing mask file means an unmasked SDlogJ with a printed note;
+``num_foldings`` never masked.
+
+Not reproduced: the evaluator of May 2022 to May 2023, in place during the 2022 challenge (e.g. 8e07b39,
+2022-09-09). It aggregated a pandas DataFrame (std with ddof 1; mean, std and quantile skip NaN), read only
+``disp_FFFF_MMMM.nii.gz``, and until 89b1021 (2022-12-20) took a pair's Dice and HD95 as the sum over the
+labels present in both maps divided by their count (a pair with none stopped the run).
 """
 
 from __future__ import annotations

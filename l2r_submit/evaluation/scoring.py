@@ -6,7 +6,8 @@ official evaluator writes it, plus extra entries beside them (never instead of t
 * ``SDlogJ_plain``: std(log J) over voxels with J > 0 (the official number adds 3 to J first);
 * ``jac_nonpos_fraction``: the true fraction of voxels with J <= 0 (the official fold count is always 0);
 * ``vanished_labels``: labels present in fixed and moving that the warp removed (their HD95 is inf);
-* ``DSC_zero_field``: per-label Dice of the unwarped pair, used for the ranking's DSC30.
+* ``<name>_zero_field`` for each Dice method (``DSC_zero_field`` for the default ``DSC``): per-label
+  Dice of the unwarped pair, used for that method's ranking DSC30.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def score_case(fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray,
                     continue
                 box = metrics.union_box(bf, bm, shape)
                 zero.append(metrics.dice(fixed_seg[box] == label, moving_seg[box] == label))
-            case["DSC_zero_field"] = {"mean": _nanmean(zero), "detailed": zero}
+            case[f"{spec.name}_zero_field"] = {"mean": _nanmean(zero), "detailed": zero}
     if label_specs:
         labels = sorted({lab for s in label_specs for lab in s.labels})
         case["vanished_labels"] = [lab for lab in labels if boxes_f[lab - 1] is not None
@@ -134,19 +135,28 @@ def aggregate(cases: dict[str, dict], specs: Sequence[MetricSpec], protocol: str
 
 def ranking_dsc30(cases: dict[str, dict], dice_name: str = "DSC") -> dict:
     """The challenge ranking's DSC30: mean Dice over the 30% of (pair, label) entries that are hardest
-    under the zero field (lowest unwarped Dice; k = ceil(0.3 n), ties in pair/label order).
+    under the zero field (lowest unwarped Dice).
+
+    The rule is the organisers' ranking code (MDL-UzL/L2R ``ranking/ranking_utils.py``, ``rubustify``,
+    and the robustify cells of ``ranking/Ranking_*.ipynb``, read at 8847509): every (pair, label) entry
+    of the Dice method takes part, an absent label's NaN counting as Dice 0 in the zero-field values as
+    in the method's (the notebooks set ``dice[dice != dice] = 0`` before anything else), and
+    k = ``round(0.3 * entries)`` with Python's round (half to even). Ties at the cut: ``rubustify`` sorts
+    with numpy's default (unstable) sort, and the current notebooks read the order from a
+    ``<task>_ordered_difficulty.csv`` of the organisers' results archive (not in the repository; no
+    AbdomenCTCT notebook is published); here ties keep pair/label order, so values can differ there only.
 
     Returns:
-        ``{"mean": value, "entries": k}``; NaN when no entry has a defined Dice.
+        ``{"mean": value, "entries": k}``; NaN when k is 0 (no pairs).
     """
     zero, method = [], []
     for case in cases.values():
-        for z, d in zip(case["DSC_zero_field"]["detailed"], case[dice_name]["detailed"]):
-            if not (math.isnan(z) or math.isnan(d)):
-                zero.append(z)
-                method.append(d)
-    if not zero:
+        for z, d in zip(case[f"{dice_name}_zero_field"]["detailed"], case[dice_name]["detailed"]):
+            zero.append(0.0 if math.isnan(z) else z)
+            method.append(0.0 if math.isnan(d) else d)
+    zero_arr, method_arr = np.asarray(zero, dtype=np.float64), np.asarray(method, dtype=np.float64)
+    k = round(len(zero_arr) * 0.3)  # the notebooks' round((num_cases * num_labels) * .3)
+    if k == 0:
         return {"mean": float("nan"), "entries": 0}
-    k = math.ceil(0.3 * len(zero))
-    hardest = np.argsort(np.asarray(zero), kind="stable")[:k]
-    return {"mean": float(np.mean(np.asarray(method)[hardest])), "entries": int(k)}
+    hardest = np.argsort(zero_arr, kind="stable")[:k]
+    return {"mean": float(np.mean(method_arr[hardest])), "entries": int(k)}
