@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from l2r_submit.core import dataset, integrity, io
+from l2r_submit.core import dataset, dataset_2020, integrity, io
 
 
 def test_load_test_data(repo_root):
@@ -138,13 +138,13 @@ def test_eval_config(tmp_path):
 
 def test_2020_layout(tmp_path):
     (tmp_path / "pairs_val.csv").write_text("fixed,moving\n1,4\n2,21\n")
-    ds = dataset.load_2020(tmp_path, tmp_path / "pairs_val.csv")
+    ds = dataset_2020.load_2020(tmp_path, tmp_path / "pairs_val.csv")
     assert [p.key for p in ds.pairs("val")] == ["0001_0000<--0004_0000", "0002_0000<--0021_0000"]
     assert ds.pairs("val")[0].fixed.image == tmp_path / "Training/img/img0001.nii.gz"
     assert ds.pairs("val")[0].moving.label == tmp_path / "Training/label/label0004.nii.gz"
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="expected columns 'fixed,moving'"):
-        dataset.load_2020(tmp_path, tmp_path / "bad.csv")
+        dataset_2020.load_2020(tmp_path, tmp_path / "bad.csv")
 
 
 def test_test_data_real_inter_patient_pairs(repo_root):

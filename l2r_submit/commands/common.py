@@ -92,11 +92,11 @@ def training_stops(out_dir: Path):
 
 def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):
     """The dataset of a JSON (or a 2020 pairs CSV); a bad one is a one-line error."""
-    from ..core import dataset
+    from ..core import dataset, dataset_2020
 
     try:
         if pairs_csv is not None:
-            return dataset.load_2020(data_root or path, pairs_csv)
+            return dataset_2020.load_2020(data_root or path, pairs_csv)
         return dataset.load(path, data_root)
     except ValueError as exc:
         raise Fail(str(exc)) from None
