@@ -339,7 +339,8 @@ def partial_line(result: EvalResult) -> str | None:
         parts.append(f"{len(result.failed)} of {total} pairs failed and are not in the aggregates")
     if result.zero_filled:
         parts.append(f"{len(result.zero_filled)} of {total} scored as zero fields")
-    return f"warning: partial result: {'; '.join(parts) or 'the aggregates do not cover every pair'} (listed in metrics.json)"
+    said = "; ".join(parts) or "the aggregates do not cover every pair"
+    return f"warning: partial result: {said} (listed in metrics.json)"
 
 
 def _progress(it: Iterator, total: int, enabled: bool) -> Iterator:
