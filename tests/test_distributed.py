@@ -2,6 +2,7 @@
 trains with the same global batch, and a two-process checkpoint resumes in one process."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -136,3 +137,36 @@ def test_batch_not_divisible_by_the_processes_is_refused_in_one_line():
     assert distributed.check_batch(4, 2) == 2
     with pytest.raises(ValueError, match="--batch-size 3 is the global batch; it must be a multiple of the 2"):
         distributed.check_batch(3, 2)
+
+
+STAND_IN = """
+import datetime, json, sys
+import torch.distributed as tdist
+from l2r_submit.training import distributed
+
+# NCCL is absent from a CPU build: a stand-in registered, as NCCL is, for CUDA tensors only (gloo doing the work)
+tdist.Backend.register_backend("cudaonly", lambda store, rank, size, timeout: tdist.ProcessGroupGloo(
+    store, rank, size, timeout), devices=["cuda"])
+backend = sys.argv[1].replace("nccl", "cudaonly")
+tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1,
+                         timeout=datetime.timedelta(seconds=20))
+d = distributed.Dist(rank=0, world_size=2, local_rank=0, backend=backend)  # collectives as rank 0 of two runs them
+try:
+    print(json.dumps([d.weighted_mean({"loss": 1.0}, 0.5), d.gather("x")[0], d.main_says(True)]))
+except RuntimeError as exc:
+    print("RuntimeError:", str(exc).splitlines()[0])
+"""
+
+
+def test_a_cuda_group_also_serves_the_cpu_tensors_of_the_loss_terms_and_objects():
+    """The loss terms' all-reduce and the object collectives hold CPU tensors; a group of NCCL alone serves
+    CUDA tensors only, so every batch of a `torchrun ... --device cuda` training failed."""
+    from torch.distributed.distributed_c10d import BackendConfig
+
+    assert BackendConfig(distributed.CUDA_BACKEND).get_device_backend_map() == {"cpu": "gloo", "cuda": "nccl"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = [sys.executable, "-c", STAND_IN]
+    fixed = subprocess.run([*run, distributed.CUDA_BACKEND], capture_output=True, text=True, env=env, timeout=120)
+    assert json.loads(fixed.stdout) == [{"loss": 0.5}, "x", True], fixed.stderr
+    nccl_alone = subprocess.run([*run, "nccl"], capture_output=True, text=True, env=env, timeout=120)
+    assert "No backend type associated with device type cpu" in nccl_alone.stdout, nccl_alone.stderr

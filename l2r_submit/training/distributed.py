@@ -140,10 +140,14 @@ def read_env(env: dict[str, str] | None = None) -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local)
 
 
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+"""The process group of a CUDA run: NCCL for CUDA tensors (DDP's gradients), gloo for CPU ones."""
+
+
 def start(device: torch.device, env: dict[str, str] | None = None,
           timeout: datetime.timedelta | None = None) -> tuple[Dist, torch.device]:
-    """Join the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on CPU) and pick this rank's
-    device (``cuda:LOCAL_RANK``). A single process returns ``(Dist(), device)`` and starts nothing.
+    """Join the process group of a ``torchrun`` launch (:data:`CUDA_BACKEND` on CUDA, gloo on CPU) and pick
+    this rank's device (``cuda:LOCAL_RANK``). A single process returns ``(Dist(), device)`` and starts nothing.
     A group already joined (by an outer caller) is used as it is and not owned (:func:`stop` leaves it).
     ``timeout``: of the group's collectives when this call joins it (None: torch's default).
 
@@ -159,7 +163,9 @@ def start(device: torch.device, env: dict[str, str] | None = None,
             raise ValueError(f"distributed launch: LOCAL_RANK={dist.local_rank} but this machine has {n} GPUs; "
                              f"give --nproc_per_node {n} or less")
         torch.cuda.set_device(dist.local_rank)
-        device, backend = torch.device("cuda", dist.local_rank), "nccl"
+        # NCCL serves CUDA tensors only; the loss terms' all-reduce (weighted_mean) and the object collectives
+        # are CPU tensors, which NCCL alone refuses ("No backend type associated with device type cpu")
+        device, backend = torch.device("cuda", dist.local_rank), CUDA_BACKEND
     else:
         backend = "gloo"
     owns = not tdist.is_initialized()
