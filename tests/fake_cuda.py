@@ -13,9 +13,10 @@ image with ``--gpus all``. :func:`simulated_cuda` makes those rules hold on the 
   answer as one idle device would; ``torch.Generator(device="cuda")`` is a CPU generator.
 
 What it cannot tell: kernels, speed, memory, numerics and random streams of CUDA (everything still runs on the
-CPU; a CUDA generator draws other numbers than a CPU one of the same seed), and mixing
+CPU; a CUDA generator draws other numbers than a CPU one of the same seed; autocast stays float32), several
+devices (every tensor is on ``cuda:0``), device mixing inside a backward pass (autograd runs unchecked), and mixing
 rules of operations it does not list (it is strict: only copies and indexing accept CPU tensors, as CUDA does;
-a 0-dimensional CPU tensor is accepted everywhere, as CUDA does).
+a 0-dimensional CPU tensor is accepted, as CUDA does, except by ``cat``/``stack``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from torch.overrides import TorchFunctionMode
 
 CUDA = torch.device("cuda", 0)
 
-# Operations for which CUDA accepts CPU tensors beside CUDA ones (values copied, or indices).
-_MIXED_OK = {torch.Tensor.copy_, torch.Tensor.__setitem__, torch.Tensor.__getitem__, torch.Tensor.to,
-             torch._has_compatible_shallow_copy_type}
+# Operations for which CUDA accepts CPU tensors beside CUDA ones (values copied); indexing has its own rule.
+_MIXED_OK = {torch.Tensor.copy_, torch.Tensor.to, torch._has_compatible_shallow_copy_type}
+_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put,
+             torch.index_put}
+# Joining tensors: every one on the device, 0-dimensional ones included.
+_JOINING = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack}
 
 
 class DeviceMixError(RuntimeError):
@@ -93,6 +97,30 @@ def _wrap(obj: Any) -> Any:
     return obj
 
 
+def _check_devices(func: Any, args: tuple, kwargs: dict) -> None:
+    """Raise :class:`DeviceMixError` where CUDA would refuse ``func`` on these arguments: CPU tensors beside
+    CUDA ones (a 0-dimensional CPU tensor is taken as a number, except when joining tensors); for indexing,
+    CUDA indices into a CPU tensor, or CPU values put into a CUDA tensor through tensor indices (CPU
+    indices into a CUDA tensor are accepted, and so are CPU values set through plain slices: a copy)."""
+    name = getattr(func, "__name__", repr(func))
+    if func in _INDEXING:
+        target, index = args[0], args[1] if len(args) > 1 else kwargs.get("indices")
+        values = args[2] if len(args) > 2 else kwargs.get("values")
+        advanced = any(True for _ in _tensors(index))
+        if not isinstance(target, OnCuda) and any(isinstance(t, OnCuda) for t in _tensors(index)):
+            raise DeviceMixError(f"{name}: cuda:0 indices into a CPU tensor (CUDA refuses: indices should be "
+                                 "on cpu or on the same device as the indexed tensor)")
+        if isinstance(target, OnCuda) and advanced and isinstance(values, torch.Tensor) and not isinstance(
+                values, OnCuda) and values.dim() > 0:
+            raise DeviceMixError(f"{name}: CPU values put into a cuda:0 tensor through tensor indices")
+        return
+    joining = func in _JOINING
+    plain = [t for t in _tensors((args, kwargs)) if not isinstance(t, OnCuda) and (joining or t.dim() > 0)]
+    if plain:
+        raise DeviceMixError(f"{name}: a CPU tensor of shape {tuple(plain[0].shape)} beside cuda:0 tensors "
+                             "(CUDA refuses: expected all tensors to be on the same device)")
+
+
 class OnCuda(torch.Tensor):
     """A CPU tensor that behaves, for device rules, as if it lived on ``cuda:0``."""
 
@@ -107,15 +135,15 @@ class OnCuda(torch.Tensor):
             return CUDA
         if _getter(func) == "is_cuda":
             return True
+        if _getter(func) == "is_cpu":
+            return False
+        if func is torch.Tensor.get_device:
+            return 0
         if func in (torch.Tensor.numpy, torch.Tensor.__array__):
             raise DeviceMixError("can't convert cuda:0 device type tensor to numpy (call .cpu() first)")
         to_cpu = func is torch.Tensor.cpu or (func is torch.Tensor.to and _target(args[1:], kwargs) == "cpu")
         if not to_cpu and func not in _MIXED_OK:
-            plain = [t for t in _tensors((args, kwargs)) if not isinstance(t, OnCuda) and t.dim() > 0]
-            if plain:
-                name = getattr(func, "__name__", repr(func))
-                raise DeviceMixError(f"{name}: a CPU tensor of shape {tuple(plain[0].shape)} beside cuda:0 "
-                                     "tensors (CUDA refuses: expected all tensors to be on the same device)")
+            _check_devices(func, args, kwargs)
         args, kwargs = _on_cpu(tuple(args), kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)
@@ -139,8 +167,8 @@ class _Mode(TorchFunctionMode):
         requires_grad = kwargs.pop("requires_grad", False)
         args, kwargs = _on_cpu(tuple(args), kwargs)
         out = func(*args, **kwargs)
-        if method and out is args[0]:  # a real copy to another device: never the same tensor
-            out = out.clone()
+        if (method and out is args[0]) or func in (torch.as_tensor, torch.asarray):  # a real copy to another
+            out = out.clone()  # device never shares memory with its source (a tensor, a NumPy array)
         out = _wrap(out)
         return out.requires_grad_(True) if requires_grad else out
 
@@ -165,6 +193,11 @@ def simulated_cuda(monkeypatch) -> Iterator[None]:
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch, "Generator", _Generator)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "simulated CUDA device")
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.get_rng_state()])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
+    for flag in ("deterministic", "benchmark"):  # a CUDA training sets them; restored after
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
     previous = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # Module.to keeps the OnCuda class
     try:

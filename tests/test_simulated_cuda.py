@@ -49,6 +49,20 @@ def test_the_simulated_device_refuses_what_cuda_refuses(cuda):
         x + torch.zeros(2, 3)
     with pytest.raises(DeviceMixError, match="numpy"):
         x.numpy()
+    # indexing, as CUDA: CPU indices into a CUDA tensor and CPU values through slices are fine; CUDA indices
+    # into a CPU tensor, and CPU values through tensor indices, are not; cat/stack take no CPU scalar either
+    index = torch.tensor([1, 0])
+    assert x[index].shape == (2, 3) and isinstance(x[index], OnCuda)
+    x[0:1] = torch.ones(1, 3)
+    with pytest.raises(DeviceMixError, match="cuda:0 indices into a CPU tensor"):
+        torch.arange(5)[index.to("cuda")]
+    with pytest.raises(DeviceMixError, match="CPU values put into a cuda:0 tensor"):
+        x[index] = torch.ones(2, 3)
+    with pytest.raises(DeviceMixError, match="stack"):
+        torch.stack([x[0, 0], torch.tensor(1.0)])
+    array = np.zeros(3, np.float32)
+    torch.as_tensor(array, device="cuda").add_(1)  # a copy to the device, as on CUDA: the array is untouched
+    assert array.sum() == 0
     assert type(x.cpu()) is torch.Tensor and x.cpu().numpy().shape == (2, 3)
     conv = torch.nn.Conv3d(1, 2, 3)
     image = torch.randn(1, 1, 5, 5, 5, device="cuda")
