@@ -69,30 +69,48 @@ def _exists(path: Path) -> bool:
                          "readable to the --user the container runs as") from None
 
 
-def _relative_outputs_inside(args: list[str], output_dir: Path) -> tuple[list[str], bool]:
+def _relative_outputs_inside(args: list[str], output_dir: Path) -> tuple[list[str], list[str]]:
     """``args`` with a relative ``--out``/``--qc`` folder (``--qc DIR`` or ``--qc=DIR``) taken inside
-    ``output_dir``; and whether any was (the image's working folder is neither mounted nor writable)."""
+    ``output_dir`` (the image's working folder is neither mounted nor writable); and the options whose
+    last value (the one click uses) was so taken.
+
+    Raises:
+        ValueError: an empty value (click would take it as the working folder), or a relative one that
+            leaves ``output_dir`` ('..').
+    """
     out: list[str] = []
-    moved = False
+    last: dict[str, bool] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         option = next((o for o in OUTPUT_OPTIONS if arg == o or arg.startswith(o + "=")), None)
         separate = option is not None and arg == option and i + 1 < len(args)
-        value = args[i + 1] if separate else arg[len(option) + 1:] if option and arg != option else ""
-        if value and not Path(value).is_absolute():
-            out += [option, str(output_dir / value)]
-            moved = True
+        if option is None or (arg == option and not separate):  # a missing value: click says so
+            out.append(arg)
+            i += 1
+            continue
+        value = args[i + 1] if separate else arg[len(option) + 1:]
+        if not value:
+            raise ValueError(f"{option}: an empty folder name; name a folder under {output_dir}")
+        relative = not Path(value).is_absolute()
+        if relative:
+            inside = Path(os.path.normpath(output_dir / value))
+            if not inside.is_relative_to(output_dir):
+                raise ValueError(f"{option} {value}: a relative folder is taken inside {output_dir}, and this one "
+                                 "leaves it; give an absolute path, or one inside the output mount")
+            out += [option, str(inside)]
         else:
             out += args[i:i + 2] if separate else [arg]
+        last[option] = relative
         i += 2 if separate else 1
-    return out, moved
+    return out, [o for o in OUTPUT_OPTIONS if last.get(o)]
 
 
 def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OUTPUT_DIR,
                mounted: Callable[[Path], bool] | None = None) -> list[str]:
     """The ``l2r predict`` argument list for the container's arguments. ``mounted(output_dir)`` is asked
-    when the fields go to the default folder or a relative --out/--qc inside it (None: not checked, for tests).
+    when the fields go to the default folder or a relative --out/--qc is taken inside it (None: not checked,
+    for tests).
 
     Raises:
         ValueError: no dataset JSON found, a data folder this user cannot read, or the default output
@@ -113,7 +131,8 @@ def build_argv(args: list[str], data_dir: Path = DATA_DIR, output_dir: Path = OU
     rest, inside = _relative_outputs_inside(rest, output_dir)
     default_out = not any(a == "--out" or a.startswith("--out=") for a in rest)
     if (default_out or inside) and mounted is not None and not mounted(output_dir):
-        raise ValueError(f"{output_dir}: no folder is mounted there, so the fields would be lost with the "
+        what = "the fields" if default_out or "--out" in inside else "the QC pictures"
+        raise ValueError(f"{output_dir}: no folder is mounted there, so {what} would be lost with the "
                          f"container; add -v HOST_DIR:{output_dir} (or --out to a mounted folder)")
     if default_out:  # a second --out would win over the user's
         if mounted is not None and not os.access(output_dir, os.W_OK | os.X_OK):

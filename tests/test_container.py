@@ -118,3 +118,23 @@ def test_relative_out_and_qc_folders_are_taken_inside_the_output_mount(tmp_path)
         container.build_argv(["--out", "fields"], data_dir=tmp_path, output_dir=out, mounted=lambda p: False)
     argv = container.build_argv(["--out", "/o"], data_dir=tmp_path, output_dir=out, mounted=lambda p: False)
     assert argv[2:] == ["--out", "/o"]
+
+
+def test_relative_output_edge_cases(tmp_path):
+    (tmp_path / "AbdomenCTCT_dataset.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def argv(*args, mounted=True):
+        return container.build_argv(list(args), data_dir=tmp_path, output_dir=out, mounted=lambda p: mounted)[2:]
+
+    for empty in (["--out="], ["--qc", ""]):  # click would take '' as the working folder
+        with pytest.raises(ValueError, match="an empty folder name"):
+            argv(*empty)
+    with pytest.raises(ValueError, match="--out ../fields: a relative folder is taken inside .* and this one leaves it"):
+        argv("--out", "../fields")
+    assert argv("--qc", "a/../b") == ["--qc", str(out / "b"), "--out", str(out)]
+    # click uses the last --out: an absolute one last needs no mount; a relative one last does
+    assert argv("--out", "rel", "--out", "/abs", mounted=False) == ["--out", str(out / "rel"), "--out", "/abs"]
+    with pytest.raises(ValueError, match="so the QC pictures would be lost"):
+        argv("--out", "/abs", "--qc", "qc", mounted=False)
