@@ -137,14 +137,15 @@ def ranking_dsc30(cases: dict[str, dict], dice_name: str = "DSC") -> dict:
     """The challenge ranking's DSC30: mean Dice over the 30% of (pair, label) entries that are hardest
     under the zero field (lowest unwarped Dice).
 
-    The rule is the organisers' ranking code (MDL-UzL/L2R ``ranking/ranking_utils.py``, ``rubustify``,
-    and the robustify cells of ``ranking/Ranking_*.ipynb``, read at 8847509): every (pair, label) entry
-    of the Dice method takes part, an absent label's NaN counting as Dice 0 in the zero-field values as
-    in the method's (the notebooks set ``dice[dice != dice] = 0`` before anything else), and
-    k = ``round(0.3 * entries)`` with Python's round (half to even). Ties at the cut: ``rubustify`` sorts
-    with numpy's default (unstable) sort, and the current notebooks read the order from a
-    ``<task>_ordered_difficulty.csv`` of the organisers' results archive (not in the repository; no
-    AbdomenCTCT notebook is published); here ties keep pair/label order, so values can differ there only.
+    The rule is the organisers' ranking code (MDL-UzL/L2R): the 2022 ranking notebook
+    (``ranking/L2R2122_ranking_final_significance_oasis-3.ipynb`` at 204f881, since deleted) sets every
+    NaN Dice to 0 (``dice[dice!=dice] = 0``), the zero field's included, and keeps the entries of the
+    lowest ``np.argsort`` of the zero field's Dice, k = 0.3 x pairs x labels (399 = 0.3 x 38 x 35 there);
+    ``ranking/ranking_utils.py`` ``rubustify`` (8847509) writes k as ``round((cases * labels) * 0.3)``
+    (Python's round: half to even). Every (pair, label) entry of the Dice method takes part. Ties at the
+    cut: numpy's default (unstable) sort there, and the current notebooks read the order from a
+    ``<task>_ordered_difficulty.csv`` of the organisers' results (not published); here ties keep
+    pair/label order, which may differ from theirs where entries tie at the cut.
 
     Returns:
         ``{"mean": value, "entries": k}``; NaN when k is 0 (no pairs).
