@@ -83,11 +83,24 @@ def training_stops(out_dir: Path):
             yield
     except KeyboardInterrupt as exc:
         how, code = stop_words(exc)
-        last = out_dir / "last.pt"
-        kept = (f"{last} holds the last finished epoch; run the same command with --resume to go on"
-                if last.is_file() else f"no epoch had finished, nothing is kept in {out_dir}")
+        last, best = out_dir / "last.pt", out_dir / "best.pt"
+        if last.is_file():
+            kept = f"{last} holds the last finished epoch; run the same command with --resume to go on"
+        elif best.is_file():  # stopped between the two writes of the first epoch
+            kept = (f"{best} holds the first validated epoch, but last.pt was not written, so the run cannot be "
+                    "resumed; start again with another --out (or move best.pt away)")
+        else:
+            kept = f"no epoch had finished, nothing is kept in {out_dir}"
         click.echo(f"{how}: {kept}", err=True)
         sys.exit(code)
+
+
+def checkpoints_line(out_dir: Path) -> str:
+    """The last line of a training command: the checkpoints and log it leaves (only those that exist: a
+    resumed run whose later epochs never beat the recorded best writes no best.pt when it was removed)."""
+    names = [str(out_dir / n) for n in ("last.pt", "best.pt") if (out_dir / n).is_file()]
+    missing = "" if (out_dir / "best.pt").is_file() else " (no best.pt: no epoch beat the best one recorded)"
+    return f"checkpoints: {', '.join(names) or 'none'}{missing}; log: {out_dir / 'log.csv'}"
 
 
 def load_dataset(path: Path, data_root: Path | None, pairs_csv: Path | None = None):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, check_new_file, file_by_file_stops, load_dataset, training_stops
+from .common import (Fail, check_folder_option, check_new_file, checkpoints_line, file_by_file_stops, load_dataset,
+                     training_stops)
 
 
 @click.group()
@@ -57,7 +58,7 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
     except ValueError as exc:
         raise Fail(str(exc)) from None
     click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    click.echo(f"checkpoints: {out_dir / 'last.pt'}, {out_dir / 'best.pt'}; log: {out_dir / 'log.csv'}")
+    click.echo(checkpoints_line(out_dir))
 
 
 @segment.command()

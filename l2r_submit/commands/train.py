@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, load_dataset, training_stops
+from .common import Fail, check_folder_option, checkpoints_line, load_dataset, training_stops
 
 
 @click.command()
@@ -69,5 +69,5 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
     except ValueError as exc:
         raise Fail(str(exc)) from None
     click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    click.echo(f"checkpoints: {out_dir / 'last.pt'}, {out_dir / 'best.pt'}; log: {out_dir / 'log.csv'}")
+    click.echo(checkpoints_line(out_dir))
 

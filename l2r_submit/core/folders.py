@@ -138,5 +138,41 @@ def writable_folder(folder: str | os.PathLike, what: str) -> Iterator[None]:
         raise
 
 
+LOCK_NAME = ".l2r-in-use.lock"
+
+
+@contextmanager
+def exclusive_use(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``folder`` for this process for the block: a second run into the same folder at the same time
+    (two trainings would each write half of the checkpoints and logs) is refused in one line. The lock is
+    an exclusive ``flock`` on ``folder/.l2r-in-use.lock``, released when the block ends or the process dies;
+    the file holds the pid of the run that holds it. The file stays (removing a lock file is racy), except
+    when the block raised ValueError (a refusal), so that a refused run leaves its new folder empty.
+
+    Raises:
+        ValueError: another process holds ``folder``; naming its pid.
+    """
+    import fcntl  # POSIX only, as the project
+
+    path = Path(folder) / LOCK_NAME
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "unknown"
+            raise ValueError(f"{folder}: another run is writing this {what} now (pid {pid}); wait for it to end, "
+                             f"or give another {what}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        except ValueError:
+            path.unlink(missing_ok=True)
+            raise
+
+
 NO_FURTHER_WRITES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 """errno values after which no later write to the same folder can succeed (disk full, read-only, denied)."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from ..core import io
+from ..core import folders, io
 from ..core.dataset import Case
 from ..nets.inputs import preprocess
 
@@ -36,6 +36,33 @@ def folder_labels(folder: str | Path) -> LabelSource:
         return path if path.exists() else None
 
     return source
+
+
+def check_label_folder(cases: Sequence[Case], folder: str | Path) -> None:
+    """Before training with :func:`folder_labels`: the folder exists, holds a label map for every training
+    image (else those pairs train without the Dice term: the paper's noisy-label step would quietly be
+    unsupervised), and is not the images' own folder; the first map holds no negative value (CT, not labels).
+
+    Raises:
+        ValueError: one line naming the folder and the first file at fault.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{root}: --labels-dir is not a folder")
+    missing = [c.image.name for c in cases if not (root / c.image.name).is_file()]
+    if missing:
+        raise ValueError(f"{root}: --labels-dir has no label map for {len(missing)} of the {len(cases)} training "
+                         f"images (first: {missing[0]}); the maps are named like the images")
+    same = [c.image for c in cases if folders.same_file(root / c.image.name, c.image)]
+    if same:
+        raise ValueError(f"{root}: --labels-dir names the training images themselves ({same[0]}); give the folder "
+                         "of their label maps")
+    if cases:
+        first = root / cases[0].image.name
+        low = int(np.min(io.read_volume(first, np.float32).array))
+        if low < 0:
+            raise ValueError(f"{first}: not a label map (it holds {low}; labels are 0 and up): does --labels-dir "
+                             "name a folder of images?")
 
 
 def no_labels(case: Case) -> None:

@@ -23,6 +23,8 @@ close, not bit-identical.
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -73,8 +75,10 @@ def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: 
     Returns:
         ``{"val_loss", "DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"}`` means (metrics only with labels).
     """
-    net.eval()
     pairs = list(ds.pairs("val"))
+    if not pairs:  # --final-submission on a dataset without val pairs: nothing to score
+        return {}
+    net.eval()
     mine = []
     for index in range(dist.rank, len(pairs), dist.world_size):
         pair = pairs[index]
@@ -156,8 +160,8 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
             resumed run, bad checkpoints, an inconsistent launch environment or a batch that does not split
             over the processes.
     """
-    with folders.writable_folder(out_dir, "--out"):  # a refusal (bad --init, too few images) leaves no empty folder
-        trainer.check_fresh(out_dir, resume)
+    with folders.writable_folder(out_dir, "--out"), trainer.claim_folder(out_dir):  # a refusal (bad --init, too
+        trainer.check_fresh(out_dir, resume)  # few images) leaves no empty folder; one training at a time in it
         runtime.configure_threads(cfg.threads)
         dist, device = distributed.start(runtime.resolve_device(cfg.device))
         try:
@@ -174,12 +178,15 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
     if len(cases) < 2 and epoch_data is None:
         where = " outside the val pairs' subjects (--final-submission trains on all)" if cfg.exclude_val_subjects else ""
         raise ValueError(f"{ds.source}: {len(cases)} training images{where}; at least 2 are needed")
+    if cfg.selects_on_val and not ds.pairs("val"):
+        raise ValueError(f"{ds.source}: no val pairs (registration_val), so no epoch can be chosen for best.pt; add "
+                         "val pairs, or give --final-submission (best.pt is then the last epoch)")
     if cfg.crop is not None and any(c > n for c, n in zip(cfg.crop, ds.shape)):
         raise ValueError(f"crop {','.join(map(str, cfg.crop))} is larger than the volumes "
                          f"({','.join(map(str, ds.shape))}); give a crop within them, or none for whole volumes")
     runtime.seed_everything(cfg.seed)
     net = regnet.RegistrationNet(cfg.model)
-    if cfg.init:
+    if cfg.init and not resume:  # a resumed run's weights come from last.pt: its --init is not read again
         init_net, _ = checkpoint.load(cfg.init)
         if init_net.cfg != cfg.model:
             raise ValueError(f"{cfg.init}: model config {init_net.cfg} differs from the run's {cfg.model}")
@@ -195,7 +202,12 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
         _, state = checkpoint.load(last_path)
         if not isinstance(state.get("train_config"), dict):
             raise ValueError(f"{last_path}: no recorded training settings; it cannot be resumed")
-        changed = trainer.resume_differences(_with_defaults(state["train_config"]), _jsonable(cfg.to_dict()))
+        saved = _with_defaults(state["train_config"])
+        if cfg.init != saved.get("init"):  # the file may have moved, or be named from another folder
+            print(f"note: --init is not read when resuming (the weights come from {last_path}); the run "
+                  f"keeps its first one, {saved.get('init')}", file=sys.stderr)
+            cfg = replace(cfg, init=saved.get("init"))
+        changed = trainer.resume_differences(saved, _jsonable(cfg.to_dict()))
         if changed:
             raise ValueError(f"{last_path}: the run was started with other settings ({'; '.join(changed)}); "
                              "resume with the same ones (only --epochs, --device, --threads, --workers may change)")
@@ -207,6 +219,8 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
                              "with the same dataset")
         net.load_state_dict(state["state_dict"])
     labels = _label_source(cfg)
+    if cfg.labels == "folder" and epoch_data is None:
+        data.check_label_folder(cases, cfg.labels_dir or "")
     train_config = _jsonable(cfg.to_dict())
 
     def epoch_items(epoch: int) -> TorchDataset:

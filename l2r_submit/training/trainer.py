@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..core import runtime
+from ..core import folders, runtime
+from . import distributed
 from .distributed import Dist, rank_batches
 from .train_logs import plot_curves, write_logs
 
@@ -105,14 +106,27 @@ class Loop:
     progress: bool = True
 
 
+def claim_folder(out_dir: Path) -> contextlib.AbstractContextManager:
+    """Hold ``out_dir`` for this training (:func:`l2r_submit.core.folders.exclusive_use`): two trainings
+    started into one folder both passed :func:`check_fresh` (no checkpoint before the first epoch ends) and
+    mixed their checkpoints and logs. Under ``torchrun`` rank 0 holds it (the rank that writes)."""
+    if distributed.read_env().rank != 0:
+        return contextlib.nullcontext()
+    return folders.exclusive_use(out_dir, "--out")
+
+
 def check_fresh(out_dir: Path, resume: bool) -> None:
     """A run started without ``resume`` must not write over an earlier run's checkpoints in ``out_dir``
     (its config.json and first epoch replaced them, and its log, without a word).
 
     Raises:
-        ValueError: ``out_dir`` holds ``last.pt`` or ``best.pt`` and ``resume`` is False; one line.
+        ValueError: ``out_dir`` holds ``last.pt`` or ``best.pt`` and ``resume`` is False, or ``best.pt``
+            alone (nothing to resume from); one line.
     """
     found = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
+    if found == ["best.pt"]:  # stopped between the two writes of its first epoch, or last.pt removed
+        raise ValueError(f"{out_dir}: holds best.pt but no last.pt (the optimizer state a run resumes from), so "
+                         "its run cannot be resumed; give another --out, or move best.pt away to start over here")
     if found and not resume:
         raise ValueError(f"{out_dir}: holds a training run ({', '.join(found)}); continue it with --resume, "
                          "or give another --out")
