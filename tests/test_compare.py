@@ -80,3 +80,21 @@ def test_write_refuses_results_that_cannot_be_a_reference(tmp_path):
     (tmp_path / "e.json").rmdir()
     res = write(_metrics(0.5), "--tol", "DSC=0.05")
     assert res.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["tolerance"]["DSC"] == 0.05
+
+
+def test_a_partial_result_or_an_empty_expected_file_never_passes(tmp_path):
+    """A metrics.json whose only pair was zero-filled (its registration failed) passed, and so did anything
+    against {"cases": {}}."""
+    expected = compare.expected_from_metrics(_metrics(0.5), {"DSC": 0.01, "HD95": 1.0})
+    zero_filled = {**_metrics(0.5), "partial": True, "zero_filled": ["a"]}
+    assert compare.compare(zero_filled, expected) == [
+        "the metrics are a partial result (1 zero-filled pairs): not every pair was registered and scored"]
+    src, want = tmp_path / "m.json", tmp_path / "e.json"
+    src.write_text(json.dumps(zero_filled))
+    want.write_text(json.dumps(expected))
+    res = CliRunner().invoke(main, ["compare", str(src), str(want)])
+    assert res.exit_code == 1 and "FAIL the metrics are a partial result" in res.output
+    want.write_text(json.dumps({"cases": {}}))
+    src.write_text(json.dumps(_metrics(0.5)))
+    res = CliRunner().invoke(main, ["compare", str(src), str(want)])
+    assert res.exit_code == 2 and "expects no value at all, so any metrics would pass" in res.output

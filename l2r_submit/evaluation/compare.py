@@ -129,6 +129,9 @@ def check_expected(data: object, where: str) -> dict:
         raise ValueError(f"{where}: cases: expected an object of case keys")
     for key, wanted in cases.items():
         numbers(wanted, f"cases['{key}']")
+    if not data.get("aggregates") and not any(cases.values()):
+        raise ValueError(f"{where}: expects no value at all, so any metrics would pass; make one with "
+                         "l2r compare METRICS EXPECTED --write")
     return data
 
 
@@ -141,6 +144,11 @@ def _close(got: float, want: float, tol: float) -> bool:
 def compare(metrics: dict, expected: dict) -> list[str]:
     """Readable differences, one line each (empty when everything is within tolerance)."""
     problems = []
+    left = {k: len(metrics[k]) for k in ("failed", "zero_filled") if metrics.get(k)}
+    if metrics.get("partial") or left:  # a failed or zero-filled pair is not the method's result
+        said = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in left.items()) or "marked partial"
+        problems.append(f"the metrics are a partial result ({said} pairs): not every pair was registered and "
+                        "scored")
     tol = expected.get("tolerance", DEFAULT_TOLERANCE)
     rows = [("mean", name, _mean(metrics["aggregates"].get(name)), want)
             for name, want in expected.get("aggregates", {}).items()]
