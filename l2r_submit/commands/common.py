@@ -5,6 +5,7 @@ Torch-free (only click at module level), so that ``l2r --help`` stays instant.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -93,6 +94,15 @@ def training_stops(out_dir: Path):
             kept = f"no epoch had finished, nothing is kept in {out_dir}"
         click.echo(f"{how}: {kept}", err=True)
         sys.exit(code)
+
+
+def training_done(row: dict, out_dir: Path) -> None:
+    """The last two lines of a training command: the last epoch's row and the checkpoints; printed by rank 0
+    only under ``torchrun`` (the rank that wrote them)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    click.echo(checkpoints_line(out_dir))
 
 
 def checkpoints_line(out_dir: Path) -> str:

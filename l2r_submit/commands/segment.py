@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import (Fail, check_folder_option, check_new_file, checkpoints_line, file_by_file_stops, load_dataset,
+from .common import (Fail, check_folder_option, check_new_file, file_by_file_stops, load_dataset, training_done,
                      training_stops)
 
 
@@ -57,8 +57,7 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
             row = seg.run(cfg, datasets, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    click.echo(checkpoints_line(out_dir))
+    training_done(row, out_dir)
 
 
 @segment.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, checkpoints_line, load_dataset, training_stops
+from .common import Fail, check_folder_option, load_dataset, training_done, training_stops
 
 
 @click.command()
@@ -68,6 +68,5 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
             row = tr.run(cfg, ds, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
-    click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    click.echo(checkpoints_line(out_dir))
+    training_done(row, out_dir)
 

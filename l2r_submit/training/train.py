@@ -66,8 +66,9 @@ def training_cases(ds: Dataset, exclude_val_subjects: bool) -> list:
 
 @torch.no_grad()
 def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: losses.LossWeights,
-             dist: Dist = Dist()) -> dict:
-    """Whole-volume moving->fixed registration of the val pairs, scored by the evaluator.
+             dist: Dist = Dist(), progress: bool = False) -> dict:
+    """Whole-volume moving->fixed registration of the val pairs, scored by the evaluator; ``progress``: a bar
+    on stderr (rank 0), as whole volumes take seconds per pair.
 
     Distributed: rank r registers pairs r, r + world_size, ...; the per-pair results are gathered and
     aggregated in the pairs' order on every rank, so the numbers equal a single process's.
@@ -80,7 +81,11 @@ def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: 
         return {}
     net.eval()
     mine = []
-    for index in range(dist.rank, len(pairs), dist.world_size):
+    from tqdm import tqdm
+
+    mine_idx = range(dist.rank, len(pairs), dist.world_size)
+    for index in tqdm(mine_idx, desc="validation", unit="pair", file=sys.stderr, leave=False,
+                      disable=not (progress and dist.is_main)):
         pair = pairs[index]
         moving = torch.from_numpy(io.read_volume(pair.moving.image, np.float32).array)[None, None].to(device)
         fixed = torch.from_numpy(io.read_volume(pair.fixed.image, np.float32).array)[None, None].to(device)
@@ -236,7 +241,7 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
     task = trainer.Task(
         model=TrainingForward(net, cfg.symmetric), optimizer=opt, epoch_items=epoch_items,
         step=registration_step(cfg.loss, device.type == "cuda", device.type),
-        validate=lambda d: validate(net, ds, device, cfg.loss, d),
+        validate=lambda d: validate(net, ds, device, cfg.loss, d, progress),
         score=lambda row, epoch: row.get("DSC", -row["val_loss"]) if cfg.selects_on_val else float(epoch),
         save=save, config={**train_config, "dataset": str(ds.source), "training_images": len(images),
                            "device_used": str(device)})
