@@ -116,3 +116,14 @@ def test_a_fine_tuning_resumes_after_its_init_moved(ds, tmp_path):
            f"first one, {init}" in result.output
     assert len((ft / "log.jsonl").read_text().splitlines()) == 2
     assert json.loads((ft / "config.json").read_text())["init"] == str(init)
+
+
+def test_a_folder_of_the_other_training_says_so(ds, tmp_path):
+    """`l2r train --out` on a segmenter run advised --resume, which then failed."""
+    seg = tmp_path / "seg"
+    result = invoke("segment", "train", ds, "--out", seg, "--epochs", "1", "--model", "tiny", "--crop", "16,16,16",
+                    "--workers", "0", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    for resume in ((), ("--resume",)):
+        _one_line(invoke("train", ds, "--out", seg, "--epochs", "1", *TINY, *resume), 2,
+                  f"{seg}: holds a segmenter run (l2r segment train), not a registration run; give another --out")

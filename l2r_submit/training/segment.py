@@ -236,8 +236,9 @@ def run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume:
         ValueError: ``out_dir`` cannot be written, no training case, a missing label map, a crop larger than
             the volumes, a resumed run with other settings, an inconsistent launch environment; one line.
     """
-    with folders.writable_folder(out_dir, "--out"), trainer.claim_folder(out_dir):  # a refusal leaves no
-        trainer.check_fresh(out_dir, resume)  # empty folder; one training at a time in it
+    # a refusal leaves no empty folder; one training at a time in it
+    with folders.writable_folder(out_dir, "--out"), trainer.claim_folder(out_dir):
+        trainer.check_fresh(out_dir, resume, "segmenter")
         runtime.configure_threads(cfg.threads)
         dist, device = distributed.start(runtime.resolve_device(cfg.device))
         try:

@@ -165,8 +165,9 @@ def run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool = False, prog
             resumed run, bad checkpoints, an inconsistent launch environment or a batch that does not split
             over the processes.
     """
-    with folders.writable_folder(out_dir, "--out"), trainer.claim_folder(out_dir):  # a refusal (bad --init, too
-        trainer.check_fresh(out_dir, resume)  # few images) leaves no empty folder; one training at a time in it
+    # a refusal (bad --init, too few images) leaves no empty folder; one training at a time in it
+    with folders.writable_folder(out_dir, "--out"), trainer.claim_folder(out_dir):
+        trainer.check_fresh(out_dir, resume, "registration")
         runtime.configure_threads(cfg.threads)
         dist, device = distributed.start(runtime.resolve_device(cfg.device))
         try:

@@ -115,21 +115,42 @@ def claim_folder(out_dir: Path) -> contextlib.AbstractContextManager:
     return folders.exclusive_use(out_dir, "--out")
 
 
-def check_fresh(out_dir: Path, resume: bool) -> None:
+RUN_KINDS = {"registration": ("dataset", "l2r train"), "segmenter": ("datasets", "l2r segment train")}
+"""Each training's kind: the key its ``config.json`` has and the other's has not, and the command."""
+
+
+def check_fresh(out_dir: Path, resume: bool, kind: str | None = None) -> None:
     """A run started without ``resume`` must not write over an earlier run's checkpoints in ``out_dir``
     (its config.json and first epoch replaced them, and its log, without a word).
 
     Raises:
         ValueError: ``out_dir`` holds ``last.pt`` or ``best.pt`` and ``resume`` is False, or ``best.pt``
-            alone (nothing to resume from); one line.
+            alone (nothing to resume from), or a run of another ``kind`` (``registration``, ``segmenter``:
+            :data:`RUN_KINDS`); one line.
     """
     found = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
+    other = _other_kind(out_dir, kind) if found else None
+    if other:
+        raise ValueError(f"{out_dir}: holds a {other} run ({RUN_KINDS[other][1]}), not a {kind} run; give another "
+                         "--out")
     if found == ["best.pt"]:  # stopped between the two writes of its first epoch, or last.pt removed
         raise ValueError(f"{out_dir}: holds best.pt but no last.pt (the optimizer state a run resumes from), so "
                          "its run cannot be resumed; give another --out, or move best.pt away to start over here")
     if found and not resume:
         raise ValueError(f"{out_dir}: holds a training run ({', '.join(found)}); continue it with --resume, "
                          "or give another --out")
+
+
+def _other_kind(out_dir: Path, kind: str | None) -> str | None:
+    """The kind of the run in ``out_dir`` when its ``config.json`` says it is not ``kind`` (else None)."""
+    try:
+        config = json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if kind is None or not isinstance(config, dict):
+        return None
+    return next((k for k, (key, _) in RUN_KINDS.items() if k != kind and key in config
+                 and RUN_KINDS[kind][0] not in config), None)
 
 
 RESUME_FREE = ("epochs", "device", "threads", "num_workers")
