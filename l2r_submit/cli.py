@@ -58,8 +58,9 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None, read_fi
         click.echo(f"note: {note}")
     for line in lines:
         click.echo(line)
-    if any(line.startswith("error") for line in lines):
-        raise Fail(f"{dataset_json}: {sum(line.startswith('error') for line in lines)} problems found")
+    n = sum(line.startswith("error") for line in lines)
+    if n:
+        raise Fail(f"{dataset_json}: {n} problem{'s' if n > 1 else ''} found")
     click.echo("ok")
 
 
