@@ -207,6 +207,17 @@ def test_import_weights_cli(tmp_path, repo_root):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     res = CliRunner().invoke(main, ["import-weights", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "junk.pth: not a torch checkpoint file" in res.output
+    # from a stranger's test: an empty file; a file of other keys (it was sent to --source abdominal first);
+    # a first conv alone (a max() of an empty sequence)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, tmp_path / "other.pth")
+    first = "encoder.input.add_conv.weight"
+    torch.save({"state_dict": {first: torch.zeros(spec[first])}}, tmp_path / "stem.pth")
+    for name, words in (("empty.pth", "empty.pth: an empty file (0 bytes), not a checkpoint"),
+                        ("other.pth", "other.pth: unknown key 'foo.weight'; is this a registration network"),
+                        ("stem.pth", "does not fit the seed architecture (no encoder level in it)")):
+        res = CliRunner().invoke(main, ["import-weights", str(tmp_path / name), "--out", str(tmp_path / "x.pt")])
+        assert res.exit_code == 2 and words in res.output, res.output
 
 
 def test_deep_supervision_outputs():

@@ -82,6 +82,8 @@ def _torch_load(path: Path) -> dict:
         raise ValueError(f"{path}: checkpoint not found")
     with open(path, "rb") as fh:
         head = fh.read(4)
+    if not head:
+        raise ValueError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # a torch zip archive or a legacy pickle
         raise ValueError(f"{path}: not a torch checkpoint file (it starts with {head!r})")
     try:
@@ -216,21 +218,24 @@ def import_original(path: str | os.PathLike, ckpt: dict | None = None, keep_deep
         raise ValueError(f"{path}: a network of the authors' brain (hippocampus) project has other blocks "
                          "(LeakyReLU, a residual add in each decoder level) that l2r_submit does not implement; "
                          "not loaded")
+    try:  # first: a file of other keys is no network of theirs at all, whatever its channels
+        ours = {rename_original_key(k): v for k, v in state.items()}
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}; is this a registration network of Estienne et al.?") from None
     if source == "auto" and detected is None:
         raise ValueError(f"{path}: a 1-channel original checkpoint has the same keys and shapes as the authors' "
                          "brain (hippocampus) networks, which compute another function; if it is an abdominal "
                          "CT network, convert it with: l2r import-weights FILE --out OUT --source abdominal")
-    try:
-        ours = {rename_original_key(k): v for k, v in state.items()}
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}; is this a registration network of Estienne et al.?") from None
     has_deep = any(k.startswith("deep_heads.") for k in ours)
     if not keep_deep_supervision:
         ours = {k: v for k, v in ours.items() if not k.startswith("deep_heads.")}
     try:
         in_ch = ours["encoder.stem.conv_in.weight"].shape[1]
         c0 = ours["encoder.stem.conv_in.weight"].shape[0]
-        n_levels = 1 + max(int(m.group(1)) for k in ours if (m := re.match(r"encoder\.levels\.(\d+)\.", k)))
+        n_levels = 1 + max((int(m.group(1)) for k in ours if (m := re.match(r"encoder\.levels\.(\d+)\.", k))),
+                           default=-1)
+        if n_levels == 0:
+            raise ValueError("no encoder level in it")
         chans = [c0] + [ours[f"encoder.levels.{i}.down.conv.weight"].shape[0] for i in range(n_levels)]
         convs = [1 + max([int(m.group(1)) for k in ours if (m := re.match(rf"encoder\.levels\.{i}\.convs\.(\d+)\.", k))],
                          default=-1) for i in range(n_levels)]
