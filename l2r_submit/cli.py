@@ -54,6 +54,8 @@ def check(dataset_json: Path, data_root: Path | None, split: str | None, read_fi
     for name, pairs in ds.splits.items():
         click.echo(f"{name}: {len(pairs)} pairs")
     click.echo(f"training: {len(ds.training)} cases")
+    if len(ds.training) < 2:  # valid for predict and evaluate; l2r train refuses it
+        click.echo("note: l2r train needs at least 2 training cases")
     for note in ds.notes:
         click.echo(f"note: {note}")
     for line in lines:

@@ -159,7 +159,12 @@ def test_eval_config_input(tiny_dataset, tmp_path):
 
 def test_check_command(tiny_dataset):
     res = invoke("check", tiny_dataset)
-    assert res.exit_code == 0 and "val: 3 pairs" in res.output
+    assert res.exit_code == 0 and "val: 3 pairs" in res.output and "note: l2r train needs" not in res.output
+    spec = json.loads(tiny_dataset.read_text())
+    tiny_dataset.write_text(json.dumps({**spec, "training": []}))  # fine to predict; l2r train refuses it
+    res = invoke("check", tiny_dataset)
+    assert res.exit_code == 0 and "note: l2r train needs at least 2 training cases" in res.output
+    tiny_dataset.write_text(json.dumps(spec))
     (tiny_dataset.parent / "imagesTr" / "AbdomenCTCT_0003_0000.nii.gz").unlink()
     res = invoke("check", tiny_dataset)
     assert res.exit_code == 2 and "missing file" in res.output
