@@ -33,7 +33,7 @@ from ..core import folders, io, runtime, spatial
 from ..core.dataset import Dataset
 from ..evaluation import scoring
 from ..nets import checkpoint, inputs, regnet
-from . import data, distributed, losses, trainer
+from . import data, distributed, losses, preflight, trainer
 from .distributed import Dist
 from .trainer import Share, StepFn
 
@@ -207,6 +207,9 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
                              "with the same dataset")
         net.load_state_dict(state["state_dict"])
     labels = _label_source(cfg)
+    label_of = (lambda c: c.label) if cfg.labels == "dataset" else labels  # a missing true label map is an error
+    files = preflight.run_files(ds, cases if epoch_data is None else [], label_of)
+    preflight.check_files(files, ds, dist, progress, torch.get_num_threads())
     train_config = _jsonable(cfg.to_dict())
 
     def epoch_items(epoch: int) -> TorchDataset:
