@@ -1,5 +1,5 @@
 """The files a training run reads are checked before it starts (l2r_submit.training.preflight): a missing or
-misshapen training or val file, an image with NaN voxels."""
+misshapen training or val file, an image with NaN voxels, label values the dataset does not score."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from l2r_submit.cli import main
 from l2r_submit.core import dataset, integrity
-from l2r_submit.training import preflight, train
+from l2r_submit.training import data, preflight, train
 
 from conftest import write_tiny_dataset
 
@@ -40,10 +40,10 @@ def _rewrite(path, change):
     nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj)), img.affine), path)
 
 
-def _check(ds_json):
+def _check(ds_json, n_classes=5):
     ds = dataset.load(ds_json)
     files = preflight.run_files(ds, train.training_cases(ds, True), lambda c: c.label)
-    return preflight.check_files(files, ds)
+    return preflight.check_files(files, ds, n_classes)
 
 
 def test_the_run_files_are_the_training_cases_and_the_val_pairs(ds_json):
@@ -53,12 +53,12 @@ def test_the_run_files_are_the_training_cases_and_the_val_pairs(ds_json):
                      _image(ds_json, "0004"): "image", _label(ds_json, "0004"): "label map",
                      _image(ds_json, "0001"): "image", _image(ds_json, "0002"): "image",
                      _label(ds_json, "0001"): "label map", _label(ds_json, "0002"): "label map"}
-    _check(ds_json)
+    assert _check(ds_json) == []
     # without val label maps at all, validation selects on the val loss: not an error
     for case in ("0001", "0002"):
         _label(ds_json, case).unlink()
     assert _label(ds_json, "0001") not in preflight.run_files(ds, [], None)
-    _check(ds_json)
+    assert _check(ds_json) == []
 
 
 @pytest.mark.parametrize("case, damage, message", [
@@ -83,7 +83,7 @@ def test_a_bad_run_file_is_one_line_naming_it(ds_json, case, damage, message):
     lab, img = _label(ds_json, case), _image(ds_json, case)
     damage(lab, img)
     with pytest.raises(ValueError) as err:
-        _check(ds_json)
+        assert _check(ds_json) == []
     assert str(err.value) == message.format(lab=lab, img=img)
 
 
@@ -91,7 +91,7 @@ def test_a_missing_val_label_map_is_an_error_when_the_others_exist(ds_json):
     """Validation scored only the pairs whose two label maps exist: the val Dice left the pair out silently."""
     _label(ds_json, "0002").unlink()
     with pytest.raises(ValueError, match=f"^missing file {_label(ds_json, '0002')}$"):
-        _check(ds_json)
+        assert _check(ds_json) == []
 
 
 def test_several_problems_name_the_first_and_count_the_others(ds_json):
@@ -99,7 +99,7 @@ def test_several_problems_name_the_first_and_count_the_others(ds_json):
     _label(ds_json, "0004").unlink()
     _rewrite(_label(ds_json, "0001"), lambda a: a[:, :, :20])
     with pytest.raises(ValueError) as err:
-        _check(ds_json)
+        assert _check(ds_json) == []
     assert str(err.value) == (f"missing file {_label(ds_json, '0003')} (2 more problems: `l2r check --read "
                               f"{ds_json}` lists them)")
 
@@ -109,7 +109,31 @@ def test_the_headers_are_checked_before_any_file_is_read(ds_json, monkeypatch):
     _image(ds_json, "0002").unlink()
     monkeypatch.setattr(integrity, "_read_checked", lambda *a: pytest.fail("a file was read"))
     with pytest.raises(ValueError, match="missing file"):
-        _check(ds_json)
+        assert _check(ds_json) == []
+
+
+def test_label_values_outside_the_labels_trained_are_background_with_a_note(ds_json):
+    """300 was trained as the last class and -1 as background, without a word (losses.one_hot clamps); l2r
+    evaluate ignores values outside the labels it scores. Now both are background, with a note per file."""
+    lab = _label(ds_json, "0003")
+    _rewrite(lab, lambda a: np.where(a == 1, 300, np.where(a == 2, -1, a.astype(np.int16))))
+    notes = _check(ds_json)
+    assert notes == [f"note: {lab}: label values -1, 300 are not among the labels trained (1..4, the dataset's "
+                     "below loss.n_classes 5): their voxels count as background, as l2r evaluate ignores values "
+                     "outside the labels it scores"]
+    seg = np.array([[[0, 1, 2, 3, 4, 5, 300, -1]]], np.int32)
+    assert data.keep_classes(seg, (1, 2, 3, 4)).tolist() == [[[0, 1, 2, 3, 4, 0, 0, 0]]]
+    assert data.keep_classes(seg, (2, 4)).tolist() == [[[0, 0, 2, 0, 4, 0, 0, 0]]]
+    ds = dataset.load(ds_json)
+    cases = train.training_cases(ds, True)
+    items = data.PairDataset(cases, [(0, 1)], None, 0, 0, data.dataset_labels, 1, classes=(1, 2, 3, 4))
+    moving = items[0]["moving_seg"][0].numpy()
+    assert set(np.unique(moving)) <= {0, 3, 4} and (moving == 0).sum() > (np.asarray(nib.load(lab).dataobj) == 0).sum()
+    # l2r check --read says the same of the file (it said ok)
+    res = CliRunner().invoke(main, ["check", str(ds_json), "--read"])
+    assert res.exit_code == 0
+    assert (f"note: {lab}: label values -1, 300 are not among the dataset's labels (1..13): l2r evaluate ignores "
+            "them and l2r train counts them as background") in res.output
 
 
 def _train_args(ds_json, out, *extra):
@@ -128,6 +152,14 @@ def test_train_refuses_a_missing_label_map_before_training(ds_json, tmp_path, mo
     assert res.exit_code == 2, res.output
     assert res.stderr.strip().splitlines() == [f"error: missing file {_label(ds_json, '0003')}"]
     assert not out.exists()
+
+
+def test_train_notes_label_values_it_trains_as_background(ds_json, tmp_path):
+    lab = _label(ds_json, "0004")
+    _rewrite(lab, lambda a: np.where(a == 1, 300, a.astype(np.int16)))
+    res = CliRunner().invoke(main, _train_args(ds_json, tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count(f"note: {lab}: label values 300 are not among the labels trained (1..4") == 1
 
 
 def test_volume_shape_reads_the_header_only(tmp_path):

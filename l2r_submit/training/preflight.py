@@ -53,18 +53,32 @@ def run_files(ds: Dataset, cases: list[Case], label_of: Callable[[Case], Path | 
     return files
 
 
-def check_files(files: dict[Path, str], ds: Dataset, dist: Dist = Dist(), progress: bool = False,
-                threads: int = 1) -> None:
+def trained_labels(ds: Dataset, n_classes: int) -> tuple[int, ...]:
+    """The label ids a run trains: the dataset's labels (those it scores) below ``n_classes``."""
+    return tuple(lab for lab in _scored(ds) if lab < n_classes)
+
+
+def check_files(files: dict[Path, str], ds: Dataset, n_classes: int, dist: Dist = Dist(),
+                progress: bool = False, threads: int = 1) -> list[str]:
     """Check ``files`` (:func:`run_files`) as ``l2r check --read`` would: headers first, then full reads.
 
-    ``progress``: a bar on stderr while the files are read (rank 0). ``threads``: files read at once by this
-    process (decompression and NumPy release the GIL; at most :data:`MAX_THREADS`, each holding a volume).
+    A label map holding values other than 0 and the labels trained (:func:`trained_labels`) gets a note:
+    those voxels count as background. ``progress``: a bar on stderr while the files are read (rank 0).
+    ``threads``: files read at once by this process (decompression and NumPy release the GIL; at most
+    :data:`MAX_THREADS`, each holding a volume).
+
+    Returns:
+        The notes (``note: ...`` lines), the same on every process.
 
     Raises:
         ValueError: the first problem, one line naming the file (for a shape, both shapes), with how many
-            more there are; the same on every process.
+            more there are.
     """
     _raise_first(integrity.file_problems(files, ds.shape, headers=True), ds)
+    labels = trained_labels(ds, n_classes)
+    cut = f", the dataset's below loss.n_classes {n_classes}" if labels != _scored(ds) else ""
+    what = (f"the labels trained ({integrity.label_ranges(labels)}{cut}): their voxels count as background, as "
+            "l2r evaluate ignores values outside the labels it scores")
     mine = [(i, path) for i, path in enumerate(files) if i % dist.world_size == dist.rank]
     bar = None
     if progress and dist.is_main and mine:
@@ -73,7 +87,7 @@ def check_files(files: dict[Path, str], ds: Dataset, dist: Dist = Dist(), progre
         bar = tqdm(total=len(mine), desc="reading the run's files", file=sys.stderr, leave=False)
 
     def read(path: Path) -> list[str]:
-        return integrity.file_problems({path: files[path]}, ds.shape, read=True)
+        return integrity.file_problems({path: files[path]}, ds.shape, read=True, labels=labels, labels_what=what)
 
     found: list[tuple[int, list[str]]] = []
     with ThreadPoolExecutor(max(1, min(threads, MAX_THREADS))) as pool:
@@ -83,7 +97,13 @@ def check_files(files: dict[Path, str], ds: Dataset, dist: Dist = Dist(), progre
                 bar.update()
     if bar is not None:
         bar.close()
-    _raise_first([line for _, part in sorted(p for rank in dist.gather(found) for p in rank) for line in part], ds)
+    lines = [line for _, part in sorted(p for rank in dist.gather(found) for p in rank) for line in part]
+    _raise_first(lines, ds)
+    return [line for line in lines if line.startswith("note:")]
+
+
+def _scored(ds: Dataset) -> tuple[int, ...]:
+    return tuple(sorted({lab for spec in ds.metrics for lab in spec.labels}))
 
 
 def _raise_first(lines: list[str], ds: Dataset) -> None:

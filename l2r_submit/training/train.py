@@ -23,6 +23,7 @@ close, not bit-identical.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -209,14 +210,17 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
     labels = _label_source(cfg)
     label_of = (lambda c: c.label) if cfg.labels == "dataset" else labels  # a missing true label map is an error
     files = preflight.run_files(ds, cases if epoch_data is None else [], label_of)
-    preflight.check_files(files, ds, dist, progress, torch.get_num_threads())
+    for note in preflight.check_files(files, ds, cfg.loss.n_classes, dist, progress, torch.get_num_threads()):
+        if dist.is_main:
+            print(note, file=sys.stderr)
+    classes = preflight.trained_labels(ds, cfg.loss.n_classes)
     train_config = _jsonable(cfg.to_dict())
 
     def epoch_items(epoch: int) -> TorchDataset:
         if epoch_data is not None:
             return epoch_data(epoch)
         pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
-        return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
+        return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels, classes)
 
     def save(path: Path, **extra) -> None:
         checkpoint.save(path, net, train_config=train_config, world_size=dist.world_size,
