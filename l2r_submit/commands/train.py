@@ -9,6 +9,13 @@ import click
 from .common import Fail, check_folder_option, load_dataset, training_stops
 
 
+class TrainingFail(Fail):
+    """The training itself failed (a non-finite loss or field): one line, exit code 1. Bad input and
+    arguments are :class:`Fail`'s exit code 2."""
+
+    exit_code = 1
+
+
 @click.command()
 @click.argument("dataset_json", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
@@ -68,6 +75,8 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
             row = tr.run(cfg, ds, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
+    except tr.TrainingFailed as exc:
+        raise TrainingFail(str(exc)) from None
     click.echo("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     click.echo(f"checkpoints: {out_dir / 'last.pt'}, {out_dir / 'best.pt'}; log: {out_dir / 'log.csv'}")
 

@@ -104,6 +104,11 @@ class PairDataset(TorchDataset):
         self.cases, self.pairs, self.crop, self.n_windows = cases, pairs, crop, n_windows
         self.seed, self.epoch, self.labels, self.classes = seed, epoch, labels, classes
 
+    def describe(self, index: int) -> str:
+        """Item ``index`` in words, for messages: ``MOVING onto FIXED`` (the images' paths)."""
+        moving_case, fixed_case = (self.cases[i] for i in self.pairs[index])
+        return f"{moving_case.image} onto {fixed_case.image}"
+
     def __len__(self) -> int:
         return len(self.pairs)
 
