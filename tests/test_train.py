@@ -216,6 +216,11 @@ def test_train_cli_bad_settings_are_one_line_errors(ds4, tmp_path):
     (["--set", "epochs=0"], "epochs: 0 received"),
     (["--set", "num_workers=-1"], "num_workers: -1 received"),
     (["--crop", "abc"], "crop: abc received, expected three positive sizes"),
+    # sizes of the network: a zero or negative one was a torch traceback from the first convolution
+    (["--set", "model.channel_multiplier=0"], "channel_multiplier: 0 received, expected a whole number of 1 or more"),
+    (["--set", "model.channel_multiplier=-1"], "channel_multiplier: -1 received"),
+    (["--set", "model.base_channels=4,0,16"], "base_channels: 4,0,16 received, expected whole numbers of 1 or more"),
+    (["--set", "model.encoder_convs=1,-1"], "encoder_convs: 1,-1 received, expected whole numbers of 0 or more"),
 ])
 def test_bad_loss_settings_and_learning_rates_are_refused_before_training(ds4, tmp_path, args, message):
     """An unknown similarity (it fell through to NCC), a loss weight or learning rate that is not finite or

@@ -25,6 +25,13 @@ class Fail(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
+class TrainingFail(Fail):
+    """The training itself failed (a non-finite loss or field): one line, exit code 1. Bad input and
+    arguments are :class:`Fail`'s exit code 2."""
+
+    exit_code = 1
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``docker stop``, Slurm, ``timeout``) raised as an interrupt, so that a run stops the way it
     does on Ctrl-C: the field being written is finished and every pair done is recorded."""

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from .common import (Fail, check_folder_option, check_new_file, file_by_file_stops, load_dataset, training_done,
-                     training_stops)
+from .common import (Fail, TrainingFail, check_folder_option, check_new_file, file_by_file_stops, load_dataset,
+                     training_done, training_stops)
 
 
 @click.group()
@@ -47,6 +47,7 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
     check_folder_option(out_dir, "--out")
     datasets = [load_dataset(p, None) for p in dataset_jsons]
     from ..training import segment as seg
+    from ..training.trainer import TrainingFailed
 
     try:
         cfg = seg.config_from_options(model, crop, epochs=epochs, batch_size=batch_size, lr=lr, val_every=val_every,
@@ -57,6 +58,8 @@ def train(dataset_jsons: tuple[Path, ...], out_dir: Path, model: str, epochs: in
             row = seg.run(cfg, datasets, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
+    except TrainingFailed as exc:
+        raise TrainingFail(str(exc)) from None
     training_done(row, out_dir)
 
 

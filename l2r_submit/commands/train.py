@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import Fail, check_folder_option, load_dataset, training_done, training_stops
+from .common import Fail, TrainingFail, check_folder_option, load_dataset, training_done, training_stops
 
 
 @click.command()
@@ -68,5 +68,7 @@ def train(dataset_json: Path, out_dir: Path, preset: str, model_preset: str, epo
             row = tr.run(cfg, ds, out_dir, resume=resume, progress=not quiet)
     except ValueError as exc:
         raise Fail(str(exc)) from None
+    except tr.TrainingFailed as exc:
+        raise TrainingFail(str(exc)) from None
     training_done(row, out_dir)
 

@@ -148,6 +148,50 @@ def read_volume(path: str | os.PathLike, dtype: type | None = None) -> Volume:
     return Volume(np.asarray(array), affine)
 
 
+def volume_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The (I, J, K) shape a volume file declares in its header, read without its voxels: a NIfTI header (for
+    ``.nii.gz``, the first bytes of the stream are decompressed), an ITK header. The voxels are not read, so
+    a damaged stream behind a good header is not found here (:func:`read_volume` finds it).
+
+    Returns:
+        The shape, as :func:`read_volume` would give it (a trailing axis of 1 dropped); None for a DICOM
+        folder, whose shape is known only from its files.
+
+    Raises:
+        ValueError: missing file, a header that cannot be read, not 3-D; the message names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise file_error(path, "file not found")
+    if path.is_dir():
+        return None
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            with _quiet_nibabel():
+                shape = tuple(int(n) for n in nib.load(str(path)).shape)
+        elif name.endswith(_ITK_SUFFIXES):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape = tuple(int(n) for n in reader.GetSize())  # x, y, z: read_volume's axis order
+        else:
+            raise file_error(path, "unknown volume format (expected .nii.gz, .nii, .mha, .nrrd or a DICOM folder)")
+    except ValueError:
+        raise
+    except Exception as exc:  # nibabel/SimpleITK/gzip raise many types for a bad header
+        raise file_error(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    if len(shape) == 4 and shape[-1] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise file_error(path, f"expected a 3-D volume, got shape {shape}")
+    return shape
+
+
 def _read_itk(path: Path, dicom: bool) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
@@ -190,8 +234,18 @@ def check_label_shape(path: str | os.PathLike, seg: np.ndarray, shape: tuple[int
     Raises:
         ValueError: another shape (one line naming the file).
     """
-    if seg.shape != tuple(shape):
-        raise file_error(path, f"{what} of shape {seg.shape}, expected {tuple(shape)} (the dataset's shape)")
+    check_shape(path, seg.shape, shape, what)
+
+
+def check_shape(path: str | os.PathLike, found: tuple[int, ...], shape: tuple[int, ...], what: str) -> None:
+    """A volume of ``path`` (an image, a label map, a mask: ``what``) has the dataset's shape; ``found`` from
+    its array or its header (:func:`volume_shape`).
+
+    Raises:
+        ValueError: another shape (one line naming the file and both shapes).
+    """
+    if tuple(found) != tuple(shape):
+        raise file_error(path, f"{what} of shape {tuple(found)}, expected {tuple(shape)} (the dataset's shape)")
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

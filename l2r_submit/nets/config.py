@@ -26,9 +26,22 @@ class _Levels:
         return asdict(self)
 
 
+def _whole(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _check_levels(cfg) -> None:
     if cfg.in_channels not in (1, 3):
         raise ValueError(f"in_channels: {cfg.in_channels} received, expected 1 or 3")
+    # a zero or negative size built a network that failed in its first convolution (a torch traceback)
+    if not _whole(cfg.channel_multiplier, 1):
+        raise ValueError(f"channel_multiplier: {cfg.channel_multiplier} received, expected a whole number of 1 or more")
+    if not all(_whole(c, 1) for c in cfg.base_channels):
+        raise ValueError(f"base_channels: {','.join(map(str, cfg.base_channels))} received, expected whole "
+                         "numbers of 1 or more")
+    if not all(_whole(c, 0) for c in cfg.encoder_convs):
+        raise ValueError(f"encoder_convs: {','.join(map(str, cfg.encoder_convs))} received, expected whole "
+                         "numbers of 0 or more")
     if len(cfg.base_channels) != len(cfg.encoder_convs) + 1:
         raise ValueError(f"base_channels has {len(cfg.base_channels)} levels, encoder_convs "
                          f"{len(cfg.encoder_convs)}: expected one more channel entry than conv entries")

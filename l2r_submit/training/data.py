@@ -101,6 +101,19 @@ def random_crop_box(shape: Sequence[int], crop: Sequence[int] | None, rng: np.ra
     return tuple(box)
 
 
+def keep_classes(seg: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """``seg`` with every value other than 0 and ``classes`` set to 0 (background), the rule of the training
+    loss for a label the dataset does not score (300, -1): ``l2r evaluate`` ignores such values, where the
+    loss's one-hot counted them as the nearest class (300 as the left adrenal gland).
+
+    Shape: (I, J, K) integers -> the same.
+    """
+    table = np.zeros(max(classes, default=0) + 1, seg.dtype)
+    table[list(classes)] = list(classes)
+    inside = (seg >= 0) & (seg < len(table))
+    return np.where(inside, table[np.clip(seg, 0, len(table) - 1)], 0).astype(seg.dtype, copy=False)
+
+
 class PairDataset(TorchDataset):
     """One epoch of training pairs.
 
@@ -108,13 +121,20 @@ class PairDataset(TorchDataset):
     :func:`l2r_submit.nets.inputs.preprocess` computed on the WHOLE image before cropping (the min-max of the
     paper is per image), and, when both cases have labels,
     ``{"moving_seg", "fixed_seg"}`` (1, I, J, K) int64, all cropped with one box. A batch of pairs with
-    labels and pairs without cannot be mixed: use one label source for a run.
+    labels and pairs without cannot be mixed: use one label source for a run. ``classes``: the label ids
+    trained; other values are background (:func:`keep_classes`); None: the label maps as they are.
     """
 
     def __init__(self, cases: list[Case], pairs: list[tuple[int, int]], crop: Sequence[int] | None,
-                 seed: int, epoch: int, labels: LabelSource = dataset_labels, n_windows: int = 1) -> None:
+                 seed: int, epoch: int, labels: LabelSource = dataset_labels, n_windows: int = 1,
+                 classes: Sequence[int] | None = None) -> None:
         self.cases, self.pairs, self.crop, self.n_windows = cases, pairs, crop, n_windows
-        self.seed, self.epoch, self.labels = seed, epoch, labels
+        self.seed, self.epoch, self.labels, self.classes = seed, epoch, labels, classes
+
+    def describe(self, index: int) -> str:
+        """Item ``index`` in words, for messages: ``MOVING onto FIXED`` (the images' paths)."""
+        moving_case, fixed_case = (self.cases[i] for i in self.pairs[index])
+        return f"{moving_case.image} onto {fixed_case.image}"
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -131,6 +151,8 @@ class PairDataset(TorchDataset):
                 for name, vol in (("moving", moving), ("fixed", fixed))}
         ml, fl = self.labels(moving_case), self.labels(fixed_case)
         if ml is not None and fl is not None:
-            item["moving_seg"] = torch.from_numpy(io.read_labels(ml)[box].astype(np.int64))[None]
-            item["fixed_seg"] = torch.from_numpy(io.read_labels(fl)[box].astype(np.int64))[None]
+            for key, path in (("moving_seg", ml), ("fixed_seg", fl)):
+                seg = io.read_labels(path)[box]
+                seg = keep_classes(seg, self.classes) if self.classes is not None else seg
+                item[key] = torch.from_numpy(seg.astype(np.int64))[None]
         return item

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from ..core import folders, io, runtime, spatial
-from ..core.dataset import Dataset
+from ..core.dataset import Dataset, Pair
 from ..evaluation import scoring
 from ..nets import checkpoint, inputs, regnet
-from . import data, distributed, losses, trainer
+from . import data, distributed, losses, preflight, trainer
 from .distributed import Dist
-from .trainer import Share, StepFn
+from .trainer import Share, StepFn, TrainingFailed  # noqa: F401  (the API: train.TrainingFailed)
 
 from .train_config import TRAIN_PRESETS, TrainConfig, parse_setting, preset_config  # noqa: F401  (the API: train.X)
 
@@ -71,10 +71,16 @@ def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: 
     on stderr (rank 0), as whole volumes take seconds per pair.
 
     Distributed: rank r registers pairs r, r + world_size, ...; the per-pair results are gathered and
-    aggregated in the pairs' order on every rank, so the numbers equal a single process's.
+    aggregated in the pairs' order on every rank, so the numbers equal a single process's. A pair that
+    fails stops every rank with the same error (the first failed pair's), after the gather: one rank
+    raising alone left the others waiting in the gather (a gloo traceback).
 
     Returns:
         ``{"val_loss", "DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"}`` means (metrics only with labels).
+
+    Raises:
+        ValueError: a val image or label map that is not the dataset's shape, an image with NaN or inf values.
+        trainer.TrainingFailed: the network's field for a pair holds NaN or inf values.
     """
     pairs = list(ds.pairs("val"))
     if not pairs:  # --final-submission on a dataset without val pairs: nothing to score
@@ -86,26 +92,48 @@ def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: 
     mine_idx = range(dist.rank, len(pairs), dist.world_size)
     for index in tqdm(mine_idx, desc="validation", unit="pair", file=sys.stderr, leave=False,
                       disable=not (progress and dist.is_main)):
-        pair = pairs[index]
-        moving = torch.from_numpy(io.read_volume(pair.moving.image, np.float32).array)[None, None].to(device)
-        fixed = torch.from_numpy(io.read_volume(pair.fixed.image, np.float32).array)[None, None].to(device)
-        disp = regnet.register(net, moving, fixed)
-        n = net.cfg.in_channels
-        sim = losses.mse(spatial.warp_image(inputs.preprocess(moving, n), disp), inputs.preprocess(fixed, n))
-        case = None
-        if pair.fixed.label.exists() and pair.moving.label.exists():
-            case = scoring.score_case(io.read_labels(pair.fixed.label), io.read_labels(pair.moving.label),
-                                      disp[0].cpu().numpy(), ds.metrics)
-        mine.append((index, pair.key, float(sim + w.reg * losses.gradient_l1(disp)), case))
+        try:
+            mine.append((index, pairs[index].key, *_validate_pair(net, ds, pairs[index], device, w), None))
+        except (ValueError, trainer.TrainingFailed) as exc:
+            mine.append((index, pairs[index].key, 0.0, None, exc))
+            break
     results = sorted((r for part in dist.gather(mine) for r in part), key=lambda r: r[0])
-    cases = {key: case for _, key, _, case in results if case is not None}
-    out = {"val_loss": float(np.mean([loss for _, _, loss, _ in results]))}
+    failed = [r[4] for r in results if r[4] is not None]
+    if failed:
+        raise failed[0]
+    cases = {key: case for _, key, _, case, _ in results if case is not None}
+    out = {"val_loss": float(np.mean([loss for _, _, loss, _, _ in results]))}
     agg = scoring.aggregate(cases, ds.metrics)
     for name in ("DSC", "HD95", "LogJacDetStd", "jac_nonpos_fraction"):
         if name in agg:
             out[name] = agg[name]["mean"]
     net.train()
     return out
+
+
+def _validate_pair(net: regnet.RegistrationNet, ds: Dataset, pair: Pair, device: torch.device,
+                   w: losses.LossWeights) -> tuple[float, dict | None]:
+    """One val pair: its loss and, when both label maps exist, its scores (:func:`validate`)."""
+    images = []
+    for case in (pair.moving, pair.fixed):
+        array = io.read_volume(case.image, np.float32).array
+        io.check_image(case.image, array, ds.shape)  # a NaN voxel gave a NaN field, then an IndexError traceback
+        images.append(torch.from_numpy(array)[None, None].to(device))
+    moving, fixed = images
+    disp = regnet.register(net, moving, fixed)
+    if not torch.isfinite(disp).all():
+        raise trainer.TrainingFailed(f"val pair {pair.key}: the network's field holds NaN or inf values (its images "
+                                     "are finite): the weights have diverged")
+    n = net.cfg.in_channels
+    sim = losses.mse(spatial.warp_image(inputs.preprocess(moving, n), disp), inputs.preprocess(fixed, n))
+    case = None
+    if pair.fixed.label.exists() and pair.moving.label.exists():
+        segs = []
+        for path in (pair.fixed.label, pair.moving.label):
+            segs.append(io.read_labels(path))
+            io.check_label_shape(path, segs[-1], ds.shape)  # scoring alone named neither the file nor the pair
+        case = scoring.score_case(*segs, disp[0].cpu().numpy(), ds.metrics)
+    return float(sim + w.reg * losses.gradient_l1(disp)), case
 
 
 class TrainingForward(torch.nn.Module):
@@ -227,13 +255,19 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
     labels = _label_source(cfg)
     if cfg.labels == "folder" and epoch_data is None:
         data.check_label_folder(cases, cfg.labels_dir or "")
+    label_of = (lambda c: c.label) if cfg.labels == "dataset" else labels  # a missing true label map is an error
+    files = preflight.run_files(ds, cases if epoch_data is None else [], label_of)
+    for note in preflight.check_files(files, ds, cfg.loss.n_classes, dist, progress, torch.get_num_threads()):
+        if dist.is_main:
+            print(note, file=sys.stderr)
+    classes = preflight.trained_labels(ds, cfg.loss.n_classes)
     train_config = _jsonable(cfg.to_dict())
 
     def epoch_items(epoch: int) -> TorchDataset:
         if epoch_data is not None:
             return epoch_data(epoch)
         pairs = data.epoch_pairs(len(cases), epoch, cfg.seed)
-        return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels)
+        return data.PairDataset(cases, pairs, cfg.crop, cfg.seed, epoch, labels, cfg.model.in_channels, classes)
 
     def save(path: Path, **extra) -> None:
         checkpoint.save(path, net, train_config=train_config, world_size=dist.world_size,

@@ -7,6 +7,10 @@ accumulation, validation every N epochs, ``last.pt``/``best.pt``, ``log.jsonl``/
 resume, a step limit and a time budget, and distributed data parallel when the process was started by
 ``torchrun`` (:mod:`l2r_submit.training.distributed`): each rank trains on its piece of every global batch, the
 gradients are averaged by :class:`torch.nn.parallel.DistributedDataParallel`, and only rank 0 writes.
+
+A step whose loss is NaN or infinite stops the run (:class:`TrainingFailed`) before anything of its epoch
+is written, so ``last.pt`` keeps the last good epoch: a NaN input used to train NaN weights into ``last.pt``
+at every epoch, without a word, until the validation failed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from ..core import folders, runtime
 from . import distributed
 from .distributed import Dist, rank_batches
 from .train_logs import plot_curves, write_logs
+
+
+class TrainingFailed(RuntimeError):
+    """The training itself went wrong, not its input: a non-finite loss, or a non-finite field in validation.
+    One line naming the epoch, the step and the items, and what the run folder keeps."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,8 @@ def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist 
 
     Raises:
         ValueError: a resumed run that already reached ``loop.epochs``, an epoch that cannot be split
-            over the ranks.
+            over the ranks, an item that cannot be read (one line, also from a DataLoader worker).
+        TrainingFailed: a non-finite loss, or ``task.validate``'s; nothing of that epoch is written.
     """
     use_amp = device.type == "cuda"
     if use_amp:
@@ -226,7 +236,7 @@ def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist 
 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{loop.epochs}", file=sys.stderr,
                    disable=not (loop.progress and dist.is_main), leave=False)
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(_one_line_worker_errors(bar)):
             share = Share(len(batches[i][0]), batches[i][1], dist)
             batch = {k: v.to(device) for k, v in batch.items()}
             boundary = (i + 1) % loop.accumulate == 0 or i + 1 == len(batches)
@@ -242,8 +252,11 @@ def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist 
                     torch.nn.utils.clip_grad_norm_(task.model.parameters(), loop.grad_clip)
                 scaler.step(task.optimizer)
                 scaler.update()
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            for k, v in dist.weighted_mean(values, share.weight).items():
+            values = dist.weighted_mean({k: float(v.detach()) for k, v in terms.items()}, share.weight)
+            if not all(math.isfinite(v) for v in values.values()):  # the same on every rank: a global mean
+                bar.close()
+                raise _non_finite_loss(epoch, i, values, items, loop.batch_size, batch, dist, out_dir, history)
+            for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1
             steps += 1
@@ -253,7 +266,10 @@ def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist 
         out_of_time = dist.main_says(loop.max_seconds is not None and time.perf_counter() - t_start >= loop.max_seconds)
         final = epoch + 1 == loop.epochs or out_of_time or (loop.max_steps is not None and steps >= loop.max_steps)
         if (epoch + 1) % loop.val_every == 0 or final:
-            row.update(task.validate(dist))
+            try:
+                row.update(task.validate(dist))
+            except TrainingFailed as exc:  # nothing of this epoch is saved
+                raise TrainingFailed(f"epoch {epoch + 1}: {exc}; {_kept(out_dir, history)}") from None
             score = task.score(row, epoch)
             if score > best:
                 best = score
@@ -277,3 +293,47 @@ def fit(task: Task, loop: Loop, out_dir: Path, device: torch.device, dist: Dist 
         plot_curves(history, out_dir / "curves.png")
     dist.barrier()
     return row or (history[-1] if history else {})
+
+
+def _one_line_worker_errors(batches):
+    """The batches of a DataLoader; a ValueError raised in one of its worker processes (a file that cannot be
+    read, named) comes back as that one line: torch re-raises it with the worker's whole traceback in its
+    message, which the CLI printed as its "one-line" error."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except ValueError as exc:
+            text = str(exc)
+            if not (text.startswith("Caught ValueError in DataLoader worker") and "\n" in text):
+                raise
+            getattr(batches, "close", lambda: None)()
+            raise ValueError(text.rstrip().rsplit("\n", 1)[-1].removeprefix("ValueError: ")) from None
+        yield batch
+
+
+def _kept(out_dir: Path, history: list[dict]) -> str:
+    """What the run folder keeps when a run stops within an epoch (``last.pt`` is written at each epoch's end)."""
+    if history:
+        return f"{out_dir / 'last.pt'} holds epoch {history[-1]['epoch']}, the last finished one"
+    return "no epoch had finished, so no checkpoint was written"
+
+
+def _non_finite_loss(epoch: int, step: int, values: dict[str, float], items: torch.utils.data.Dataset,
+                     global_batch: int, batch: dict, dist: Dist, out_dir: Path, history: list[dict]) -> TrainingFailed:
+    """The line of a step whose loss is NaN or infinite: the terms that are, the items of the (global) batch,
+    named by ``items.describe(index)`` when the items can say (e.g. ``MOVING onto FIXED``), whether an input
+    tensor held NaN or inf (on any rank), and what the run folder keeps; the epoch is not saved."""
+    bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+    indices = rank_batches(len(items), global_batch, 0, 1)[step][0]
+    describe = getattr(items, "describe", None)
+    named = ", ".join(describe(i) for i in indices) if callable(describe) else f"items {indices}"
+    finite = all(torch.isfinite(v).all().item() for v in batch.values() if torch.is_floating_point(v))
+    if all(dist.gather(finite)):
+        why = "its inputs are finite, so the training diverged (a lower learning rate or a gradient clip may help)"
+    else:
+        why = "an input of the batch holds NaN or inf values"
+    return TrainingFailed(f"epoch {epoch + 1}, step {step + 1}: the loss is not finite ({bad}) on the batch of "
+                          f"{named}; {why}; stopped before saving the epoch: {_kept(out_dir, history)}")
