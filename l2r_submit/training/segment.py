@@ -196,7 +196,7 @@ def seg_step(n_classes: int, use_amp: bool, device_type: str):
 
 @torch.no_grad()
 def validate(net: segnet.SegmentationNet, cases: list[Case], names: list[str], device: torch.device,
-             dist: Dist = Dist()) -> dict:
+             dist: Dist = Dist(), progress: bool = False) -> dict:
     """Whole-volume segmentation of the validation scans, Dice per organ (NaN where a scan and its
     prediction both lack the organ; such scans do not count for that organ).
 
@@ -209,7 +209,7 @@ def validate(net: segnet.SegmentationNet, cases: list[Case], names: list[str], d
         return {}
     net.eval()
     mine = []
-    for index in range(dist.rank, len(cases), dist.world_size):
+    for index in trainer.rank_indices(len(cases), dist, progress):  # a bar on rank 0 with progress
         case = cases[index]
         ct = torch.from_numpy(io.read_volume(case.image, np.float32).array)[None, None].to(device)
         pred = segnet.segment(net, ct)[0].cpu().numpy()
@@ -288,7 +288,7 @@ def _run(cfg: SegTrainConfig, datasets: Sequence[Dataset], out_dir: Path, resume
     task = trainer.Task(
         model=net, optimizer=opt, epoch_items=lambda epoch: SegItems(train, cfg, epoch),
         step=seg_step(cfg.model.n_classes, device.type == "cuda", device.type),
-        validate=lambda d: validate(net, val, names, device, d), score=score, save=save,
+        validate=lambda d: validate(net, val, names, device, d, progress), score=score, save=save,
         config={**train_config, "train_cases": len(train), "val_cases": [c.image.name for c in val]})
     loop = trainer.Loop(epochs=cfg.epochs, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                         val_every=cfg.val_every, max_steps=max_steps, progress=progress)

@@ -87,11 +87,7 @@ def validate(net: regnet.RegistrationNet, ds: Dataset, device: torch.device, w: 
         return {}
     net.eval()
     mine = []
-    from tqdm import tqdm
-
-    mine_idx = range(dist.rank, len(pairs), dist.world_size)
-    for index in tqdm(mine_idx, desc="validation", unit="pair", file=sys.stderr, leave=False,
-                      disable=not (progress and dist.is_main)):
+    for index in trainer.rank_indices(len(pairs), dist, progress):
         try:
             mine.append((index, pairs[index].key, *_validate_pair(net, ds, pairs[index], device, w), None))
         except (ValueError, trainer.TrainingFailed) as exc:

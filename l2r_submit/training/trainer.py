@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -113,6 +113,15 @@ class Loop:
     max_steps: int | None = None
     max_seconds: float | None = None
     progress: bool = True
+
+
+def rank_indices(n: int, dist: Dist, progress: bool, desc: str = "validation") -> Iterator[int]:
+    """The items ``0..n-1`` this rank handles (``rank``, ``rank + world_size``, ...), with a progress bar on
+    stderr on rank 0 when ``progress`` (a whole-volume validation takes seconds per item)."""
+    from tqdm import tqdm
+
+    return iter(tqdm(range(dist.rank, n, dist.world_size), desc=desc, unit="item", file=sys.stderr, leave=False,
+                     disable=not (progress and dist.is_main)))
 
 
 def claim_folder(out_dir: Path) -> contextlib.AbstractContextManager:
