@@ -14,6 +14,7 @@ ranks of each batch is exactly the single-process batch.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,13 @@ def stop(dist: Dist) -> None:
     """Leave the process group :func:`start` joined for ``dist`` (a no-op in a single process, and for a group
     an outer caller joined: joining a group again after leaving it is not reliable with gloo)."""
     if dist.distributed and dist.owns_group and tdist.is_initialized():
+        # every rank past its last collective first: a rank that tore the group down while another still
+        # read from it aborted both ('terminate called without an active exception', SIGABRT; seen in CI)
+        try:
+            tdist.barrier()
+        except RuntimeError:  # a peer already gone (it failed): nothing left to wait for
+            pass
+        gc.collect()  # DDP wrappers of finished trainings hold the group: freed now, not in the interpreter's exit
         tdist.destroy_process_group()
 
 
