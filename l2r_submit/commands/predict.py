@@ -233,6 +233,8 @@ def _check_labels_for_evaluate(ds, split: str | None, wanted: tuple[str, ...] | 
         selected = select_pairs(ds, split, wanted)
     except ValueError:
         return  # the run reports the selection, in its own words
+    if not any(spec.labels for spec in ds.metrics):  # a label-free task: SDlogJ alone is scored
+        return
     missing = ds.missing_files(selected, images=False, labels=True)
     if missing:
         raise Fail(f"--evaluate: {len(missing)} label maps of the selected pairs are missing (first: {missing[0]}); "

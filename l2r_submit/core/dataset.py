@@ -326,6 +326,9 @@ def _annotated(value: object, labels: tuple[int, ...], where: str) -> tuple[int,
 
 
 def _default_metrics(labels: tuple[int, ...]) -> tuple[MetricSpec, ...]:
+    """SDlogJ, and Dice and HD95 of ``labels`` when there are any (a label-free task: SDlogJ only)."""
+    if not labels:
+        return (MetricSpec("LogJacDetStd", "sdlogj"),)
     return (MetricSpec("LogJacDetStd", "sdlogj"), MetricSpec("DSC", "dice", labels),
             MetricSpec("HD95", "hd95", labels))
 
@@ -337,8 +340,11 @@ def _labels_of_dataset(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[s
     AbdomenCTCT file); per-modality sets are joined. Without ``labels`` the AbdomenCTCT set 1..13
     is used and a note says so.
 
+    ``labels`` holding no non-zero key (``{}``, as Learn2Reg's label-free lung tasks have) means no label
+    to score: SDlogJ alone.
+
     Raises:
-        ValueError: ``labels`` that is not an object of integer keys, or holds no non-zero key.
+        ValueError: ``labels`` that is not an object of integer keys, or a negative key.
     """
     if "labels" not in data:
         return L2R_LABELS, ("no 'labels' key: scoring the AbdomenCTCT labels 1..13",)
@@ -354,7 +360,9 @@ def _labels_of_dataset(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[s
     except ValueError:
         raise ValueError(f"{path}: labels: keys must be integers, got {sorted(map(str, keys))}") from None
     values = [v for v in values if v != 0]
-    if not values or min(values) < 0:
+    if not values:  # {} or background alone: a label-free task (Learn2Reg's LungCT, NLST), registered as any
+        return (), ("'labels' names no organ: no Dice or HD95, only SDlogJ is scored",)
+    if min(values) < 0:
         raise ValueError(f"{path}: labels: expected positive label keys beside 0, got {sorted(map(str, keys))}")
     return tuple(values), (f"labels scored: {', '.join(map(str, values))} (the non-zero keys of 'labels')",)
 def _modality(value: object) -> str:

@@ -41,6 +41,8 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
     if "eval" in ds.splits and not ds.splits["eval"]:  # an evaluation config exists to score its pairs
         lines.append(f"error: {ds.source}: eval_pairs is empty: nothing to score")
     names = [split] if split is not None else list(ds.splits)
+    masks = labels and ds.masked
+    labels = labels and any(spec.labels for spec in ds.metrics)  # a label-free task needs no label map
     paths: dict[Path, str] = {}  # path -> what it is: image, label map or mask
     image_of: dict[Path, Path] = {}  # label map -> its image
     for name in names:
@@ -50,7 +52,7 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
                 if labels and name in LABELLED_SPLITS:
                     paths[c.label] = "label map"
                     image_of[c.label] = c.image
-            if labels and ds.masked and name in LABELLED_SPLITS:
+            if masks and name in LABELLED_SPLITS:
                 try:
                     paths.setdefault(ds.mask_of(p.fixed), "mask")
                 except ValueError as exc:  # a mask path that leaves the data folder

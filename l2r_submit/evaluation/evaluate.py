@@ -194,6 +194,9 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
     else:
         disp = disp_files.read_disp(disp_path, shape, protocol)
     evaluated = {lab for s in specs for lab in s.labels}
+    if not _label_metrics(specs):  # SDlogJ alone (a label-free task): no label map is read
+        empty = np.zeros(shape, np.int32)
+        return scoring.score_case(empty, empty, disp, specs, _read_mask(mask_path, shape, pair, notes)), notes
     read = labels.get if labels is not None else read_labels
     fixed_seg, fixed_present = read(pair.fixed.label)
     moving_seg, moving_present = read(pair.moving.label)
@@ -211,16 +214,26 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
             if extra:
                 shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
                 notes.append(f"{path}: labels {shown} are not evaluated and were ignored")
-    mask = None
+    return scoring.score_case(fixed_seg, moving_seg, disp, specs, _read_mask(mask_path, shape, pair, notes)), notes
+
+
+def _label_metrics(specs: tuple) -> bool:
+    """Whether any metric reads label maps (Dice, HD95)."""
+    return any(s.metric in ("dice", "hd95") for s in specs)
+
+
+def _read_mask(mask_path: Path | ValueError | None, shape: tuple, pair: Pair, notes: list[str]) -> np.ndarray | None:
+    """The fixed image's mask of a masked evaluation (None: unmasked, with a note when the file is missing)."""
     if isinstance(mask_path, ValueError):
         raise mask_path
-    if mask_path is not None:  # masked_evaluation
-        if mask_path.is_file():
-            mask = io.read_volume(mask_path).array
-            io.check_label_shape(mask_path, mask, shape, "mask")
-        else:  # the evaluator prints a note and scores SDlogJ unmasked
-            notes.append(f"{mask_path}: mask not found; SDlogJ of {pair.key} is unmasked, as the evaluator does")
-    return scoring.score_case(fixed_seg, moving_seg, disp, specs, mask), notes
+    if mask_path is None:
+        return None
+    if not mask_path.is_file():  # the evaluator prints a note and scores SDlogJ unmasked
+        notes.append(f"{mask_path}: mask not found; SDlogJ of {pair.key} is unmasked, as the evaluator does")
+        return None
+    mask = io.read_volume(mask_path).array
+    io.check_label_shape(mask_path, mask, shape, "mask")  # masked_evaluation
+    return mask
 
 
 def _present_labels(seg: np.ndarray) -> list[int]:
@@ -266,7 +279,7 @@ def run(cfg: EvalConfig) -> EvalResult:
     if not pairs:
         which = [cfg.split] if cfg.split else list(ds.splits)
         raise ValueError(f"{ds.source}: no pairs to score ({', '.join(which)}: empty)")
-    missing_labels = ds.missing_files(pairs, images=False, labels=True)
+    missing_labels = ds.missing_files(pairs, images=False, labels=True) if _label_metrics(ds.metrics) else []
     if missing_labels:
         raise ValueError("missing label files: " + ", ".join(map(str, missing_labels)))
     found: dict[str, Path | None] = {}
