@@ -197,3 +197,35 @@ def test_pairs_of_the_same_subjects_in_two_channels_get_a_qc_picture_each(tmp_pa
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in qc.glob("qc_*.png")) == ["qc_0001_0001_0002_0000.png", "qc_0001_0001_0002_0001.png"]
     assert dataset.qc_name("0001_0000<--0002_0000") == "qc_0001_0002.png"  # two 0000 images: the name as before
+
+
+def test_a_declared_ct_without_negative_values_is_normalised_as_another_modality(tmp_path):
+    """CT stored as HU + 1024 (or MR in a JSON without "modality") went through the CT window, clipped to a few
+    values, and ended below the zero field; its percentiles normalise it now, as an MR image's, with a note."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from conftest import invoke, write_tiny_dataset
+
+    fields = {}
+    for name, modality in (("offset_ct", "CT"), ("declared_mr", "MR")):
+        path = write_tiny_dataset(tmp_path / name)
+        spec = json.loads(path.read_text())
+        spec["modality"] = {"0": modality}
+        spec["registration_val"] = spec["registration_val"][:1]
+        path.write_text(json.dumps(spec))
+        for image in (tmp_path / name / "imagesTr").iterdir():
+            img = nib.load(image)
+            nib.save(nib.Nifti1Image((np.asarray(img.dataobj) + 1024).astype(np.int16), img.affine), image)
+        result = invoke("predict", path, "--out", tmp_path / name / "out", "--threads", "1", "--io-iters-non-ct", "5")
+        assert result.exit_code == 0, result.output
+        fields[name] = np.asarray(nib.load(tmp_path / name / "out" / "disp_0001_0000_0002_0000.nii.gz").dataobj)
+        record = json.loads((tmp_path / name / "out" / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]
+        if modality == "CT":
+            assert "declared CT, but no voxel is below 0" in result.output
+            assert len(record["not_hu"]) == 2
+        else:
+            assert "declared CT" not in result.output and "not_hu" not in record
+    np.testing.assert_array_equal(fields["offset_ct"], fields["declared_mr"])

@@ -96,6 +96,19 @@ def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarra
     return moving_vol.array, fixed_vol.array, message
 
 
+def in_hounsfield_units(image: np.ndarray, case, note: Callable[[str], None], details: dict) -> bool:
+    """True for an image its dataset declares CT: False (and a note, and ``details["not_hu"]`` naming it) when
+    no voxel is below 0. CT in Hounsfield units always has some (fat is about -100, air -1000); an image
+    without is stored with an offset (HU + 1024) or is another modality (a JSON without ``modality`` is taken
+    as CT). The CT window would clip it to a few values; its 1st-99th percentiles normalise it instead."""
+    if float(image.min()) < 0.0:
+        return True
+    note(f"{case.image}: declared CT, but no voxel is below 0 (not Hounsfield units: stored as HU + 1024, or "
+         "another modality): normalised by its 1st-99th percentiles, as another modality")
+    details.setdefault("not_hu", []).append(str(case.image))
+    return False
+
+
 def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
                   note: Callable[[str], None] | None = None,
                   images: tuple[np.ndarray, np.ndarray, str | None] | None = None,
@@ -179,8 +192,11 @@ def run(cfg: PredictConfig) -> dict:
         check_min_shape(ds.shape, net.cfg.divisor, ds.source)
     built: dict[tuple[bool, bool], list] = {}  # the stages per (moving, fixed) CT flags of a pair
 
-    def stages_for(pair: Pair) -> list:
+    def stages_for(pair: Pair, images: tuple | None = None) -> list:
         flags = (ds.is_ct_image(pair.moving), ds.is_ct_image(pair.fixed))
+        if images is not None:  # a declared CT image that cannot be in HU is normalised as another modality
+            flags = tuple(ct and in_hounsfield_units(image, case, note, chosen.setdefault(pair, {}))
+                          for ct, image, case in zip(flags, images[:2], (pair.moving, pair.fixed)))
         if flags not in built:
             built[flags] = stg.build(names, net, cfg.search, cfg.io, flags, cfg.affine)
         return built[flags]
@@ -313,7 +329,7 @@ def run(cfg: PredictConfig) -> dict:
     try:
         left = pipeline.run_items(
             todo, lambda pair: read_pair(pair, ds.shape),
-            lambda pair, images: register_pair(stages_for(pair), pair, device, ds.shape, note, images,
+            lambda pair, images: register_pair(stages_for(pair, images), pair, device, ds.shape, note, images,
                                                chosen.setdefault(pair, {})),
             write, done, overlap=cfg.pipeline)
     except KeyboardInterrupt:  # Ctrl-C: record where it stopped, then stop
