@@ -53,6 +53,15 @@ def write_tiny_dataset(root: Path, n_subjects: int = 3, shape=TINY_SHAPE, seed: 
     return path
 
 
+def write_one_val_pair_dataset(root: Path, n_subjects: int = 4) -> Path:
+    """:func:`write_tiny_dataset` with one val pair (0001, 0002), so that subjects 0003.. train."""
+    path = write_tiny_dataset(root, n_subjects=n_subjects)
+    spec = json.loads(path.read_text())
+    spec["registration_val"] = spec["registration_val"][:1]
+    path.write_text(json.dumps(spec))
+    return path
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "data")

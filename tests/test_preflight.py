@@ -3,7 +3,6 @@ misshapen training or val file, an image with NaN voxels, label values the datas
 
 from __future__ import annotations
 
-import json
 
 import nibabel as nib
 import numpy as np
@@ -14,17 +13,13 @@ from l2r_submit.cli import main
 from l2r_submit.core import dataset, integrity
 from l2r_submit.training import data, preflight, train
 
-from conftest import write_tiny_dataset
+from conftest import write_one_val_pair_dataset
 
 
 @pytest.fixture
 def ds_json(tmp_path):
     """Four subjects, one val pair (0001, 0002): 0003 and 0004 train."""
-    path = write_tiny_dataset(tmp_path / "data", n_subjects=4)
-    spec = json.loads(path.read_text())
-    spec["registration_val"] = spec["registration_val"][:1]
-    path.write_text(json.dumps(spec))
-    return path
+    return write_one_val_pair_dataset(tmp_path / "data")
 
 
 def _label(ds_json, case):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import invoke, write_tiny_dataset
+from conftest import invoke, write_one_val_pair_dataset
 from fake_cuda import DeviceMixError, OnCuda, simulated_cuda
 from test_segment import challenge_and_cohort
 
@@ -25,15 +25,6 @@ from test_segment import challenge_and_cohort
 def cuda(monkeypatch):
     with simulated_cuda(monkeypatch):
         yield
-
-
-def _dataset(root: Path) -> Path:
-    """The tiny dataset with one val pair (0001, 0002), so that subjects 0003 and 0004 train."""
-    path = write_tiny_dataset(root, n_subjects=4)
-    data = json.loads(path.read_text())
-    data["registration_val"] = data["registration_val"][:1]
-    path.write_text(json.dumps(data))
-    return path
 
 
 def _ok(result) -> None:
@@ -81,7 +72,7 @@ def _field(folder: Path) -> np.ndarray:
 
 
 def test_predict_with_every_stage_on_cuda_gives_the_cpu_field(tmp_path, monkeypatch):
-    ds = _dataset(tmp_path / "data")
+    ds = write_one_val_pair_dataset(tmp_path / "data")
     args = ["predict", ds, "--stages", "network,affine,search,adam", "--io-iters", "5", "--threads", "1"]
     _ok(invoke(*args, "--out", tmp_path / "cpu", "--device", "cpu"))
     with simulated_cuda(monkeypatch):
@@ -100,7 +91,7 @@ def test_predict_with_every_stage_on_cuda_gives_the_cpu_field(tmp_path, monkeypa
     ("--shard", "0/1", "--sequential"),
 ])
 def test_predict_options_on_cuda(tmp_path, cuda, options):
-    result = invoke("predict", _dataset(tmp_path / "data"), "--out", tmp_path / "out", "--device", "cuda",
+    result = invoke("predict", write_one_val_pair_dataset(tmp_path / "data"), "--out", tmp_path / "out", "--device", "cuda",
                     "--io-iters", "5", "--threads", "1", *options)
     _ok(result)
     assert _field(tmp_path / "out").shape == (24, 20, 28, 3)
@@ -108,7 +99,7 @@ def test_predict_options_on_cuda(tmp_path, cuda, options):
 
 def test_predict_mr_on_cuda(tmp_path, cuda):
     """Percentile normalisation (a non-CT modality) on the device."""
-    ds = _dataset(tmp_path / "data")
+    ds = write_one_val_pair_dataset(tmp_path / "data")
     data = json.loads(ds.read_text())
     data["modality"] = {"0": "MR"}
     ds.write_text(json.dumps(data))
@@ -116,7 +107,7 @@ def test_predict_mr_on_cuda(tmp_path, cuda):
 
 
 def test_train_resume_then_predict_with_the_checkpoint_on_cuda(tmp_path, cuda):
-    ds = _dataset(tmp_path / "data")
+    ds = write_one_val_pair_dataset(tmp_path / "data")
     run = tmp_path / "run"
     args = ["train", ds, "--out", run, "--model", "tiny", "--crop", "16,16,16", "--batch-size", "2",
             "--val-every", "1", "--workers", "0", "--device", "cuda", "--quiet"]
@@ -143,7 +134,7 @@ def test_whole_volume_training_items_are_made_on_cuda_and_train(tmp_path, cuda):
     from l2r_submit.training import train
     from l2r_submit.training.volume_pairs import VolumePairs
 
-    ds = dataset.load(_dataset(tmp_path / "data"))
+    ds = dataset.load(write_one_val_pair_dataset(tmp_path / "data"))
     anatomies = [(io.read_volume(c.image, np.float32).array, io.read_labels(c.label)) for c in ds.training[2:]]
     on_cpu = VolumePairs(anatomies, 2, seed=0, epoch=0, max_disp=3.0)[1]
     on_gpu = VolumePairs(anatomies, 2, seed=0, epoch=0, max_disp=3.0, device="cuda")[1]

@@ -10,7 +10,7 @@ from l2r_submit.training import data, losses, train
 from l2r_submit.core import dataset
 from l2r_submit.cli import main
 
-from conftest import write_tiny_dataset
+from conftest import write_one_val_pair_dataset
 
 SETTINGS = dict(epochs=2, crop=(16, 16, 16), val_every=1, num_workers=0, device="cpu", batch_size=2,
                 **{"loss.n_classes": 5})
@@ -18,11 +18,7 @@ SETTINGS = dict(epochs=2, crop=(16, 16, 16), val_every=1, num_workers=0, device=
 
 def _dataset_with_val_pair(root, n_subjects: int = 4):
     """The tiny dataset with one val pair (0001, 0002): subjects 0003.. are the training subjects."""
-    path = write_tiny_dataset(root, n_subjects=n_subjects)
-    spec = json.loads(path.read_text())
-    spec["registration_val"] = spec["registration_val"][:1]
-    path.write_text(json.dumps(spec))
-    return dataset.load(path)
+    return dataset.load(write_one_val_pair_dataset(root, n_subjects))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import invoke, write_tiny_dataset
+from conftest import invoke, write_one_val_pair_dataset
 from l2r_submit.commands.common import training_stops
 from l2r_submit.core import folders
 
@@ -17,11 +17,7 @@ TINY = ["--model", "tiny", "--crop", "16,16,16", "--val-every", "1", "--workers"
 @pytest.fixture
 def ds(tmp_path):
     """The tiny dataset with one val pair (0001, 0002): 0003 and 0004 train."""
-    path = write_tiny_dataset(tmp_path / "data", n_subjects=4)
-    spec = json.loads(path.read_text())
-    spec["registration_val"] = spec["registration_val"][:1]
-    path.write_text(json.dumps(spec))
-    return path
+    return write_one_val_pair_dataset(tmp_path / "data")
 
 
 def _one_line(result, code: int, text: str) -> None:

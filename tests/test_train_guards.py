@@ -16,7 +16,7 @@ from l2r_submit.core import dataset
 from l2r_submit.nets import checkpoint, regnet
 from l2r_submit.training import train
 
-from conftest import torchrun_two, write_tiny_dataset
+from conftest import torchrun_two, write_one_val_pair_dataset, write_tiny_dataset
 
 SETTINGS = dict(epochs=3, crop=(16, 16, 16), val_every=1, num_workers=0, device="cpu", batch_size=2,
                 **{"loss.n_classes": 5, "loss.dice": 0.0})
@@ -25,11 +25,7 @@ SETTINGS = dict(epochs=3, crop=(16, 16, 16), val_every=1, num_workers=0, device=
 @pytest.fixture
 def ds(tmp_path):
     """Four subjects, one val pair (0001, 0002)."""
-    path = write_tiny_dataset(tmp_path / "data", n_subjects=4)
-    spec = json.loads(path.read_text())
-    spec["registration_val"] = spec["registration_val"][:1]
-    path.write_text(json.dumps(spec))
-    return dataset.load(path)
+    return dataset.load(write_one_val_pair_dataset(tmp_path / "data"))
 
 
 class _Pairs(torch.utils.data.Dataset):
