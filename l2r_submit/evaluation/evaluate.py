@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..core import disp_files, io, versions
 from ..core.dataset import Dataset, Pair
 from ..core.selection import select_pairs
 from . import scoring
+from .label_maps import LabelCache, read_labels
 
 EVAL_VERSION = "2.0"
 
@@ -153,39 +153,6 @@ def check_output(path: Path) -> None:
         raise ValueError(f"{path}: cannot be written (no write permission in {parent})")
 
 
-class LabelCache:
-    """Label maps read once for a sequence of pairs, each kept only until the last pair that uses it.
-
-    Shape: every map (I, J, K) int32/int64 as :func:`l2r_submit.core.io.read_labels` gives it.
-    """
-
-    def __init__(self, pairs: list[Pair]) -> None:
-        self._left = Counter(path for p in pairs for path in (p.fixed.label, p.moving.label))
-        self._maps: dict[Path, tuple[np.ndarray, list[int]]] = {}
-
-    def get(self, path: Path) -> tuple[np.ndarray, list[int]]:
-        """The label map of ``path`` and the values present in it; forgets it after its last use.
-
-        Raises:
-            ValueError: as :func:`l2r_submit.core.io.read_labels` (nothing is kept then).
-        """
-        entry = self._maps.get(path)
-        if entry is None:
-            entry = read_labels(path)
-        self._left[path] -= 1
-        if self._left[path] > 0:
-            self._maps[path] = entry
-        else:
-            self._maps.pop(path, None)
-        return entry
-
-
-def read_labels(path: Path) -> tuple[np.ndarray, list[int]]:
-    """A label map (:func:`l2r_submit.core.io.read_labels`) and the values present in it."""
-    seg = io.read_labels(path)
-    return seg, _present_labels(seg)
-
-
 def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, protocol: str,
                 mask_path: Path | ValueError | None, labels: LabelCache | None = None) -> tuple[dict, list[str]]:
     notes: list[str] = []
@@ -234,14 +201,6 @@ def _read_mask(mask_path: Path | ValueError | None, shape: tuple, pair: Pair, no
     mask = io.read_volume(mask_path).array
     io.check_label_shape(mask_path, mask, shape, "mask")  # masked_evaluation
     return mask
-
-
-def _present_labels(seg: np.ndarray) -> list[int]:
-    """The values present in a label map (a bincount when they are small, else a sort)."""
-    lo, hi = int(seg.min()), int(seg.max())
-    if lo >= 0 and hi < 1 << 20:
-        return np.flatnonzero(np.bincount(seg.ravel())).tolist()
-    return np.unique(seg).tolist()
 
 
 def _job(args: tuple) -> tuple[str, dict | None, str | None, list[str]]:
