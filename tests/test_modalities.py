@@ -229,3 +229,25 @@ def test_a_declared_ct_without_negative_values_is_normalised_as_another_modality
         else:
             assert "declared CT" not in result.output and "not_hu" not in record
     np.testing.assert_array_equal(fields["offset_ct"], fields["declared_mr"])
+
+
+def test_short_names_are_refused_where_no_evaluator_reads_them(tmp_path):
+    """`--names short` on fixed _0001 <- moving _0000 wrote disp_0001_0001, which no evaluator version looks for
+    (its field then counted as missing); two pairs of one subject blamed 'different folders'."""
+    from l2r_submit.core.dataset import Case, Pair
+    from l2r_submit.registration import pair_plan
+
+    def case(modality: str) -> Case:
+        return Case("0001", modality, tmp_path / f"img_0001_{modality}.nii.gz",
+                    tmp_path / f"lab_0001_{modality}.nii.gz")
+
+    forward, backward = Pair(case("0000"), case("0001")), Pair(case("0001"), case("0000"))
+    written = pair_plan.plan_outputs(tmp_path, [forward], "nii.gz", "short")[forward]
+    assert written == [tmp_path / "disp_0001_0001.nii.gz"]
+    with pytest.raises(ValueError, match=r"--names short: 0001_0001<--0001_0000 \(modality 0001 <- 0000\): no "
+                                         r"evaluator reads a short name for it"):
+        pair_plan.plan_outputs(tmp_path, [forward, backward], "nii.gz", "short")
+    assert len(pair_plan.plan_outputs(tmp_path, [forward, backward], "nii.gz", "long")) == 2
+    same = Pair(case("0000"), case("0000"))  # allowed alone, but it shares the short name with `forward`
+    with pytest.raises(ValueError, match="the short name has no modality index"):
+        pair_plan.plan_outputs(tmp_path, [forward, same], "nii.gz", "short")

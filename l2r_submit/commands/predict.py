@@ -26,7 +26,8 @@ from .common import Fail, check_folder_option, checked, load_dataset, stop_signa
               help="npz2020: the 2020 half-resolution float16 form.")
 @click.option("--names", type=click.Choice(["long", "short", "both"]), default=None,
               help="long: disp_FFFF_0000_MMMM_0000 (evaluator since 2025); short: disp_FFFF_MMMM (2022-2024 "
-                   "and 2020 evaluators) [default: long; short with --format npz2020].")
+                   "and 2020 evaluators; one modality, or _0000 <- _0001) [default: long; short with --format "
+                   "npz2020].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Refinement (Adam) iterations; 0 = no refinement; given, it also sets pairs with a non-CT "

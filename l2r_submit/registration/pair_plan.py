@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core import disp_files
+from ..core import disp_files, versions
 from ..core.dataset import Pair
 
 
@@ -22,14 +22,36 @@ def plan_outputs(out_dir: Path, pairs: list[Pair], fmt: str, names: str) -> dict
     plan: dict[Pair, list[Path]] = {}
     owner: dict[Path, Pair] = {}
     for pair in pairs:
+        if names == "short":
+            check_short_name(pair)
         plan[pair] = expected_outputs(out_dir, pair, fmt, names)
         for path in plan[pair]:
             other = owner.setdefault(path, pair)
             if other != pair:
                 raise ValueError(f"{path.name}: two pairs would write this file: {other.fixed.image} <- "
                                  f"{other.moving.image} and {pair.fixed.image} <- {pair.moving.image} "
-                                 "(same case ids in different folders); predict them into separate --out folders")
+                                 "(same case ids in different folders); predict them into separate --out folders"
+                                 if (other.fixed.modality, other.moving.modality)
+                                 == (pair.fixed.modality, pair.moving.modality) else
+                                 "(the short name has no modality index); use --names long")
     return plan
+
+
+def check_short_name(pair: Pair) -> None:
+    """``--names short`` only for a pair whose short name an evaluator reads: the same modality, or fixed
+    ``_0000`` <- moving ``_0001`` (:meth:`l2r_submit.core.versions.Version.stems`); the other direction was
+    written as a name that no version looks for, and its field then counted as missing.
+
+    Raises:
+        ValueError: naming the pair and what to use instead.
+    """
+    fixed, moving = pair.fixed, pair.moving
+    short = f"disp_{fixed.id}_{moving.id}"
+    if not any(short in versions.get(v).stems(fixed.id, fixed.modality, moving.id, moving.modality)
+               for v in ("2025", "2024", "2022")):
+        raise ValueError(f"--names short: {pair.key} (modality {fixed.modality} <- {moving.modality}): no evaluator "
+                         "reads a short name for it (only for one modality, or _0000 <- _0001); use --names long "
+                         "or both")
 
 
 def check_format_shape(fmt: str, shape: tuple[int, ...], source: object) -> None:
