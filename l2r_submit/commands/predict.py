@@ -234,7 +234,9 @@ def _check_labels_for_evaluate(ds, split: str | None, wanted: tuple[str, ...] | 
         selected = select_pairs(ds, split, wanted)
     except ValueError:
         return  # the run reports the selection, in its own words
-    if not any(spec.labels for spec in ds.metrics):  # a label-free task: SDlogJ alone is scored
+    from ..core.metric_specs import reads_labels
+
+    if not reads_labels(ds.metrics):  # a label-free task: SDlogJ alone is scored
         return
     missing = ds.missing_files(selected, images=False, labels=True)
     if missing:

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .contract import L2R_LABELS
-from .metric_specs import DEFAULT_METRICS, MetricSpec, parse_methods  # noqa: F401 - importable from here too
+from .metric_specs import (DEFAULT_METRICS, MetricSpec, default_metrics, labels_of_dataset,  # noqa: F401
+                           parse_methods)  # DEFAULT_METRICS, MetricSpec: importable from here too
 
 REQUIRED_KEYS = ("name", "tensorImageShape", "training", "registration_val", "registration_test")
 KNOWN_KEYS = frozenset(REQUIRED_KEYS) | {
@@ -267,7 +267,7 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     if not isinstance(data["training"], list):
         raise ValueError(f"{path}: training: expected a list of {{'image', 'label'}} objects, "
                          f"got {type(data['training']).__name__}")
-    labels, notes = _labels_of_dataset(data, path)
+    labels, notes = labels_of_dataset(data, path)
     training = []
     for n, entry in enumerate(data["training"]):
         here = f"{path}: training[{n}]"
@@ -289,7 +289,7 @@ def load(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Data
     _check_modality(data.get("modality"), str(path))
     return Dataset(
         root=root_path, name=str(data["name"]), shape=_shape(data["tensorImageShape"], f"{path}: tensorImageShape"),
-        splits=splits, metrics=_default_metrics(labels), training=training, test_images=test_images,
+        splits=splits, metrics=default_metrics(labels), training=training, test_images=test_images,
         unknown_keys=tuple(sorted(set(data) - KNOWN_KEYS)), source=path, notes=notes + _repeated(splits),
         modality=_modality(data.get("modality")), modalities=_modalities(data.get("modality")),
     )
@@ -325,46 +325,6 @@ def _annotated(value: object, labels: tuple[int, ...], where: str) -> tuple[int,
     return tuple(sorted(value))
 
 
-def _default_metrics(labels: tuple[int, ...]) -> tuple[MetricSpec, ...]:
-    """SDlogJ, and Dice and HD95 of ``labels`` when there are any (a label-free task: SDlogJ only)."""
-    if not labels:
-        return (MetricSpec("LogJacDetStd", "sdlogj"),)
-    return (MetricSpec("LogJacDetStd", "sdlogj"), MetricSpec("DSC", "dice", labels),
-            MetricSpec("HD95", "hd95", labels))
-
-
-def _labels_of_dataset(data: dict, path: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """The labels to score: the non-zero keys of the dataset JSON's ``labels``.
-
-    ``labels`` is ``{"1": "spleen", ...}`` or, per modality, ``{"0": {"1": "spleen", ...}}`` (the
-    AbdomenCTCT file); per-modality sets are joined. Without ``labels`` the AbdomenCTCT set 1..13
-    is used and a note says so.
-
-    ``labels`` holding no non-zero key (``{}``, as Learn2Reg's label-free lung tasks have) means no label
-    to score: SDlogJ alone.
-
-    Raises:
-        ValueError: ``labels`` that is not an object of integer keys, or a negative key.
-    """
-    if "labels" not in data:
-        return L2R_LABELS, ("no 'labels' key: scoring the AbdomenCTCT labels 1..13",)
-    table = data["labels"]
-    if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
-        keys = [k for sub in table.values() for k in sub]
-    elif isinstance(table, dict):
-        keys = list(table)
-    else:
-        raise ValueError(f"{path}: labels: expected an object {{\"1\": \"name\", ...}}, got {type(table).__name__}")
-    try:
-        values = sorted({int(k) for k in keys})
-    except ValueError:
-        raise ValueError(f"{path}: labels: keys must be integers, got {sorted(map(str, keys))}") from None
-    values = [v for v in values if v != 0]
-    if not values:  # {} or background alone: a label-free task (Learn2Reg's LungCT, NLST), registered as any
-        return (), ("'labels' names no organ: no Dice or HD95, only SDlogJ is scored",)
-    if min(values) < 0:
-        raise ValueError(f"{path}: labels: expected positive label keys beside 0, got {sorted(map(str, keys))}")
-    return tuple(values), (f"labels scored: {', '.join(map(str, values))} (the non-zero keys of 'labels')",)
 def _modality(value: object) -> str:
     """The modality of channel "0" of a dataset JSON (``{"0": "CT"}``); CT when absent."""
     if isinstance(value, dict):

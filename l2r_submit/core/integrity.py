@@ -9,6 +9,7 @@ import numpy as np
 
 from . import io
 from .dataset import Dataset
+from .metric_specs import reads_labels
 
 
 LABELLED_SPLITS = ("val", "eval")
@@ -42,7 +43,7 @@ def integrity_report(ds: Dataset, split: str | None = None, labels: bool = True,
         lines.append(f"error: {ds.source}: eval_pairs is empty: nothing to score")
     names = [split] if split is not None else list(ds.splits)
     masks = labels and ds.masked
-    labels = labels and any(spec.labels for spec in ds.metrics)  # a label-free task needs no label map
+    labels = labels and reads_labels(ds.metrics)  # a label-free task needs no label map
     paths: dict[Path, str] = {}  # path -> what it is: image, label map or mask
     image_of: dict[Path, Path] = {}  # label map -> its image
     for name in names:

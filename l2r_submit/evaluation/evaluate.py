@@ -26,6 +26,7 @@ import numpy as np
 
 from ..core import disp_files, io, versions
 from ..core.dataset import Dataset, Pair
+from ..core.metric_specs import reads_labels
 from ..core.selection import select_pairs
 from . import scoring
 from .label_maps import LabelCache, read_labels
@@ -161,7 +162,7 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
     else:
         disp = disp_files.read_disp(disp_path, shape, protocol)
     evaluated = {lab for s in specs for lab in s.labels}
-    if not _label_metrics(specs):  # SDlogJ alone (a label-free task): no label map is read
+    if not reads_labels(specs):  # SDlogJ alone (a label-free task): no label map is read
         empty = np.zeros(shape, np.int32)
         return scoring.score_case(empty, empty, disp, specs, _read_mask(mask_path, shape, pair, notes)), notes
     read = labels.get if labels is not None else read_labels
@@ -182,11 +183,6 @@ def _score_pair(pair: Pair, disp_path: Path | None, shape: tuple, specs: tuple, 
                 shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
                 notes.append(f"{path}: labels {shown} are not evaluated and were ignored")
     return scoring.score_case(fixed_seg, moving_seg, disp, specs, _read_mask(mask_path, shape, pair, notes)), notes
-
-
-def _label_metrics(specs: tuple) -> bool:
-    """Whether any metric reads label maps (Dice, HD95)."""
-    return any(s.metric in ("dice", "hd95") for s in specs)
 
 
 def _read_mask(mask_path: Path | ValueError | None, shape: tuple, pair: Pair, notes: list[str]) -> np.ndarray | None:
@@ -238,7 +234,7 @@ def run(cfg: EvalConfig) -> EvalResult:
     if not pairs:
         which = [cfg.split] if cfg.split else list(ds.splits)
         raise ValueError(f"{ds.source}: no pairs to score ({', '.join(which)}: empty)")
-    missing_labels = ds.missing_files(pairs, images=False, labels=True) if _label_metrics(ds.metrics) else []
+    missing_labels = ds.missing_files(pairs, images=False, labels=True) if reads_labels(ds.metrics) else []
     if missing_labels:
         raise ValueError("missing label files: " + ", ".join(map(str, missing_labels)))
     found: dict[str, Path | None] = {}
