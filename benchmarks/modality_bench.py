@@ -24,7 +24,11 @@ Settings, each on every pair, all with predict's default stages (``search,adam``
   * ``T1 <- CT, one flag``: the same pair with percentiles for both images (what predict did before it
     read each image's modality, for a JSON whose channel "0" is MR);
   * ``T1 <- CT, CT flag``: the same pair with the CT window for both (what it did when channel "0" was CT:
-    the MR-like image clipped to the window). Not counted in the exit status.
+    the MR-like image clipped to the window). Not counted in the exit status;
+  * ``fixed T1 <- CT``: the other direction, the fixed image T1-like and the moving one the CT, each
+    normalised as its own modality (AbdomenMRCT registers this way: fixed MR, moving CT). The fixed image's
+    air is noisy and the moving one's is flat: the case that the noise floor of
+    ``features.normalise_intensity`` was made for.
 
 Printed per pair and setting: mean Dice over labels 1-13 present in both maps, the end-point error inside
 the body for the synthetic pairs (voxels), the fraction of det J <= 0, seconds. Exits 1 if a setting with
@@ -66,7 +70,7 @@ CONTRASTS = {
     "T2": ((-1000, 0.0), (-900, 0.02), (-150, 0.7), (-60, 0.65), (0, 1.0), (30, 0.5), (60, 0.35),
            (150, 0.4), (300, 0.35), (700, 0.05), (3000, 0.02)),
 }
-SETTINGS = ("CT", "T1", "T1 <- T2", "T1 <- CT", "T1 <- CT, one flag", "T1 <- CT, CT flag")
+SETTINGS = ("CT", "T1", "T1 <- T2", "T1 <- CT", "T1 <- CT, one flag", "T1 <- CT, CT flag", "fixed T1 <- CT")
 
 
 def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
@@ -167,7 +171,8 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
         inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (moving_t1, fixed_t1, False),
                   "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),
                   "T1 <- CT": (moving_t1, fixed_hu, (False, True)), "T1 <- CT, one flag": (moving_t1, fixed_hu, False),
-                  "T1 <- CT, CT flag": (moving_t1, fixed_hu, True)}
+                  "T1 <- CT, CT flag": (moving_t1, fixed_hu, True),
+                  "fixed T1 <- CT": (moving_hu, fixed_t1, (True, False))}
         for setting, (m, f, ct) in ((k, v) for k, v in inputs.items() if k in chosen):
             built = stages.build(names, None, SearchConfig(), io_cfg, ct)
             t0 = time.perf_counter()
