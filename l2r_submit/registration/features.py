@@ -105,29 +105,37 @@ def ct_flags(ct: bool | tuple[bool, bool]) -> tuple[bool, bool]:
 # floor sits near 2.6 sigma there and about 4% of the air's noise stays above it; 6 clipped dark tissue and
 # lost on the real pairs of test_data (benchmarks/modality_bench.py, T1: 0.399 against 0.432; README).
 NOISE_FLOOR_SIGMAS = 4.0
+# A floor above this fraction of the robust range is not the noise of air (or the image is mostly noise):
+# texture read as noise (a noise-free image, a coarse resampling); no floor then.
+FLOOR_CAP = 0.25
 _MAD_TO_SIGMA = 1.0 / (0.6745 * 2.0 ** 0.5)  # Gaussian noise: median |x_i - x_{i+1}| = 0.6745 * sqrt(2) * sigma
 
 
 def noise_sigma(image: torch.Tensor) -> float:
     """The standard deviation of an image's voxel noise, estimated from the median absolute difference of
-    neighbouring voxels along each axis (robust to edges, which are few); the smallest of the three axes'
-    estimates, so that correlated noise along one axis (interpolated slices) does not inflate it. For
-    white Gaussian noise of standard deviation s on a smooth image it returns about s; on an image whose
-    neighbours are mostly equal (a zero-filled background), about 0. The idea of a median absolute
-    deviation as a noise scale is Donoho & Johnstone's (Biometrika 1994); applying it to finite
-    differences is ours.
+    neighbouring voxels along each axis (robust to edges, which are few), the median of the three axes'
+    estimates (one axis of interpolated, hence correlated, slices reads low; of thick slices, high). Pairs
+    of neighbours that both hold the image's minimum are left out: a zero-filled background or padding
+    carries no noise to measure and would pull the median towards 0. For white Gaussian noise of standard
+    deviation s on a smooth image it returns about s; on an image whose neighbours are mostly equal, 0.
+    On a noise-free image with fine texture it measures the texture instead. The median absolute deviation
+    as a noise scale is Donoho & Johnstone's (Biometrika 1994); applying it to neighbour differences here is
+    ours.
 
     Shape: (1, I, J, K) or (I, J, K) -> a float in the image's units.
     """
     volume = image.reshape(image.shape[-3:]).float()
+    low = volume.min()
     estimates = []
     for dim in range(3):
         n = volume.shape[dim]
         if n < 2:
             continue
-        diff = (volume.narrow(dim, 1, n - 1) - volume.narrow(dim, 0, n - 1)).abs().reshape(-1)
-        estimates.append(diff[:: max(1, diff.numel() // _QUANTILE_SAMPLES)].median().item())
-    return min(estimates) * _MAD_TO_SIGMA if estimates else 0.0
+        a, b = volume.narrow(dim, 1, n - 1), volume.narrow(dim, 0, n - 1)
+        diff = (a - b).abs()[(a > low) | (b > low)]
+        if diff.numel():
+            estimates.append(diff[:: max(1, diff.numel() // _QUANTILE_SAMPLES)].median().item())
+    return float(torch.tensor(estimates).median().item()) * _MAD_TO_SIGMA if estimates else 0.0
 
 
 def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
@@ -140,7 +148,10 @@ def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
     the noise of an MR image's air is one flat value, as the CT window makes a CT's air: MIND-SSC divides
     by the local variance, and noise alone in the air of one image gave it a texture that the other
     image's body matched better than its own flat air (a fixed MR with noisy air against a moving CT ended
-    below its zero field; README, "Another modality"). An image without noise is unchanged.
+    below its zero field; README, "Another modality"). An image whose neighbours are mostly equal (no
+    noise) is unchanged; a noise-free image with fine texture may get a small floor from its texture, and
+    a floor above ``FLOOR_CAP`` of the range is not applied. Each image (and each resolution the
+    refinement resamples it to) gets its own floor.
 
     Shape: (B, 1, I, J, K) -> (B, 1, I, J, K) float32 in [0, 1].
     """
@@ -155,7 +166,8 @@ def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
         q = torch.quantile(sample, sample.new_tensor([p / 100.0 for p in ROBUST_PERCENTILES]))
         lo, hi = q[0].item(), q[1].item()
         scaled = (one.clamp(lo, hi) - lo) / max(hi - lo, 1e-6)
-        floor = min(NOISE_FLOOR_SIGMAS * noise_sigma(scaled), 0.5)
+        floor = NOISE_FLOOR_SIGMAS * noise_sigma(scaled)
+        floor = floor if floor <= FLOOR_CAP else 0.0
         out.append((scaled.clamp(min=floor) - floor) / (1.0 - floor) if floor > 0 else scaled)
     return torch.stack(out)
 

@@ -35,12 +35,13 @@ from .instance import level_size, pool_descriptors, resize_disp
 from .search import SearchConfig, grid_features, search
 
 BODY_HU = -500.0  # CT: the body is what is denser than this (lungs and air are not)
-BODY_NORMALISED = 0.1  # other modalities: above 10% of the robust range (features.normalise_intensity)
+BODY_NORMALISED = 0.1  # other modalities: above 10% of the normalised range (features.normalise_intensity)
 
 
 def body_mask(image: torch.Tensor, ct: bool) -> torch.Tensor:
     """The body: CT above ``BODY_HU``; any other modality above ``BODY_NORMALISED`` of its 1st-99th percentile
-    range. Shape: (1, 1, I, J, K) -> (1, 1, I, J, K) bool."""
+    range above its noise floor (:func:`features.normalise_intensity`).
+    Shape: (1, 1, I, J, K) -> (1, 1, I, J, K) bool."""
     if ct:
         return image > BODY_HU
     return normalise_intensity(image, False) > BODY_NORMALISED
