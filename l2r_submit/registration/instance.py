@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import CT_WINDOW_HU, box_mean, ct_flags, image_descriptors, normalise_intensity
+from .features import box_mean, ct_flags, image_descriptors, normalise_intensity
 
 SIMILARITIES = ("mind", "mse")
 FIELDS = ("displacement", "velocity")
@@ -51,7 +51,6 @@ FIELDS = ("displacement", "velocity")
 # end-point error halves); ``resampled``, computed on the image resampled to that grid (as the quarter level
 # always is: coarse descriptors, which the inter-patient pairs need to be found at all).
 HALF_FEATURES = ("pooled", "resampled")
-MIND_WINDOW_HU = CT_WINDOW_HU
 
 
 @dataclass(frozen=True)
