@@ -14,7 +14,24 @@ from ..evaluation import metrics
 from .run_record import error_line
 
 
+QC_WINDOW_HU = (-160.0, 240.0)  # CT shown as a soft-tissue window (W400 / L40)
+AIR_PERCENTILE_HU = -500.0  # an image whose 1st percentile is at or below this holds air in HU: CT
+
+
+def display_range(volume: np.ndarray) -> tuple[float, float]:
+    """The grey levels a QC panel maps to black and white: the soft-tissue window for a CT in HU (its 1st
+    percentile is air, at or below ``AIR_PERCENTILE_HU``); otherwise the image's own 1st and 99th
+    percentiles, so an MR image (or a CT stored with an offset) is not one saturated value.
+    Shape: (I, J, K) -> (low, high)."""
+    sample = volume[::4, ::4, ::4]
+    lo, hi = (float(v) for v in np.percentile(sample, (1.0, 99.0)))
+    if lo <= AIR_PERCENTILE_HU:
+        return QC_WINDOW_HU
+    return lo, max(hi, lo + 1e-6)
+
+
 def _warp_image_np(moving: np.ndarray, disp: np.ndarray) -> np.ndarray:
+    """``moving`` pulled by ``disp``; outside it, the image's lowest value (air for CT and MR alike)."""
     from scipy.ndimage import map_coordinates
 
     coords = disp.astype(np.float64)
@@ -22,14 +39,15 @@ def _warp_image_np(moving: np.ndarray, disp: np.ndarray) -> np.ndarray:
         shape = [1, 1, 1]
         shape[axis] = n
         coords[axis] += np.arange(n).reshape(shape)
-    return map_coordinates(moving, coords, order=1, cval=-1024.0)
+    return map_coordinates(moving, coords, order=1, cval=float(moving.min()))
 
 
 def write_qc(path: Path, pair: Pair, disp: np.ndarray) -> Path:
     """Write the QC picture of one pair.
 
     Rows: the axial (middle of axis 2) and coronal (middle of axis 1) slices. Columns: fixed, moving,
-    warped moving (each with its label contours when labels exist), and det(J) (blue < 1 < red, folds
+    warped moving (each with its label contours when labels exist; grey levels by :func:`display_range`,
+    the warped image as the moving one), and det(J) (blue < 1 < red, folds
     black). Shape: disp (3, I, J, K) voxels.
     """
     import matplotlib
@@ -40,6 +58,7 @@ def write_qc(path: Path, pair: Pair, disp: np.ndarray) -> Path:
     fixed = io.read_volume(pair.fixed.image, np.float32).array
     moving = io.read_volume(pair.moving.image, np.float32).array
     warped = _warp_image_np(moving, disp)
+    ranges = {"fixed": display_range(fixed), "moving": display_range(moving)}
     segs = {}
     if pair.fixed.label.exists() and pair.moving.label.exists():
         segs["fixed"] = io.read_labels(pair.fixed.label)
@@ -57,7 +76,8 @@ def write_qc(path: Path, pair: Pair, disp: np.ndarray) -> Path:
 
         for col, (name, vol) in enumerate((("fixed", fixed), ("moving", moving), ("warped", warped))):
             ax = axes[row, col]
-            ax.imshow(cut(np.clip(vol, -160, 240)), cmap="gray")
+            lo, hi = ranges["fixed" if name == "fixed" else "moving"]
+            ax.imshow(cut(np.clip(vol, lo, hi)), cmap="gray", vmin=lo, vmax=hi)
             if name in segs:
                 ax.contour(cut(segs[name]), levels=np.arange(0.5, 14.5), linewidths=0.6, cmap="tab20")
             ax.set_title(f"{name} ({view})", fontsize=9)
