@@ -42,9 +42,12 @@ figures are printed but do not count in the exit status.
 
 ``--io-iters N`` / ``--io-iters-non-ct N``: the refinement's iterations as ``l2r predict`` takes them
 (the latter for every setting with an image flagged non-CT: all but ``CT`` and ``T1 <- CT, CT flag``).
+``--noise-floor K``: the noise floor of non-CT images (``features.NOISE_FLOOR_SIGMAS``) for this run; 0 is
+the behaviour before the floor existed.
 
     python benchmarks/modality_bench.py [--threads 2] [--pairs 0001,0004_0006] [--json OUT]
     python benchmarks/modality_bench.py --settings "T1 <- CT" --io-iters-non-ct 80
+    python benchmarks/modality_bench.py --settings "fixed T1 <- CT" --noise-floor 0   # as before the floor
     .venv-peer/bin/python benchmarks/modality_bench.py --peer --settings "T1;T1 <- T2"
 """
 
@@ -118,13 +121,16 @@ def peer_registration():
 @click.option("--io-iters-non-ct", type=click.IntRange(min=1), default=None,
               help="Refinement iterations for pairs with an image flagged non-CT, as l2r predict's option "
                    "[default: predict's].")
+@click.option("--noise-floor", type=click.FloatRange(min=0), default=None,
+              help="The noise floor of non-CT images in noise sigmas; 0: none, as before it existed "
+                   "[default: features.NOISE_FLOOR_SIGMAS].")
 def main(pairs: str | None, only: str | None, threads: int, json_out: Path | None, peer: bool,
-         io_iters: int | None, io_iters_non_ct: int | None) -> None:
+         io_iters: int | None, io_iters_non_ct: int | None, noise_floor: float | None) -> None:
     import torch
 
     from l2r_submit.core import dataset, io, runtime
     from l2r_submit.evaluation import metrics
-    from l2r_submit.registration import defaults, stages
+    from l2r_submit.registration import defaults, features, stages
     from l2r_submit.registration.search import SearchConfig
     from l2r_submit.training.synthetic import field_from_truth
 
@@ -133,6 +139,8 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     if unknown:
         raise SystemExit(f"--settings: unknown {', '.join(map(repr, unknown))}; expected among {'; '.join(SETTINGS)}")
     convexadam = peer_registration() if peer else None
+    if noise_floor is not None:  # this process only: the bench's own setting, never predict's
+        features.NOISE_FLOOR_SIGMAS = noise_floor
     runtime.keep_freed_memory()  # as l2r predict does
     torch.set_num_threads(threads)
     names = defaults.DEFAULT_STAGES
@@ -144,7 +152,7 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     across = io_cfg.iters if io_cfg.iters_non_ct is None else io_cfg.iters_non_ct
     print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations for CT pairs, {across} with an "
-          f"image flagged non-CT; CPU, {threads} threads")
+          f"image flagged non-CT; noise floor {features.NOISE_FLOOR_SIGMAS:g} sigmas; CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
     columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
     print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))
