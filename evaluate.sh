@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
   esac  # --opt=value as --opt value
   case "$1" in
     --image) need_value "$@"; image="$2"; shift 2 ;;
-    --expected) need_value "$@"; expected="$2"; shift 2 ;;
+    --expected) need_value "$@"; expected="$2"; pass+=("$1" "$2"); shift 2 ;;  # l2r evaluate checks it first
     --out) need_value "$@"; out_json="$2"; pass+=("$1" "$2"); shift 2 ;;
     --split | --pairs) need_value "$@"; pass+=("$1" "$2")  # the same pairs for both (predict has no split eval)
       [ "$1 $2" = "--split eval" ] || predict+=("$1" "$2"); shift 2 ;;
@@ -77,8 +77,5 @@ if [ -n "$image" ]; then
     exit "$status"
   fi
 fi
-"$l2r" evaluate "$dataset_json" "$disp_dir" "${pass[@]}" || exit $?
-if [ -n "$expected" ]; then
-  "$l2r" compare "$out_json" "$expected" || exit $?
-fi
+"$l2r" evaluate "$dataset_json" "$disp_dir" "${pass[@]}" || exit $?  # with --expected, also the comparison
 exit "$status"

@@ -110,9 +110,12 @@ class _FilePath(click.ParamType):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel processes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--expected", "expected_json", type=click.Path(path_type=Path), default=None,
+              help="Then compare the metrics with these expected results (as `l2r compare`; checked before "
+                   "scoring); exit 1 with a diff when a metric is off.")
 def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: Path | None,
              pairs_csv: Path | None, out_json: Path | None, out_csv: Path | None, protocol: str,
-             pairs: tuple[str, ...], missing: str, workers: int, quiet: bool) -> None:
+             pairs: tuple[str, ...], missing: str, workers: int, quiet: bool, expected_json: Path | None) -> None:
     """Score the displacement fields in DISP_DIR with the official Learn2Reg metrics.
 
     DATASET_JSON is a dataset JSON (AbdomenCTCT_dataset.json) or an official evaluation config
@@ -122,6 +125,11 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
     from .evaluation import evaluate as ev
 
     only = checked(parse_pairs_option, pairs)
+    expected = None
+    if expected_json is not None:  # a wrong file is found now, not after minutes of scoring
+        from .evaluation import compare as cmp
+
+        expected = checked(lambda data: cmp.check_expected(data, str(expected_json)), _read_json(expected_json))
     out_json = out_json or disp_dir / "metrics.json"
     csv_said = out_csv is not None
     out_csv = out_csv or out_json.with_suffix(".csv")
@@ -148,8 +156,39 @@ def evaluate(dataset_json: Path, disp_dir: Path, split: str | None, data_root: P
                    f"{len(ds.pairs(split))} pairs of the split scored; the aggregates are over them only", err=True)
     click.echo(f"{len(result.metrics['cases'])} pairs scored, {len(result.failed)} failed; "
                f"wrote {' and '.join(map(str, written)) or 'nothing'}")
-    if result.failed or len(written) < 2:
+    off = False
+    if expected is not None and out_json in written:
+        metrics = checked(lambda data: cmp.check_metrics(data, str(out_json)), _read_json(out_json))
+        off = _report_comparison(metrics, expected, expected_json)
+    elif expected is not None:
+        click.echo(f"note: --expected: {out_json} was not written, so nothing was compared", err=True)
+    if result.failed or len(written) < 2 or off or (expected is not None and out_json not in written):
         sys.exit(1)
+
+
+def _read_json(path: Path) -> object:
+    """A JSON file's content; unreadable or malformed: one line naming it (exit 2)."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Fail(f"{path}: cannot be read ({exc})") from None
+
+
+def _report_comparison(metrics: dict, expected: dict, expected_json: Path) -> bool:
+    """Print ``l2r compare``'s verdict of checked metrics against checked expected results; True when a
+    metric is off."""
+    from .evaluation import compare as cmp
+
+    problems = cmp.compare(metrics, expected)
+    for line in problems:
+        click.echo(f"FAIL {line}")
+    if problems:
+        click.echo(f"{len(problems)} metric(s) outside tolerance")
+    else:
+        click.echo(f"all metrics within tolerance of {expected_json}")
+    return bool(problems)
 
 
 @main.command()
@@ -165,15 +204,9 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
     from .evaluation import compare as cmp
     from .core.io import atomic_write
 
-    def read(path: Path) -> dict:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise Fail(f"{path}: cannot be read ({exc})") from None
-
     try:
-        metrics = cmp.check_metrics(read(metrics_json), str(metrics_json))
-        expected = None if write else cmp.check_expected(read(expected_json), str(expected_json))
+        metrics = cmp.check_metrics(_read_json(metrics_json), str(metrics_json))
+        expected = None if write else cmp.check_expected(_read_json(expected_json), str(expected_json))
     except ValueError as exc:
         raise Fail(str(exc)) from None
     if write:
@@ -188,13 +221,8 @@ def compare(metrics_json: Path, expected_json: Path, write: bool, tols: tuple[st
             raise Fail(f"{expected_json}: cannot be written ({exc.strerror or exc})") from None
         click.echo(f"wrote {expected_json}")
         return
-    problems = cmp.compare(metrics, expected)
-    for line in problems:
-        click.echo(f"FAIL {line}")
-    if problems:
-        click.echo(f"{len(problems)} metric(s) outside tolerance")
+    if _report_comparison(metrics, expected, expected_json):
         sys.exit(1)
-    click.echo(f"all metrics within tolerance of {expected_json}")
 
 
 @main.command()

@@ -51,6 +51,12 @@ def test_evaluate_sh_with_expected_results(tiny_dataset, tmp_path, repo_root):
                           "--expected", str(tmp_path / "exp.json")], capture_output=True, text=True, env=env)
     assert run.returncode == 1
     assert "FAIL 0001_0000<--0002_0000 DSC: got" in run.stdout
+    # a file of the wrong kind (the metrics themselves) is refused before any pair is scored
+    fresh = tmp_path / "fresh.json"
+    run = subprocess.run(["bash", str(repo_root / "evaluate.sh"), str(tiny_dataset), str(disp), "--quiet",
+                          "--out", str(fresh), "--expected", str(metrics)], capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "this is a metrics.json, not an expected-results file" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not fresh.exists()
 
 
 def test_write_refuses_results_that_cannot_be_a_reference(tmp_path):
