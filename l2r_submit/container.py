@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     from .commands.common import stop_signals
 
     if "-h" in args or "--help" in args:  # wherever it is: help needs no data mount
-        print(USAGE.strip() + "\n\nOptions of l2r predict:\n")
+        print(USAGE.strip() + f"\n\nOptions of l2r predict (here --out is optional: it defaults to {OUTPUT_DIR}, "
+              "whatever the list below says):\n")
         l2r(["predict", "--help"], prog_name="l2r")
         return
     try:

@@ -45,6 +45,7 @@ def test_help_mentions_pass_through(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "/l2r/data" in out and "--io-iters" in out
+    assert "--out is optional: it defaults to /l2r/output" in out  # predict's own list says required
 
 
 MOUNTINFO = """\
