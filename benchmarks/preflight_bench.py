@@ -7,6 +7,9 @@ hard link to one CT-like image made from ``test_data``'s first image with Gaussi
 label map, so the folder takes 11 MB whatever N. The files are read from the page cache after the first
 round: this times the CPU work (decompression, checks), not a cold disk.
 
+Last, the same check at a second start of a run (``--resume``): with the run folder's record of the files
+read (:data:`l2r_submit.training.preflight.RECORD_NAME`), only the headers and the record are read.
+
     python benchmarks/preflight_bench.py [--cases 1100] [--threads 1,2] [--repeats 2]
 """
 
@@ -67,6 +70,12 @@ def main(cases: int, threads: str, repeats: int) -> None:
                 t = time.perf_counter()
                 preflight.check_files(files, ds, 14, threads=n)
                 print(f"{len(files)} files, headers and full reads, {n} thread(s): {time.perf_counter() - t:.2f} s")
+        record = Path(tmp) / preflight.RECORD_NAME  # a run folder's record: what a --resume finds there
+        preflight.check_files(files, ds, 14, threads=1, record=record)
+        t = time.perf_counter()
+        preflight.check_files(files, ds, 14, threads=1, record=record)
+        print(f"{len(files)} files, a second start of the run (--resume: nothing changed, nothing read again): "
+              f"{time.perf_counter() - t:.2f} s")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,32 @@ def test_volume_shape_reads_the_header_only(tmp_path):
         with pytest.raises(ValueError) as err:
             io.volume_shape(tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: {message}")
+
+
+def test_a_second_start_reads_again_only_the_files_that_changed(ds_json, tmp_path, monkeypatch):
+    """--resume read every file in full again (about 100 s for a recipe-sized dataset). The record keeps
+    each sound file's size and modification time: unchanged files are not read again and keep their
+    notes; a changed one is read, and a damaged one is still refused."""
+    ds = dataset.load(ds_json)
+    files = preflight.run_files(ds, train.training_cases(ds, True), lambda c: c.label)
+    lab = _label(ds_json, "0003")
+    _rewrite(lab, lambda a: np.where(a == 1, 300, a.astype(np.int16)))
+    record = tmp_path / "run" / preflight.RECORD_NAME
+    record.parent.mkdir()
+    first = preflight.check_files(files, ds, 5, record=record)
+    assert len(first) == 1 and str(lab) in first[0] and record.is_file()
+    read = []
+    real = integrity._read_checked
+    monkeypatch.setattr(integrity, "_read_checked", lambda path, *a: read.append(path) or real(path, *a))
+    assert preflight.check_files(files, ds, 5, record=record) == first and read == []  # the note is kept
+    image = _image(ds_json, "0004")
+    _rewrite(image, lambda a: np.where(a > 0, np.nan, a).astype(np.float32))  # changed, and damaged
+    with pytest.raises(ValueError, match="AbdomenCTCT_0004_0000.nii.gz"):
+        preflight.check_files(files, ds, 5, record=record)
+    assert read == [image]
+    _rewrite(image, lambda a: np.nan_to_num(a, nan=0.0))  # mended: read once more, then recorded
+    read.clear()
+    assert preflight.check_files(files, ds, 5, record=record) == first and read == [image]
+    read.clear()
+    again = preflight.check_files(files, ds, 9, record=record)  # other labels trained: every file read again
+    assert len(again) == 1 and "(1..8," in again[0] and len(read) == len(files)

@@ -253,7 +253,8 @@ def _run(cfg: TrainConfig, ds: Dataset, out_dir: Path, resume: bool, progress: b
         data.check_label_folder(cases, cfg.labels_dir or "")
     label_of = (lambda c: c.label) if cfg.labels == "dataset" else labels  # a missing true label map is an error
     files = preflight.run_files(ds, cases if epoch_data is None else [], label_of)
-    for note in preflight.check_files(files, ds, cfg.loss.n_classes, dist, progress, torch.get_num_threads()):
+    for note in preflight.check_files(files, ds, cfg.loss.n_classes, dist, progress, torch.get_num_threads(),
+                                      record=out_dir / preflight.RECORD_NAME):
         if dist.is_main:
             print(note, file=sys.stderr)
     classes = preflight.trained_labels(ds, cfg.loss.n_classes)
