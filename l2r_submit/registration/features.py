@@ -103,7 +103,8 @@ def ct_flags(ct: bool | tuple[bool, bool]) -> tuple[bool, bool]:
 # Other modalities: intensities below this many noise sigmas (noise_sigma) are one flat value. Where air fills
 # most of the volume the estimate reads about 0.64 sigma (the noise of air is Rayleigh-distributed), so the
 # floor sits near 2.6 sigma there and about 4% of the air's noise stays above it; 6 clipped dark tissue and
-# lost on the real pairs of test_data (benchmarks/modality_bench.py, T1: 0.399 against 0.432; README).
+# lost on the real pairs of test_data (benchmarks/modality_bench.py, T1: 0.399 against 0.432), 2 left a fixed
+# MR against a moving CT below its zero field. 4 costs two noisy MR contrasts against each other (README).
 NOISE_FLOOR_SIGMAS = 4.0
 # A floor above this fraction of the robust range is not the noise of air (or the image is mostly noise):
 # texture read as noise (a noise-free image, a coarse resampling); no floor then.
