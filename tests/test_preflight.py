@@ -3,6 +3,8 @@ misshapen training or val file, an image with NaN voxels, label values the datas
 
 from __future__ import annotations
 
+import json
+
 
 import nibabel as nib
 import numpy as np
@@ -210,3 +212,9 @@ def test_a_second_start_reads_again_only_the_files_that_changed(ds_json, tmp_pat
     read.clear()
     again = preflight.check_files(files, ds, 9, record=record)  # other labels trained: every file read again
     assert len(again) == 1 and "(1..8," in again[0] and len(read) == len(files)
+    # an edited or truncated record is no reason to stop: an entry it cannot use is read again
+    data = json.loads(record.read_text())
+    data["files"][str(image)] = "edited by hand"
+    record.write_text(json.dumps(data))
+    read.clear()
+    assert len(preflight.check_files(files, ds, 9, record=record)) == 1 and read == [image]

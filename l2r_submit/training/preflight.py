@@ -79,7 +79,8 @@ def _read_record(record: Path | None, context: dict) -> dict[str, dict]:
         return {}  # unreadable: everything is read again, and the record rewritten
     if not isinstance(data, dict) or data.get("context") != context or not isinstance(data.get("files"), dict):
         return {}
-    return data["files"]
+    return {path: entry for path, entry in data["files"].items()  # an entry of another form: read again
+            if isinstance(entry, dict) and isinstance(entry.get("notes", []), list)}
 
 
 def check_files(files: dict[Path, str], ds: Dataset, n_classes: int, dist: Dist = Dist(),
