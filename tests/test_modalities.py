@@ -28,7 +28,7 @@ def test_each_image_is_normalised_as_its_own_modality():
     flags; with the CT window on both, the MR-like image is flat and nothing is found."""
     big = smooth_volume((120, 48, 48), seed=7)
     fixed, moving = big[:, :, 10:82], mr_like(big[:, :, 30:102])  # pull map -20 along axis 0
-    assert features.normalise_intensity(moving, ct=True).std() == 0  # the CT window sees a flat image
+    assert features.normalise_intensity(moving, mode=True).std() == 0  # the CT window sees a flat image
     cfg = search.SearchConfig(grid=6, hw=4)
     inner = (slice(None), slice(30, 66), slice(12, 36), slice(12, 36))
     found = search.search(moving, fixed, cfg, ct=(False, True))[0][inner]

@@ -64,7 +64,7 @@ def test_noise_sigma_ignores_zero_padding_and_one_axis_of_interpolated_slices():
 
 def test_the_floor_flattens_noisy_air_and_keeps_the_range():
     clean, body = body_in_air()
-    out = features.normalise_intensity(rician(clean * 800.0, 16.0, seed=6), ct=False)
+    out = features.normalise_intensity(rician(clean * 800.0, 16.0, seed=6), mode=False)
     assert out.min() == 0 and out.max() == 1
     assert (out[0, 0][~body] == 0).float().mean() > 0.9  # air: one value, but for a few noise peaks
     assert (out[0, 0][body] > 0).float().mean() > 0.99  # tissue (signal 0.2-0.8, noise 0.02) is kept
@@ -77,7 +77,7 @@ def test_noise_sigma_is_zero_where_neighbours_are_equal():
     # an image without noise is normalised by its percentiles alone, as before the floor existed
     lo, hi = torch.quantile(blocks.reshape(-1), torch.tensor([0.01, 0.99]))
     plain = (blocks.clamp(lo, hi) - lo) / max((hi - lo).item(), 1e-6)
-    assert torch.equal(features.normalise_intensity(blocks, ct=False), plain)
+    assert torch.equal(features.normalise_intensity(blocks, mode=False), plain)
 
 
 def test_the_noise_of_the_air_gives_flat_descriptors():
@@ -87,7 +87,7 @@ def test_the_noise_of_the_air_gives_flat_descriptors():
     texture."""
     clean, body = body_in_air()
     noisy = rician(clean * 800.0, 16.0, seed=2)  # 2% of the range, as benchmarks/modality_bench.py
-    d = features.image_descriptors(noisy, ct=False)[0]
+    d = features.image_descriptors(noisy, mode=False)[0]
     spread = d.amax(dim=0) - d.amin(dim=0)  # 0 where all 12 descriptors are equal
     air = ~body & (torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in body.shape],
                                               indexing="ij")).pow(2).sum(0) > 0.8)  # well away from the body
@@ -119,3 +119,58 @@ def test_a_fixed_mr_with_noisy_air_against_a_moving_ct_does_not_end_below_the_ze
     zero = dice(np.zeros((3, *fixed_labels.shape), np.float32))
     found = search.search(moving, fixed, search.SearchConfig(grid=3, hw=4), ct=(True, False))
     assert dice(found[0].numpy()) > zero + 0.004
+
+
+def test_flat_share_counts_the_background_at_the_lowest_normalised_value():
+    """A CT's air below the window, a masked MR's zeros: their share of the voxels; a noisy MR's air puts
+    only the 1% at or below its 1st percentile there."""
+    clean, body = body_in_air()
+    air = float((~body).float().mean())  # about 0.8 of this volume
+    ct = torch.where(body, clean * 400.0 - 100.0, torch.full((), -1000.0))
+    assert abs(features.flat_share(ct, ct=True) - air) < 1e-6
+    masked = torch.where(body, rician(clean * 800.0, 16.0, seed=7), torch.zeros(()))
+    assert abs(features.flat_share(masked, ct=False) - air) < 1e-6
+    assert features.flat_share(rician(clean * 800.0, 16.0, seed=8), ct=False) < 0.02
+
+
+def test_an_image_is_floored_only_against_a_partner_with_a_flat_background():
+    """The floor flattens one image's noisy air as the other image's air is flat: a noisy MR against a CT
+    or a masked MR is floored; two noisy MR images keep their own percentiles (the floor only cost them
+    dark tissue: README, "The noise floor of other modalities"). Modes given are kept."""
+    clean, body = body_in_air()
+    ct = torch.where(body, clean * 400.0 - 100.0, torch.full((), -1000.0))
+    mr = rician(clean * 800.0, 16.0, seed=9)
+    other_mr = rician(clean * 600.0, 12.0, seed=10)
+    masked = torch.where(body, other_mr, torch.zeros(()))
+    P, F_, C = features.PERCENTILES, features.FLOORED, features.CT
+    assert features.pair_modes(mr, ct, (False, True)) == (F_, C)
+    assert features.pair_modes(ct, mr, (True, False)) == (C, F_)
+    assert features.pair_modes(mr, other_mr, False) == (P, P)
+    assert features.pair_modes(mr, masked, False) == (F_, P)
+    assert features.pair_modes(mr, other_mr, (P, F_)) == (P, F_)
+    assert features.pair_modes(mr, ct, True) == (C, C)
+
+
+def test_the_stages_decide_the_modes_once_per_pair_and_record_them():
+    """stages.run decides each image's normalisation from the unwarped pair, hands the modes to every stage
+    and records them (run.json's per-pair ``intensity``); a CT pair records nothing."""
+    from l2r_submit.registration import defaults, stages
+
+    clean, body = body_in_air((32, 32, 32))
+    ct = torch.where(body, clean * 400.0 - 100.0, torch.full((), -1000.0))
+    mr = rician(clean * 800.0, 16.0, seed=11)
+    io_cfg = defaults.io_for_stages(("search", "adam"), None, 2)
+    cfg = search.SearchConfig(grid=4, hw=2)
+    built = stages.build(("search", "adam"), None, cfg, io_cfg, (False, True))
+    decided = stages.for_images(built, mr, ct)
+    assert [s.ct for s in decided] == [(features.FLOORED, features.CT)] * 2
+    details: dict = {}
+    stages.run(built, mr, ct, details=details)
+    assert details["intensity"] == {"moving": "floored", "fixed": "ct"}
+    both_mr: dict = {}
+    stages.run(stages.build(("search",), None, cfg, io_cfg, False), mr, rician(clean * 800.0, 16.0, 12),
+               details=both_mr)
+    assert both_mr["intensity"] == {"moving": "percentiles", "fixed": "percentiles"}
+    ct_pair: dict = {}
+    stages.run(stages.build(("search",), None, cfg, io_cfg, True), ct, ct, details=ct_pair)
+    assert "intensity" not in ct_pair

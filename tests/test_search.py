@@ -161,9 +161,9 @@ def test_an_mr_like_volume_goes_through_every_stage(tmp_path, tiny_ckpt):  # noq
     big = smooth_volume((64, 40, 40), seed=5)
     big = (big - big.min()) / (big.max() - big.min())
     fixed, moving = big[:, :, 4:52], big[:, :, 12:60]  # pull map -8 along axis 0
-    ct_window = features.normalise_intensity(fixed, ct=True)
+    ct_window = features.normalise_intensity(fixed, mode=True)
     assert ct_window.std() < 1e-3  # what the CT path would see: nothing
-    assert features.normalise_intensity(fixed, ct=False).std() > 0.1
+    assert features.normalise_intensity(fixed, mode=False).std() > 0.1
     disp = search.search(moving, fixed, search.SearchConfig(grid=4, hw=3), ct=False)
     assert abs(disp[0, 0, 16:40, 8:32, 8:32].mean().item() + 8) < 1.5
     refined = instance.refine(disp, moving, fixed, instance.IOConfig(5), ct=False)

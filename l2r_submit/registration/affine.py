@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .features import ct_flags
+from .features import PairFlags, pair_modes
 from .search import SearchConfig, pool_to_grid, search_nodes
 from .start import body_mask
 
@@ -156,7 +156,7 @@ def dense(params: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def global_field(moving: torch.Tensor, fixed: torch.Tensor, cfg: AffineConfig,
-                 ct: bool | tuple[bool, bool] = True) -> tuple[torch.Tensor, dict]:
+                 ct: PairFlags = True) -> tuple[torch.Tensor, dict]:
     """The global transform of the pair as a dense field, and what was fitted: ``model`` (the one used),
     ``fallback`` (True when the affine fit was replaced by the translation), ``matrix`` (3 x 4, rows
     ``[A | t]`` per axis, voxels), ``nodes`` (body nodes, kept nodes). With fewer than ``MIN_NODES`` body
@@ -165,11 +165,12 @@ def global_field(moving: torch.Tensor, fixed: torch.Tensor, cfg: AffineConfig,
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
     """
     shape = tuple(fixed.shape[2:])
+    ct = pair_modes(moving, fixed, ct)
     with torch.no_grad():
         nodes = search_nodes(moving, fixed, cfg.search_config(), ct)  # grid steps
         grid_shape = tuple(nodes.shape[2:])
         disp = nodes[0].reshape(3, -1).T * cfg.grid
-        body = pool_to_grid(body_mask(fixed, ct_flags(ct)[1]).float(), cfg.grid)  # share of each block
+        body = pool_to_grid(body_mask(fixed, ct[1]).float(), cfg.grid)  # share of each block
         inside = body.reshape(-1) >= 0.5
         points = node_centres(grid_shape, cfg.grid, shape, fixed.device)[inside]
         disp = disp[inside]

@@ -91,13 +91,34 @@ ROBUST_PERCENTILES = (1.0, 99.0)
 _QUANTILE_SAMPLES = 1 << 20  # percentiles from a regular subsample: torch.quantile is limited to 2^24 values
 
 
-def ct_flags(ct: bool | tuple[bool, bool]) -> tuple[bool, bool]:
-    """``(moving, fixed)``: whether each image of a pair is CT in HU, from one flag for both or a pair of
-    flags (a dataset of two modalities, e.g. MR moving and CT fixed)."""
-    if isinstance(ct, bool):
-        return ct, ct
-    moving, fixed = ct
-    return bool(moving), bool(fixed)
+# How one image's intensities become [0, 1] (normalise_intensity): the CT window; its own percentiles; its own
+# percentiles with the noise of its air flattened (the noise floor). A flag True is CT; False, another modality
+# whose pair is not known (floored).
+CT, PERCENTILES, FLOORED = "ct", "percentiles", "floored"
+MODES = (CT, PERCENTILES, FLOORED)
+# A pair's flags: one flag or mode for both images, or (moving, fixed)
+PairFlags = bool | str | tuple[bool | str, bool | str]
+
+
+def intensity_mode(flag: bool | str) -> str:
+    """One image's normalisation (``MODES``) from its flag: True -> ``CT``, False -> ``FLOORED``, a mode
+    as it is.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(flag, bool):
+        return CT if flag else FLOORED
+    if flag not in MODES:
+        raise ValueError(f"intensity mode: {flag!r} received, expected True, False or one of {', '.join(MODES)}")
+    return flag
+
+
+def ct_flags(ct: PairFlags) -> tuple[bool, bool]:
+    """``(moving, fixed)``: whether each image of a pair is CT in HU, from one flag (or mode) for both or a
+    pair of them (a dataset of two modalities, e.g. MR moving and CT fixed)."""
+    moving, fixed = ct if isinstance(ct, tuple) else (ct, ct)
+    return intensity_mode(moving) == CT, intensity_mode(fixed) == CT
 
 
 # Other modalities: intensities below this many noise sigmas (noise_sigma) are one flat value. Where air fills
@@ -139,44 +160,91 @@ def noise_sigma(image: torch.Tensor) -> float:
     return float(torch.tensor(estimates).median().item()) * _MAD_TO_SIGMA if estimates else 0.0
 
 
-def normalise_intensity(image: torch.Tensor, ct: bool) -> torch.Tensor:
-    """Intensities mapped to [0, 1] before descriptors are computed.
+def _percentile_range(one: torch.Tensor) -> tuple[float, float]:
+    """An image's ``ROBUST_PERCENTILES``, from a regular subsample. Shape: (1, I, J, K) -> (low, high)."""
+    flat = one.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
+    q = torch.quantile(sample, sample.new_tensor([p / 100.0 for p in ROBUST_PERCENTILES]))
+    return q[0].item(), q[1].item()
 
-    CT (``ct=True``): the soft-tissue window ``CT_WINDOW_HU`` clipped and scaled, the same for every scan, so
-    Hounsfield units keep their meaning. Any other modality (MR, or intensities already in [0, 1]): the
-    image's own 1st and 99th percentiles, clipped and scaled, so nothing assumes a unit; then everything
-    below ``NOISE_FLOOR_SIGMAS`` x :func:`noise_sigma` is set to 0 (the rest rescaled to [0, 1]), so that
-    the noise of an MR image's air is one flat value, as the CT window makes a CT's air: MIND-SSC divides
-    by the local variance, and noise alone in the air of one image gave it a texture that the other
-    image's body matched better than its own flat air (a fixed MR with noisy air against a moving CT ended
-    below its zero field; README, "Another modality"). An image whose neighbours are mostly equal (no
-    noise) is unchanged; a noise-free image with fine texture may get a small floor from its texture, and
-    a floor above ``FLOOR_CAP`` of the range is not applied. Each image (and each resolution the
-    refinement resamples it to) gets its own floor.
+
+def normalise_intensity(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
+    """Intensities mapped to [0, 1] before descriptors are computed; ``mode``: :func:`intensity_mode`.
+
+    ``CT`` (or True): the soft-tissue window ``CT_WINDOW_HU`` clipped and scaled, the same for every scan,
+    so Hounsfield units keep their meaning. ``PERCENTILES``: the image's own 1st and 99th percentiles,
+    clipped and scaled, so nothing assumes a unit. ``FLOORED`` (or False): the same, then everything below
+    ``NOISE_FLOOR_SIGMAS`` x :func:`noise_sigma` set to 0 (the rest rescaled to [0, 1]), so that the noise
+    of an MR image's air is one flat value, as the CT window makes a CT's air: MIND-SSC divides by the
+    local variance, and noise alone in the air of one image gave it a texture that the other image's body
+    matched better than its own flat air (a fixed MR with noisy air against a moving CT ended below its
+    zero field; README, "Another modality"). Which of the two a non-CT image of a pair gets is
+    :func:`pair_modes`' choice. An image whose neighbours are mostly equal (no noise) is unchanged by the
+    floor; a noise-free image with fine texture may get a small floor from its texture, and a floor above
+    ``FLOOR_CAP`` of the range is not applied. Each image (and each resolution the refinement resamples
+    it to) gets its own floor.
 
     Shape: (B, 1, I, J, K) -> (B, 1, I, J, K) float32 in [0, 1].
     """
+    mode = intensity_mode(mode)
     image = image.float()
-    if ct:
+    if mode == CT:
         lo, hi = CT_WINDOW_HU
         return (image.clamp(lo, hi) - lo) / (hi - lo)
     out = []
     for one in image:
-        flat = one.reshape(-1)
-        sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
-        q = torch.quantile(sample, sample.new_tensor([p / 100.0 for p in ROBUST_PERCENTILES]))
-        lo, hi = q[0].item(), q[1].item()
+        lo, hi = _percentile_range(one)
         scaled = (one.clamp(lo, hi) - lo) / max(hi - lo, 1e-6)
-        floor = NOISE_FLOOR_SIGMAS * noise_sigma(scaled)
+        floor = NOISE_FLOOR_SIGMAS * noise_sigma(scaled) if mode == FLOORED else 0.0
         floor = floor if floor <= FLOOR_CAP else 0.0
         out.append((scaled.clamp(min=floor) - floor) / (1.0 - floor) if floor > 0 else scaled)
     return torch.stack(out)
 
 
-def image_descriptors(image: torch.Tensor, ct: bool) -> torch.Tensor:
+# A background is flat when at least this share of an image's voxels sit at the lowest value of its
+# normalisation without a floor: a CT's air and lungs below the window (a third or more of an abdominal CT
+# crop), an MR's zero-filled or masked background. The 1st percentile of a noisy MR puts about 1% there.
+FLAT_SHARE = 0.05
+
+
+def flat_share(image: torch.Tensor, ct: bool) -> float:
+    """The share of an image's voxels at the lowest value of its normalisation without a floor: below the
+    CT window (``ct``), at or below its 1st percentile otherwise; from a regular subsample.
+
+    Shape: (1, 1, I, J, K) -> a float in [0, 1].
+    """
+    flat = image.reshape(-1).float()
+    sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
+    low = CT_WINDOW_HU[0] if ct else _percentile_range(sample)[0]
+    return float((sample <= low).float().mean())
+
+
+def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tuple[str, str]:
+    """Each image's normalisation (``(moving, fixed)`` modes) for this pair. A mode given is kept; a flag
+    True is ``CT``; an image flagged False (not CT) is ``FLOORED`` when the other image's background is flat
+    (:func:`flat_share` at least ``FLAT_SHARE``: a CT, a masked MR), else ``PERCENTILES``. The floor makes
+    the air of a noisy image as flat as the other's; where both images have noisy air it only removes
+    dark tissue (two noisy MR contrasts registered worse with it; README, "The noise floor of other
+    modalities").
+
+    Shape: moving, fixed (1, 1, I, J, K) -> two of ``MODES``.
+    """
+    flags = ct if isinstance(ct, tuple) else (ct, ct)
+    is_ct = ct_flags(flags)
+    modes = []
+    for flag, other, other_ct in zip(flags, (fixed, moving), is_ct[::-1]):
+        if isinstance(flag, str) or flag:
+            modes.append(intensity_mode(flag))
+        else:
+            modes.append(FLOORED if flat_share(other, other_ct) >= FLAT_SHARE else PERCENTILES)
+    return modes[0], modes[1]
+
+
+def image_descriptors(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
     """The descriptors both the search and the refinement compare: MIND-SSC of the normalised image
-    (:func:`normalise_intensity`, then :func:`mind_ssc` with its defaults), at the image's resolution.
+    (:func:`normalise_intensity` in ``mode``, then :func:`mind_ssc` with its defaults), at the image's
+    resolution.
 
     Shape: (B, 1, I, J, K) -> (B, 12, I, J, K) float32 in (0, 1].
     """
-    return mind_ssc(normalise_intensity(image.float(), ct))
+    return mind_ssc(normalise_intensity(image.float(), mode))

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import box_mean, ct_flags, image_descriptors, normalise_intensity
+from .features import (CT, PairFlags, box_mean, ct_flags, image_descriptors, intensity_mode, normalise_intensity,
+                       pair_modes)
 
 SIMILARITIES = ("mind", "mse")
 FIELDS = ("displacement", "velocity")
@@ -133,23 +134,23 @@ def pool_descriptors(full: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
                                     align_corners=True) for c in range(full.shape[1])], dim=1)
 
 
-def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, ct: bool = True,
+def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, mode: bool | str = True,
              pooled: bool = False) -> torch.Tensor:
     """What the dissimilarity compares, on a grid of ``size`` spanning the volume (corners on corners).
 
-    ``ct``: the image is CT in HU (a CT window); otherwise robust percentiles normalise it
-    (:func:`l2r_submit.registration.features.normalise_intensity`). ``pooled`` (mind only): the
+    ``mode``: the image's normalisation (:func:`l2r_submit.registration.features.intensity_mode`: True or
+    ``"ct"``, a CT window; otherwise robust percentiles, :func:`~l2r_submit.registration.features.normalise_intensity`). ``pooled`` (mind only): the
     descriptors of the full-resolution image, averaged over a box about one grid step wide and sampled on
     the grid, instead of the descriptors of the image resampled to the grid.
 
     Shape: (1, 1, I, J, K) -> (1, C, *size); C = 12 (mind), 3 (mse, CT) or 1 (mse, not CT).
     """
     if pooled and similarity == "mind":
-        return pool_descriptors(image_descriptors(image, ct), size)
+        return pool_descriptors(image_descriptors(image, mode), size)
     small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
-        return preprocess(small, 3) if ct else normalise_intensity(small, ct)
-    return image_descriptors(small, ct)
+        return preprocess(small, 3) if intensity_mode(mode) == CT else normalise_intensity(small, mode)
+    return image_descriptors(small, mode)
 
 
 def for_sampling(features: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
     return features.contiguous(memory_format=torch.channels_last_3d)
 
 
-def for_pair(cfg: IOConfig, ct: bool | tuple[bool, bool]) -> IOConfig:
+def for_pair(cfg: IOConfig, ct: PairFlags) -> IOConfig:
     """``cfg`` as it applies to a pair with these modality flags: ``iters_non_ct`` iterations (when set)
     when either image is not CT, ``iters`` for two CT images."""
     if cfg.iters_non_ct is not None and not all(ct_flags(ct)):
@@ -181,7 +182,7 @@ def level_iterations(cfg: IOConfig) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-            ct: bool | tuple[bool, bool], half: tuple[torch.Tensor, torch.Tensor] | None = None):
+            ct: PairFlags, half: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The refinement's levels, coarse first: quarter resolution for ``coarse_fraction`` of the iterations,
     then half. Yields (level, iterations, moving features, fixed features, ``disp`` resized), each computed
     without gradients on that level's grid; levels with no iteration are skipped. ``half``: the half
@@ -190,7 +191,7 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
     Shape: disp (1, 3, I, J, K) -> features (1, C, *size), disp (1, 3, *size) in voxels of that grid.
     """
     full = tuple(disp.shape[2:])
-    ct_moving, ct_fixed = ct_flags(ct)
+    mode_moving, mode_fixed = pair_modes(moving_hu, fixed_hu, ct)
     for level, iters in level_iterations(cfg):
         if iters <= 0:
             continue
@@ -200,19 +201,19 @@ def _levels(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor,
             if level == 2 and half is not None:
                 m, f = for_sampling(half[0]), half[1]
             else:
-                m = for_sampling(features(moving_hu, size, cfg.similarity, ct_moving, pooled))
-                f = features(fixed_hu, size, cfg.similarity, ct_fixed, pooled)
+                m = for_sampling(features(moving_hu, size, cfg.similarity, mode_moving, pooled))
+                f = features(fixed_hu, size, cfg.similarity, mode_fixed, pooled)
             base = resize_disp(disp, size)
         yield level, iters, m, f, base
 
 
 def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-           ct: bool | tuple[bool, bool] = True,
+           ct: PairFlags = True,
            half: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
 
-    ``ct``: both images in HU, or ``(moving, fixed)`` flags for a pair of two modalities
-    (:func:`l2r_submit.registration.features.ct_flags`); when either image is not CT, ``cfg.iters_non_ct``
+    ``ct``: both images in HU, or ``(moving, fixed)`` flags or modes for a pair of two modalities
+    (:func:`l2r_submit.registration.features.pair_modes`); when either image is not CT, ``cfg.iters_non_ct``
     (when set) replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
     features of these images, already computed (``mind``, ``pooled``: :func:`pool_descriptors` of their
     MIND-SSC on the grid :func:`level_size` ``(shape, 2)``); they are then not computed again.
@@ -231,6 +232,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     cfg = for_pair(cfg, ct)
     if cfg.iters <= 0:
         return disp
+    ct = pair_modes(moving_hu, fixed_hu, ct)  # decided once, for every level
     if cfg.similarity == "mse" and len(set(ct_flags(ct))) > 1:
         raise ValueError("similarity 'mse' compares intensities, and this pair is CT against another modality: "
                          "use 'mind'")
@@ -258,7 +260,7 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
 
 
 def _refine_velocity(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, cfg: IOConfig,
-                     ct: bool | tuple[bool, bool],
+                     ct: PairFlags,
                      half: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The velocity model of :func:`refine`: one velocity field on the quarter-resolution grid for all the
     iterations; its exponential is computed there (cheap) and resampled to the grid of the data term,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
-from .features import box_mean, ct_flags, image_descriptors
+from .features import PairFlags, box_mean, image_descriptors, pair_modes
 
 
 TIE_BREAK = 1e-4  # weight of |l|^2 in the first label choice, relative to the mean cost
@@ -123,12 +123,13 @@ def pool_to_grid(descriptors: torch.Tensor, grid: int) -> torch.Tensor:
     return F.avg_pool3d(descriptors, kernel, stride=grid, ceil_mode=True)
 
 
-def grid_features(image: torch.Tensor, grid: int, ct: bool) -> torch.Tensor:
-    """MIND-SSC at full resolution, averaged over each ``grid``^3 block (:func:`pool_to_grid`).
+def grid_features(image: torch.Tensor, grid: int, mode: bool | str) -> torch.Tensor:
+    """MIND-SSC at full resolution, averaged over each ``grid``^3 block (:func:`pool_to_grid`); ``mode``: the
+    image's normalisation (:func:`features.intensity_mode`).
 
     Shape: (1, 1, I, J, K) -> (1, 12, ceil(I / grid), ceil(J / grid), ceil(K / grid)).
     """
-    return pool_to_grid(image_descriptors(image, ct), grid)
+    return pool_to_grid(image_descriptors(image, mode), grid)
 
 
 def cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, hw: int, chunk_mb: int) -> torch.Tensor:
@@ -245,11 +246,11 @@ def upsample(field: torch.Tensor, grid: int, shape: tuple[int, ...]) -> torch.Te
 
 
 def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
-           ct: bool | tuple[bool, bool] = True,
+           ct: PairFlags = True,
            features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The displacement found by the global search, ``warp(moving, disp) ~ fixed``. ``ct``: both images in
-    HU (CT window), or ``(moving, fixed)`` flags for a pair of two modalities (:func:`features.ct_flags`).
-    ``features``: ``(moving, fixed)`` :func:`grid_features` of these two images, already computed (they
+    HU (CT window), or ``(moving, fixed)`` flags or modes for a pair of two modalities
+    (:func:`features.pair_modes`). ``features``: ``(moving, fixed)`` :func:`grid_features` of these two images, already computed (they
     are then not computed again).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
@@ -261,7 +262,7 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
 
 
 def search_nodes(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
-                 ct: bool | tuple[bool, bool] = True,
+                 ct: PairFlags = True,
                  features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """:func:`search`'s field on its control grid, before upsampling: node n (the mean of voxels
     [n grid, (n + 1) grid) along each axis) holds its displacement in grid steps.
@@ -276,9 +277,9 @@ def search_nodes(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
     if moving.shape[:2] != (1, 1) or fixed.shape[:2] != (1, 1):
         raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)}: expected (1, 1, I, J, K)")
     with torch.no_grad():
-        ct_moving, ct_fixed = ct_flags(ct)
         if features is None:
-            features = grid_features(moving, cfg.grid, ct_moving), grid_features(fixed, cfg.grid, ct_fixed)
+            mode_moving, mode_fixed = pair_modes(moving, fixed, ct)
+            features = grid_features(moving, cfg.grid, mode_moving), grid_features(fixed, cfg.grid, mode_fixed)
         moving_feat, fixed_feat = features
         grid_shape = tuple(fixed_feat.shape[2:])
 
@@ -293,7 +294,7 @@ def search_nodes(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
 
 
 def search_stage(moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor, cfg: SearchConfig,
-                 ct: bool | tuple[bool, bool] = True,
+                 ct: PairFlags = True,
                  features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The search as a stage: it searches between ``warp(moving, disp_in)`` and ``fixed`` and returns the
     composition, i.e. the field that equals warping with ``disp_in`` then with the searched field.

@@ -26,7 +26,7 @@ Tensor contract: moving/fixed (1, 1, I, J, K) (HU for CT), disp (1, 3, I, J, K) 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -34,7 +34,7 @@ import torch
 from ..core.spatial import compose, warp_image
 from ..nets import regnet
 from .affine import AffineConfig, global_field
-from .features import ct_flags, image_descriptors
+from .features import CT, PairFlags, image_descriptors, pair_modes
 from .instance import IOConfig, for_pair, level_iterations, level_size, pool_descriptors, refine
 from .search import SearchConfig, pool_to_grid, search_stage
 from .start import centred_search
@@ -86,7 +86,7 @@ class AffineStage:
     was fitted goes to ``details["affine"]`` (:func:`l2r_submit.registration.affine.global_field`)."""
 
     cfg: AffineConfig
-    ct: bool | tuple[bool, bool] = True  # as SearchStage's
+    ct: PairFlags = True  # as SearchStage's
     name: str = "affine"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
@@ -102,10 +102,10 @@ class AffineStage:
 @dataclass(frozen=True)
 class SearchStage:
     """The global discrete search, composed with ``disp_in``. ``ct``: images in HU (CT window), or
-    ``(moving, fixed)`` flags for a pair of two modalities."""
+    ``(moving, fixed)`` flags or modes for a pair of two modalities (:func:`features.pair_modes`)."""
 
     cfg: SearchConfig
-    ct: bool | tuple[bool, bool] = True
+    ct: PairFlags = True
     name: str = "search"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
@@ -124,7 +124,7 @@ class AdamStage:
     """Instance optimisation of the total field, started at ``disp_in``."""
 
     cfg: IOConfig
-    ct: bool | tuple[bool, bool] = True  # as SearchStage's
+    ct: PairFlags = True  # as SearchStage's
     name: str = "adam"
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
@@ -158,10 +158,11 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 
 def build(names: tuple[str, ...], net: regnet.RegistrationNet | None, search_cfg: SearchConfig,
-          io_cfg: IOConfig, ct: bool | tuple[bool, bool] = True,
+          io_cfg: IOConfig, ct: PairFlags = True,
           affine_cfg: AffineConfig | None = None) -> list[Stage]:
     """The stages named, in pipeline order (network, affine, search, adam). ``ct``: the images are CT in HU,
-    one flag for both or ``(moving, fixed)`` (:func:`l2r_submit.registration.features.ct_flags`).
+    one flag for both or ``(moving, fixed)``; how a non-CT image is normalised is decided per pair by
+    :func:`run` (:func:`features.pair_modes`).
     ``affine_cfg`` None: :class:`AffineConfig`'s defaults.
 
     Raises:
@@ -199,26 +200,51 @@ def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor)
     if search is None or adam is None:
         return None
     cfg = for_pair(adam.cfg, adam.ct)
+    modes = pair_modes(moving, fixed, search.ct)
     if (cfg.similarity, cfg.half_features) != ("mind", "pooled") or level_iterations(cfg)[1][1] <= 0 \
-            or ct_flags(search.ct) != ct_flags(adam.ct):
+            or modes != pair_modes(moving, fixed, adam.ct):
         return None
     size = level_size(tuple(fixed.shape[2:]), 2)
     grid_views, half_views = [], []
     with torch.no_grad():
-        for image, ct in zip((moving, fixed), ct_flags(search.ct)):
-            full = image_descriptors(image, ct)
+        for image, mode in zip((moving, fixed), modes):
+            full = image_descriptors(image, mode)
             grid_views.append(pool_to_grid(full, search.cfg.grid))
             half_views.append(pool_descriptors(full, size))
             del full
     return SharedViews(search=(grid_views[0], grid_views[1]), half=(half_views[0], half_views[1]))
 
 
+def for_images(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor,
+               details: dict | None = None) -> list[Stage]:
+    """The stages with this pair's normalisation decided once (:func:`features.pair_modes`, from the unwarped
+    images) in place of their flags, so that every stage compares the same descriptors; the modes go to
+    ``details["intensity"]`` (``{"moving": mode, "fixed": mode}``) when either image is not CT. Stages of
+    other flags (several, built apart) are each decided from their own."""
+    decided: dict = {}
+    out: list[Stage] = []
+    for stage in stages:
+        flags = getattr(stage, "ct", None)
+        if flags is None:
+            out.append(stage)
+            continue
+        key = flags if isinstance(flags, tuple) else (flags, flags)
+        if key not in decided:
+            decided[key] = pair_modes(moving, fixed, flags)
+        out.append(replace(stage, ct=decided[key]))
+    modes = next(iter(decided.values()), (CT, CT))
+    if details is not None and modes != (CT, CT):
+        details["intensity"] = {"moving": modes[0], "fixed": modes[1]}
+    return out
+
+
 def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor | None = None,
         details: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Chain the stages from ``disp`` (None: a zero field); returns the field and each stage's seconds.
     Descriptors that two stages share (:func:`shared_views`) are computed once, before the first stage,
-    and their seconds are counted in the first stage's. ``details``: filled with what the stages chose
-    (``search_start``: :func:`start_record`), when given.
+    and their seconds are counted in the first stage's; so is each image's normalisation (:func:`for_images`).
+    ``details``: filled with what the stages chose (``search_start``: :func:`start_record`; ``intensity``),
+    when given.
 
     Shape: moving, fixed (1, 1, I, J, K), disp (1, 3, I, J, K) -> (1, 3, I, J, K), {name: seconds}.
     """
@@ -226,6 +252,7 @@ def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor, disp: to
         disp = torch.zeros((1, 3, *fixed.shape[2:]), device=fixed.device)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    stages = for_images(stages, moving, fixed, details)
     views = shared_views(stages, moving, fixed) if not disp.any() else None
     for stage in stages:
         disp = stage(moving, fixed, disp, views, details)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.spatial import compose, warp_image
-from .features import ct_flags, image_descriptors, normalise_intensity
+from .features import CT, PairFlags, image_descriptors, intensity_mode, normalise_intensity, pair_modes
 from .instance import level_size, pool_descriptors, resize_disp
 from .search import SearchConfig, grid_features, search
 
@@ -38,27 +38,26 @@ BODY_HU = -500.0  # CT: the body is what is denser than this (lungs and air are 
 BODY_NORMALISED = 0.1  # other modalities: above 10% of the normalised range (features.normalise_intensity)
 
 
-def body_mask(image: torch.Tensor, ct: bool) -> torch.Tensor:
-    """The body: CT above ``BODY_HU``; any other modality above ``BODY_NORMALISED`` of its 1st-99th percentile
-    range above its noise floor (:func:`features.normalise_intensity`).
-    Shape: (1, 1, I, J, K) -> (1, 1, I, J, K) bool."""
-    if ct:
+def body_mask(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
+    """The body: CT above ``BODY_HU``; any other modality above ``BODY_NORMALISED`` of its range as ``mode``
+    normalises it (:func:`features.normalise_intensity`: 1st-99th percentile, above the noise floor when
+    floored). Shape: (1, 1, I, J, K) -> (1, 1, I, J, K) bool."""
+    if intensity_mode(mode) == CT:
         return image > BODY_HU
-    return normalise_intensity(image, False) > BODY_NORMALISED
+    return normalise_intensity(image, mode) > BODY_NORMALISED
 
 
 def centroid_shift(moving: torch.Tensor, fixed: torch.Tensor, axes: tuple[int, ...],
-                   ct: bool | tuple[bool, bool] = True) -> torch.Tensor:
+                   ct: PairFlags = True) -> torch.Tensor:
     """The translation (a pull map: moving position minus fixed position) that lines up the centroids of
     the two body masks along ``axes``, rounded to whole voxels; 0 along the other axes, and everywhere when
     either body is empty.
 
     Shape: moving, fixed (1, 1, I, J, K) -> (3,) float32 voxels.
     """
-    ct_moving, ct_fixed = ct_flags(ct)
     shift = torch.zeros(3, device=fixed.device)
-    bodies = [torch.nonzero(body_mask(img, flag)[0, 0]).float() for img, flag in
-              ((moving, ct_moving), (fixed, ct_fixed))]
+    bodies = [torch.nonzero(body_mask(img, mode)[0, 0]).float()
+              for img, mode in zip((moving, fixed), pair_modes(moving, fixed, ct))]
     if any(len(b) == 0 for b in bodies):
         return shift
     delta = (bodies[0].mean(dim=0) - bodies[1].mean(dim=0)).round()
@@ -76,16 +75,16 @@ def descriptor_gap(disp: torch.Tensor, half: tuple[torch.Tensor, torch.Tensor], 
     return float((gap * body).sum() / body.sum().clamp_min(1.0))
 
 
-def half_views(moving: torch.Tensor, fixed: torch.Tensor, ct: bool | tuple[bool, bool]):
+def half_views(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags):
     """Pooled MIND-SSC of both images on the half-resolution grid (what the refinement compares).
     Shape: (1, 1, I, J, K) twice -> ((1, 12, *h), (1, 12, *h))."""
     size = level_size(tuple(fixed.shape[2:]), 2)
-    return tuple(pool_descriptors(image_descriptors(img, flag), size)
-                 for img, flag in zip((moving, fixed), ct_flags(ct)))
+    return tuple(pool_descriptors(image_descriptors(img, mode), size)
+                 for img, mode in zip((moving, fixed), pair_modes(moving, fixed, ct)))
 
 
 def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
-                   ct: bool | tuple[bool, bool] = True,
+                   ct: PairFlags = True,
                    features: tuple[torch.Tensor, torch.Tensor] | None = None,
                    half: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """The search from the zero field and, when ``cfg.centre_axes`` names axes and the bodies' centroids differ
@@ -98,10 +97,11 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
     """
-    ct_moving, ct_fixed = ct_flags(ct)
+    ct = pair_modes(moving, fixed, ct)  # decided once, on the unshifted pair
+    mode_moving, mode_fixed = ct
     with torch.no_grad():
         if features is None:
-            features = grid_features(moving, cfg.grid, ct_moving), grid_features(fixed, cfg.grid, ct_fixed)
+            features = grid_features(moving, cfg.grid, mode_moving), grid_features(fixed, cfg.grid, mode_fixed)
         field = search(moving, fixed, cfg, ct, features)
         shift = centroid_shift(moving, fixed, cfg.centre_axes, ct) if cfg.centre_axes else None
         if shift is None or shift.abs().max().item() < cfg.grid:  # within one label step: nothing to gain
@@ -109,12 +109,12 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         start = shift.view(1, 3, 1, 1, 1).expand(1, 3, *fixed.shape[2:]).contiguous()
         shifted = warp_image(moving.float(), start, padding_mode="border")
         # the fixed image's grid features are those of the first search: only the shifted moving image's are new
-        centred = compose(start, search(shifted, fixed, cfg, ct, (grid_features(shifted, cfg.grid, ct_moving),
+        centred = compose(start, search(shifted, fixed, cfg, ct, (grid_features(shifted, cfg.grid, mode_moving),
                                                                     features[1])))
         del shifted
         half = half if half is not None else half_views(moving, fixed, ct)
         size = tuple(half[1].shape[2:])
-        body = F.interpolate(body_mask(fixed, ct_fixed).float(), size=size, mode="trilinear", align_corners=True)
+        body = F.interpolate(body_mask(fixed, mode_fixed).float(), size=size, mode="trilinear", align_corners=True)
         body = (body > 0.5).float()
         gaps = {"zero": descriptor_gap(field, half, body), "centre": descriptor_gap(centred, half, body)}
         kept = "centre" if gaps["centre"] < (1.0 - cfg.keep_margin) * gaps["zero"] else "zero"
