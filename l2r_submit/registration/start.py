@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.spatial import compose, warp_image
-from .features import CT, PairFlags, image_descriptors, intensity_mode, normalise_intensity, pair_modes
+from .features import CT_MODES, PairFlags, image_descriptors, intensity_mode, normalise_intensity, pair_modes
 from .instance import level_size, pool_descriptors, resize_disp
 from .search import SearchConfig, grid_features, search
 
@@ -42,7 +42,7 @@ def body_mask(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
     """The body: CT above ``BODY_HU``; any other modality above ``BODY_NORMALISED`` of its range as ``mode``
     normalises it (:func:`features.normalise_intensity`: 1st-99th percentile, above the noise floor when
     floored). Shape: (1, 1, I, J, K) -> (1, 1, I, J, K) bool."""
-    if intensity_mode(mode) == CT:
+    if intensity_mode(mode) in CT_MODES:
         return image > BODY_HU
     return normalise_intensity(image, mode) > BODY_NORMALISED
 
