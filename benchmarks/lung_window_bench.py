@@ -20,8 +20,14 @@ Printed per seed and setting: the mean end-point error (voxels) inside the lungs
 -950 and -500 HU) and inside the body (above -500 HU), and seconds. One process, CPU. It needs the shared
 data folder (not in the repository); nothing here changes predict's defaults.
 
+``--inter-patient``: instead, test_data's two real inter-patient pairs (0004 <- 0006 and 0006 <- 0004: an
+abdomen and a chest-to-upper-abdomen scan of two patients) rebuilt by ``scripts/make_test_data.py`` into a
+temporary folder without its clipping of air below -800 HU (raw HU, as the challenge's scans are), and
+registered under each setting: mean Dice over labels 1-13 present in both label maps, and seconds.
+
     python benchmarks/lung_window_bench.py [--settings "auto;-200,300;-1000,300;pct"] [--seeds 0,1,2] [--threads 2]
     python benchmarks/lung_window_bench.py --chest ../shared/data/ct_patient_a/ct.nii.gz   # an abdominal scan
+    python benchmarks/lung_window_bench.py --inter-patient   # two patients, organ overlap
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ LUNG_HU, BODY_HU = (-950.0, -500.0), -500.0
 @click.option("--threads", default=2, show_default=True)
 @click.option("--chest", type=click.Path(path_type=Path), default=CHEST, show_default=True,
               help="The raw chest CT (HU).")
-def main(settings: str, seeds: str, threads: int, chest: Path) -> None:
+@click.option("--inter-patient", is_flag=True,
+              help="Score test_data's two real inter-patient pairs in raw HU instead (Dice; needs ../shared/data).")
+def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bool) -> None:
     import nibabel as nib
     import torch
 
@@ -70,37 +78,86 @@ def main(settings: str, seeds: str, threads: int, chest: Path) -> None:
     names = defaults.DEFAULT_STAGES
     io_cfg = defaults.io_for_stages(names, None, None)
     default_window = features.CT_WINDOW_HU
+
+    def register(setting: str, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[np.ndarray, float]:
+        """The field of one setting, (3, I, J, K) voxels, and its seconds."""
+        features.CT_WINDOW_HU = windows.get(setting, default_window)
+        flags = {"pct": False, "auto": True}.get(setting, features.CT)  # a window forced: the soft-tissue mode
+        built = stages.build(names, None, SearchConfig(), io_cfg, flags)
+        t0 = time.perf_counter()
+        try:
+            disp, _ = stages.run(built, moving, fixed)
+        finally:
+            features.CT_WINDOW_HU = default_window
+        return disp[0].numpy(), time.perf_counter() - t0
+
+    if inter_patient:
+        return inter_patient_pairs(chosen, register, threads)
     print(f"{chest.name} {ct.shape}, lung share {features.lung_share(torch.from_numpy(ct)):.2f} (lung window from "
           f"{features.LUNG_SHARE:g}); stages {','.join(names)}; CPU, {threads} threads")
     print("end-point error (voxels) in the lungs / in the body, seconds")
     print(f"{'seed':<6} {'zero':>14} " + " ".join(f"{s:>22}" for s in chosen))
     totals: dict[str, list] = {s: [] for s in chosen}
     moving = torch.from_numpy(ct)[None, None]
-    try:
-        for seed in (int(x) for x in seeds.split(",")):
-            true = smooth_random_disp(seed, ct.shape, 8.0)
-            fixed = warp_image(moving, torch.from_numpy(true)[None], padding_mode="border")
-            fixed = fixed + torch.randn(fixed.shape, generator=torch.Generator().manual_seed(seed)) * 10.0
-            f = fixed[0, 0].numpy()
-            lung, body = (f > LUNG_HU[0]) & (f < LUNG_HU[1]), f > BODY_HU
-            zero = np.linalg.norm(true, axis=0)
-            cells = [f"{zero[lung].mean():.2f} / {zero[body].mean():.2f}"]
-            for s in chosen:
-                features.CT_WINDOW_HU = windows.get(s, default_window)
-                flags = {"pct": False, "auto": True}.get(s, features.CT)  # a window forced: the soft-tissue mode
-                built = stages.build(names, None, SearchConfig(), io_cfg, flags)
-                t0 = time.perf_counter()
-                disp, _ = stages.run(built, moving, fixed)
-                seconds = time.perf_counter() - t0
-                err = np.linalg.norm(disp[0].numpy() - true, axis=0)
-                totals[s].append((err[lung].mean(), err[body].mean()))
-                cells.append(f"{err[lung].mean():.3f} / {err[body].mean():.3f} ({seconds:.0f}s)")
-            print(f"{seed:<6} {cells[0]:>14} " + " ".join(f"{c:>22}" for c in cells[1:]), flush=True)
-    finally:
-        features.CT_WINDOW_HU = default_window
+    for seed in (int(x) for x in seeds.split(",")):
+        true = smooth_random_disp(seed, ct.shape, 8.0)
+        fixed = warp_image(moving, torch.from_numpy(true)[None], padding_mode="border")
+        fixed = fixed + torch.randn(fixed.shape, generator=torch.Generator().manual_seed(seed)) * 10.0
+        f = fixed[0, 0].numpy()
+        lung, body = (f > LUNG_HU[0]) & (f < LUNG_HU[1]), f > BODY_HU
+        zero = np.linalg.norm(true, axis=0)
+        cells = [f"{zero[lung].mean():.2f} / {zero[body].mean():.2f}"]
+        for s in chosen:
+            disp, seconds = register(s, moving, fixed)
+            err = np.linalg.norm(disp - true, axis=0)
+            totals[s].append((err[lung].mean(), err[body].mean()))
+            cells.append(f"{err[lung].mean():.3f} / {err[body].mean():.3f} ({seconds:.0f}s)")
+        print(f"{seed:<6} {cells[0]:>14} " + " ".join(f"{c:>22}" for c in cells[1:]), flush=True)
     print(f"{'mean':<6} {'':>14} " + " ".join(
         f"{np.mean([t[0] for t in totals[s]]):.3f} / {np.mean([t[1] for t in totals[s]]):.3f}".rjust(22)
         for s in chosen))
+
+
+def inter_patient_pairs(chosen: list[str], register, threads: int) -> None:
+    """test_data's two real inter-patient pairs rebuilt in raw HU, registered under each setting; prints Dice."""
+    import sys
+    import tempfile
+
+    import torch
+
+    from l2r_submit.core import dataset, io
+    from l2r_submit.evaluation import metrics
+    from l2r_submit.registration import features
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_test_data
+
+    shared = ROOT.parent / "shared" / "data"
+    with tempfile.TemporaryDirectory() as tmp:
+        make_test_data.AIR_BELOW_HU = -1025  # nothing clipped: raw HU (above the format's -1024)
+        make_test_data.build(shared, Path(tmp))
+        pairs = [p for p in dataset.load(Path(tmp) / "AbdomenCTCT_dataset.json").pairs("val") if "0006" in p.key]
+        print(f"test_data's real inter-patient pairs in raw HU (lung window when both images' lung share >= "
+              f"{features.LUNG_SHARE:g}); CPU, {threads} threads; Dice, seconds")
+        print(f"{'pair':<12} {'shares':>11} {'zero':>7} " + " ".join(f"{s:>16}" for s in chosen))
+        for pair in pairs:
+            images = [io.read_volume(c.image, np.float32).array for c in (pair.moving, pair.fixed)]
+            moving_seg, fixed_seg = io.read_labels(pair.moving.label), io.read_labels(pair.fixed.label)
+            labels = [k for k in range(1, 14) if (fixed_seg == k).any() and (moving_seg == k).any()]
+
+            def dice(disp: np.ndarray) -> float:
+                warped = metrics.warp_labels(moving_seg, disp)
+                return float(np.mean([metrics.dice(fixed_seg == k, warped == k) for k in labels]))
+
+            moving, fixed = (torch.from_numpy(a)[None, None] for a in images)
+            shares = "/".join(f"{features.lung_share(t):.2f}" for t in (moving, fixed))
+            cells = []
+            for s in chosen:
+                disp, seconds = register(s, moving, fixed)
+                cells.append(f"{dice(disp):.3f} ({seconds:.0f}s)")
+            zero = dice(np.zeros((3, *images[1].shape), np.float32))
+            print(f"{pair.key[:4]}<-{pair.key[12:16]:<6} {shares:>11} {zero:>7.3f} " + " ".join(f"{c:>16}" for c in cells),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def test_lung_share_and_the_window_of_a_pair():
     chest, abdomen = slab(0.3, 0.5), slab(0.05, 0.75)
     assert abs(features.lung_share(chest) - 0.6) < 1e-6 and abs(features.lung_share(abdomen) - 1 / 15) < 1e-6
     assert features.pair_modes(abdomen, abdomen, True) == (features.CT, features.CT)
-    # one window for both CT images of a pair: the lung window when either is full of lung
-    assert features.pair_modes(abdomen, chest, True) == (features.CT_LUNG, features.CT_LUNG)
+    # one window for both CT images of a pair: the lung window only when both are full of lung
+    assert features.pair_modes(abdomen, chest, True) == (features.CT, features.CT)
+    assert features.pair_modes(chest, slab(0.4, 0.4), True) == (features.CT_LUNG, features.CT_LUNG)
     assert features.pair_modes(chest, abdomen, (True, "ct")) == (features.CT_LUNG, features.CT)  # given: kept
     lung = features.normalise_intensity(chest, features.CT_LUNG)
     assert torch.allclose(lung.unique(), torch.tensor([0.0, 200.0 / 1300.0, 1040.0 / 1300.0]))
