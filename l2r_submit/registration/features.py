@@ -247,11 +247,13 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     Images flagged True (CT) share one window: ``CT_LUNG`` when the :func:`lung_share` of each is at least
     ``LUNG_SHARE`` (two chests: inside the lungs the soft-tissue window left twice the error), else ``CT``
     (a chest against an abdomen lost organ overlap with the lung window).
-    An image flagged False (not CT) is ``FLOORED`` when the other image's background is flat and its own
-    is not (:func:`flat_share` at least ``FLAT_SHARE``: a CT, a masked MR), else ``PERCENTILES``. The floor
-    makes the noisy air of one image as flat as the other's; where both images have noisy air, or its own
-    is flat already, it only removes dark tissue (two noisy MR contrasts registered worse with it, and a
-    chest CT read by its percentiles lost inside the lungs; README, "The noise floor of other modalities").
+    An image flagged False (not CT) is ``FLOORED`` when the other image's background is flat
+    (:func:`flat_share` at least ``FLAT_SHARE``: a CT, a masked MR), else ``PERCENTILES``. The floor makes
+    the noisy air of one image as flat as the other's; where both images have noisy air it only removes
+    dark tissue (two noisy MR contrasts registered worse with it; README, "The noise floor of other
+    modalities"). An image with a flat background of its own may still have noisy air inside its field of
+    view: a chest CT read by its percentiles, both images floored, kept the lungs' error at half of what it
+    was without the floor (benchmarks/lung_window_bench.py, ``pct``).
 
     Shape: moving, fixed (1, 1, I, J, K) -> two of ``MODES``.
     """
@@ -261,11 +263,10 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
         wide = all(lung_share(img) >= LUNG_SHARE for img, f in zip(images, flags) if f is True)
         flags = tuple((CT_LUNG if wide else CT) if f is True else f for f in flags)
     modes = [intensity_mode(f) if isinstance(f, str) else f for f in flags]  # CT images decided first
-    flat = [flat_share(img, intensity_mode(m) if isinstance(m, str) else PERCENTILES) >= FLAT_SHARE
-            if False in modes else False for img, m in zip(images, modes)]
     for i, other in ((0, 1), (1, 0)):
         if modes[i] is False:
-            modes[i] = FLOORED if flat[other] and not flat[i] else PERCENTILES
+            other_mode = intensity_mode(modes[other]) if isinstance(modes[other], str) else PERCENTILES
+            modes[i] = FLOORED if flat_share(images[other], other_mode) >= FLAT_SHARE else PERCENTILES
     return modes[0], modes[1]
 
 
