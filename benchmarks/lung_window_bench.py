@@ -13,8 +13,9 @@ it back with predict's default stages, once per setting:
 
   * ``auto``: the window predict chooses for the pair (what ``l2r predict`` does);
   * ``W,L``: a CT window from W to L HU for both images, forced (``-200,300``: the soft-tissue window);
-  * ``pct``: both images normalised as another modality (1st-99th percentiles and the noise floor;
-    with predict's refinement iterations for non-CT images).
+  * ``pct``: both images flagged as another modality (1st-99th percentiles, and the noise floor where
+    ``features.pair_modes`` puts it: here on the fixed image only, whose added noise leaves no flat
+    background; with predict's refinement iterations for non-CT images).
 
 Printed per seed and setting: the mean end-point error (voxels) inside the lungs (fixed image between
 -950 and -500 HU) and inside the body (above -500 HU), and seconds. One process, CPU. It needs the shared

@@ -152,6 +152,8 @@ def test_an_image_is_floored_only_against_a_partner_with_a_flat_background():
     assert features.pair_modes(ct, masked, False) == (F_, F_)
     assert features.pair_modes(mr, other_mr, (P, F_)) == (P, F_)
     assert features.pair_modes(mr, ct, True) == (C, C)
+    assert features.pair_modes(mr, ct, (np.False_, np.True_)) == (F_, C)  # NumPy bools are flags too
+    assert features.ct_flags((np.True_, 0)) == (True, False)
 
 
 def test_the_stages_decide_the_modes_once_per_pair_and_record_them():

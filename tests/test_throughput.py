@@ -273,11 +273,13 @@ def test_ctrl_c_during_a_write_finishes_that_write_on_both_paths(overlap):
         written.append(i)
         return i
 
-    before = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # whatever an earlier test left
+    before = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # whatever an earlier test left,
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # mask and handler alike
     try:
         with pytest.raises(KeyboardInterrupt):
             pipeline.run_items(list(range(4)), lambda i: i, lambda i, data: (data, {}), write,
                                lambda i, o: reported.append(i) or False, overlap=overlap)
     finally:
+        signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     assert 1 in written and 1 in reported, (signal.SIGINT in before, written, reported)

@@ -138,8 +138,10 @@ def features(image: torch.Tensor, size: tuple[int, ...], similarity: str, mode: 
              pooled: bool = False) -> torch.Tensor:
     """What the dissimilarity compares, on a grid of ``size`` spanning the volume (corners on corners).
 
-    ``mode``: the image's normalisation (:func:`l2r_submit.registration.features.intensity_mode`: True or
-    ``"ct"``, a CT window; otherwise robust percentiles, :func:`~l2r_submit.registration.features.normalise_intensity`). ``pooled`` (mind only): the
+    ``mode``: the image's normalisation (:func:`l2r_submit.registration.features.intensity_mode`: a CT
+    window for ``ct`` or ``ct_lung``; otherwise robust percentiles,
+    :func:`~l2r_submit.registration.features.normalise_intensity`). ``mse`` on a CT image compares the
+    network's three CT windows (:func:`preprocess`) whichever CT mode it is given. ``pooled`` (mind only): the
     descriptors of the full-resolution image, averaged over a box about one grid step wide and sampled on
     the grid, instead of the descriptors of the image resampled to the grid.
 

@@ -303,6 +303,7 @@ def search_stage(moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tenso
     Shape: moving, fixed (1, 1, I, J, K), disp_in (1, 3, I, J, K) -> (1, 3, I, J, K) voxels.
     """
     check_disp_tensor(disp_in, "disp_in")
+    ct = pair_modes(moving, fixed, ct)  # decided on the unwarped pair, as stages.run does
     with torch.no_grad():
         if not disp_in.any():
             return search(moving, fixed, cfg, ct, features)

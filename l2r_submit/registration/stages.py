@@ -92,8 +92,9 @@ class AffineStage:
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
                  views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
         with torch.no_grad():
+            modes = pair_modes(moving, fixed, self.ct)  # decided on the unwarped pair
             warped = warp_image(moving.float(), disp_in, padding_mode="border") if disp_in.any() else moving
-            field, record = global_field(warped, fixed, self.cfg, self.ct)
+            field, record = global_field(warped, fixed, self.cfg, modes)
             if details is not None:
                 details["affine"] = record
             return compose(disp_in, field) if disp_in.any() else field
