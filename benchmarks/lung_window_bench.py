@@ -157,8 +157,8 @@ def inter_patient_pairs(chosen: list[str], register, threads: int) -> None:
                 disp, seconds = register(s, moving, fixed)
                 cells.append(f"{dice(disp):.3f} ({seconds:.0f}s)")
             zero = dice(np.zeros((3, *images[1].shape), np.float32))
-            print(f"{pair.key[:4]}<-{pair.key[12:16]:<6} {shares:>11} {zero:>7.3f} " + " ".join(f"{c:>16}" for c in cells),
-                  flush=True)
+            print(f"{pair.key[:4]}<-{pair.key[12:16]:<6} {shares:>11} {zero:>7.3f} "
+                  + " ".join(f"{c:>16}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -179,8 +179,9 @@ def normalise_intensity(image: torch.Tensor, mode: bool | str) -> torch.Tensor:
     """Intensities mapped to [0, 1] before descriptors are computed; ``mode``: :func:`intensity_mode`.
 
     ``CT`` (or True): the soft-tissue window ``CT_WINDOW_HU`` clipped and scaled, the same for every scan,
-    so Hounsfield units keep their meaning; ``CT_LUNG``: ``LUNG_WINDOW_HU`` instead. ``PERCENTILES``: the image's own 1st and 99th percentiles,
-    clipped and scaled, so nothing assumes a unit. ``FLOORED`` (or False): the same, then everything below
+    so Hounsfield units keep their meaning; ``CT_LUNG``: ``LUNG_WINDOW_HU`` instead. ``PERCENTILES``: the
+    image's own 1st and 99th percentiles, clipped and scaled, so nothing assumes a unit. ``FLOORED`` (or
+    False): the same, then everything below
     ``NOISE_FLOOR_SIGMAS`` x :func:`noise_sigma` set to 0 (the rest rescaled to [0, 1]), so that the noise
     of an MR image's air is one flat value, as the CT window makes a CT's air: MIND-SSC divides by the
     local variance, and noise alone in the air of one image gave it a texture that the other image's body

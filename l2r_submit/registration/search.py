@@ -250,8 +250,8 @@ def search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
            features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The displacement found by the global search, ``warp(moving, disp) ~ fixed``. ``ct``: both images in
     HU (CT window), or ``(moving, fixed)`` flags or modes for a pair of two modalities
-    (:func:`features.pair_modes`). ``features``: ``(moving, fixed)`` :func:`grid_features` of these two images, already computed (they
-    are then not computed again).
+    (:func:`features.pair_modes`). ``features``: ``(moving, fixed)`` :func:`grid_features` of these two
+    images, already computed (they are then not computed again).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
 
