@@ -127,11 +127,12 @@ def inter_patient_pairs(chosen: list[str], register, threads: int) -> None:
     import torch
 
     from l2r_submit.core import dataset, io
-    from l2r_submit.evaluation import metrics
     from l2r_submit.registration import features
 
     sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     import make_test_data
+    from offset_bench import mean_dice
 
     shared = ROOT.parent / "shared" / "data"
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,19 +145,13 @@ def inter_patient_pairs(chosen: list[str], register, threads: int) -> None:
         for pair in pairs:
             images = [io.read_volume(c.image, np.float32).array for c in (pair.moving, pair.fixed)]
             moving_seg, fixed_seg = io.read_labels(pair.moving.label), io.read_labels(pair.fixed.label)
-            labels = [k for k in range(1, 14) if (fixed_seg == k).any() and (moving_seg == k).any()]
-
-            def dice(disp: np.ndarray) -> float:
-                warped = metrics.warp_labels(moving_seg, disp)
-                return float(np.mean([metrics.dice(fixed_seg == k, warped == k) for k in labels]))
-
             moving, fixed = (torch.from_numpy(a)[None, None] for a in images)
             shares = "/".join(f"{features.lung_share(t):.2f}" for t in (moving, fixed))
             cells = []
             for s in chosen:
                 disp, seconds = register(s, moving, fixed)
-                cells.append(f"{dice(disp):.3f} ({seconds:.0f}s)")
-            zero = dice(np.zeros((3, *images[1].shape), np.float32))
+                cells.append(f"{mean_dice(fixed_seg, moving_seg, disp):.3f} ({seconds:.0f}s)")
+            zero = mean_dice(fixed_seg, moving_seg, np.zeros((3, *images[1].shape), np.float32))
             print(f"{pair.key[:4]}<-{pair.key[12:16]:<6} {shares:>11} {zero:>7.3f} "
                   + " ".join(f"{c:>16}" for c in cells), flush=True)
 
