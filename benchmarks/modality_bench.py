@@ -41,12 +41,13 @@ It is imported from the environment made by benchmarks/setup_peer.sh, so the ben
 figures are printed but do not count in the exit status.
 
 ``--io-iters N`` / ``--io-iters-non-ct N``: the refinement's iterations as ``l2r predict`` takes them
-(the latter for every setting with an image flagged non-CT: all but ``CT`` and ``T1 <- CT, CT flag``).
+(the latter for a pair with an image flagged non-CT when no image is floored: ``T1`` and ``T1 <- T2``; the
+settings of MR-like against CT floor the MR-like image and get ``--io-iters``, as two CT images).
 ``--noise-floor K``: the noise floor of non-CT images (``features.NOISE_FLOOR_SIGMAS``) for this run; 0 is
 the behaviour before the floor existed.
 
     python benchmarks/modality_bench.py [--threads 2] [--pairs 0001,0004_0006] [--json OUT]
-    python benchmarks/modality_bench.py --settings "T1 <- CT" --io-iters-non-ct 80
+    python benchmarks/modality_bench.py --settings "T1 <- T2" --io-iters-non-ct 80
     python benchmarks/modality_bench.py --settings "fixed T1 <- CT" --noise-floor 0   # as before the floor
     .venv-peer/bin/python benchmarks/modality_bench.py --peer --settings "T1;T1 <- T2"
 """
@@ -119,8 +120,8 @@ def peer_registration():
 @click.option("--io-iters", type=click.IntRange(min=1), default=None,
               help="Refinement iterations, as l2r predict's option (it sets both) [default: predict's].")
 @click.option("--io-iters-non-ct", type=click.IntRange(min=1), default=None,
-              help="Refinement iterations for pairs with an image flagged non-CT, as l2r predict's option "
-                   "[default: predict's].")
+              help="Refinement iterations for pairs with an image flagged non-CT and none floored, as l2r "
+                   "predict's option [default: predict's].")
 @click.option("--noise-floor", type=click.FloatRange(min=0), default=None,
               help="The noise floor of non-CT images in noise sigmas; 0: none, as before it existed "
                    "[default: features.NOISE_FLOOR_SIGMAS].")
@@ -151,8 +152,8 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     if not val:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     across = io_cfg.iters if io_cfg.iters_non_ct is None else io_cfg.iters_non_ct
-    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations for CT pairs, {across} with an "
-          f"image flagged non-CT; noise floor {features.NOISE_FLOOR_SIGMAS:g} sigmas; CPU, {threads} threads")
+    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations for CT pairs and floored ones, "
+          f"{across} with an image flagged non-CT and none floored; noise floor {features.NOISE_FLOOR_SIGMAS:g} sigmas; CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
     columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
     print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))

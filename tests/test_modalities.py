@@ -105,18 +105,24 @@ def test_predict_reads_each_images_modality(tmp_path):
 
 
 def test_a_pair_with_a_non_ct_image_gets_its_own_iterations():
-    """``iters_non_ct`` replaces ``iters`` when either image is not CT: with ``iters`` 0 a pair of two CT
-    images is left as it came, an MR-like against CT pair and an MR-like pair are refined (the 4-voxel
-    translation of the test above is found)."""
+    """``iters_non_ct`` replaces ``iters`` when an image is not CT and neither is floored: with ``iters`` 0 a
+    pair of two CT images is left as it came, and so is an MR-like image against a CT with flat air (the
+    MR-like image is floored); an MR-like image against a CT without flat air, and two MR-like images, are
+    refined (the 4-voxel translation of the test above is found)."""
     big = smooth_volume((56, 32, 32), seed=9)
     fixed, moving = big[:, :, 4:52], mr_like(big[:, :, 8:56])  # pull map -4 along axis 0
     cfg = instance.IOConfig(0, field="velocity", reg=0.25, iters_non_ct=40)
-    for flags in ((False, True), (True, False), False):
+    for flags in ((False, True), (True, False), False, ("percentiles", "ct"), ("percentiles", "percentiles")):
         assert instance.for_pair(cfg, flags).iters == 40
-    assert instance.for_pair(cfg, True) is cfg and instance.for_pair(cfg, (True, True)) is cfg
+    for flags in (True, (True, True), ("floored", "ct"), ("ct", "floored"), ("floored", "percentiles")):
+        assert instance.for_pair(cfg, flags) is cfg
     zero = torch.zeros((1, 3, *fixed.shape[2:]))
     inner = (0, 0, slice(12, 36), slice(8, 24), slice(8, 24))
-    assert abs(instance.refine(zero, moving, fixed, cfg, ct=(False, True))[inner].mean().item() + 4) < 1.0
+    assert features.pair_modes(moving, fixed, (False, True)) == ("floored", "ct")  # ~9% of the CT below -200
+    assert torch.equal(instance.refine(zero, moving, fixed, cfg, ct=(False, True)), zero)
+    soft = fixed.clamp(min=-190.0)  # no flat air: the MR-like image is read by its percentiles
+    assert features.pair_modes(moving, soft, (False, True)) == ("percentiles", "ct")
+    assert abs(instance.refine(zero, moving, soft, cfg, ct=(False, True))[inner].mean().item() + 4) < 1.0
     assert abs(instance.refine(zero, moving, mr_like(fixed), cfg, ct=False)[inner].mean().item() + 4) < 1.0
     assert torch.equal(instance.refine(zero, big[:, :, 8:56], fixed, cfg, ct=True), zero)
     with pytest.raises(ValueError, match="iters_non_ct"):
@@ -136,22 +142,26 @@ def test_predict_defaults_for_a_pair_with_a_non_ct_image():
 
 
 def test_cli_io_iters_non_ct(tmp_path):
+    """--io-iters-non-ct reaches the refinement of an MR-like/CT pair whose CT has no flat air (neither image
+    floored), and not that of the same pair with the CT's air flat (the MR-like image floored: --io-iters)."""
     big = smooth_volume((48, 24, 24), seed=8)
-    path = write_mixed_dataset(tmp_path / "mrct", big[:, :, 4:28], mr_like(big[:, :, 12:36]))
-    out = tmp_path / "out"
-    args = ["predict", path, "--out", out, "--device", "cpu", "--quiet",
-            "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
     import nibabel as nib
 
-    fields = {}
-    for n in ("0", "3"):  # the only pair is MR against CT: its iterations are these, not --io-iters' 2
-        assert invoke(*args, "--io-iters-non-ct", n, "--overwrite").exit_code == 0
-        run = json.loads((out / "run.json").read_text())
-        entry = next(iter(run["pairs"].values()))
-        assert (run["settings"]["io"]["iters"], run["settings"]["io"]["iters_non_ct"]) == (2, int(n))
-        assert entry["settings"]["io"]["iters_non_ct"] == int(n)  # compared on a rerun: an image is not CT
-        fields[n] = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)
-    assert not np.allclose(fields["0"], fields["3"])
+    for name, ct_image, used in (("soft", big[:, :, 4:28].clamp(min=-190.0), True), ("flat", big[:, :, 4:28], False)):
+        path = write_mixed_dataset(tmp_path / name, ct_image, mr_like(big[:, :, 12:36]))
+        out = tmp_path / f"out_{name}"
+        args = ["predict", path, "--out", out, "--device", "cpu", "--quiet",
+                "--stages", "search,adam", "--search-grid", "4", "--search-hw", "3", "--io-iters", "2"]
+        fields = {}
+        for n in ("0", "3"):  # the only pair is MR against CT
+            assert invoke(*args, "--io-iters-non-ct", n, "--overwrite").exit_code == 0
+            run = json.loads((out / "run.json").read_text())
+            entry = next(iter(run["pairs"].values()))
+            assert (run["settings"]["io"]["iters"], run["settings"]["io"]["iters_non_ct"]) == (2, int(n))
+            assert entry["settings"]["io"]["iters_non_ct"] == int(n)  # compared on a rerun: an image is not CT
+            assert entry["intensity"]["moving"] == ("percentiles" if used else "floored")
+            fields[n] = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)
+        assert np.allclose(fields["0"], fields["3"]) != used  # floored: --io-iters' 2 both times
     res = invoke(*args, "--io-iters-non-ct", "-1", "--overwrite")
     assert res.exit_code == 2 and "--io-iters-non-ct" in res.output
     res = invoke(*args[:-2], "--io-iters", "0", "--io-iters-non-ct", "5", "--overwrite")

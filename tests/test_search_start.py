@@ -119,7 +119,7 @@ def test_a_shift_shorter_than_a_grid_step_is_not_tried():
     moving, fixed, _ = trunk_pair(shift=3)
     cfg = search.SearchConfig(grid=4, hw=2, centre_axes=(0, 1))
     field, decision = start.centred_search(moving, fixed, cfg)
-    assert decision == {"shift": [3.0, 0.0, 0.0], "kept": "zero"}
+    assert decision == {"shift": [3.0, 0.0, 0.0], "kept": "zero", "axes": [0, 1]}
     assert torch.equal(field, search.search(moving, fixed, search.SearchConfig(grid=4, hw=2)))
 
 
@@ -135,3 +135,58 @@ def test_a_near_tie_keeps_the_unmoved_start(monkeypatch, centre_gap, kept):
     assert decision["kept"] == kept
     plain = search.search(moving, fixed, search.SearchConfig(grid=4, hw=2))
     assert torch.equal(field, plain) == (kept == "zero")
+
+
+def test_the_centre_axes_follow_the_fixed_headers_head_feet_axis():
+    cfg = search.SearchConfig()
+    assert search.across_header(cfg, 0).centre_axes == (1, 2) and search.across_header(cfg, 1).centre_axes == (0, 2)
+    assert search.across_header(cfg, 2) is cfg and search.across_header(cfg, None) is cfg  # the challenge's frame
+    for kept in (search.SearchConfig(centre_axes=()), search.SearchConfig(centre_from_header=False)):
+        assert search.across_header(kept, 0) is kept  # 'none', or axes given: as they are
+    built = stages.with_header(stages.build(("search", "adam"), None, cfg, predict.default_io(1)), 0)
+    assert built[0].cfg.centre_axes == (1, 2) and built[1].cfg == predict.default_io(1)
+
+
+def write_trunk_dataset(root, affine):
+    """:func:`trunk_pair` stored with the trunk along array axis 0 and the bodies 18 voxels apart along axis 2
+    (transposed), as a one-pair CT dataset whose images carry ``affine``."""
+    import nibabel as nib
+    import numpy as np
+
+    moving, fixed, _ = trunk_pair()
+    (root / "imagesTr").mkdir(parents=True)
+    for name, vol in (("0001", fixed), ("0002", moving)):
+        nib.save(nib.Nifti1Image(vol[0, 0].permute(2, 1, 0).numpy().astype(np.float32), affine),
+                 root / "imagesTr" / f"Trunk_{name}_0000.nii.gz")
+    data = {"name": "Trunk", "modality": {"0": "CT"}, "tensorImageShape": {"0": [48, 64, 64]}, "training": [],
+            "registration_val": [{"fixed": "./imagesTr/Trunk_0001_0000.nii.gz",
+                                  "moving": "./imagesTr/Trunk_0002_0000.nii.gz"}], "registration_test": []}
+    (root / "Trunk_dataset.json").write_text(json.dumps(data))
+    return root / "Trunk_dataset.json"
+
+
+def test_predict_reads_the_long_axis_from_the_fixed_header(tmp_path):
+    """The trunk runs along array axis 0 and the header says so (axis 0 head to feet): the second start lines
+    the bodies up along axes 1 and 2 and finds the 18-voxel offset along axis 2, beyond the search's range.
+    With an identity header (axis 2 head to feet) the axes stay 0, 1 and the offset is not found; an explicit
+    --search-centre is taken as given."""
+    import nibabel as nib
+    import numpy as np
+
+    head_feet_on_0 = np.array([[0, 0, 2.0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])
+    args = ["--device", "cpu", "--quiet", "--stages", "search", "--search-grid", "4", "--search-hw", "2"]
+    found = {}
+    for name, affine, extra in (("header", head_feet_on_0, ()), ("identity", np.diag([2.0, 2, 2, 1]), ()),
+                                ("given", head_feet_on_0, ("--search-centre", "0,1"))):
+        path = write_trunk_dataset(tmp_path / name, affine)
+        out = tmp_path / f"out_{name}"
+        assert invoke("predict", path, "--out", out, *args, *extra).exit_code == 0
+        run = json.loads((out / "run.json").read_text())
+        entry = run["pairs"]["0001_0000<--0002_0000"]
+        field = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)  # (I, J, K, 3) voxels
+        body = np.asarray(nib.load(path.parent / "imagesTr" / "Trunk_0001_0000.nii.gz").dataobj) > -500
+        found[name] = (entry["search_start"]["axes"], float(field[..., 2][body].mean()),
+                       run["settings"]["search"]["centre_from_header"])
+    assert found["header"][0] == [1, 2] and abs(found["header"][1] - SHIFT) < 1.5 and found["header"][2]
+    assert found["identity"][0] == [0, 1] and found["identity"][1] < SHIFT - 8
+    assert found["given"][0] == [0, 1] and found["given"][2] is False

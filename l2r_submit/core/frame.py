@@ -103,3 +103,12 @@ def world_axis(affine: np.ndarray, world: int) -> int:
     from nibabel.orientations import io_orientation
 
     return int(np.nonzero(io_orientation(affine)[:, 0] == world)[0][0])
+
+
+def head_feet_axis(affine: np.ndarray) -> int | None:
+    """The array axis that runs closest to the patient's head-feet (world z) axis by the header's affine
+    (:func:`world_axis`), or None when the affine cannot say (not finite, or singular)."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-12:
+        return None
+    return world_axis(affine, 2)

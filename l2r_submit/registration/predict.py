@@ -27,13 +27,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
 from .. import __version__
 from ..core import disp_files, folders, io, runtime
+from ..core.frame import head_feet_axis
 from ..nets import checkpoint, regnet
 from . import pipeline, shards
 from ..core.selection import select_pairs
@@ -79,11 +80,20 @@ def predict_pair(net: regnet.RegistrationNet | None, pair: Pair, device: torch.d
     return register_pair(built, pair, device, shape, note)[0]
 
 
-def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Read and check one pair's images (no torch: this runs in the reader thread of the pipelined path).
+class PairImages(NamedTuple):
+    """One pair's images as :func:`read_pair` returns them: ``moving``, ``fixed`` (I, J, K) float32 (HU for
+    CT), ``note`` (a warning when the grids' geometry differs, or None) and ``long_axis``, the array axis
+    that the fixed image's header points head to feet (:func:`l2r_submit.core.frame.head_feet_axis`; None:
+    the header cannot say)."""
 
-    Returns:
-        moving and fixed, (I, J, K) float32 (HU for CT), and a note when the grids' geometry differs.
+    moving: np.ndarray
+    fixed: np.ndarray
+    note: str | None
+    long_axis: int | None
+
+
+def read_pair(pair: Pair, shape: tuple[int, ...]) -> PairImages:
+    """Read and check one pair's images (no torch: this runs in the reader thread of the pipelined path).
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
@@ -93,7 +103,7 @@ def read_pair(pair: Pair, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarra
     message = grid_note(pair, moving_vol, fixed_vol)
     for case, arr in ((pair.moving, moving_vol.array), (pair.fixed, fixed_vol.array)):
         io.check_image(case.image, arr, shape)
-    return moving_vol.array, fixed_vol.array, message
+    return PairImages(moving_vol.array, fixed_vol.array, message, head_feet_axis(fixed_vol.affine))
 
 
 def in_hounsfield_units(image: np.ndarray, case, note: Callable[[str], None], details: dict) -> bool:
@@ -111,18 +121,20 @@ def in_hounsfield_units(image: np.ndarray, case, note: Callable[[str], None], de
 
 def register_pair(stages: list[stg.Stage], pair: Pair, device: torch.device, shape: tuple[int, ...],
                   note: Callable[[str], None] | None = None,
-                  images: tuple[np.ndarray, np.ndarray, str | None] | None = None,
+                  images: PairImages | None = None,
                   details: dict | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Run the stages on one pair: its displacement, (3, I, J, K) float32 voxels on the fixed grid, and
-    the seconds of each stage. ``images``: what :func:`read_pair` returned (None: read them here).
+    the seconds of each stage. ``images``: what :func:`read_pair` returned (None: read them here); the
+    search's centre axes follow the fixed image's header (:func:`l2r_submit.registration.stages.with_header`).
     ``note`` receives a warning when the grids' geometry differs. ``details``: filled with what the
     stages chose (:func:`l2r_submit.registration.stages.run`).
 
     Raises:
         ValueError: unreadable images, or shapes that differ from each other or from the dataset's.
     """
-    moving_np, fixed_np, message = images if images is not None else read_pair(pair, shape)
+    moving_np, fixed_np, message, long_axis = images if images is not None else read_pair(pair, shape)
     del images
+    stages = stg.with_header(stages, long_axis)
     if message and note is not None:
         note(message)
     moving = torch.from_numpy(moving_np)[None, None].to(device)

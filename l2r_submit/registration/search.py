@@ -36,7 +36,7 @@ Tensor contract: moving/fixed (1, 1, I, J, K) (HU for CT), disp (1, 3, I, J, K) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,12 @@ class SearchConfig:
             that lines up the two bodies' centroids, keeping the better of the two starts
             (:mod:`l2r_submit.registration.start`); empty: the search starts from the zero field only. In the
             challenge's frame (192x160x256) axis 2 runs along the patient, hence the default (0, 1); a
-            dataset stored in another orientation names its own axes.
+            dataset stored in another orientation names its own axes, or lets ``centre_from_header`` find them.
+        centre_from_header: where the fixed image's header is known (``l2r predict``, which reads it), the
+            centre axes are the two other than the one its affine points head to feet
+            (:func:`l2r_submit.core.frame.head_feet_axis`), in place of ``centre_axes`` (used only when not
+            empty; an identity header, or one that cannot say, keeps ``centre_axes``). The search itself
+            sees no header (:func:`across_header`).
         keep_margin: the centred start is kept only when its descriptor difference is lower than the zero
             start's by more than this fraction (a near tie keeps the unmoved image).
     """
@@ -85,6 +90,7 @@ class SearchConfig:
     prior: float = 0.0
     centre_axes: tuple[int, ...] = (0, 1)  # on by default: README, "A second start: the bodies lined up"
     keep_margin: float = 0.005  # README, "A second start": gaining starts were >= 1.3% lower, near ties < 0.5%
+    centre_from_header: bool = True  # README, "A second start": the axes from the fixed image's header
 
     def __post_init__(self) -> None:
         if self.grid < 2:
@@ -101,6 +107,16 @@ class SearchConfig:
             raise ValueError(f"search keep_margin: {self.keep_margin} received, expected 0 <= margin < 1")
         if self.chunk_mb < 1 or self.smooth < 0 or self.ic_iters < 0:
             raise ValueError("search chunk_mb >= 1, smooth >= 0 and ic_iters >= 0 expected")
+
+
+def across_header(cfg: SearchConfig, long_axis: int | None) -> SearchConfig:
+    """``cfg`` for a pair whose fixed image's header points array axis ``long_axis`` head to feet (None: the
+    header cannot say): with ``centre_from_header`` and ``centre_axes`` not empty, the centre axes become the
+    other two; otherwise ``cfg`` as it is."""
+    if not cfg.centre_from_header or not cfg.centre_axes or long_axis is None:
+        return cfg
+    axes = tuple(a for a in range(3) if a != long_axis)
+    return cfg if axes == cfg.centre_axes else replace(cfg, centre_axes=axes)
 
 
 def label_offsets(hw: int, device: torch.device | None = None) -> torch.Tensor:

@@ -36,7 +36,7 @@ from ..nets import regnet
 from .affine import AffineConfig, global_field
 from .features import CT, PairFlags, image_descriptors, pair_modes
 from .instance import IOConfig, for_pair, level_iterations, level_size, pool_descriptors, refine
-from .search import SearchConfig, pool_to_grid, search_stage
+from .search import SearchConfig, across_header, pool_to_grid, search_stage
 from .start import centred_search
 
 STAGE_NAMES = ("network", "affine", "search", "adam")
@@ -136,9 +136,11 @@ class AdamStage:
 def start_record(decision: dict) -> dict:
     """:func:`centred_search`'s decision as ``run.json`` records it: ``shift`` (voxels, the centroid
     translation computed; tried as a second start only when it reaches one grid step, and then ``gap`` is
-    there), ``kept`` (``"zero"`` or ``"centre"``) and ``gap`` (each start's mean squared MIND-SSC
-    difference over the fixed body; 6 significant digits, finer than the keep margin)."""
-    out = {"shift": [round(float(v), 1) for v in decision["shift"]], "kept": decision["kept"]}
+    there), ``kept`` (``"zero"`` or ``"centre"``), ``gap`` (each start's mean squared MIND-SSC
+    difference over the fixed body; 6 significant digits, finer than the keep margin) and ``axes`` (the
+    centre axes: from the fixed image's header or as set, :func:`with_header`)."""
+    out = {"shift": [round(float(v), 1) for v in decision["shift"]], "kept": decision["kept"],
+           "axes": [int(a) for a in decision["axes"]]}
     if "gap" in decision:
         out["gap"] = {k: float(f"{float(v):.6g}") for k, v in decision["gap"].items()}
     return out
@@ -237,6 +239,12 @@ def for_images(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor,
     if details is not None and modes != (CT, CT):
         details["intensity"] = {"moving": modes[0], "fixed": modes[1]}
     return out
+
+
+def with_header(stages: list[Stage], long_axis: int | None) -> list[Stage]:
+    """The stages for a pair whose fixed image's header points array axis ``long_axis`` head to feet (None:
+    it cannot say): the search's centre axes as :func:`search.across_header` sets them."""
+    return [replace(s, cfg=across_header(s.cfg, long_axis)) if isinstance(s, SearchStage) else s for s in stages]
 
 
 def run(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor | None = None,

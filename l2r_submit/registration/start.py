@@ -92,8 +92,8 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
     kept when its :func:`descriptor_gap` is smaller than the other's by more than ``cfg.keep_margin``.
     ``features``: the search's grid features of the unshifted images; ``half``: :func:`half_views` (both
     computed here when None). Returns the field and what was decided: ``{"shift": [..], "kept": "zero" or
-    "centre", "gap": {start: value}}`` (``shift`` is the centroid translation computed, tried only when
-    ``gap`` is there).
+    "centre", "gap": {start: value}, "axes": [..]}`` (``shift`` is the centroid translation computed along
+    ``axes``, ``cfg.centre_axes``, tried only when ``gap`` is there).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
     """
@@ -105,7 +105,8 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         field = search(moving, fixed, cfg, ct, features)
         shift = centroid_shift(moving, fixed, cfg.centre_axes, ct) if cfg.centre_axes else None
         if shift is None or shift.abs().max().item() < cfg.grid:  # within one label step: nothing to gain
-            return field, {"shift": [0.0, 0.0, 0.0] if shift is None else shift.tolist(), "kept": "zero"}
+            return field, {"shift": [0.0, 0.0, 0.0] if shift is None else shift.tolist(), "kept": "zero",
+                           "axes": list(cfg.centre_axes)}
         start = shift.view(1, 3, 1, 1, 1).expand(1, 3, *fixed.shape[2:]).contiguous()
         shifted = warp_image(moving.float(), start, padding_mode="border")
         # the fixed image's grid features are those of the first search: only the shifted moving image's are new
@@ -118,4 +119,5 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         body = (body > 0.5).float()
         gaps = {"zero": descriptor_gap(field, half, body), "centre": descriptor_gap(centred, half, body)}
         kept = "centre" if gaps["centre"] < (1.0 - cfg.keep_margin) * gaps["zero"] else "zero"
-        return (centred if kept == "centre" else field), {"shift": shift.tolist(), "kept": kept, "gap": gaps}
+        return (centred if kept == "centre" else field), {"shift": shift.tolist(), "kept": kept, "gap": gaps,
+                                                          "axes": list(cfg.centre_axes)}
