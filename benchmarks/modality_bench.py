@@ -41,8 +41,9 @@ It is imported from the environment made by benchmarks/setup_peer.sh, so the ben
 figures are printed but do not count in the exit status.
 
 ``--io-iters N`` / ``--io-iters-non-ct N``: the refinement's iterations as ``l2r predict`` takes them
-(the latter for a pair with an image flagged non-CT when no image is floored: ``T1`` and ``T1 <- T2``; the
-settings of MR-like against CT floor the MR-like image and get ``--io-iters``, as two CT images).
+(the latter for a pair with an image flagged non-CT, unless it is floored against a CT image: ``T1``, ``T1 <-
+T2`` and ``T1 <- CT, one flag``; ``T1 <- CT`` and ``fixed T1 <- CT`` floor the MR-like image against the CT
+and get ``--io-iters``, as two CT images).
 ``--noise-floor K``: the noise floor of non-CT images (``features.NOISE_FLOOR_SIGMAS``) for this run; 0 is
 the behaviour before the floor existed.
 
@@ -120,7 +121,7 @@ def peer_registration():
 @click.option("--io-iters", type=click.IntRange(min=1), default=None,
               help="Refinement iterations, as l2r predict's option (it sets both) [default: predict's].")
 @click.option("--io-iters-non-ct", type=click.IntRange(min=1), default=None,
-              help="Refinement iterations for pairs with an image flagged non-CT and none floored, as l2r "
+              help="Refinement iterations for pairs with an image flagged non-CT, unless floored against a CT, as l2r "
                    "predict's option [default: predict's].")
 @click.option("--noise-floor", type=click.FloatRange(min=0), default=None,
               help="The noise floor of non-CT images in noise sigmas; 0: none, as before it existed "
@@ -152,8 +153,8 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     if not val:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     across = io_cfg.iters if io_cfg.iters_non_ct is None else io_cfg.iters_non_ct
-    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations for CT pairs and floored ones, "
-          f"{across} with an image flagged non-CT and none floored; noise floor {features.NOISE_FLOOR_SIGMAS:g} sigmas; CPU, {threads} threads")
+    print(f"stages {','.join(names)}; refinement {io_cfg.iters} iterations for CT pairs and MR-like against CT, "
+          f"{across} with an image flagged non-CT otherwise; noise floor {features.NOISE_FLOOR_SIGMAS:g} sigmas; CPU, {threads} threads")
     print("Dice, e: end-point error in the body (voxels), seconds")
     columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
     print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))
@@ -175,7 +176,7 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
             return out
 
         row = {"pair": pair.key, "zero": score(np.zeros((3, *fixed_hu.shape), np.float32)),
-               "refinement_iters": {"CT": io_cfg.iters, "non-CT": across}}
+               "refinement_iters": {"CT, or floored against CT": io_cfg.iters, "other non-CT": across}}
         fixed_t1, moving_t1 = mr_like(fixed_hu, "T1", seed=2 * n), mr_like(moving_hu, "T1", 2 * n + 1)
         inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (moving_t1, fixed_t1, False),
                   "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),

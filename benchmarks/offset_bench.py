@@ -138,7 +138,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
         print(f"{'+'.join(names)}: refinement {cfg.iters} iterations ({cfg.field}, quarter-resolution share "
               f"{cfg.coarse_fraction})" if "adam" in names else f"{'+'.join(names)}: no refinement")
     print(f"CPU, {threads} threads; search " + "; ".join(f"grid {c.grid}, hw {c.hw} (+/-{c.grid * c.hw} voxels), "
-                                                       f"prior {c.prior:g}, centre axes {c.centre_axes or 'none'}"
+                                                       f"prior {c.prior:g}, centre axes {c.axes or 'none'}"
                                                        for c in searches))
     print(f"{'pair':<12} {'offset':<14} {'zero':>6} " + " ".join(f"{label:>16}" for label, *_ in settings))
     for key in INTER_PATIENT:

@@ -105,16 +105,17 @@ def test_predict_reads_each_images_modality(tmp_path):
 
 
 def test_a_pair_with_a_non_ct_image_gets_its_own_iterations():
-    """``iters_non_ct`` replaces ``iters`` when an image is not CT and neither is floored: with ``iters`` 0 a
-    pair of two CT images is left as it came, and so is an MR-like image against a CT with flat air (the
-    MR-like image is floored); an MR-like image against a CT without flat air, and two MR-like images, are
-    refined (the 4-voxel translation of the test above is found)."""
+    """``iters_non_ct`` replaces ``iters`` when an image is not CT, unless it is floored against a CT image: with
+    ``iters`` 0 a pair of two CT images is left as it came, and so is an MR-like image against a CT with flat
+    air (the MR-like image is floored); an MR-like image against a CT without flat air, and two MR-like
+    images, are refined (the 4-voxel translation of the test above is found)."""
     big = smooth_volume((56, 32, 32), seed=9)
     fixed, moving = big[:, :, 4:52], mr_like(big[:, :, 8:56])  # pull map -4 along axis 0
     cfg = instance.IOConfig(0, field="velocity", reg=0.25, iters_non_ct=40)
-    for flags in ((False, True), (True, False), False, ("percentiles", "ct"), ("percentiles", "percentiles")):
+    for flags in ((False, True), (True, False), False, ("percentiles", "ct"), ("percentiles", "percentiles"),
+                  ("floored", "percentiles"), ("floored", "floored")):  # not against a CT image: 120 by default
         assert instance.for_pair(cfg, flags).iters == 40
-    for flags in (True, (True, True), ("floored", "ct"), ("ct", "floored"), ("floored", "percentiles")):
+    for flags in (True, (True, True), ("floored", "ct"), ("ct_lung", "floored")):
         assert instance.for_pair(cfg, flags) is cfg
     zero = torch.zeros((1, 3, *fixed.shape[2:]))
     inner = (0, 0, slice(12, 36), slice(8, 24), slice(8, 24))

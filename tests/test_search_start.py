@@ -141,8 +141,9 @@ def test_the_centre_axes_follow_the_fixed_headers_head_feet_axis():
     cfg = search.SearchConfig()
     assert search.across_header(cfg, 0).centre_axes == (1, 2) and search.across_header(cfg, 1).centre_axes == (0, 2)
     assert search.across_header(cfg, 2) is cfg and search.across_header(cfg, None) is cfg  # the challenge's frame
-    for kept in (search.SearchConfig(centre_axes=()), search.SearchConfig(centre_from_header=False)):
+    for kept in (search.SearchConfig(centre_axes=()), search.SearchConfig(centre_axes=(0, 1))):
         assert search.across_header(kept, 0) is kept  # 'none', or axes given: as they are
+    assert cfg.axes == (0, 1) and search.SearchConfig(centre_axes=()).axes == ()
     built = stages.with_header(stages.build(("search", "adam"), None, cfg, predict.default_io(1)), 0)
     assert built[0].cfg.centre_axes == (1, 2) and built[1].cfg == predict.default_io(1)
 
@@ -186,7 +187,7 @@ def test_predict_reads_the_long_axis_from_the_fixed_header(tmp_path):
         field = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)  # (I, J, K, 3) voxels
         body = np.asarray(nib.load(path.parent / "imagesTr" / "Trunk_0001_0000.nii.gz").dataobj) > -500
         found[name] = (entry["search_start"]["axes"], float(field[..., 2][body].mean()),
-                       run["settings"]["search"]["centre_from_header"])
-    assert found["header"][0] == [1, 2] and abs(found["header"][1] - SHIFT) < 1.5 and found["header"][2]
+                       run["settings"]["search"]["centre_axes"])
+    assert found["header"][0] == [1, 2] and abs(found["header"][1] - SHIFT) < 1.5 and found["header"][2] is None
     assert found["identity"][0] == [0, 1] and found["identity"][1] < SHIFT - 8
-    assert found["given"][0] == [0, 1] and found["given"][2] is False
+    assert found["given"][0] == [0, 1] and found["given"][2] == [0, 1]

@@ -32,12 +32,12 @@ from .common import Fail, check_folder_option, checked, load_dataset, stop_signa
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Refinement (Adam) iterations; 0 = no refinement; given, it also sets pairs with a non-CT "
                    "image unless --io-iters-non-ct is given [default: 40 after the search, at half resolution "
-                   "(120 for two images that are not CT and not floored); 80 without it, quarter then half "
-                   "resolution].")
+                   "(120 with a non-CT image, unless it is floored against a CT); 80 without it, quarter "
+                   "then half resolution].")
 @click.option("--io-iters-non-ct", type=click.IntRange(min=0), default=None,
               help="Refinement iterations for a pair in which an image is not CT (the dataset's modality "
-                   "for its channel is not CT) and no image's noise floor was flattened (two MR images with "
-                   "noisy air; MR against CT gets --io-iters: run.json's 'intensity' says 'floored') "
+                   "for its channel is not CT), unless that image is floored against a CT image (MR against a "
+                   "CT with flat air gets --io-iters: run.json's 'intensity' then says 'floored' and 'ct') "
                    "[default: 120 after the search with --io-iters unset; else --io-iters].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")
@@ -170,7 +170,7 @@ def _predict(dataset_json: Path, out_dir: Path, split: str | None, pairs: tuple[
         centre = None if search_centre is None else pa.parse_axes(search_centre)
         search_cfg = SearchConfig(**{k: v for k, v in (("hw", search_hw), ("grid", search_grid),
                                                               ("prior", search_prior), ("centre_axes", centre))
-                                     if v is not None}, centre_from_header=centre is None)
+                                     if v is not None})
     except ValueError as exc:
         raise Fail(f"--stages/--io-*/--search-*: {exc}") from None
     cfg = pr.PredictConfig(ds, out_dir, split, wanted, checkpoint, fmt=fmt, names=names, device=device, io=io_cfg,

@@ -57,8 +57,8 @@ HALF_FEATURES = ("pooled", "resampled")
 @dataclass(frozen=True)
 class IOConfig:
     """Settings of the refinement. iters = 0 turns it off (``l2r predict`` then drops the stage for every
-    pair). ``iters_non_ct``: the iterations instead of ``iters`` for a pair in which an image is not CT and
-    neither image is floored (two noisy MR images; None: ``iters`` for every pair); :func:`refine` applies it
+    pair). ``iters_non_ct``: the iterations instead of ``iters`` for a pair in which an image is not CT, unless
+    it is floored against a CT image (None: ``iters`` for every pair); :func:`refine` applies it
     (:func:`for_pair`)."""
 
     iters: int = 0
@@ -169,15 +169,15 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
 
 
 def for_pair(cfg: IOConfig, ct: PairFlags) -> IOConfig:
-    """``cfg`` as it applies to a pair with these modality flags or modes: ``iters_non_ct`` iterations (when
-    set) when an image is not CT and no image is ``FLOORED``; ``iters`` for two CT images, and for a pair in
-    which the noise floor was applied (MR against CT: with the floor 40 iterations were level with 120 there,
-    while two MR images read by their percentiles still gain from 120; README, "More iterations when an
-    image is not CT"). Flags that are not modes (bools) count as not floored: decide the modes first
-    (:func:`l2r_submit.registration.features.pair_modes`) to apply the rule."""
-    modes = ct if isinstance(ct, tuple) else (ct, ct)
-    floored = any(isinstance(m, str) and m == FLOORED for m in modes)
-    if cfg.iters_non_ct is not None and not all(ct_flags(ct)) and not floored:
+    """``cfg`` as it applies to a pair with these modality flags or modes: ``iters`` for two CT images and for
+    an image ``FLOORED`` against a CT image (MR against CT: with the floor, 40 iterations were level with 120
+    there); ``iters_non_ct`` (when set) for any other pair with a non-CT image (two MR images read by their
+    percentiles still gain from 120, and so did a chest CT read by its percentiles; README, "More
+    iterations when an image is not CT"). Flags that are not modes (bools) cannot say whether an image is
+    floored: decide the modes first (:func:`l2r_submit.registration.features.pair_modes`) to apply the rule."""
+    modes = [m for m in (ct if isinstance(ct, tuple) else (ct, ct)) if isinstance(m, str)]
+    against_ct = FLOORED in modes and any(m in CT_MODES for m in modes)
+    if cfg.iters_non_ct is not None and not all(ct_flags(ct)) and not against_ct:
         return replace(cfg, iters=cfg.iters_non_ct)
     return cfg
 
@@ -221,8 +221,8 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
     """Refine ``disp`` so that ``warp(moving, disp)`` matches ``fixed`` better.
 
     ``ct``: both images in HU, or ``(moving, fixed)`` flags or modes for a pair of two modalities
-    (:func:`l2r_submit.registration.features.pair_modes`); when an image is not CT and neither is floored,
-    ``cfg.iters_non_ct`` (when set) replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
+    (:func:`l2r_submit.registration.features.pair_modes`); when an image is not CT, unless it is floored
+    against a CT image, ``cfg.iters_non_ct`` (when set) replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
     features of these images, already computed (``mind``, ``pooled``: :func:`pool_descriptors` of their
     MIND-SSC on the grid :func:`level_size` ``(shape, 2)``); they are then not computed again.
 

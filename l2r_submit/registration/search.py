@@ -49,6 +49,9 @@ from .features import PairFlags, box_mean, image_descriptors, pair_modes
 TIE_BREAK = 1e-4  # weight of |l|^2 in the first label choice, relative to the mean cost
 
 
+DEFAULT_CENTRE_AXES = (0, 1)  # across the patient in the challenge's frame, whose axis 2 runs head to feet
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Settings of the global search.
@@ -68,14 +71,11 @@ class SearchConfig:
             another stage the search looks for the increment, so the pull is towards that stage's field.
         centre_axes: array axes across the patient along which the search also starts from the translation
             that lines up the two bodies' centroids, keeping the better of the two starts
-            (:mod:`l2r_submit.registration.start`); empty: the search starts from the zero field only. In the
-            challenge's frame (192x160x256) axis 2 runs along the patient, hence the default (0, 1); a
-            dataset stored in another orientation names its own axes, or lets ``centre_from_header`` find them.
-        centre_from_header: where the fixed image's header is known (``l2r predict``, which reads it), the
-            centre axes are the two other than the one its affine points head to feet
-            (:func:`l2r_submit.core.frame.head_feet_axis`), in place of ``centre_axes`` (used only when not
-            empty; an identity header, or one that cannot say, keeps ``centre_axes``). The search itself
-            sees no header (:func:`across_header`).
+            (:mod:`l2r_submit.registration.start`); empty: the search starts from the zero field only; None
+            (the default): the two axes other than the one the fixed image's header points head to feet,
+            where the header is known (``l2r predict`` reads it: :func:`across_header`), else
+            ``DEFAULT_CENTRE_AXES``, (0, 1): in the challenge's frame (192x160x256) axis 2 runs along the
+            patient. :attr:`axes` is what the search uses.
         keep_margin: the centred start is kept only when its descriptor difference is lower than the zero
             start's by more than this fraction (a near tie keeps the unmoved image).
     """
@@ -88,9 +88,8 @@ class SearchConfig:
     ic_iters: int = 15
     chunk_mb: int = 256
     prior: float = 0.0
-    centre_axes: tuple[int, ...] = (0, 1)  # on by default: README, "A second start: the bodies lined up"
+    centre_axes: tuple[int, ...] | None = None  # on by default: README, "A second start: the bodies lined up"
     keep_margin: float = 0.005  # README, "A second start": gaining starts were >= 1.3% lower, near ties < 0.5%
-    centre_from_header: bool = True  # README, "A second start": the axes from the fixed image's header
 
     def __post_init__(self) -> None:
         if self.grid < 2:
@@ -101,22 +100,28 @@ class SearchConfig:
             raise ValueError(f"search alphas: {self.alphas} received, expected non-negative and increasing")
         if not 0 <= self.prior < float("inf"):  # also refuses NaN
             raise ValueError(f"search prior: {self.prior} received, expected a finite number >= 0")
-        if len(set(self.centre_axes)) != len(self.centre_axes) or any(a not in (0, 1, 2) for a in self.centre_axes):
+        if self.centre_axes is not None and (len(set(self.centre_axes)) != len(self.centre_axes)
+                                             or any(a not in (0, 1, 2) for a in self.centre_axes)):
             raise ValueError(f"search centre_axes: {self.centre_axes} received, expected distinct axes among 0, 1, 2")
         if not 0.0 <= self.keep_margin < 1.0:
             raise ValueError(f"search keep_margin: {self.keep_margin} received, expected 0 <= margin < 1")
         if self.chunk_mb < 1 or self.smooth < 0 or self.ic_iters < 0:
             raise ValueError("search chunk_mb >= 1, smooth >= 0 and ic_iters >= 0 expected")
 
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """The centre axes the search uses: ``centre_axes``, or ``DEFAULT_CENTRE_AXES`` when not set."""
+        return DEFAULT_CENTRE_AXES if self.centre_axes is None else self.centre_axes
+
 
 def across_header(cfg: SearchConfig, long_axis: int | None) -> SearchConfig:
     """``cfg`` for a pair whose fixed image's header points array axis ``long_axis`` head to feet (None: the
-    header cannot say): with ``centre_from_header`` and ``centre_axes`` not empty, the centre axes become the
-    other two; otherwise ``cfg`` as it is."""
-    if not cfg.centre_from_header or not cfg.centre_axes or long_axis is None:
+    header cannot say): when ``centre_axes`` is None (not set), the centre axes become the other two; axes
+    set (or empty) are kept as they are, and so is ``cfg`` when the header gives the default axes."""
+    if cfg.centre_axes is not None or long_axis is None:
         return cfg
     axes = tuple(a for a in range(3) if a != long_axis)
-    return cfg if axes == cfg.centre_axes else replace(cfg, centre_axes=axes)
+    return cfg if axes == DEFAULT_CENTRE_AXES else replace(cfg, centre_axes=axes)
 
 
 def label_offsets(hw: int, device: torch.device | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ a pull map in voxels), never an increment. How each one consumes ``disp_in``:
 * ``affine`` (:mod:`l2r_submit.registration.affine`, off by default): a robust affine map (or translation) of
   ``warp(moving, disp_in)`` to ``fixed``, composed with ``disp_in``;
 * ``search`` (:mod:`l2r_submit.registration.search`): the same, by composition: large displacements must not be added;
-  as the first stage with ``centre_axes`` set it also tries a second start (:mod:`l2r_submit.registration.start`);
+  as the first stage with centre axes (``SearchConfig.axes``) it also tries a second start (:mod:`l2r_submit.registration.start`);
 * ``adam`` (:func:`l2r_submit.registration.instance.refine`): optimises the total field itself, initialised at
   ``disp_in`` (its regulariser acts on the total; the residual is a small local update).
 
@@ -111,7 +111,7 @@ class SearchStage:
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
                  views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
-        if self.cfg.centre_axes and not disp_in.any():  # first stage: it may also start from the centroids
+        if self.cfg.axes and not disp_in.any():  # first stage: it may also start from the centroids
             field, decision = centred_search(moving, fixed, self.cfg, self.ct, views.search if views else None,
                                              views.half if views else None)
             if details is not None:
@@ -202,10 +202,11 @@ def shared_views(stages: list[Stage], moving: torch.Tensor, fixed: torch.Tensor)
     adam = next((s for s in stages if isinstance(s, AdamStage)), None)
     if search is None or adam is None:
         return None
-    cfg = for_pair(adam.cfg, adam.ct)
     modes = pair_modes(moving, fixed, search.ct)
+    adam_modes = pair_modes(moving, fixed, adam.ct)
+    cfg = for_pair(adam.cfg, adam_modes)
     if (cfg.similarity, cfg.half_features) != ("mind", "pooled") or level_iterations(cfg)[1][1] <= 0 \
-            or modes != pair_modes(moving, fixed, adam.ct):
+            or modes != adam_modes:
         return None
     size = level_size(tuple(fixed.shape[2:]), 2)
     grid_views, half_views = [], []

@@ -87,13 +87,13 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
                    ct: PairFlags = True,
                    features: tuple[torch.Tensor, torch.Tensor] | None = None,
                    half: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
-    """The search from the zero field and, when ``cfg.centre_axes`` names axes and the bodies' centroids differ
+    """The search from the zero field and, when ``cfg.axes`` names axes and the bodies' centroids differ
     along one of them by at least ``cfg.grid`` voxels, also from :func:`centroid_shift`; the centred field is
     kept when its :func:`descriptor_gap` is smaller than the other's by more than ``cfg.keep_margin``.
     ``features``: the search's grid features of the unshifted images; ``half``: :func:`half_views` (both
     computed here when None). Returns the field and what was decided: ``{"shift": [..], "kept": "zero" or
     "centre", "gap": {start: value}, "axes": [..]}`` (``shift`` is the centroid translation computed along
-    ``axes``, ``cfg.centre_axes``, tried only when ``gap`` is there).
+    ``axes``, ``cfg.axes``, tried only when ``gap`` is there).
 
     Shape: moving, fixed (1, 1, I, J, K) -> (1, 3, I, J, K) voxels.
     """
@@ -103,10 +103,10 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         if features is None:
             features = grid_features(moving, cfg.grid, mode_moving), grid_features(fixed, cfg.grid, mode_fixed)
         field = search(moving, fixed, cfg, ct, features)
-        shift = centroid_shift(moving, fixed, cfg.centre_axes, ct) if cfg.centre_axes else None
+        shift = centroid_shift(moving, fixed, cfg.axes, ct) if cfg.axes else None
         if shift is None or shift.abs().max().item() < cfg.grid:  # within one label step: nothing to gain
             return field, {"shift": [0.0, 0.0, 0.0] if shift is None else shift.tolist(), "kept": "zero",
-                           "axes": list(cfg.centre_axes)}
+                           "axes": list(cfg.axes)}
         start = shift.view(1, 3, 1, 1, 1).expand(1, 3, *fixed.shape[2:]).contiguous()
         shifted = warp_image(moving.float(), start, padding_mode="border")
         # the fixed image's grid features are those of the first search: only the shifted moving image's are new
@@ -120,4 +120,4 @@ def centred_search(moving: torch.Tensor, fixed: torch.Tensor, cfg: SearchConfig,
         gaps = {"zero": descriptor_gap(field, half, body), "centre": descriptor_gap(centred, half, body)}
         kept = "centre" if gaps["centre"] < (1.0 - cfg.keep_margin) * gaps["zero"] else "zero"
         return (centred if kept == "centre" else field), {"shift": shift.tolist(), "kept": kept, "gap": gaps,
-                                                          "axes": list(cfg.centre_axes)}
+                                                          "axes": list(cfg.axes)}
