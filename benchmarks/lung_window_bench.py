@@ -15,7 +15,10 @@ it back with predict's default stages, once per setting:
   * ``W,L``: a CT window from W to L HU for both images, forced (``-200,300``: the soft-tissue window);
   * ``pct``: both images flagged as another modality (1st-99th percentiles, and the noise floor where
     ``features.pair_modes`` puts it: here on the fixed image only, whose added noise leaves no flat
-    background; with predict's refinement iterations for non-CT images).
+    background; with predict's refinement iterations for non-CT images);
+  * ``mixed``: the moving image flagged as another modality (a CBCT-like channel of a ThoraxCBCT-like
+    dataset, read by percentiles and floored against the CT), the fixed one as CT, its window as predict
+    chooses it for a CT against another modality (the lung window for a chest).
 
 Printed per seed and setting: the mean end-point error (voxels) inside the lungs (fixed image between
 -950 and -500 HU) and inside the body (above -500 HU), and seconds. One process, CPU. It needs the shared
@@ -26,7 +29,7 @@ abdomen and a chest-to-upper-abdomen scan of two patients) rebuilt by ``scripts/
 temporary folder without its clipping of air below -800 HU (raw HU, as the challenge's scans are), and
 registered under each setting: mean Dice over labels 1-13 present in both label maps, and seconds.
 
-    python benchmarks/lung_window_bench.py [--settings "auto;-200,300;-1000,300;pct"] [--seeds 0,1,2] [--threads 2]
+    python benchmarks/lung_window_bench.py [--settings "auto;-200,300;-1000,300;pct;mixed"] [--seeds 0,1,2]
     python benchmarks/lung_window_bench.py --chest ../shared/data/ct_patient_a/ct.nii.gz   # an abdominal scan
     python benchmarks/lung_window_bench.py --inter-patient   # two patients, organ overlap
 """
@@ -47,7 +50,7 @@ LUNG_HU, BODY_HU = (-950.0, -500.0), -500.0
 @click.command()
 @click.option("--settings", default="auto;-200,300;-1000,300;pct", show_default=True,
               help="Semicolon list: 'auto' (the window predict chooses), 'LOW,HIGH' CT windows in HU (forced), "
-                   "or 'pct' (percentiles, as another modality).")
+                   "'pct' (percentiles, as another modality) or 'mixed' (the moving image as another modality).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds of the true fields.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--chest", type=click.Path(path_type=Path), default=CHEST, show_default=True,
@@ -68,11 +71,11 @@ def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bo
     chosen = [s.strip() for s in settings.split(";") if s.strip()]
     windows = {}
     for s in chosen:
-        if s not in ("pct", "auto"):
+        if s not in ("pct", "auto", "mixed"):
             try:
                 lo, hi = (float(v) for v in s.split(","))
             except ValueError:
-                raise SystemExit(f"--settings: {s!r} is none of 'auto', 'pct' or 'LOW,HIGH' in HU") from None
+                raise SystemExit(f"--settings: {s!r} is none of 'auto', 'pct', 'mixed' or 'LOW,HIGH' in HU") from None
             windows[s] = (lo, hi)
     torch.set_num_threads(threads)
     ct = np.maximum(np.asarray(nib.load(str(chest)).dataobj, dtype=np.float32), -1024.0)
@@ -83,7 +86,7 @@ def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bo
     def register(setting: str, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[np.ndarray, float]:
         """The field of one setting, (3, I, J, K) voxels, and its seconds."""
         features.CT_WINDOW_HU = windows.get(setting, default_window)
-        flags = {"pct": False, "auto": True}.get(setting, features.CT)  # a window forced: the soft-tissue mode
+        flags = {"pct": False, "auto": True, "mixed": (False, True)}.get(setting, features.CT)  # else a window forced
         built = stages.build(names, None, SearchConfig(), io_cfg, flags)
         t0 = time.perf_counter()
         try:

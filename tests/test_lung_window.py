@@ -39,8 +39,11 @@ def test_lung_share_and_the_window_of_a_pair():
     assert features.pair_modes(chest, slab(0.4, 0.4), True) == (features.CT_LUNG, features.CT_LUNG)
     assert features.pair_modes(chest, chest, (True, "ct")) == (features.CT, features.CT)  # given: kept, and
     assert features.pair_modes(chest, chest, (True, "ct_lung")) == (features.CT, features.CT_LUNG)  # a lone CT
-    mr = (chest + 1000.0) * 0.5  # another modality (no Hounsfield units): the chest CT against it keeps its window
-    assert features.pair_modes(chest, mr, (True, False))[0] == features.CT
+    mr = (chest + 1000.0) * 0.5  # another modality (no Hounsfield units): a CT against it by its own share
+    assert features.pair_modes(chest, mr, (True, False)) == (features.CT_LUNG, features.FLOORED)
+    assert features.pair_modes(mr, chest, (False, True)) == (features.FLOORED, features.CT_LUNG)
+    assert features.pair_modes(chest, mr, (True, "percentiles")) == (features.CT_LUNG, features.PERCENTILES)
+    assert features.pair_modes(abdomen, (abdomen + 1000.0) * 0.5, (True, False))[0] == features.CT
     assert features.pair_modes(chest, chest, (np.True_, 1)) == (features.CT_LUNG, features.CT_LUNG)  # read as bools
     lung = features.normalise_intensity(chest, features.CT_LUNG)
     assert torch.allclose(lung.unique(), torch.tensor([0.0, 200.0 / 1300.0, 1040.0 / 1300.0]))

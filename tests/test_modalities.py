@@ -115,8 +115,9 @@ def test_a_pair_with_a_non_ct_image_gets_its_own_iterations():
     for flags in ((False, True), (True, False), False, ("percentiles", "ct"), ("percentiles", "percentiles"),
                   ("floored", "percentiles"), ("floored", "floored")):  # not against a CT image: 120 by default
         assert instance.for_pair(cfg, flags).iters == 40
-    for flags in (True, (True, True), ("floored", "ct"), ("ct_lung", "floored")):
+    for flags in (True, (True, True), ("floored", "ct"), ("ct", "floored")):
         assert instance.for_pair(cfg, flags) is cfg
+    assert instance.for_pair(cfg, ("floored", "ct_lung")).iters == 40  # a chest in the lung window: 120 by default
     zero = torch.zeros((1, 3, *fixed.shape[2:]))
     inner = (0, 0, slice(12, 36), slice(8, 24), slice(8, 24))
     assert features.pair_modes(moving, fixed, (False, True)) == ("floored", "ct")  # ~9% of the CT below -200

@@ -248,8 +248,12 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     Flags that are not strings are read as bools (NumPy bools, 0 or 1). Two images flagged True (CT) share
     one window: ``CT_LUNG`` when the :func:`lung_share` of each is at least ``LUNG_SHARE`` (two chests:
     inside the lungs the soft-tissue window left twice the error), else ``CT`` (a chest against an abdomen
-    lost organ overlap with the lung window); a CT image against an image of another modality keeps ``CT``
-    (not measured). A mode given is kept as it is, even where it differs from its partner's window.
+    lost organ overlap with the lung window). A CT image against an image of another modality (flagged False,
+    or given a mode that is not a CT window) is ``CT_LUNG`` when its own lung share is at least ``LUNG_SHARE``
+    (a chest CT against a CBCT-like image read by percentiles, which shows the lungs: with the soft-tissue
+    window the lungs ended further from the truth than the zero field, 7.8 voxels against 2.8, and 0.9 with
+    the lung window; benchmarks/lung_window_bench.py, ``mixed``), else ``CT`` (MR against abdominal CT).
+    A mode given is kept as it is, even where it differs from its partner's window.
     An image flagged False (not CT) is ``FLOORED`` when the other image's background is flat
     (:func:`flat_share` at least ``FLAT_SHARE``: a CT, a masked MR), else ``PERCENTILES``. The floor makes
     the noisy air of one image as flat as the other's; where both images have noisy air it only removes
@@ -265,7 +269,10 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     images = (moving, fixed)
     if any(f is True for f in flags):
         wide = all(f is True and lung_share(img) >= LUNG_SHARE for img, f in zip(images, flags))
-        flags = tuple((CT_LUNG if wide else CT) if f is True else f for f in flags)
+        lone = [f is True and (other is False or (isinstance(other, str) and intensity_mode(other) not in CT_MODES))
+                for f, other in ((flags[0], flags[1]), (flags[1], flags[0]))]
+        flags = tuple(f if f is not True else CT_LUNG if wide or (alone and lung_share(img) >= LUNG_SHARE) else CT
+                      for f, img, alone in zip(flags, images, lone))
     modes = [intensity_mode(f) if isinstance(f, str) else f for f in flags]  # CT images decided first
     for i, other in ((0, 1), (1, 0)):
         if modes[i] is False:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..core.contract import check_disp_tensor, check_volume_batch
 from ..core.spatial import compose, warp_image
 from ..nets.inputs import preprocess
-from .features import (CT_MODES, FLOORED, PairFlags, box_mean, ct_flags, image_descriptors, intensity_mode,
+from .features import (CT, CT_MODES, FLOORED, PairFlags, box_mean, ct_flags, image_descriptors, intensity_mode,
                        normalise_intensity, pair_modes)
 
 SIMILARITIES = ("mind", "mse")
@@ -170,13 +170,14 @@ def for_sampling(features: torch.Tensor) -> torch.Tensor:
 
 def for_pair(cfg: IOConfig, ct: PairFlags) -> IOConfig:
     """``cfg`` as it applies to a pair with these modality flags or modes: ``iters`` for two CT images and for
-    an image ``FLOORED`` against a CT image (MR against CT: with the floor, 40 iterations were level with 120
-    there); ``iters_non_ct`` (when set) for any other pair with a non-CT image (two MR images read by their
-    percentiles still gain from 120, and so did a chest CT read by its percentiles; README, "More
-    iterations when an image is not CT"). Flags that are not modes (bools) cannot say whether an image is
+    an image ``FLOORED`` against a CT image in the soft-tissue window ``CT`` (MR against abdominal CT: with the
+    floor, 40 iterations were level with 120 there); ``iters_non_ct`` (when set) for any other pair with a
+    non-CT image (two MR images read by their percentiles still gain from 120, and so did a chest CT read by
+    its percentiles, alone or against the chest in the lung window; README, "More iterations when an image
+    is not CT"). Flags that are not modes (bools) cannot say whether an image is
     floored: decide the modes first (:func:`l2r_submit.registration.features.pair_modes`) to apply the rule."""
     modes = [m for m in (ct if isinstance(ct, tuple) else (ct, ct)) if isinstance(m, str)]
-    against_ct = FLOORED in modes and any(m in CT_MODES for m in modes)
+    against_ct = FLOORED in modes and CT in modes
     if cfg.iters_non_ct is not None and not all(ct_flags(ct)) and not against_ct:
         return replace(cfg, iters=cfg.iters_non_ct)
     return cfg
