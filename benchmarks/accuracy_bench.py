@@ -116,7 +116,8 @@ def main(stage_lists: tuple[str, ...], search_hw: str, search_grid: str, search_
                                                          threads=threads, progress=False, keep_freed_memory=True))
             label = "+".join(manifest["settings"]["stages"]) + (
                 f" hw{search_cfg.hw} g{search_cfg.grid}" + (f" p{search_cfg.prior:g}" if search_cfg.prior else "")
-                + (f" c{''.join(map(str, search_cfg.centre_axes))}" if search_cfg.centre_axes else "")
+                + ("" if search_cfg.centre_axes is None  # the default: from the header
+                   else f" c{''.join(map(str, search_cfg.centre_axes)) or '-'}")
                 if "search" in names else "")
             secs = [p["seconds"] for p in manifest["pairs"].values() if p["status"] == "done"]
             if len(secs) != len(manifest["pairs"]):

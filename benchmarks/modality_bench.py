@@ -121,8 +121,8 @@ def peer_registration():
 @click.option("--io-iters", type=click.IntRange(min=1), default=None,
               help="Refinement iterations, as l2r predict's option (it sets both) [default: predict's].")
 @click.option("--io-iters-non-ct", type=click.IntRange(min=1), default=None,
-              help="Refinement iterations for pairs with an image flagged non-CT, unless floored against a CT, as l2r "
-                   "predict's option [default: predict's].")
+              help="Refinement iterations for pairs with an image flagged non-CT, unless floored against a "
+                   "soft-window CT, as l2r predict's option [default: predict's].")
 @click.option("--noise-floor", type=click.FloatRange(min=0), default=None,
               help="The noise floor of non-CT images in noise sigmas; 0: none, as before it existed "
                    "[default: features.NOISE_FLOOR_SIGMAS].")

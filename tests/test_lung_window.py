@@ -38,7 +38,7 @@ def test_lung_share_and_the_window_of_a_pair():
     assert features.pair_modes(abdomen, chest, True) == (features.CT, features.CT)
     assert features.pair_modes(chest, slab(0.4, 0.4), True) == (features.CT_LUNG, features.CT_LUNG)
     assert features.pair_modes(chest, chest, (True, "ct")) == (features.CT, features.CT)  # given: kept, and
-    assert features.pair_modes(chest, chest, (True, "ct_lung")) == (features.CT, features.CT_LUNG)  # a lone CT
+    assert features.pair_modes(chest, chest, (True, "ct_lung")) == (features.CT, features.CT_LUNG)  # against a CT mode
     mr = (chest + 1000.0) * 0.5  # another modality (no Hounsfield units): a CT against it by its own share
     assert features.pair_modes(chest, mr, (True, False)) == (features.CT_LUNG, features.FLOORED)
     assert features.pair_modes(mr, chest, (False, True)) == (features.FLOORED, features.CT_LUNG)
@@ -107,4 +107,6 @@ def test_a_chest_ct_against_another_modality_keeps_its_lungs():
         errors[flags[1]] = float(np.linalg.norm(disp[0].numpy() - true, axis=0)[lung].mean())
         if flags[1] is True:
             assert details["intensity"] == {"moving": "floored", "fixed": "ct_lung"}
-    assert errors[True] < 0.7 * zero < errors[features.CT], (zero, errors)  # about 0.75 < 0.99 < 5.1 voxels
+    # about 0.75 < 0.99 < 1.41 < 5.1 voxels (the forced soft window runs 40 iterations, the lung window 120:
+    # with 120 the soft window is as bad, lung_window_bench.py --settings mixed and README)
+    assert errors[True] < 0.7 * zero and zero < errors[features.CT], (zero, errors)

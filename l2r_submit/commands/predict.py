@@ -32,12 +32,13 @@ from .common import Fail, check_folder_option, checked, load_dataset, stop_signa
 @click.option("--io-iters", type=click.IntRange(min=0), default=None,
               help="Refinement (Adam) iterations; 0 = no refinement; given, it also sets pairs with a non-CT "
                    "image unless --io-iters-non-ct is given [default: 40 after the search, at half resolution "
-                   "(120 with a non-CT image, unless it is floored against a CT); 80 without it, quarter "
+                   "(120 with a non-CT image, unless floored against a soft-window CT); 80 without it, quarter "
                    "then half resolution].")
 @click.option("--io-iters-non-ct", type=click.IntRange(min=0), default=None,
               help="Refinement iterations for a pair in which an image is not CT (the dataset's modality "
-                   "for its channel is not CT), unless that image is floored against a CT image (MR against a "
-                   "CT with flat air gets --io-iters: run.json's 'intensity' then says 'floored' and 'ct') "
+                   "for its channel is not CT), unless that image is floored against a CT read in the soft-tissue "
+                   "window (MR against an abdominal CT with flat air gets --io-iters: run.json's 'intensity' "
+                   "then says 'floored' and 'ct') "
                    "[default: 120 after the search with --io-iters unset; else --io-iters].")
 @click.option("--io-similarity", type=click.Choice(["mind", "mse"]), default="mind", show_default=True,
               help="What the refinement matches: MIND-SSC descriptors, or the CT windows' intensities.")

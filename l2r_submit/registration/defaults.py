@@ -17,7 +17,7 @@ DEFAULT_IO_ITERS = 40  # after the search, half resolution only: README, "After 
 DEFAULT_IO_ITERS_NO_SEARCH = 80  # from a zero field or the network's: quarter, then half resolution
 # after the search, a pair in which an image is not CT (MR-like pairs: README, "More iterations when an image is
 # not CT"); two CT images keep DEFAULT_IO_ITERS (80 lost on both real CT pairs), and so does an image floored
-# against a CT image (MR against CT: 40 level with 120 there)
+# against a CT in the soft-tissue window (MR against abdominal CT: 40 level with 120 there)
 DEFAULT_IO_ITERS_NON_CT = 120
 DEFAULT_IO_FIELD = "velocity"  # invertible updates: no folds at a weaker regulariser (README, "Predict")
 DEFAULT_IO_REG = {"displacement": 1.0, "velocity": 0.25}  # diffusion weight per field model
@@ -36,7 +36,7 @@ def default_io(iters: int | None = None, field: str = DEFAULT_IO_FIELD, reg: flo
     ``DEFAULT_IO_ITERS``; ``reg`` None: ``DEFAULT_IO_REG_AFTER_SEARCH``). Otherwise the quarter-resolution
     level comes first, as it must to find anything from a zero field (IOConfig's ``coarse_fraction``;
     ``iters`` None: ``DEFAULT_IO_ITERS_NO_SEARCH``; ``reg`` None: ``DEFAULT_IO_REG``).
-    ``iters_non_ct`` (a pair in which an image is not CT, unless floored against a CT: :func:`instance.for_pair`) None:
+    ``iters_non_ct`` (a pair in which an image is not CT, unless floored against a soft-window CT: :func:`instance.for_pair`) None:
     ``DEFAULT_IO_ITERS_NON_CT``
     when both ``iters`` is None and the search runs first (measured only there), else ``iters``.
     """

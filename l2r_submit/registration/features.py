@@ -251,7 +251,7 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     lost organ overlap with the lung window). A CT image against an image of another modality (flagged False,
     or given a mode that is not a CT window) is ``CT_LUNG`` when its own lung share is at least ``LUNG_SHARE``
     (a chest CT against a CBCT-like image read by percentiles, which shows the lungs: with the soft-tissue
-    window the lungs ended further from the truth than the zero field, 7.8 voxels against 2.8, and 0.9 with
+    window the lungs ended further from the truth than the zero field, 7.9 voxels against 2.8, and 0.9 with
     the lung window; benchmarks/lung_window_bench.py, ``mixed``), else ``CT`` (MR against abdominal CT).
     A mode given is kept as it is, even where it differs from its partner's window.
     An image flagged False (not CT) is ``FLOORED`` when the other image's background is flat

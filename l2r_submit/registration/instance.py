@@ -58,7 +58,7 @@ HALF_FEATURES = ("pooled", "resampled")
 class IOConfig:
     """Settings of the refinement. iters = 0 turns it off (``l2r predict`` then drops the stage for every
     pair). ``iters_non_ct``: the iterations instead of ``iters`` for a pair in which an image is not CT, unless
-    it is floored against a CT image (None: ``iters`` for every pair); :func:`refine` applies it
+    it is floored against a CT in the soft-tissue window (None: ``iters`` for every pair); :func:`refine` applies it
     (:func:`for_pair`)."""
 
     iters: int = 0

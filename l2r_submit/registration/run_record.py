@@ -109,8 +109,8 @@ def request_settings(cfg: object, names: tuple[str, ...], modality: str) -> dict
 def pair_settings(settings: dict, ct_pair: bool) -> dict:
     """:func:`run_settings` as one pair's field depends on them: a pair of two CT images (``ct_pair``,
     :func:`both_ct`) leaves out the refinement's ``iters_non_ct``, which it does not use, so changing
-    that count redoes only the pairs with a non-CT image (floored ones too, which do not use it either:
-    whether an image is floored is decided on the images, after this check)."""
+    that count redoes only the pairs with a non-CT image (even those that end up not using it, an image
+    floored against a CT in the soft-tissue window: that is decided on the images, after this check)."""
     if not ct_pair or not isinstance(settings.get("io"), dict):
         return settings
     return {**settings, "io": {k: v for k, v in settings["io"].items() if k != "iters_non_ct"}}
