@@ -62,51 +62,50 @@ def test_the_real_chest_scan_gets_the_lung_window_and_the_abdominal_one_does_not
     assert features.pair_modes(chest, abdomen, True) == (features.CT, features.CT)  # two patients: organ overlap
 
 
-@needs_shared
-def test_the_lung_window_halves_the_error_inside_the_lungs_of_a_real_chest():
-    """The raw chest CT at 4 mm warped by a known smooth field (largest vector 4 voxels) and registered back
-    with the default stages: inside the lungs the error is about 0.52 voxels with the window chosen per
-    pair (lung) and 1.19 with the soft-tissue window forced."""
+def chest_case():
+    """The raw chest CT at 4 mm (moving), warped by a known smooth field (largest vector 4 voxels, seed 0) plus
+    10 HU of noise (fixed). Returns moving, fixed (1, 1, *shape), the true field (3, *shape) and the fixed
+    image's lungs (*shape) bool."""
     ct = np.maximum(io.read_volume(CHEST, np.float32).array, -1024.0)
     moving = F.avg_pool3d(torch.from_numpy(ct)[None, None], 2)
     true = smooth_random_disp(0, tuple(moving.shape[2:]), 4.0)
     fixed = warp_image(moving, torch.from_numpy(true)[None], padding_mode="border")
     fixed = fixed + torch.randn(fixed.shape, generator=torch.Generator().manual_seed(0)) * 10.0
     f = fixed[0, 0].numpy()
-    lung = (f > features.LUNG_HU[0]) & (f < features.LUNG_HU[1])
+    return moving, fixed, true, (f > features.LUNG_HU[0]) & (f < features.LUNG_HU[1])
+
+
+def lung_error(moving, fixed, true, lung, flags) -> tuple[float, dict]:
+    """Mean end-point error in ``lung`` after the default stages with these flags, and what they chose."""
     io_cfg = defaults.io_for_stages(defaults.DEFAULT_STAGES, None, None)
+    built = stages.build(defaults.DEFAULT_STAGES, None, SearchConfig(), io_cfg, flags)
+    details: dict = {}
+    disp, _ = stages.run(built, moving, fixed, details=details)
+    return float(np.linalg.norm(disp[0].numpy() - true, axis=0)[lung].mean()), details
+
+
+@needs_shared
+def test_the_lung_window_halves_the_error_inside_the_lungs_of_a_real_chest():
+    """:func:`chest_case` registered back with the default stages: inside the lungs the error is about 0.52
+    voxels with the window chosen per pair (lung) and 1.19 with the soft-tissue window forced."""
+    case = chest_case()
     errors = {}
     for flags in (True, features.CT):
-        built = stages.build(defaults.DEFAULT_STAGES, None, SearchConfig(), io_cfg, flags)
-        details: dict = {}
-        disp, _ = stages.run(built, moving, fixed, details=details)
-        errors[flags] = float(np.linalg.norm(disp[0].numpy() - true, axis=0)[lung].mean())
+        errors[flags], details = lung_error(*case, flags)
         assert details.get("intensity") == ({"moving": "ct_lung", "fixed": "ct_lung"} if flags is True else None)
     assert errors[True] < 0.6 * errors[features.CT], errors
 
 
 @needs_shared
 def test_a_chest_ct_against_another_modality_keeps_its_lungs():
-    """The same setup, the moving image flagged as another modality (a CBCT-like channel, read by its
+    """:func:`chest_case`, the moving image flagged as another modality (a CBCT-like channel, read by its
     percentiles): the CT gets the lung window by its own lung share; with the soft-tissue window it had before
     (forced here) the lungs ended further from the truth than the zero field (1.41 voxels)."""
-    ct = np.maximum(io.read_volume(CHEST, np.float32).array, -1024.0)
-    moving = F.avg_pool3d(torch.from_numpy(ct)[None, None], 2)
-    true = smooth_random_disp(0, tuple(moving.shape[2:]), 4.0)
-    fixed = warp_image(moving, torch.from_numpy(true)[None], padding_mode="border")
-    fixed = fixed + torch.randn(fixed.shape, generator=torch.Generator().manual_seed(0)) * 10.0
-    f = fixed[0, 0].numpy()
-    lung = (f > features.LUNG_HU[0]) & (f < features.LUNG_HU[1])
-    io_cfg = defaults.io_for_stages(defaults.DEFAULT_STAGES, None, None)
-    zero = float(np.linalg.norm(true, axis=0)[lung].mean())
-    errors = {}
-    for flags in ((False, True), (False, features.CT)):
-        details: dict = {}
-        disp, _ = stages.run(stages.build(defaults.DEFAULT_STAGES, None, SearchConfig(), io_cfg, flags), moving,
-                             fixed, details=details)
-        errors[flags[1]] = float(np.linalg.norm(disp[0].numpy() - true, axis=0)[lung].mean())
-        if flags[1] is True:
-            assert details["intensity"] == {"moving": "floored", "fixed": "ct_lung"}
+    case = chest_case()
+    zero = float(np.linalg.norm(case[2], axis=0)[case[3]].mean())
+    chosen, details = lung_error(*case, (False, True))
+    assert details["intensity"] == {"moving": "floored", "fixed": "ct_lung"}
+    soft, _ = lung_error(*case, (False, features.CT))
     # about 0.75 < 0.99 < 1.41 < 5.1 voxels (the forced soft window runs 40 iterations, the lung window 120:
     # with 120 the soft window is as bad, lung_window_bench.py --settings mixed and README)
-    assert errors[True] < 0.7 * zero and zero < errors[features.CT], (zero, errors)
+    assert chosen < 0.7 * zero and zero < soft, (zero, chosen, soft)
