@@ -223,7 +223,8 @@ def refine(disp: torch.Tensor, moving_hu: torch.Tensor, fixed_hu: torch.Tensor, 
 
     ``ct``: both images in HU, or ``(moving, fixed)`` flags or modes for a pair of two modalities
     (:func:`l2r_submit.registration.features.pair_modes`); when an image is not CT, unless it is floored
-    against a CT image, ``cfg.iters_non_ct`` (when set) replaces ``cfg.iters`` (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
+    against a CT in the soft-tissue window, ``cfg.iters_non_ct`` (when set) replaces ``cfg.iters``
+    (:func:`for_pair`). ``half``: the half level's ``(moving, fixed)``
     features of these images, already computed (``mind``, ``pooled``: :func:`pool_descriptors` of their
     MIND-SSC on the grid :func:`level_size` ``(shape, 2)``); they are then not computed again.
 
