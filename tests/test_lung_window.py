@@ -43,7 +43,9 @@ def test_lung_share_and_the_window_of_a_pair():
     assert features.pair_modes(chest, mr, (True, False)) == (features.CT_LUNG, features.FLOORED)
     assert features.pair_modes(mr, chest, (False, True)) == (features.FLOORED, features.CT_LUNG)
     assert features.pair_modes(chest, mr, (True, "percentiles")) == (features.CT_LUNG, features.PERCENTILES)
-    assert features.pair_modes(abdomen, (abdomen + 1000.0) * 0.5, (True, False))[0] == features.CT
+    assert features.pair_modes(abdomen, (abdomen + 1000.0) * 0.5, (True, False))[0] == features.CT  # MR-like
+    assert features.pair_modes(abdomen, abdomen, (True, False))[0] == features.CT_LUNG  # a partner in HU-like units
+    assert features.hu_like(abdomen) and not features.hu_like((abdomen + 1000.0) * 0.5)
     assert features.pair_modes(chest, chest, (np.True_, 1)) == (features.CT_LUNG, features.CT_LUNG)  # read as bools
     lung = features.normalise_intensity(chest, features.CT_LUNG)
     assert torch.allclose(lung.unique(), torch.tensor([0.0, 200.0 / 1300.0, 1040.0 / 1300.0]))

@@ -218,6 +218,9 @@ FLAT_SHARE = 0.05
 # 0.13-0.15 in the raw abdominal one (benchmarks/lung_window_bench.py; README, "Lung CT and the CT window").
 LUNG_HU = (-950.0, -500.0)
 LUNG_SHARE = 0.25
+# An image of another modality with a voxel below this is in units like HU (a CBCT): its percentiles show the
+# lungs as a CT's lung window does. MR and PET magnitudes are not negative (z-scored MR rarely below -5).
+HU_LIKE_BELOW = -500.0
 
 
 def flat_share(image: torch.Tensor, mode: bool | str) -> float:
@@ -242,6 +245,12 @@ def lung_share(image: torch.Tensor) -> float:
     return lung / max((sample > LUNG_HU[1]).sum().item(), 1)
 
 
+def hu_like(image: torch.Tensor) -> bool:
+    """Whether an image has voxels below ``HU_LIKE_BELOW`` (from a regular subsample): HU-like units, as a
+    CBCT's. Shape: (1, 1, I, J, K) -> bool."""
+    return float(_sample(image).min()) < HU_LIKE_BELOW
+
+
 def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tuple[str, str]:
     """Each image's normalisation (``(moving, fixed)`` modes) for this pair; a mode given is kept.
 
@@ -250,9 +259,10 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     inside the lungs the soft-tissue window left twice the error), else ``CT`` (a chest against an abdomen
     lost organ overlap with the lung window). A CT image against an image of another modality (flagged False,
     or given a mode that is not a CT window) is ``CT_LUNG`` when its own lung share is at least ``LUNG_SHARE``
-    (a chest CT against a CBCT-like image read by percentiles, which shows the lungs: with the soft-tissue
-    window the lungs ended further from the truth than the zero field, 7.9 voxels against 2.8, and 0.9 with
-    the lung window; benchmarks/lung_window_bench.py, ``mixed``), else ``CT`` (MR against abdominal CT).
+    or the other image is :func:`hu_like` (a CT against a CBCT-like image read by percentiles, which shows the
+    lungs: with the soft-tissue window the lungs of a chest ended further from the truth than the zero field,
+    7.9 voxels against 2.8, and 0.9 with the lung window; of an abdomen 8.8 against 2.4, and 2.0;
+    benchmarks/lung_window_bench.py, ``mixed``), else ``CT`` (MR against abdominal CT).
     A mode given is kept as it is, even where it differs from its partner's window.
     An image flagged False (not CT) is ``FLOORED`` when the other image's background is flat
     (:func:`flat_share` at least ``FLAT_SHARE``: a CT, a masked MR), else ``PERCENTILES``. The floor makes
@@ -271,8 +281,9 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
         wide = all(f is True and lung_share(img) >= LUNG_SHARE for img, f in zip(images, flags))
         lone = [f is True and (other is False or (isinstance(other, str) and intensity_mode(other) not in CT_MODES))
                 for f, other in ((flags[0], flags[1]), (flags[1], flags[0]))]
-        flags = tuple(f if f is not True else CT_LUNG if wide or (alone and lung_share(img) >= LUNG_SHARE) else CT
-                      for f, img, alone in zip(flags, images, lone))
+        flags = tuple(f if f is not True else CT_LUNG if wide or (alone and (
+            lung_share(img) >= LUNG_SHARE or hu_like(other))) else CT
+            for f, img, other, alone in zip(flags, images, images[::-1], lone))
     modes = [intensity_mode(f) if isinstance(f, str) else f for f in flags]  # CT images decided first
     for i, other in ((0, 1), (1, 0)):
         if modes[i] is False:
