@@ -278,12 +278,19 @@ def pair_modes(moving: torch.Tensor, fixed: torch.Tensor, ct: PairFlags) -> tupl
     flags = tuple(f if isinstance(f, str) else bool(f) for f in (ct if isinstance(ct, tuple) else (ct, ct)))
     images = (moving, fixed)
     if any(f is True for f in flags):
-        wide = all(f is True and lung_share(img) >= LUNG_SHARE for img, f in zip(images, flags))
-        lone = [f is True and (other is False or (isinstance(other, str) and intensity_mode(other) not in CT_MODES))
-                for f, other in ((flags[0], flags[1]), (flags[1], flags[0]))]
-        flags = tuple(f if f is not True else CT_LUNG if wide or (alone and (
-            lung_share(img) >= LUNG_SHARE or hu_like(other))) else CT
-            for f, img, other, alone in zip(flags, images, images[::-1], lone))
+        chest = [f is True and lung_share(img) >= LUNG_SHARE for img, f in zip(images, flags)]
+        windows = []
+        for i, f in enumerate(flags):
+            other = flags[1 - i]
+            if f is not True:
+                windows.append(f)
+            elif other is True:  # two CT images: one window for both
+                windows.append(CT_LUNG if all(chest) else CT)
+            elif other is False or intensity_mode(other) not in CT_MODES:  # a CT against another modality
+                windows.append(CT_LUNG if chest[i] or hu_like(images[1 - i]) else CT)
+            else:  # against a CT window given
+                windows.append(CT)
+        flags = tuple(windows)
     modes = [intensity_mode(f) if isinstance(f, str) else f for f in flags]  # CT images decided first
     for i, other in ((0, 1), (1, 0)):
         if modes[i] is False:
