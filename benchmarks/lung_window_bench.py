@@ -18,7 +18,14 @@ it back with predict's default stages, once per setting:
     background; with predict's refinement iterations for non-CT images);
   * ``mixed``: the moving image flagged as another modality (a CBCT-like channel of a ThoraxCBCT-like
     dataset, read by percentiles and floored against the CT), the fixed one as CT, its window as predict
-    chooses it for a CT against another modality (the lung window for a chest).
+    chooses it for a CT against another modality (the lung window for a chest);
+  * ``cbct``: the other way round, ThoraxCBCT's direction (its JSON: moving ``FBCT``, a CT since 0.3.1, fixed
+    ``CBCT``): the moving image as CT, the fixed (noisy) one as another modality;
+  * ``MOVING+FIXED``: each image's normalisation forced, two of ``features.MODES`` (``ct``, ``ct_lung``,
+    ``percentiles``, ``floored``), e.g. ``ct_lung+percentiles``.
+
+``--calibration SCALE,OFFSET`` maps the fixed image's HU to ``SCALE * HU + OFFSET`` after the noise (a CBCT
+whose intensities are not calibrated); the lung and body masks stay those of the calibrated image.
 
 Printed per seed and setting: the mean end-point error (voxels) inside the lungs (fixed image between
 -950 and -500 HU) and inside the body (above -500 HU), and seconds. One process, CPU. It needs the shared
@@ -29,7 +36,7 @@ abdomen and a chest-to-upper-abdomen scan of two patients) rebuilt by ``scripts/
 temporary folder without its clipping of air below -800 HU (raw HU, as the challenge's scans are), and
 registered under each setting: mean Dice over labels 1-13 present in both label maps, and seconds.
 
-    python benchmarks/lung_window_bench.py [--settings "auto;-200,300;-1000,300;pct;mixed"] [--seeds 0,1,2]
+    python benchmarks/lung_window_bench.py [--settings "auto;-200,300;-1000,300;pct;mixed;cbct"] [--seeds 0,1,2]
     python benchmarks/lung_window_bench.py --chest ../shared/data/ct_patient_a/ct.nii.gz   # an abdominal scan
     python benchmarks/lung_window_bench.py --inter-patient   # two patients, organ overlap
 """
@@ -50,14 +57,18 @@ LUNG_HU, BODY_HU = (-950.0, -500.0), -500.0
 @click.command()
 @click.option("--settings", default="auto;-200,300;-1000,300;pct", show_default=True,
               help="Semicolon list: 'auto' (the window predict chooses), 'LOW,HIGH' CT windows in HU (forced), "
-                   "'pct' (percentiles, as another modality) or 'mixed' (the moving image as another modality).")
+                   "'pct' (percentiles, as another modality), 'mixed' (the moving image as another modality), "
+                   "'cbct' (the fixed image as another modality) or 'MOVING+FIXED' modes forced "
+                   "(e.g. ct_lung+floored).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds of the true fields.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--chest", type=click.Path(path_type=Path), default=CHEST, show_default=True,
               help="The raw chest CT (HU).")
 @click.option("--inter-patient", is_flag=True,
               help="Score test_data's two real inter-patient pairs in raw HU instead (Dice; needs ../shared/data).")
-def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bool) -> None:
+@click.option("--calibration", default="1,0", show_default=True,
+              help="SCALE,OFFSET applied to the fixed image's HU after the noise (an uncalibrated CBCT).")
+def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bool, calibration: str) -> None:
     import nibabel as nib
     import torch
 
@@ -69,13 +80,23 @@ def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bo
     if not chest.is_file():
         raise SystemExit(f"{chest}: not found; this bench needs the shared data folder (../shared/data)")
     chosen = [s.strip() for s in settings.split(";") if s.strip()]
-    windows = {}
+    try:
+        scale, offset = (float(v) for v in calibration.split(","))
+    except ValueError:
+        raise SystemExit(f"--calibration: {calibration!r} is not SCALE,OFFSET (e.g. 1.1,60)") from None
+    windows, forced = {}, {}
     for s in chosen:
-        if s not in ("pct", "auto", "mixed"):
+        if "+" in s:
+            modes = tuple(m.strip() for m in s.split("+"))
+            if len(modes) != 2 or any(m not in features.MODES for m in modes):
+                raise SystemExit(f"--settings: {s!r}: expected MOVING+FIXED, each one of {', '.join(features.MODES)}")
+            forced[s] = modes
+        elif s not in ("pct", "auto", "mixed", "cbct"):
             try:
                 lo, hi = (float(v) for v in s.split(","))
             except ValueError:
-                raise SystemExit(f"--settings: {s!r} is none of 'auto', 'pct', 'mixed' or 'LOW,HIGH' in HU") from None
+                raise SystemExit(f"--settings: {s!r} is none of 'auto', 'pct', 'mixed', 'cbct' or 'LOW,HIGH' in HU") \
+                    from None
             windows[s] = (lo, hi)
     torch.set_num_threads(threads)
     ct = np.maximum(np.asarray(nib.load(str(chest)).dataobj, dtype=np.float32), -1024.0)
@@ -86,7 +107,8 @@ def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bo
     def register(setting: str, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[np.ndarray, float]:
         """The field of one setting, (3, I, J, K) voxels, and its seconds."""
         features.CT_WINDOW_HU = windows.get(setting, default_window)
-        flags = {"pct": False, "auto": True, "mixed": (False, True)}.get(setting, features.CT)  # else a window forced
+        flags = {"pct": False, "auto": True, "mixed": (False, True), "cbct": (True, False), **forced}.get(
+            setting, features.CT)  # else a window forced
         built = stages.build(names, None, SearchConfig(), io_cfg, flags)
         t0 = time.perf_counter()
         try:
@@ -99,6 +121,8 @@ def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bo
         return inter_patient_pairs(chosen, register, threads)
     print(f"{chest.name} {ct.shape}, lung share {features.lung_share(torch.from_numpy(ct)):.2f} (lung window from "
           f"{features.LUNG_SHARE:g}); stages {','.join(names)}; CPU, {threads} threads")
+    if (scale, offset) != (1.0, 0.0):
+        print(f"fixed image's HU mapped to {scale:g} x HU + {offset:g} after the noise")
     print("end-point error (voxels) in the lungs / in the body, seconds")
     print(f"{'seed':<6} {'zero':>14} " + " ".join(f"{s:>22}" for s in chosen))
     totals: dict[str, list] = {s: [] for s in chosen}
@@ -109,6 +133,7 @@ def main(settings: str, seeds: str, threads: int, chest: Path, inter_patient: bo
         fixed = fixed + torch.randn(fixed.shape, generator=torch.Generator().manual_seed(seed)) * 10.0
         f = fixed[0, 0].numpy()
         lung, body = (f > LUNG_HU[0]) & (f < LUNG_HU[1]), f > BODY_HU
+        fixed = fixed * scale + offset
         zero = np.linalg.norm(true, axis=0)
         cells = [f"{zero[lung].mean():.2f} / {zero[body].mean():.2f}"]
         for s in chosen:

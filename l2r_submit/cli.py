@@ -103,8 +103,8 @@ class _FilePath(click.ParamType):
                    "pairs, SDlogJ 30 = 0.7 quantile), 2024 (short names, 0.7), 2022 (short names, 0.3), "
                    "2020 (half-resolution float16 npz, ddof 1).")
 @click.option("--pairs", multiple=True,
-              help="Score only these pairs of the split, comma-separated, e.g. 0001_0004,0002_0004 (repeatable); "
-                   "the aggregates are over them.")
+              help="Score only these pairs of the split, comma-separated, e.g. 0001_0004,0002_0004 (repeatable; names "
+                   "as predict --pairs takes them); the aggregates are over them.")
 @click.option("--missing", type=click.Choice(["error", "zero"]), default="error", show_default=True,
               help="Missing fields: stop before any work, or score them as zero fields.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -162,6 +162,7 @@ def test_cli_io_iters_non_ct(tmp_path):
             assert (run["settings"]["io"]["iters"], run["settings"]["io"]["iters_non_ct"]) == (2, int(n))
             assert entry["settings"]["io"]["iters_non_ct"] == int(n)  # compared on a rerun: an image is not CT
             assert entry["intensity"]["moving"] == ("percentiles" if used else "floored")
+            assert entry["io_iters"] == (int(n) if used else 2)  # the count this pair got, recorded
             fields[n] = np.asarray(nib.load(out / entry["outputs"][0]).dataobj)
         assert np.allclose(fields["0"], fields["3"]) != used  # floored: --io-iters' 2 both times
     res = invoke(*args, "--io-iters-non-ct", "-1", "--overwrite")
@@ -187,6 +188,8 @@ def test_changing_the_non_ct_iterations_redoes_only_pairs_with_a_non_ct_image(tm
     again = json.loads((out / "run.json").read_text())["pairs"]
     assert again[ct_key]["status"].startswith("skipped") and again[mr_key]["status"].startswith("skipped")
     assert again[mr_key]["intensity"] == first[mr_key]["intensity"]  # kept with the field it describes
+    assert first[ct_key]["io_iters"] == again[ct_key]["io_iters"] == 2
+    assert first[mr_key]["io_iters"] == again[mr_key]["io_iters"] == 2  # floored against the soft-window CT
     assert invoke(*args, "--io-iters-non-ct", "4").exit_code == 0
     after = json.loads((out / "run.json").read_text())["pairs"]
     assert after[ct_key]["status"].startswith("skipped")  # two CT images: the count is not theirs
@@ -267,3 +270,74 @@ def test_short_names_are_refused_where_no_evaluator_reads_them(tmp_path):
     same = Pair(case("0000"), case("0000"))  # allowed alone, but it shares the short name with `forward`
     with pytest.raises(ValueError, match="the short name has no modality index"):
         pair_plan.plan_outputs(tmp_path, [forward, same], "nii.gz", "short")
+
+
+def write_thorax_dataset(root, moving, fixed):
+    """A ThoraxCBCT-like dataset, its JSON's keys as Learn2Reg's: the fan-beam CT ``moving`` (channel 0000) and
+    two cone-beam CTs of it, ``fixed`` +- 20 (0001, 0002); val pairs 0011_0001 <- 0011_0000 and 0011_0002 <-
+    0011_0000 (one subject pair, two channel pairs)."""
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True)
+    for name, vol in (("0011_0000", moving), ("0011_0001", fixed + 20.0), ("0011_0002", fixed - 20.0)):
+        nib.save(nib.Nifti1Image(vol[0, 0].numpy().astype(np.float32), np.eye(4)),
+                 root / "imagesTr" / f"ThoraxCBCT_{name}.nii.gz")
+    val = [{"fixed": f"./imagesTr/ThoraxCBCT_0011_{c}.nii.gz", "moving": "./imagesTr/ThoraxCBCT_0011_0000.nii.gz"}
+           for c in ("0001", "0002")]
+    data = {"name": "ThoraxCBCT", "modality": {"0": "FBCT", "1": "CBCT", "2": "CBCT"}, "labels": {},
+            "registration_direction": {"fixed": 1, "moving": 0}, "img_shift": {"fixed": "followup", "moving": "baseline"},
+            "tensorImageShape": {"0": list(fixed.shape[2:])}, "training": [], "registration_val": val,
+            "registration_test": []}
+    path = root / "ThoraxCBCT_dataset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_thoraxcbct_json_reads_its_fan_beam_ct_in_hounsfield_units(tmp_path):
+    """Learn2Reg's ThoraxCBCT JSON names its channels ``{"0": "FBCT", "1": "CBCT", "2": "CBCT"}``: the planning
+    fan-beam CT is in HU, the cone-beam CTs are not calibrated. Until 0.3.1 only "CT" was read as HU, so both
+    images went by their percentiles (on the real chest 1.70 voxels off in the lungs against 0.91 with the FBCT
+    as CT: README, "Lung CT and the CT window"). Now the FBCT is CT, and against a partner in HU-like units (air
+    below -500) it gets the lung window."""
+    assert [dataset.is_ct_name(n) for n in ("CT", " ct ", "FBCT", "fb-ct", "Fan-beam CT")] == [True] * 5
+    assert not any(dataset.is_ct_name(n) for n in ("CBCT", "MR", "MRI", "PET", "PET-CT", "T1"))
+    big = smooth_volume((48, 24, 24), seed=11)
+    tissue = -100.0 + 400.0 * (big - big.min()) / (big.max() - big.min())  # -100..300 HU: no lung
+    tissue[..., :4] = -1000.0  # air outside the body
+    path = write_thorax_dataset(tmp_path / "thorax", tissue[:, :, 10:34], tissue[:, :, 4:28])
+    ds = dataset.load(path)
+    pair = ds.pairs("val")[0]
+    assert ds.is_ct_image(pair.moving) and not ds.is_ct_image(pair.fixed)
+    out = tmp_path / "out"
+    res = invoke("predict", path, "--out", out, "--device", "cpu", "--quiet", "--stages", "search,adam",
+                 "--io-iters", "2", "--io-iters-non-ct", "3", "--search-grid", "4", "--search-hw", "3")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["settings"]["modality"] == "0: FBCT, 1: CBCT, 2: CBCT"
+    assert len(manifest["pairs"]) == 2
+    for entry in manifest["pairs"].values():
+        assert entry["status"] == "done"
+        assert entry["intensity"]["moving"] == "ct_lung", entry["intensity"]  # the CBCT's air is HU-like
+        assert entry["intensity"]["fixed"] in ("floored", "percentiles"), entry["intensity"]
+        assert entry["io_iters"] == 3  # a lung-window CT against another modality: --io-iters-non-ct
+
+
+def test_pairs_of_one_subject_pair_in_two_channels_are_named_apart(tmp_path):
+    """ThoraxCBCT's two val pairs share the subjects-only name 0011_0011: ``--pairs 0011_0011`` silently ran the
+    second one; now it is refused naming both, and each is named by its case key or its field's name."""
+    from l2r_submit.core.selection import select_pairs
+
+    volume = torch.full((1, 1, 8, 8, 8), -1000.0)
+    path = write_thorax_dataset(tmp_path / "thorax", volume, volume)
+    ds = dataset.load(path)
+    first, second = ds.pairs("val")
+    assert select_pairs(ds, None, ("0011_0001_0011_0000",)) == [first]
+    assert select_pairs(ds, None, ("0011_0002<--0011_0000", "0011_0001_0011_0000")) == [second, first]
+    with pytest.raises(ValueError, match=r"--pairs 0011_0011: names 2 pairs \(0011_0001<--0011_0000, "
+                                         r"0011_0002<--0011_0000\)"):
+        select_pairs(ds, None, ("0011_0011",))
+    res = invoke("predict", path, "--out", tmp_path / "out", "--device", "cpu", "--pairs", "0011_0011")
+    assert res.exit_code == 2 and "names 2 pairs" in res.output and not (tmp_path / "out").exists(), res.output
+    (tmp_path / "fields").mkdir()
+    res = invoke("evaluate", path, tmp_path / "fields", "--pairs", "0011_0011")
+    assert res.exit_code == 2 and "names 2 pairs" in res.output, res.output

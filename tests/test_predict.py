@@ -276,7 +276,9 @@ def test_evaluate_with_missing_label_maps_is_refused_before_any_registration(tin
     out = tmp_path / "out"
     res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
                  "--io-iters", "1", "--evaluate")
-    assert res.exit_code == 2 and "--evaluate: 1 label maps of the selected pairs are missing" in res.output
+    assert res.exit_code == 2, res.output
+    assert "--evaluate: 1 label map is missing for the selected pairs" in res.output
+    assert "leave their pairs out with --pairs" in res.output and "test split" not in res.output
     assert not out.exists()
     res = invoke("predict", tiny_dataset, "--out", out, "--device", "cpu", "--quiet", "--stages", "adam",
                  "--io-iters", "1", "--evaluate", "--pairs", "0001_0002")  # pairs whose labels exist: go on

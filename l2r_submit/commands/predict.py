@@ -18,7 +18,8 @@ from .common import Fail, check_folder_option, checked, load_dataset, stop_signa
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder for the fields.")
 @click.option("--split", type=click.Choice(["val", "test"]), default=None,
               help="[default: val when it has pairs, else test]")
-@click.option("--pairs", multiple=True, help="Comma-separated subset, e.g. 0001_0004,0002_0004 (repeatable).")
+@click.option("--pairs", multiple=True, help="Comma-separated subset, e.g. 0001_0004,0002_0004 (repeatable); a pair of other "
+                   "channels by its case key or field name, e.g. '0011_0001<--0011_0000' or 0011_0001_0011_0000.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Weights of the network stage (refused when it does not run) [default: the shipped weights, "
                    "l2r_submit/weights/].")
@@ -244,8 +245,11 @@ def _check_labels_for_evaluate(ds, split: str | None, wanted: tuple[str, ...] | 
         return
     missing = ds.missing_files(selected, images=False, labels=True)
     if missing:
-        raise Fail(f"--evaluate: {len(missing)} label maps of the selected pairs are missing (first: {missing[0]}); "
-                   "a test split has none: drop --evaluate")
+        maps = "label map is" if len(missing) == 1 else "label maps are"
+        every = len(missing) == len({c.label for p in selected for c in (p.fixed, p.moving)})
+        hint = ("none of them has one (a test split): drop --evaluate" if every else
+                "restore them, leave their pairs out with --pairs, or drop --evaluate")
+        raise Fail(f"--evaluate: {len(missing)} {maps} missing for the selected pairs (first: {missing[0]}); {hint}")
 
 
 def _evaluate_after_predict(ds, out_dir: Path, split: str | None, fmt: str, names: str, manifest: dict,

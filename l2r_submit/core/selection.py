@@ -20,11 +20,20 @@ def parse_pairs_option(texts: tuple[str, ...]) -> tuple[str, ...] | None:
     return wanted
 
 
+def pair_names(pair: Pair) -> tuple[str, ...]:
+    """The names ``--pairs`` accepts for ``pair``: its case key ``FFFF_ffff<--MMMM_mmmm``, its long field name
+    without ``disp_`` and extension, ``FFFF_ffff_MMMM_mmmm``, and the short ``FFFF_MMMM`` (subjects only:
+    ambiguous when one subject pair has several channel pairs, as ThoraxCBCT's ``0011_0001 <- 0011_0000``
+    and ``0011_0002 <- 0011_0000``)."""
+    f, m = pair.fixed, pair.moving
+    return pair.key, f"{f.id}_{f.modality}_{m.id}_{m.modality}", f"{f.id}_{m.id}"
+
+
 def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None) -> list[Pair]:
-    """Pairs of the split, optionally only those named (``FFFF_0000<--MMMM_0000`` or ``FFFF_MMMM``).
+    """Pairs of the split, optionally only those named (:func:`pair_names`).
 
     Raises:
-        ValueError: a named pair that is not in the split.
+        ValueError: a named pair that is not in the split, or a short name that names several of its pairs.
     """
     pairs = ds.pairs(split)
     if wanted is not None and not wanted:
@@ -32,8 +41,13 @@ def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None)
     if not wanted:
         return list(dict.fromkeys(pairs))
 
-    def names(ps: list[Pair]) -> dict[str, Pair]:
-        return {p.key: p for p in ps} | {f"{p.fixed.id}_{p.moving.id}": p for p in ps}
+    def names(ps: list[Pair]) -> dict[str, list[Pair]]:
+        out: dict[str, list[Pair]] = {}
+        for p in dict.fromkeys(ps):
+            for name in pair_names(p):
+                if p not in out.setdefault(name, []):
+                    out[name].append(p)
+        return out
 
     by_name = names(pairs)
     unknown = [w for w in wanted if w not in by_name]
@@ -43,4 +57,9 @@ def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None)
                      for n, ps in ds.splits.items() if ps is not pairs and w in names(ps)]
         hint = f"; found elsewhere: {', '.join(elsewhere)}; pass --split" if elsewhere else ""
         raise ValueError(f"--pairs: not in split '{here}': {', '.join(unknown)}{hint}")
-    return list(dict.fromkeys(by_name[w] for w in wanted))
+    for w in wanted:
+        if len(by_name[w]) > 1:
+            keys = [p.key for p in by_name[w]]
+            raise ValueError(f"--pairs {w}: names {len(keys)} pairs ({', '.join(keys)}); name one by its case "
+                             f"key or as FFFF_ffff_MMMM_mmmm (e.g. {pair_names(by_name[w][0])[1]})")
+    return list(dict.fromkeys(by_name[w][0] for w in wanted))

@@ -264,7 +264,7 @@ def run(cfg: PredictConfig) -> dict:
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
                                            "files": earlier[pair.key]["files"]}
-            for key in ("search_start", "affine", "intensity", "qc"):  # how the field on disk was made, its picture
+            for key in ("search_start", "affine", "intensity", "io_iters", "qc"):  # how its field was made, its picture
                 if key in earlier[pair.key]:
                     manifest["pairs"][pair.key][key] = earlier[pair.key][key]
             continue

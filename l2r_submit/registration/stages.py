@@ -122,7 +122,8 @@ class SearchStage:
 
 @dataclass(frozen=True)
 class AdamStage:
-    """Instance optimisation of the total field, started at ``disp_in``."""
+    """Instance optimisation of the total field, started at ``disp_in``; the iterations this pair gets
+    (:func:`instance.for_pair`) go to ``details["io_iters"]``."""
 
     cfg: IOConfig
     ct: PairFlags = True  # as SearchStage's
@@ -130,6 +131,8 @@ class AdamStage:
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
                  views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
+        if details is not None:
+            details["io_iters"] = for_pair(self.cfg, self.ct).iters
         return refine(disp_in.clone(), moving, fixed, self.cfg, self.ct, views.half if views else None)
 
 
