@@ -245,6 +245,20 @@ def test_a_declared_ct_without_negative_values_is_normalised_as_another_modality
         if modality == "CT":
             assert "declared CT, but no voxel is below 0" in result.output
             assert len(record["not_hu"]) == 2
+            assert record["io_iters"] == 5 and record["settings"]["io"]["iters_non_ct"] == 5
+            # its field depends on --io-iters-non-ct: a rerun with another count redoes it (it was kept as
+            # "skipped (outputs exist)", its record saying a CT pair), the same count keeps it
+            args = ("predict", path, "--out", tmp_path / name / "out", "--threads", "1")
+            again = invoke(*args, "--io-iters-non-ct", "5")
+            assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+            again = invoke(*args, "--io-iters-non-ct", "6", "--sequential")
+            assert again.exit_code == 0, again.output
+            redone = json.loads((tmp_path / name / "out" / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]
+            assert redone["status"] == "done" and "iters_non_ct" in redone["redone"] and redone["io_iters"] == 6
+            again = invoke(*args, "--io-iters-non-ct", "6")  # another request: the full path, nothing changed
+            kept = json.loads((tmp_path / name / "out" / "run.json").read_text())["pairs"]["0001_0000<--0002_0000"]
+            assert kept["status"].startswith("skipped") and kept["io_iters"] == 6, kept
+            assert invoke(*args, "--io-iters-non-ct", "5").exit_code == 0  # back to the field compared below
         else:
             assert "declared CT" not in result.output and "not_hu" not in record
     np.testing.assert_array_equal(fields["offset_ct"], fields["declared_mr"])

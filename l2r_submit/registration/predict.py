@@ -250,7 +250,8 @@ def run(cfg: PredictConfig) -> dict:
         notes.append(message)
 
     entries: dict[Pair, dict] = {}
-    own_settings = {pair: pair_settings(settings, both_ct(ds, pair)) for pair in pairs}  # what its field depends on
+    own_settings = {pair: pair_settings(settings, both_ct(ds, pair, earlier.get(pair.key)))  # what its field
+                    for pair in pairs}  # depends on
     chosen: dict[Pair, dict] = {}  # what the stages chose per pair (register_pair's details), for its entry
     todo: list[Pair] = []
     hashes: dict[Path, str] = {}  # each image hashed once per run, and only when its status changed
@@ -305,7 +306,9 @@ def run(cfg: PredictConfig) -> dict:
         entry["seconds"] = round(sum(outcome.seconds.values()), 3)
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
-            entry.update(settings=own_settings[pair], files=outcome.value, status="done")
+            ct_pair = "not_hu" not in entry  # a declared CT read by its percentiles ran iters_non_ct
+            entry.update(settings=own_settings[pair] if ct_pair else pair_settings(settings, False),
+                         files=outcome.value, status="done")
             if pair in qc_failed:  # the run's exit code says it (run_record.summary)
                 entry["qc_error"] = qc_failed[pair]
                 bar.write(f"error: {pair.key}: QC picture {qc_path(cfg.qc_dir, pair)} not drawn ({qc_failed[pair]}); "

@@ -87,7 +87,7 @@ def nothing_to_do(ds: Dataset, out_dir: Path, split: str | None, wanted: tuple[s
     for pair in pairs:
         entry = entries.get(pair.key)
         if (not isinstance(entry, dict) or entry.get("status") not in ("done", "skipped (outputs exist)")
-                or entry.get("settings") != pair_settings(settings, both_ct(ds, pair))
+                or entry.get("settings") != pair_settings(settings, both_ct(ds, pair, entry))
                 or not same_inputs(entry.get("inputs"), pair_inputs(pair, entry.get("inputs"), hashes))):
             return 0
         files = entry.get("files")
