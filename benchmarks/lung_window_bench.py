@@ -16,8 +16,8 @@ it back with predict's default stages, once per setting:
   * ``pct``: both images flagged as another modality (1st-99th percentiles, and the noise floor where
     ``features.pair_modes`` puts it: here on the fixed image only, whose added noise leaves no flat
     background; with predict's refinement iterations for non-CT images);
-  * ``mixed``: the moving image flagged as another modality (a CBCT-like channel of a ThoraxCBCT-like
-    dataset, read by percentiles and floored against the CT), the fixed one as CT, its window as predict
+  * ``mixed``: the moving image flagged as another modality (a CBCT-like image moving to a CT; read by
+    percentiles and floored against the CT), the fixed one as CT, its window as predict
     chooses it for a CT against another modality (the lung window for a chest);
   * ``cbct``: the other way round, ThoraxCBCT's direction (its JSON: moving ``FBCT``, a CT since 0.3.1, fixed
     ``CBCT``): the moving image as CT, the fixed (noisy) one as another modality;
@@ -25,7 +25,8 @@ it back with predict's default stages, once per setting:
     ``percentiles``, ``floored``), e.g. ``ct_lung+percentiles``.
 
 ``--calibration SCALE,OFFSET`` maps the fixed image's HU to ``SCALE * HU + OFFSET`` after the noise (a CBCT
-whose intensities are not calibrated); the lung and body masks stay those of the calibrated image.
+whose intensities are not calibrated); the lung and body masks stay those of the image before the mapping
+(true HU).
 
 Printed per seed and setting: the mean end-point error (voxels) inside the lungs (fixed image between
 -950 and -500 HU) and inside the body (above -500 HU), and seconds. One process, CPU. It needs the shared

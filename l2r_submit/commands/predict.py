@@ -247,7 +247,7 @@ def _check_labels_for_evaluate(ds, split: str | None, wanted: tuple[str, ...] | 
     if missing:
         maps = "label map is" if len(missing) == 1 else "label maps are"
         every = len(missing) == len({c.label for p in selected for c in (p.fixed, p.moving)})
-        hint = ("none of them has one (a test split): drop --evaluate" if every else
+        hint = ("none of them is there (a test split?): drop --evaluate" if every else
                 "restore them, leave their pairs out with --pairs, or drop --evaluate")
         raise Fail(f"--evaluate: {len(missing)} {maps} missing for the selected pairs (first: {missing[0]}); {hint}")
 

@@ -66,8 +66,8 @@ def qc_name(case_key: str) -> str:
     return f"qc_{fixed}_{moving}.png"
 
 
-# Modality names of a fan-beam (diagnostic) CT, in Hounsfield units, after upper-casing and dropping spaces,
-# hyphens, underscores and dots: Learn2Reg's ThoraxCBCT JSON names its planning CT "FBCT" (fan-beam CT).
+# Modality names of a fan-beam (diagnostic) CT, in Hounsfield units, after upper-casing and dropping white
+# space, hyphens, underscores and dots: Learn2Reg's ThoraxCBCT JSON names its planning CT "FBCT" (fan-beam CT).
 # A cone-beam CT ("CBCT") is not among them: its intensities are not calibrated HU (read by percentiles,
 # and its partner CT takes it as HU-like when it has air below -500: features.pair_modes).
 CT_NAMES = frozenset({"CT", "FBCT", "FANBEAMCT"})
@@ -76,7 +76,7 @@ CT_NAMES = frozenset({"CT", "FBCT", "FANBEAMCT"})
 def is_ct_name(modality: str) -> bool:
     """True when a dataset JSON's modality name means Hounsfield units: ``CT`` or a fan-beam CT (``FBCT``),
     any case, spacing or hyphenation (:data:`CT_NAMES`); ``CBCT``, ``MR`` and others are not."""
-    return "".join(c for c in modality.upper() if c not in " -_.") in CT_NAMES
+    return "".join(c for c in modality.upper() if c not in "-_." and not c.isspace()) in CT_NAMES
 
 
 @dataclass

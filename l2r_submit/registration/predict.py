@@ -265,7 +265,8 @@ def run(cfg: PredictConfig) -> dict:
         if reason is None:
             manifest["pairs"][pair.key] = {**entry, "status": "skipped (outputs exist)", "settings": own,
                                            "files": earlier[pair.key]["files"]}
-            for key in ("search_start", "affine", "intensity", "io_iters", "qc"):  # how its field was made, its picture
+            for key in ("search_start", "affine", "intensity", "io_iters", "not_hu", "qc"):  # how its field was
+                # made (not_hu also decides its settings on the next rerun: run_record.both_ct), its picture
                 if key in earlier[pair.key]:
                     manifest["pairs"][pair.key][key] = earlier[pair.key][key]
             continue
@@ -306,9 +307,9 @@ def run(cfg: PredictConfig) -> dict:
         entry["seconds"] = round(sum(outcome.seconds.values()), 3)
         entry.update(chosen.pop(pair, {}))
         if outcome.error is None:
-            ct_pair = "not_hu" not in entry  # a declared CT read by its percentiles ran iters_non_ct
-            entry.update(settings=own_settings[pair] if ct_pair else pair_settings(settings, False),
-                         files=outcome.value, status="done")
+            # recorded as this run's images decided (not_hu: a declared CT read by its percentiles may run
+            # iters_non_ct), so that the next rerun compares what it will compute
+            entry.update(settings=pair_settings(settings, both_ct(ds, pair, entry)), files=outcome.value, status="done")
             if pair in qc_failed:  # the run's exit code says it (run_record.summary)
                 entry["qc_error"] = qc_failed[pair]
                 bar.write(f"error: {pair.key}: QC picture {qc_path(cfg.qc_dir, pair)} not drawn ({qc_failed[pair]}); "

@@ -65,7 +65,7 @@ def both_ct(ds: Dataset, pair: Pair, entry: object = None) -> bool:
     """True when both images of ``pair`` are CT (by their channels' modality): the refinement then runs
     ``IOConfig.iters``, not ``iters_non_ct``. ``entry``: the pair's earlier record in run.json; one that
     lists ``not_hu`` (a declared CT image without a voxel below 0, normalised as another modality, so the
-    pair ran ``iters_non_ct``) makes it False. That is decided on the images; :func:`redo_reason` redoes a
+    pair may run ``iters_non_ct``) makes it False. That is decided on the images; :func:`redo_reason` redoes a
     pair whose images changed anyway."""
     if isinstance(entry, dict) and entry.get("not_hu"):
         return False

@@ -132,7 +132,7 @@ class AdamStage:
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, disp_in: torch.Tensor,
                  views: SharedViews | None = None, details: dict | None = None) -> torch.Tensor:
         if details is not None:
-            details["io_iters"] = for_pair(self.cfg, self.ct).iters
+            details["io_iters"] = for_pair(self.cfg, pair_modes(moving, fixed, self.ct)).iters  # modes: kept
         return refine(disp_in.clone(), moving, fixed, self.cfg, self.ct, views.half if views else None)
 
 
