@@ -28,7 +28,10 @@ Settings, each on every pair, all with predict's default stages (``search,adam``
   * ``fixed T1 <- CT``: the other direction, the fixed image T1-like and the moving one the CT, each
     normalised as its own modality (AbdomenMRCT registers this way: fixed MR, moving CT). The fixed image's
     air is noisy and the moving one's is flat: the case that the noise floor of
-    ``features.normalise_intensity`` was made for.
+    ``features.normalise_intensity`` was made for;
+  * ``masked T1``: both images T1-like with everything outside each one's body (its CT below -500 HU) set
+    to 0, as preprocessed MR often is (skull-stripped brains, masked abdomens): each background is flat, so
+    both images are floored (their noise inside the body stays).
 
 Printed per pair and setting: mean Dice over labels 1-13 present in both maps, the end-point error inside
 the body for the synthetic pairs (voxels), the fraction of det J <= 0, seconds. Exits 1 if a setting with
@@ -75,7 +78,8 @@ CONTRASTS = {
     "T2": ((-1000, 0.0), (-900, 0.02), (-150, 0.7), (-60, 0.65), (0, 1.0), (30, 0.5), (60, 0.35),
            (150, 0.4), (300, 0.35), (700, 0.05), (3000, 0.02)),
 }
-SETTINGS = ("CT", "T1", "T1 <- T2", "T1 <- CT", "T1 <- CT, one flag", "T1 <- CT, CT flag", "fixed T1 <- CT")
+SETTINGS = ("CT", "T1", "T1 <- T2", "T1 <- CT", "T1 <- CT, one flag", "T1 <- CT, CT flag", "fixed T1 <- CT",
+            "masked T1")
 
 
 def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
@@ -182,7 +186,9 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
                   "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),
                   "T1 <- CT": (moving_t1, fixed_hu, (False, True)), "T1 <- CT, one flag": (moving_t1, fixed_hu, False),
                   "T1 <- CT, CT flag": (moving_t1, fixed_hu, True),
-                  "fixed T1 <- CT": (moving_hu, fixed_t1, (True, False))}
+                  "fixed T1 <- CT": (moving_hu, fixed_t1, (True, False)),
+                  "masked T1": (np.where(moving_hu > BODY_HU, moving_t1, 0.0).astype(np.float32),
+                                np.where(body, fixed_t1, 0.0).astype(np.float32), False)}
         for setting, (m, f, ct) in ((k, v) for k, v in inputs.items() if k in chosen):
             built = stages.build(names, None, SearchConfig(), io_cfg, ct)
             t0 = time.perf_counter()
