@@ -65,6 +65,22 @@ def test_predict_fails_a_pair_with_a_corrupt_image_and_does_the_others(tiny_data
         io.read_labels(tiny_dataset.parent / "labelsTr" / "AbdomenCTCT_0003_0000.nii.gz")
 
 
+def test_predict_fails_the_pairs_of_a_missing_image_and_does_the_others(tiny_dataset, ckpt, tmp_path):
+    """One missing image refused the whole run (exit 2, no field written), so a container over a dataset
+    with one file gone wrote nothing; now only its pairs fail. Every pair missing an image: still refused."""
+    image(tiny_dataset, "0003").unlink()
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out", ckpt))
+    assert res.exit_code == 1
+    lines = error_lines(res)
+    assert lines == [f"error: {key}: {image(tiny_dataset, '0003')}: file not found" for key in PAIRS[1:]], lines
+    assert (tmp_path / "out" / FIELDS[0]).is_file() and not (tmp_path / "out" / FIELDS[1]).exists()
+    pairs = json.loads((tmp_path / "out" / "run.json").read_text())["pairs"]
+    assert [pairs[k]["status"] for k in PAIRS] == ["done", "failed", "failed"]
+    image(tiny_dataset, "0001").unlink()  # now no pair has both images: a wrong folder, refused before any work
+    res = invoke(*predict_args(tiny_dataset, tmp_path / "out2", ckpt))
+    assert res.exit_code == 2 and "missing image files:" in res.output and not (tmp_path / "out2").exists()
+
+
 # ------------------------------------------------------------------ 3, 6 and the cheap skip check
 
 

@@ -168,9 +168,10 @@ def check_before_work(cfg: PredictConfig) -> tuple[list[Pair], dict[Pair, list[P
                          "and the later ones fail a half-resolution field under the long name; use names short")
     check_format_shape(cfg.fmt, ds.shape, ds.source)
     plan = plan_outputs(cfg.out_dir, pairs, cfg.fmt, cfg.names)
-    missing = ds.missing_files(pairs, images=True, labels=False)
-    if missing:
-        raise ValueError("missing image files: " + ", ".join(map(str, missing)))
+    missing = set(ds.missing_files(pairs, images=True, labels=False))
+    if missing and all(p.moving.image in missing or p.fixed.image in missing for p in pairs):
+        # no pair could be registered (a wrong data folder, most often); otherwise only their pairs fail
+        raise ValueError("missing image files: " + ", ".join(map(str, sorted(missing))))
     return pairs, plan
 
 
@@ -185,7 +186,7 @@ def run(cfg: PredictConfig) -> dict:
     (:mod:`l2r_submit.registration.pipeline`); the fields are the same either way.
 
     Raises:
-        ValueError: bad input found before any work (missing images, unknown pairs, name collisions,
+        ValueError: bad input found before any work (images missing for every pair, unknown pairs, name collisions,
             an unwritable output folder, bad weights).
     """
     ds = cfg.dataset
