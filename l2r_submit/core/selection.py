@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .dataset import Dataset, Pair
+from .disp_files import disp_names
 
 
 def parse_pairs_option(texts: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -26,7 +27,8 @@ def pair_names(pair: Pair) -> tuple[str, ...]:
     ambiguous when one subject pair has several channel pairs, as ThoraxCBCT's ``0011_0001 <- 0011_0000``
     and ``0011_0002 <- 0011_0000``)."""
     f, m = pair.fixed, pair.moving
-    return pair.key, f"{f.id}_{f.modality}_{m.id}_{m.modality}", f"{f.id}_{m.id}"
+    long, short = (n.removeprefix("disp_") for n in disp_names(f.id, m.id, "both", f.modality, m.modality))
+    return pair.key, long, short
 
 
 def select_pairs(ds: Dataset, split: str | None, wanted: tuple[str, ...] | None) -> list[Pair]:
