@@ -153,7 +153,10 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     io_cfg = defaults.io_for_stages(names, None, io_iters, iters_non_ct=io_iters_non_ct)
     truth = json.loads(TRUTH.read_text())
     wanted = [p for p in pairs.split(",")] if pairs else None
-    val = [p for p in dataset.load(DATA).pairs("val") if wanted is None or any(w in p.key for w in wanted)]
+    # each pair's MR-like noise and bias are seeded by its place among all val pairs, so --pairs reproduces
+    # the figures of a full run
+    val = [(n, p) for n, p in enumerate(dataset.load(DATA).pairs("val"))
+           if wanted is None or any(w in p.key for w in wanted)]
     if not val:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     across = io_cfg.iters if io_cfg.iters_non_ct is None else io_cfg.iters_non_ct
@@ -163,7 +166,7 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     columns = [c for s in chosen for c in ((s, f"{s} | ConvexAdam") if peer else (s,))]
     print(f"{'pair':<12} {'zero':>12} " + " ".join(f"{s:>22}" for s in columns))
     rows, failed = [], []
-    for n, pair in enumerate(val):
+    for n, pair in val:
         fixed_hu = io.read_volume(pair.fixed.image, np.float32).array
         moving_hu = io.read_volume(pair.moving.image, np.float32).array
         fixed_seg, moving_seg = io.read_labels(pair.fixed.label), io.read_labels(pair.moving.label)
