@@ -82,6 +82,14 @@ SETTINGS = ("CT", "T1", "T1 <- T2", "T1 <- CT", "T1 <- CT, one flag", "T1 <- CT,
             "masked T1")
 
 
+def numbered_pairs(val: list, pairs: str | None) -> list[tuple[int, object]]:
+    """``(n, pair)`` for the val pairs whose key contains one of the comma-separated ``pairs`` (None: all); ``n``
+    is the pair's place among all val pairs, which seeds its MR-like images (noise, bias field), so a run with
+    ``--pairs`` gives the figures of a full run."""
+    wanted = pairs.split(",") if pairs else None
+    return [(n, p) for n, p in enumerate(val) if wanted is None or any(w in p.key for w in wanted)]
+
+
 def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
     """An MR-like image of a CT: the contrast's map, a smooth bias field, Rician-like noise, x 800.
 
@@ -152,11 +160,7 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
     names = defaults.DEFAULT_STAGES
     io_cfg = defaults.io_for_stages(names, None, io_iters, iters_non_ct=io_iters_non_ct)
     truth = json.loads(TRUTH.read_text())
-    wanted = [p for p in pairs.split(",")] if pairs else None
-    # each pair's MR-like noise and bias are seeded by its place among all val pairs, so --pairs reproduces
-    # the figures of a full run
-    val = [(n, p) for n, p in enumerate(dataset.load(DATA).pairs("val"))
-           if wanted is None or any(w in p.key for w in wanted)]
+    val = numbered_pairs(dataset.load(DATA).pairs("val"), pairs)
     if not val:
         raise SystemExit(f"--pairs {pairs}: no val pair of {DATA} matches")
     across = io_cfg.iters if io_cfg.iters_non_ct is None else io_cfg.iters_non_ct
