@@ -19,8 +19,12 @@ zero-field Dice, the largest fraction of det J <= 0 and the seconds of the stage
     python benchmarks/offset_bench.py [--stages adam --stages search,adam] [--io-iters 100]
         [--search-range 6,4 --search-range 8,5] [--search-prior 0 --search-prior 0.3]
         [--search-centre none --search-centre 0,1] [--stages affine,search,adam --affine-model translation]
-        [--offsets "0,0,0;16,0,0;0,16,-16;-20,10,20"]
+        [--offsets "0,0,0;16,0,0;0,16,-16;-20,10,20"] [--fixed-mr]
         [--threads 2] [--json OUT]
+
+``--fixed-mr``: the fixed image made MR-like (``modality_bench.mr_like``, T1, seeded as that bench seeds the
+pair, so the unshifted cases give its ``fixed T1 <- CT`` figures) and read as another modality, the moving
+one kept CT: AbdomenMRCT's direction, with the same offsets.
 """
 
 from __future__ import annotations
@@ -92,10 +96,12 @@ def parse_range(text: str) -> tuple[int, int]:
                    "predict's].")
 @click.option("--offsets", default="0,0,0;16,0,0;0,16,-16;-20,10,20", show_default=True,
               help="Translations of the moving image in voxels, ';' between them.")
+@click.option("--fixed-mr", is_flag=True,
+              help="The fixed image MR-like (modality_bench's T1) and read as another modality; the moving one CT.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
 def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, ...], priors: tuple[float, ...],
-         centres: tuple[str, ...], affine_models: tuple[str, ...], offsets: str, threads: int,
+         centres: tuple[str, ...], affine_models: tuple[str, ...], offsets: str, fixed_mr: bool, threads: int,
          json_out: Path | None) -> None:
     import torch
 
@@ -132,7 +138,13 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
                     + (f" c{''.join(map(str, cfg.centre_axes)) or '-'}" if "search" in names and len(centres) > 1
                        else "") + (f" {aff.model}" if "affine" in names and len(affine_models) > 1 else "")
                 settings.append((label, names, cfg, aff))
-    pairs = {p.key: p for p in dataset.load(DATA).pairs("val")}
+    val = dataset.load(DATA).pairs("val")
+    pairs = {p.key: p for p in val}
+    place = {p.key: n for n, p in enumerate(val)}  # modality_bench's seed of a pair's MR-like images
+    ct = (True, False) if fixed_mr else True  # (moving, fixed) modalities: CT, or CT against another modality
+    if fixed_mr:
+        from modality_bench import mr_like
+        print("fixed images MR-like (T1), read as another modality; moving images CT")
     rows = []
     for names, cfg in io_cfgs.items():
         print(f"{'+'.join(names)}: refinement {cfg.iters} iterations ({cfg.field}, quarter-resolution share "
@@ -144,6 +156,8 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
     for key in INTER_PATIENT:
         pair = pairs[key]
         fixed = io.read_volume(pair.fixed.image, np.float32).array
+        if fixed_mr:
+            fixed = mr_like(fixed, "T1", seed=2 * place[key])
         fixed_seg = io.read_labels(pair.fixed.label)
         moving_raw = io.read_volume(pair.moving.image, np.float32).array
         moving_seg_raw = io.read_labels(pair.moving.label)
@@ -153,7 +167,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
             m, f = torch.from_numpy(moving)[None, None], torch.from_numpy(fixed)[None, None]
             row = {"pair": key, "offset": shift, "zero": mean_dice(fixed_seg, moving_seg, np.zeros((3, *fixed.shape), np.float32))}
             for label, names, search_cfg, affine_cfg in settings:
-                built = stages.build(names, None, search_cfg, io_cfgs[names], affine_cfg=affine_cfg)
+                built = stages.build(names, None, search_cfg, io_cfgs[names], ct, affine_cfg=affine_cfg)
                 t0 = time.perf_counter()
                 disp, _ = stages.run(built, m, f)
                 seconds = time.perf_counter() - t0
