@@ -90,6 +90,11 @@ def numbered_pairs(val: list, pairs: str | None) -> list[tuple[int, object]]:
     return [(n, p) for n, p in enumerate(val) if wanted is None or any(w in p.key for w in wanted)]
 
 
+def pair_seeds(n: int) -> tuple[int, int]:
+    """The seeds of the fixed and the moving MR-like image of the val pair at place ``n`` (:func:`numbered_pairs`)."""
+    return 2 * n, 2 * n + 1
+
+
 def mr_like(hu: np.ndarray, contrast: str, seed: int) -> np.ndarray:
     """An MR-like image of a CT: the contrast's map, a smooth bias field, Rician-like noise, x 800.
 
@@ -188,9 +193,10 @@ def main(pairs: str | None, only: str | None, threads: int, json_out: Path | Non
 
         row = {"pair": pair.key, "zero": score(np.zeros((3, *fixed_hu.shape), np.float32)),
                "refinement_iters": {"CT, or floored against CT": io_cfg.iters, "other non-CT": across}}
-        fixed_t1, moving_t1 = mr_like(fixed_hu, "T1", seed=2 * n), mr_like(moving_hu, "T1", 2 * n + 1)
+        fixed_seed, moving_seed = pair_seeds(n)
+        fixed_t1, moving_t1 = mr_like(fixed_hu, "T1", fixed_seed), mr_like(moving_hu, "T1", moving_seed)
         inputs = {"CT": (moving_hu, fixed_hu, True), "T1": (moving_t1, fixed_t1, False),
-                  "T1 <- T2": (mr_like(moving_hu, "T2", 2 * n + 1), fixed_t1, False),
+                  "T1 <- T2": (mr_like(moving_hu, "T2", moving_seed), fixed_t1, False),
                   "T1 <- CT": (moving_t1, fixed_hu, (False, True)), "T1 <- CT, one flag": (moving_t1, fixed_hu, False),
                   "T1 <- CT, CT flag": (moving_t1, fixed_hu, True),
                   "fixed T1 <- CT": (moving_hu, fixed_t1, (True, False)),

@@ -138,12 +138,11 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
                     + (f" c{''.join(map(str, cfg.centre_axes)) or '-'}" if "search" in names and len(centres) > 1
                        else "") + (f" {aff.model}" if "affine" in names and len(affine_models) > 1 else "")
                 settings.append((label, names, cfg, aff))
-    val = dataset.load(DATA).pairs("val")
-    pairs = {p.key: p for p in val}
-    place = {p.key: n for n, p in enumerate(val)}  # modality_bench's seed of a pair's MR-like images
+    pairs = {p.key: p for p in dataset.load(DATA).pairs("val")}
+    place = {key: n for n, key in enumerate(pairs)}  # a pair's place among the val pairs seeds its MR-like images
     ct = (True, False) if fixed_mr else True  # (moving, fixed) modalities: CT, or CT against another modality
     if fixed_mr:
-        from modality_bench import mr_like
+        from modality_bench import mr_like, pair_seeds
         print("fixed images MR-like (T1), read as another modality; moving images CT")
     rows = []
     for names, cfg in io_cfgs.items():
@@ -157,7 +156,7 @@ def main(stage_lists: tuple[str, ...], io_iters: int | None, ranges: tuple[str, 
         pair = pairs[key]
         fixed = io.read_volume(pair.fixed.image, np.float32).array
         if fixed_mr:
-            fixed = mr_like(fixed, "T1", seed=2 * place[key])
+            fixed = mr_like(fixed, "T1", pair_seeds(place[key])[0])
         fixed_seg = io.read_labels(pair.fixed.label)
         moving_raw = io.read_volume(pair.moving.image, np.float32).array
         moving_seg_raw = io.read_labels(pair.moving.label)
